@@ -1,0 +1,2 @@
+//! Placeholder; the policies issue fills this with per-policy pick benchmarks.
+fn main() {}

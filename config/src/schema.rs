@@ -1,0 +1,338 @@
+//! The TOML schema: one struct per section, every key with a default unless marked required.
+//! Semantic checks that serde cannot express live in `validate.rs`.
+
+use crate::time::HumanDuration;
+use serde::{Deserialize, Serialize};
+
+/// The whole file. Every section is optional.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where clients connect.
+    pub listener: Listener,
+    /// The admin API and metrics.
+    pub admin: Admin,
+    /// The tokio runtime.
+    pub runtime: Runtime,
+    /// Which policy picks a backend, and its knobs.
+    pub balancer: Balancer,
+    /// How the proxy talks to backends.
+    pub upstream: Upstream,
+    /// What happens when every backend is full.
+    pub overload: Overload,
+    /// The sliding window behind `/api/v1/signals`.
+    pub signals: Signals,
+    /// Static backends.
+    pub backends: Vec<StaticBackend>,
+    /// Backends that ebbtide starts itself.
+    pub provider: Option<Provider>,
+}
+
+/// `[listener]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Listener {
+    /// Socket address clients connect to.
+    pub address: String,
+    /// A client connection with no request in flight for this long is closed.
+    pub idle_timeout: HumanDuration,
+    /// A client must send a request's headers within this time.
+    pub header_read_timeout: HumanDuration,
+}
+
+impl Default for Listener {
+    fn default() -> Self {
+        Listener {
+            address: "127.0.0.1:8080".into(),
+            idle_timeout: HumanDuration::from_secs(60),
+            header_read_timeout: HumanDuration::from_secs(10),
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Admin {
+    /// Socket address of the admin API; loopback unless a token is set.
+    pub address: String,
+    /// Bearer token the admin API requires; required when `address` is not loopback.
+    pub token: Option<String>,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            address: "127.0.0.1:9901".into(),
+            token: None,
+        }
+    }
+}
+
+/// `[runtime]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Runtime {
+    /// Worker threads of the tokio runtime; default: the number of cores.
+    pub worker_threads: Option<usize>,
+}
+
+/// The balancing policies, by config name.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyKind {
+    /// Each backend in turn.
+    RoundRobin,
+    /// Smooth weighted round robin, as nginx does it.
+    WeightedRoundRobin,
+    /// Uniformly at random.
+    Random,
+    /// Join the shortest queue: fewest requests in flight.
+    LeastOutstanding,
+    /// Power of d choices: the least loaded of d random samples.
+    #[default]
+    P2c,
+    /// p2c over EWMA latency x (in-flight + 1).
+    PeakEwma,
+    /// Dispatch only to a backend with a free slot below its capacity; the rest wait in a FIFO.
+    CentralQueue,
+    /// A key (header, cookie or path) maps to a backend; a fleet change moves about 1/n of keys.
+    ConsistentHash,
+    /// Fill the cheapest backends up to a utilisation target before using dearer ones.
+    CostAware,
+}
+
+impl PolicyKind {
+    /// Every policy, for benchmarks, comparisons and error messages.
+    pub const ALL: [PolicyKind; 9] = [
+        PolicyKind::RoundRobin,
+        PolicyKind::WeightedRoundRobin,
+        PolicyKind::Random,
+        PolicyKind::LeastOutstanding,
+        PolicyKind::P2c,
+        PolicyKind::PeakEwma,
+        PolicyKind::CentralQueue,
+        PolicyKind::ConsistentHash,
+        PolicyKind::CostAware,
+    ];
+
+    /// The name used in config.
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::RoundRobin => "round_robin",
+            PolicyKind::WeightedRoundRobin => "weighted_round_robin",
+            PolicyKind::Random => "random",
+            PolicyKind::LeastOutstanding => "least_outstanding",
+            PolicyKind::P2c => "p2c",
+            PolicyKind::PeakEwma => "peak_ewma",
+            PolicyKind::CentralQueue => "central_queue",
+            PolicyKind::ConsistentHash => "consistent_hash",
+            PolicyKind::CostAware => "cost_aware",
+        }
+    }
+}
+
+/// `[balancer]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Balancer {
+    /// The policy that picks a backend.
+    pub policy: PolicyKind,
+    /// d for `p2c` and `peak_ewma`: how many backends are sampled per pick.
+    pub choices: usize,
+    /// Decay time of `peak_ewma`'s latency average: older samples weigh e^(-age/decay).
+    pub ewma_decay: HumanDuration,
+    /// Where `consistent_hash` takes its key: "path", "header:NAME" or "cookie:NAME".
+    pub hash_key: String,
+    /// `cost_aware`: fill a backend up to this share of its capacity before using a dearer one.
+    pub utilisation_target: f64,
+    /// Seed of the random policies, so that runs and simulations can be repeated.
+    pub seed: u64,
+}
+
+impl Default for Balancer {
+    fn default() -> Self {
+        Balancer {
+            policy: PolicyKind::P2c,
+            choices: 2,
+            ewma_decay: HumanDuration::from_secs(10),
+            hash_key: "path".into(),
+            utilisation_target: 0.8,
+            seed: 0x5eed,
+        }
+    }
+}
+
+/// Where `consistent_hash` takes its key, parsed from `balancer.hash_key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The request path (without the query).
+    Path,
+    /// A request header's value; requests without it get no key.
+    Header(String),
+    /// A cookie's value; requests without it get no key.
+    Cookie(String),
+}
+
+impl HashKey {
+    /// Parses "path", "header:NAME" or "cookie:NAME".
+    pub fn parse(s: &str) -> Result<HashKey, String> {
+        let s = s.trim();
+        if s == "path" {
+            return Ok(HashKey::Path);
+        }
+        if let Some(name) = s.strip_prefix("header:") {
+            if !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+                return Ok(HashKey::Header(name.to_ascii_lowercase()));
+            }
+        }
+        if let Some(name) = s.strip_prefix("cookie:") {
+            if !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b';' && b != b'=')
+            {
+                return Ok(HashKey::Cookie(name.to_string()));
+            }
+        }
+        Err(format!(
+            "`{s}` is not a key source; use \"path\", \"header:NAME\" or \"cookie:NAME\""
+        ))
+    }
+}
+
+/// `[upstream]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Upstream {
+    /// Giving up on a TCP connect to a backend after this long answers 502 (or retries elsewhere).
+    pub connect_timeout: HumanDuration,
+    /// A backend must send response headers within this time, or the client gets 504.
+    pub response_timeout: HumanDuration,
+    /// Pooled keep-alive connections to backends idle this long are closed.
+    pub idle_timeout: HumanDuration,
+    /// At most this many idle pooled connections are kept per backend.
+    pub max_idle_per_backend: usize,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream {
+            connect_timeout: HumanDuration::from_secs(1),
+            response_timeout: HumanDuration::from_secs(30),
+            idle_timeout: HumanDuration::from_secs(90),
+            max_idle_per_backend: 64,
+        }
+    }
+}
+
+/// `[overload]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Overload {
+    /// Requests that may wait in the balancer for a free backend; one more is shed with 503.
+    pub max_queue: usize,
+    /// A request that waited this long for a backend is shed with 503 and `Retry-After`.
+    pub queue_timeout: HumanDuration,
+}
+
+impl Default for Overload {
+    fn default() -> Self {
+        Overload {
+            max_queue: 1024,
+            queue_timeout: HumanDuration::from_secs(5),
+        }
+    }
+}
+
+/// `[signals]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Signals {
+    /// The sliding window over which rates and latency percentiles are computed.
+    pub window: HumanDuration,
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Signals {
+            window: HumanDuration::from_secs(10),
+        }
+    }
+}
+
+/// One `[[backends]]` entry: a backend that is there from the start until deleted.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StaticBackend {
+    /// host:port of the backend (required).
+    pub address: String,
+    /// Requests it serves at once; `central_queue` (and every policy) fills only free slots.
+    #[serde(default)]
+    pub capacity: Option<u32>,
+    /// Share for the weighted policies.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Price of running it, for `cost_aware`.
+    #[serde(default)]
+    pub cost_per_hour: f64,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// The provider kinds.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// Child processes on this machine, on free loopback ports.
+    #[default]
+    Local,
+}
+
+/// `[provider]`: backends that ebbtide starts itself.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Provider {
+    /// How backends are started.
+    pub kind: ProviderKind,
+    /// The command line of one backend; `{port}` is replaced by a free loopback port. When the
+    /// first word is `ebbtide`, the running executable is used.
+    pub command: Vec<String>,
+    /// How many to start when no autoscaler decides the count.
+    pub count: u32,
+    /// Capacity each started backend is registered with.
+    pub capacity: Option<u32>,
+    /// Price of one started backend per hour.
+    pub cost_per_hour: f64,
+    /// How long to wait for a started backend to answer its health check.
+    pub boot_timeout: HumanDuration,
+}
+
+impl Default for Provider {
+    fn default() -> Self {
+        Provider {
+            kind: ProviderKind::Local,
+            command: [
+                "ebbtide",
+                "backend",
+                "--listen",
+                "127.0.0.1:{port}",
+                "--service-time",
+                "exp:20ms",
+                "--workers",
+                "4",
+                "--boot",
+                "container",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            count: 2,
+            capacity: None,
+            cost_per_hour: 0.05,
+            boot_timeout: HumanDuration::from_secs(60),
+        }
+    }
+}

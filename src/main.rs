@@ -1,0 +1,117 @@
+//! The `ebbtide` command: parses arguments, loads config and hands over to the crates. Thin.
+
+use clap::{Parser, Subcommand};
+use ebbtide_config::Config;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// An elastic, autoscaling HTTP load balancer.
+#[derive(Parser)]
+#[command(name = "ebbtide", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the balancer (with the autoscaler when the config has one). The default command.
+    Serve {
+        /// Config file; without it the embedded default runs (local simulated backends).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run a simulated backend.
+    Backend(ebbtide_sim::backend::BackendArgs),
+    /// Offer open-loop load to a URL and report latency.
+    Load(ebbtide_sim::load::LoadArgs),
+    /// Validate a config file: exit 0 with a summary, or 2 with `file:line:col: key: error` lines.
+    Check {
+        /// The config file to check.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Serve { config: None });
+    match command {
+        Command::Check { file } => match Config::from_file(&file) {
+            Ok(cfg) => {
+                println!(
+                    "{}: ok ({} static backends, policy {})",
+                    file.display(),
+                    cfg.backends.len(),
+                    cfg.balancer.policy.name()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve { config } => {
+            let cfg = match &config {
+                Some(path) => match Config::from_file(path) {
+                    Ok(cfg) => cfg,
+                    Err(errors) => {
+                        eprintln!("{errors}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => Config::embedded_default(),
+            };
+            init_logging();
+            let rt = runtime(cfg.runtime.worker_threads);
+            match rt.block_on(ebbtide_balancer::serve::run(cfg, config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ebbtide: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Backend(args) => {
+            init_logging();
+            match runtime(None).block_on(ebbtide_sim::backend::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ebbtide backend: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Load(args) => match runtime(None).block_on(ebbtide_sim::load::run(args)) {
+            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => {
+                eprintln!("ebbtide load: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// A multi-threaded tokio runtime with `threads` workers (default: the number of cores).
+fn runtime(threads: Option<usize>) -> tokio::runtime::Runtime {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        b.worker_threads(n.max(1));
+    }
+    b.enable_all()
+        .build()
+        .expect("cannot start the tokio runtime")
+}
+
+/// Logs to stderr; the level comes from `EBBTIDE_LOG` (error, warn, info, debug, trace).
+fn init_logging() {
+    let level = std::env::var("EBBTIDE_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::INFO);
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}
