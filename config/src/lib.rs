@@ -4,6 +4,7 @@
 
 pub mod rng;
 mod schema;
+pub mod service_time;
 pub mod time;
 mod validate;
 

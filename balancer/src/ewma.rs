@@ -1,0 +1,1 @@
+//! Peak-EWMA latency estimate per backend (filled in by the policies work).
