@@ -5,6 +5,8 @@ use ebbtide_config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod serve;
+
 /// An elastic, autoscaling HTTP load balancer.
 #[derive(Parser)]
 #[command(name = "ebbtide", version, about, long_about = None)]
@@ -64,7 +66,7 @@ fn main() -> ExitCode {
             };
             init_logging();
             let rt = runtime(cfg.runtime.worker_threads);
-            match rt.block_on(ebbtide_balancer::serve::run(cfg, config)) {
+            match rt.block_on(serve::run(cfg, config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("ebbtide: {e}");

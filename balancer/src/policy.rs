@@ -83,6 +83,33 @@ impl Candidates for [BackendView] {
     }
 }
 
+/// `&[BackendView]` cannot be passed as `&dyn Candidates` (a slice is unsized), so a `Vec` and a
+/// slice reference are candidates too: `policy.pick(&fleet, ..)` for a `Vec`, `&slice` for a slice.
+impl Candidates for Vec<BackendView> {
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+    fn view(&self, i: usize) -> BackendView {
+        self[i]
+    }
+    fn generation(&self) -> u64 {
+        self.as_slice().generation()
+    }
+}
+
+/// See the `Vec` implementation: lets a `&[BackendView]` be passed as `&dyn Candidates`.
+impl Candidates for &[BackendView] {
+    fn len(&self) -> usize {
+        <[BackendView]>::len(self)
+    }
+    fn view(&self, i: usize) -> BackendView {
+        self[i]
+    }
+    fn generation(&self) -> u64 {
+        (**self).generation()
+    }
+}
+
 /// A balancing policy: picks the backend for the next request.
 pub trait Policy: Send + Sync {
     /// The config name of the policy.

@@ -1,9 +1,279 @@
-//! `ebbtide serve`: wires the listener, the proxy, the registry and the admin API together.
+//! The balancer as a running server: binds the listener and the admin API, builds the registry,
+//! policy, dispatcher and proxy from config, serves until told to stop, then drains.
 
-use ebbtide_config::Config;
-use std::path::PathBuf;
+use crate::admin::Admin;
+use crate::clock::Clock;
+use crate::dispatch::Dispatcher;
+use crate::policies;
+use crate::proxy::{Proxy, ProxySettings};
+use crate::registry::{BackendSpec, BackendState, Origin, Registry};
+use crate::signals::SignalWindow;
+use ebbtide_config::{Config, HashKey, PolicyKind};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
-/// Runs the balancer until SIGTERM or ctrl-c.
-pub async fn run(_cfg: Config, _path: Option<PathBuf>) -> Result<(), String> {
-    Err("not built yet".into())
+/// A bound, ready-to-run balancer.
+pub struct Server {
+    /// The proxy and everything it shares.
+    pub proxy: Arc<Proxy>,
+    /// The admin API.
+    pub admin: Arc<Admin>,
+    listener: std::sync::Mutex<Option<TcpListener>>,
+    admin_listener: std::sync::Mutex<Option<TcpListener>>,
+    local_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    listener_cfg: ebbtide_config::Listener,
+}
+
+fn settings(cfg: &Config) -> ProxySettings {
+    ProxySettings {
+        response_timeout: cfg.upstream.response_timeout.0,
+        hash_key: (cfg.balancer.policy == PolicyKind::ConsistentHash)
+            .then(|| HashKey::parse(&cfg.balancer.hash_key).unwrap_or(HashKey::Path)),
+    }
+}
+
+async fn bind(what: &str, address: &str) -> Result<TcpListener, String> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|e| format!("cannot listen for {what} on {address}: {e}"))
+}
+
+impl Server {
+    /// Builds everything from `cfg` and binds both listeners (an address with port 0 gets a free
+    /// port; [`Server::local_addr`] tells which).
+    pub async fn bind(cfg: &Config) -> Result<Server, String> {
+        let clock = Clock::new();
+        let registry = Arc::new(Registry::new(cfg.balancer.ewma_decay.as_nanos()));
+        for b in &cfg.backends {
+            registry
+                .add_or_renew(
+                    BackendSpec {
+                        address: b.address.clone(),
+                        capacity: b.capacity,
+                        weight: b.weight,
+                        cost_per_hour: b.cost_per_hour,
+                        origin: Origin::Static,
+                        lease_until: None,
+                    },
+                    BackendState::Active,
+                )
+                .map_err(|e| format!("backend {}: {e}", b.address))?;
+        }
+        let policy: Arc<dyn crate::Policy> = policies::build(&cfg.balancer).into();
+        let dispatcher = Arc::new(Dispatcher::new(
+            registry.clone(),
+            policy,
+            cfg.overload.max_queue,
+            cfg.overload.queue_timeout.0,
+            clock,
+        ));
+        let signals = SignalWindow::new(cfg.signals.window.as_nanos(), clock.now());
+        let proxy = Arc::new(Proxy::new(
+            registry,
+            dispatcher,
+            signals,
+            settings(cfg),
+            &cfg.upstream,
+            clock,
+        ));
+        let admin = Arc::new(Admin::new(proxy.clone(), cfg.admin.token.clone()));
+        let listener = bind("clients", &cfg.listener.address).await?;
+        let admin_listener = bind("the admin API", &cfg.admin.address).await?;
+        let local_addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+        Ok(Server {
+            proxy,
+            admin,
+            listener: std::sync::Mutex::new(Some(listener)),
+            admin_listener: std::sync::Mutex::new(Some(admin_listener)),
+            local_addr,
+            admin_addr,
+            listener_cfg: cfg.listener.clone(),
+        })
+    }
+
+    /// Where clients connect.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Where the admin API listens.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Applies a reloaded config: policy, proxy settings, queue limits. Listener addresses,
+    /// runtime and static backends need a restart (a warning says so when they changed).
+    pub fn reload(&self, cfg: &Config) {
+        let policy: Arc<dyn crate::Policy> = policies::build(&cfg.balancer).into();
+        tracing::info!(policy = policy.name(), "config reloaded");
+        self.proxy.dispatcher.set_policy(policy);
+        self.proxy
+            .dispatcher
+            .set_queue_limits(cfg.overload.max_queue, cfg.overload.queue_timeout.0);
+        self.proxy.set_settings(settings(cfg));
+        self.proxy
+            .counters
+            .reloads_ok
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if cfg.listener != self.listener_cfg {
+            tracing::warn!("[listener] changes take effect only after a restart");
+        }
+    }
+
+    /// Serves clients and the admin API until `shutdown` resolves; then stops accepting and lets
+    /// in-flight requests finish for up to `drain` before returning.
+    pub async fn run(
+        &self,
+        shutdown: impl Future<Output = ()>,
+        drain: Duration,
+    ) -> Result<(), String> {
+        let listener = self
+            .listener
+            .lock()
+            .unwrap()
+            .take()
+            .ok_or("server already ran")?;
+        let admin_listener = self
+            .admin_listener
+            .lock()
+            .unwrap()
+            .take()
+            .ok_or("server already ran")?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let graceful = Arc::new(GracefulShutdown::new());
+
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.listener_cfg.header_read_timeout.0);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        let builder = Arc::new(builder);
+
+        let proxy = self.proxy.clone();
+        let clients = tokio::spawn(accept_loop(
+            listener,
+            builder.clone(),
+            graceful.clone(),
+            stop_rx.clone(),
+            move |peer| {
+                let proxy = proxy.clone();
+                service_fn(move |req| {
+                    let proxy = proxy.clone();
+                    async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer).await) }
+                })
+            },
+        ));
+        let admin = self.admin.clone();
+        let admin_task = tokio::spawn(accept_loop(
+            admin_listener,
+            builder,
+            graceful.clone(),
+            stop_rx.clone(),
+            move |_peer| {
+                let admin = admin.clone();
+                service_fn(move |req| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, std::convert::Infallible>(admin.handle(req).await) }
+                })
+            },
+        ));
+        let ticker = tokio::spawn(housekeeping(self.proxy.clone(), stop_rx));
+
+        shutdown.await;
+        tracing::info!("shutting down: no new connections; finishing requests in flight");
+        let _ = stop_tx.send(true);
+        let _ = clients.await;
+        let _ = admin_task.await;
+        let _ = ticker.await;
+        let graceful = Arc::try_unwrap(graceful).map_err(|_| "connections still shared")?;
+        if tokio::time::timeout(drain, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?drain,
+                "some requests were still in flight after the drain timeout"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Accepts connections until `stop`; each is served by `make_service(peer)`.
+async fn accept_loop<F, S, B>(
+    listener: TcpListener,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+    make_service: F,
+) where
+    F: Fn(SocketAddr) -> S,
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), make_service(peer))
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Once a second: the drain rate for `Retry-After`, and lease expiry.
+async fn housekeeping(proxy: Arc<Proxy>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let now = proxy.clock.now();
+        let snap = proxy.signals.snapshot(now);
+        proxy.dispatcher.set_drain_rate(snap.completion_rate);
+        for b in &proxy.registry.snapshot().backends {
+            if b.lease_until().is_some_and(|t| t <= now) {
+                tracing::info!(backend = %b.address, id = b.id, "lease ran out; backend removed");
+                proxy.registry.remove(b.id);
+            }
+        }
+    }
 }

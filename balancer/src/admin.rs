@@ -1,0 +1,290 @@
+//! The admin API: metrics, signals, the backend registry, events, health. Loopback by default;
+//! with a token configured every endpoint but `/healthz` needs `Authorization: Bearer TOKEN`.
+
+use crate::metrics::{self, MetricsSource};
+use crate::proxy::Proxy;
+use crate::registry::{BackendSpec, BackendState, Origin};
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+/// The largest request body the admin API reads.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Something that reports recent decisions for `GET /api/v1/events` (the autoscaler).
+pub trait EventSource: Send + Sync {
+    /// The recent events, newest last, as JSON values.
+    fn events(&self) -> Vec<serde_json::Value>;
+}
+
+/// The admin API's state.
+pub struct Admin {
+    proxy: Arc<Proxy>,
+    token: Option<String>,
+    metrics: Mutex<Vec<Arc<dyn MetricsSource>>>,
+    events: Mutex<Option<Arc<dyn EventSource>>>,
+}
+
+/// `POST /api/v1/backends` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Register {
+    address: String,
+    capacity: Option<u32>,
+    #[serde(default = "one")]
+    weight: u32,
+    lease_seconds: Option<f64>,
+    #[serde(default)]
+    cost_per_hour: f64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+type AdminResponse = Response<Full<Bytes>>;
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> AdminResponse {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        "text/plain; charset=utf-8".parse().unwrap(),
+    );
+    r
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> AdminResponse {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+    r
+}
+
+/// Compares in time independent of where the first difference is.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Admin {
+    /// The admin API over `proxy`; `token` is required on requests when set.
+    pub fn new(proxy: Arc<Proxy>, token: Option<String>) -> Self {
+        Admin {
+            proxy,
+            token,
+            metrics: Mutex::new(Vec::new()),
+            events: Mutex::new(None),
+        }
+    }
+
+    /// Adds lines to `/metrics`.
+    pub fn add_metrics(&self, source: Arc<dyn MetricsSource>) {
+        self.metrics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(source);
+    }
+
+    /// Sets what `/api/v1/events` shows.
+    pub fn set_events(&self, source: Arc<dyn EventSource>) {
+        *self.events.lock().unwrap_or_else(|e| e.into_inner()) = Some(source);
+    }
+
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| same_secret(t.trim().as_bytes(), token.as_bytes()))
+    }
+
+    /// Answers one admin request.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> AdminResponse {
+        let path = req.uri().path().to_string();
+        if path == "/healthz" {
+            return text(StatusCode::OK, "ok\n");
+        }
+        if !self.authorized(&req) {
+            let mut r = text(
+                StatusCode::UNAUTHORIZED,
+                "401 Unauthorized: send Authorization: Bearer TOKEN\n",
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, "Bearer".parse().unwrap());
+            return r;
+        }
+        let method = req.method().clone();
+        match (method, path.as_str()) {
+            (Method::GET, "/metrics") => {
+                let extra = self
+                    .metrics
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                let mut r = text(StatusCode::OK, metrics::render(&self.proxy, &extra));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8".parse().unwrap(),
+                );
+                r
+            }
+            (Method::GET, "/api/v1/signals") => json(StatusCode::OK, &self.signals()),
+            (Method::GET, "/api/v1/backends") => {
+                let now = self.proxy.clock.now();
+                let list: Vec<_> = self
+                    .proxy
+                    .registry
+                    .snapshot()
+                    .backends
+                    .iter()
+                    .map(|b| b.info(now))
+                    .collect();
+                json(StatusCode::OK, &list)
+            }
+            (Method::POST, "/api/v1/backends") => self.register(req).await,
+            (Method::DELETE, p) if p.starts_with("/api/v1/backends/") => {
+                let id = &p["/api/v1/backends/".len()..];
+                let Ok(id) = id.parse::<u64>() else {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!("400 Bad Request: `{id}` is not a backend id\n"),
+                    );
+                };
+                let now = self.proxy.clock.now();
+                match self.proxy.registry.remove(id) {
+                    Some(b) => {
+                        tracing::info!(backend = %b.address, id, "backend removed through the admin API");
+                        json(StatusCode::OK, &b.info(now))
+                    }
+                    None => text(
+                        StatusCode::NOT_FOUND,
+                        format!("404 Not Found: no backend {id}\n"),
+                    ),
+                }
+            }
+            (Method::GET, "/api/v1/events") => {
+                let events = self
+                    .events
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .map(|s| s.events())
+                    .unwrap_or_default();
+                json(StatusCode::OK, &events)
+            }
+            (_, "/metrics" | "/api/v1/signals" | "/api/v1/backends" | "/api/v1/events") => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed\n")
+            }
+            _ => text(StatusCode::NOT_FOUND, "404 Not Found\n"),
+        }
+    }
+
+    async fn register(&self, req: Request<Incoming>) -> AdminResponse {
+        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "413: the body is larger than 64 KiB or was cut off\n",
+                )
+            }
+        };
+        let reg: Register = match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("400 Bad Request: {e}; expected {{\"address\": \"host:port\", \"capacity\"?: N, \"weight\"?: N, \"lease_seconds\"?: S, \"cost_per_hour\"?: X}}\n"),
+                )
+            }
+        };
+        if reg.capacity == Some(0) {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "400 Bad Request: capacity must be at least 1\n",
+            );
+        }
+        if reg.weight == 0 {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "400 Bad Request: weight must be at least 1\n",
+            );
+        }
+        if !(reg.cost_per_hour.is_finite() && reg.cost_per_hour >= 0.0) {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "400 Bad Request: cost_per_hour must be a number >= 0\n",
+            );
+        }
+        let now = self.proxy.clock.now();
+        let lease_until = match reg.lease_seconds {
+            None => None,
+            Some(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Some(now + (s * 1e9) as u64),
+            Some(_) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "400 Bad Request: lease_seconds must be in (0, 86400]\n",
+                )
+            }
+        };
+        let spec = BackendSpec {
+            address: reg.address,
+            capacity: reg.capacity,
+            weight: reg.weight,
+            cost_per_hour: reg.cost_per_hour,
+            origin: Origin::Api,
+            lease_until,
+        };
+        match self.proxy.registry.add_or_renew(spec, BackendState::Active) {
+            Ok((b, new)) => {
+                if new {
+                    tracing::info!(backend = %b.address, id = b.id, "backend registered through the admin API");
+                    self.proxy.dispatcher.dispatch();
+                }
+                json(
+                    if new {
+                        StatusCode::CREATED
+                    } else {
+                        StatusCode::OK
+                    },
+                    &b.info(now),
+                )
+            }
+            Err(e) => text(StatusCode::BAD_REQUEST, format!("400 Bad Request: {e}\n")),
+        }
+    }
+
+    /// The JSON of `GET /api/v1/signals`.
+    pub fn signals(&self) -> serde_json::Value {
+        let p = &self.proxy;
+        let now = p.clock.now();
+        let mut v = serde_json::to_value(p.signals.snapshot(now)).unwrap_or_default();
+        let snap = p.registry.snapshot();
+        let in_flight: u64 = snap.backends.iter().map(|b| b.in_flight() as u64).sum();
+        let counts = p.registry.count_by_state();
+        let by_state: serde_json::Map<String, serde_json::Value> = BackendState::ALL
+            .iter()
+            .map(|s| (s.name().to_string(), counts[*s as usize].into()))
+            .collect();
+        let shed_total = p.counters.shed_queue_full.load(Ordering::Relaxed)
+            + p.counters.shed_queue_timeout.load(Ordering::Relaxed);
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("in_flight".into(), in_flight.into());
+            obj.insert("queue_depth".into(), p.dispatcher.queue_depth().into());
+            obj.insert("shed_total".into(), shed_total.into());
+            obj.insert("backends".into(), by_state.into());
+            obj.insert("policy".into(), p.dispatcher.policy().name().into());
+        }
+        v
+    }
+}

@@ -1,0 +1,256 @@
+//! Getting a backend slot for a request: ask the policy; when every backend is full, wait in the
+//! bounded FIFO [`WaitQueue`] until a slot frees, the queue timeout passes, or the client leaves.
+//!
+//! Fast path (nobody waiting): a policy pick and a compare-and-swap on the backend's in-flight
+//! count, no lock. Slow path: one short `std::sync::Mutex` around the queue, never held across an
+//! await. Every slot released, and every fleet change, dispatches queued requests in order.
+
+use crate::clock::Clock;
+use crate::policy::Policy;
+use crate::queue::WaitQueue;
+use crate::registry::{Backend, Registry};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Why a request was refused without reaching a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    /// The wait queue was full.
+    QueueFull,
+    /// It waited the whole queue timeout.
+    QueueTimeout,
+}
+
+impl Shed {
+    /// The `reason` label of `ebbtide_shed_total`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Shed::QueueFull => "queue_full",
+            Shed::QueueTimeout => "queue_timeout",
+        }
+    }
+}
+
+struct Waiter {
+    key: Option<u64>,
+    tx: oneshot::Sender<Arc<Backend>>,
+}
+
+/// Hands out backend slots.
+pub struct Dispatcher {
+    registry: Arc<Registry>,
+    policy: RwLock<Arc<dyn Policy>>,
+    queue: Mutex<WaitQueue<Waiter>>,
+    queued: AtomicUsize,
+    queue_timeout_ns: AtomicU64,
+    drain_rate_milli: AtomicU64,
+    clock: Clock,
+}
+
+/// A backend slot held by one request; dropping it gives the slot back and wakes the next waiter.
+pub struct Slot {
+    backend: Arc<Backend>,
+    dispatcher: Arc<Dispatcher>,
+}
+
+impl Slot {
+    /// The backend this slot is on.
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.backend.release();
+        if self.dispatcher.queued.load(Ordering::SeqCst) > 0 {
+            self.dispatcher.dispatch();
+        }
+    }
+}
+
+/// Removes a queued request whose future was dropped (client gone) or timed out.
+struct QueuedTicket<'a> {
+    dispatcher: &'a Dispatcher,
+    ticket: Option<u64>,
+}
+
+impl Drop for QueuedTicket<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticket {
+            let mut q = self.dispatcher.lock_queue();
+            q.remove(t);
+            self.dispatcher.queued.store(q.len(), Ordering::SeqCst);
+        }
+    }
+}
+
+impl Dispatcher {
+    /// A dispatcher over `registry` with `policy`, a queue of `max_queue` and `queue_timeout`.
+    pub fn new(
+        registry: Arc<Registry>,
+        policy: Arc<dyn Policy>,
+        max_queue: usize,
+        queue_timeout: Duration,
+        clock: Clock,
+    ) -> Self {
+        Dispatcher {
+            registry,
+            policy: RwLock::new(policy),
+            queue: Mutex::new(WaitQueue::new(max_queue)),
+            queued: AtomicUsize::new(0),
+            queue_timeout_ns: AtomicU64::new(queue_timeout.as_nanos() as u64),
+            drain_rate_milli: AtomicU64::new(0),
+            clock,
+        }
+    }
+
+    fn lock_queue(&self) -> MutexGuard<'_, WaitQueue<Waiter>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The policy in use.
+    pub fn policy(&self) -> Arc<dyn Policy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Swaps the policy (config reload); requests in flight keep their backends.
+    pub fn set_policy(&self, policy: Arc<dyn Policy>) {
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
+        self.dispatch();
+    }
+
+    /// Changes the queue's bound and timeout (config reload).
+    pub fn set_queue_limits(&self, max_queue: usize, queue_timeout: Duration) {
+        self.lock_queue().set_max_len(max_queue);
+        self.queue_timeout_ns
+            .store(queue_timeout.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Requests waiting for a backend.
+    pub fn queue_depth(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Records the fleet's recent completion rate, for `Retry-After`.
+    pub fn set_drain_rate(&self, per_second: f64) {
+        self.drain_rate_milli
+            .store((per_second.max(0.0) * 1000.0) as u64, Ordering::Relaxed);
+    }
+
+    /// Seconds a shed client should wait before retrying: the time the queue ahead of it would
+    /// take to drain at the recent completion rate, between 1 and 60.
+    pub fn retry_after_secs(&self) -> u64 {
+        let rate = self.drain_rate_milli.load(Ordering::Relaxed) as f64 / 1000.0;
+        let ahead = (self.queue_depth() + 1) as f64;
+        if rate <= 0.0 {
+            return 1;
+        }
+        ((ahead / rate).ceil() as u64).clamp(1, 60)
+    }
+
+    /// A slot for a request with hash `key`, waiting in the queue when every backend is full.
+    pub async fn acquire(self: &Arc<Self>, key: Option<u64>) -> Result<Slot, Shed> {
+        if self.queued.load(Ordering::SeqCst) == 0 {
+            if let Some(backend) = self.try_pick(key) {
+                return Ok(self.slot(backend));
+            }
+        }
+        let (tx, mut rx) = oneshot::channel();
+        let ticket = {
+            let mut q = self.lock_queue();
+            let ticket = q
+                .push(Waiter { key, tx }, self.clock.now())
+                .map_err(|_| Shed::QueueFull)?;
+            self.queued.store(q.len(), Ordering::SeqCst);
+            // A slot may have freed between the failed pick and the push; look again now that the
+            // request is visible to releasers.
+            self.dispatch_locked(&mut q);
+            ticket
+        };
+        let mut guard = QueuedTicket {
+            dispatcher: self,
+            ticket: Some(ticket),
+        };
+        let timeout = Duration::from_nanos(self.queue_timeout_ns.load(Ordering::Relaxed));
+        match tokio::time::timeout(timeout, &mut rx).await {
+            Ok(Ok(backend)) => {
+                guard.ticket = None;
+                Ok(self.slot(backend))
+            }
+            Ok(Err(_)) => Err(Shed::QueueTimeout),
+            Err(_) => {
+                // Remove it under the lock; if it was dispatched in the meantime, use the slot.
+                drop(guard);
+                match rx.try_recv() {
+                    Ok(backend) => Ok(self.slot(backend)),
+                    Err(_) => Err(Shed::QueueTimeout),
+                }
+            }
+        }
+    }
+
+    fn slot(self: &Arc<Self>, backend: Arc<Backend>) -> Slot {
+        Slot {
+            backend,
+            dispatcher: self.clone(),
+        }
+    }
+
+    /// A pick plus a slot, without queueing. A pick can lose a race for a backend's last slot;
+    /// then it picks again, a bounded number of times.
+    fn try_pick(&self, key: Option<u64>) -> Option<Arc<Backend>> {
+        let snap = self.registry.snapshot();
+        let policy = self.policy();
+        let now = self.clock.now();
+        for _ in 0..4 {
+            let i = policy.pick(&snap.at(now), key, now)?;
+            let b = &snap.backends[i];
+            if b.try_acquire() {
+                return Some(b.clone());
+            }
+        }
+        None
+    }
+
+    /// Hands free slots to queued requests, oldest first. Called when a slot is released, when the
+    /// fleet changes and when the policy changes.
+    pub fn dispatch(&self) {
+        let mut q = self.lock_queue();
+        self.dispatch_locked(&mut q);
+    }
+
+    fn dispatch_locked(&self, q: &mut WaitQueue<Waiter>) {
+        let snap = self.registry.snapshot();
+        let policy = self.policy();
+        let now = self.clock.now();
+        let mut lost_races = 0;
+        while let Some(w) = q.front() {
+            if w.tx.is_closed() {
+                q.pop();
+                continue;
+            }
+            let Some(i) = policy.pick(&snap.at(now), w.key, now) else {
+                break;
+            };
+            let b = &snap.backends[i];
+            if !b.try_acquire() {
+                lost_races += 1;
+                if lost_races > 4 {
+                    break;
+                }
+                continue;
+            }
+            let w = q.pop().expect("front exists").item;
+            if let Err(b) = w.tx.send(b.clone()) {
+                b.release();
+            }
+        }
+        self.queued.store(q.len(), Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,485 @@
+//! The backend registry: who is in the fleet, in which state, and the per-backend counters the
+//! policies read. Membership changes (rare) swap an immutable snapshot; per-request counters are
+//! atomics inside each backend, so the hot path takes no lock beyond a read of the snapshot.
+
+use crate::ewma::PeakEwma;
+use crate::policy::{BackendView, Candidates};
+use ebbtide_config::time::Nanos;
+use serde::Serialize;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// Where a backend sits in its life. Only `Active` backends receive new requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendState {
+    /// Registered, not yet healthy.
+    Starting,
+    /// Receives requests.
+    Active,
+    /// Receives no new requests; in-flight ones finish, then it is removed.
+    Draining,
+    /// Taken out of rotation for failing; may come back.
+    Ejected,
+}
+
+impl BackendState {
+    /// Every state, in the order they are reported.
+    pub const ALL: [BackendState; 4] = [
+        BackendState::Starting,
+        BackendState::Active,
+        BackendState::Draining,
+        BackendState::Ejected,
+    ];
+
+    /// The name in the admin API and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendState::Starting => "starting",
+            BackendState::Active => "active",
+            BackendState::Draining => "draining",
+            BackendState::Ejected => "ejected",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => BackendState::Starting,
+            1 => BackendState::Active,
+            2 => BackendState::Draining,
+            _ => BackendState::Ejected,
+        }
+    }
+}
+
+/// How a backend came to be in the fleet; the admin API may remove any of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// `[[backends]]` in the config file.
+    Static,
+    /// `POST /api/v1/backends`.
+    Api,
+    /// Started by ebbtide's provider.
+    Provider,
+}
+
+/// What is needed to add a backend.
+#[derive(Debug, Clone)]
+pub struct BackendSpec {
+    /// host:port.
+    pub address: String,
+    /// Concurrent requests it serves; None: unknown.
+    pub capacity: Option<u32>,
+    /// Share for weighted policies.
+    pub weight: u32,
+    /// Price per hour.
+    pub cost_per_hour: f64,
+    /// How it was added.
+    pub origin: Origin,
+    /// Lease end; None: no lease.
+    pub lease_until: Option<Nanos>,
+}
+
+/// Status codes counted per backend: 100..=599.
+const CODES: usize = 500;
+
+/// One backend of the fleet, shared by every request that uses it.
+#[derive(Debug)]
+pub struct Backend {
+    /// Stable identity (never reused in a process).
+    pub id: u64,
+    /// host:port as given.
+    pub address: String,
+    /// The authority requests to it carry in their URI.
+    pub authority: http::uri::Authority,
+    /// Concurrent requests it serves; None: unknown.
+    pub capacity: Option<u32>,
+    /// Share for weighted policies.
+    pub weight: u32,
+    /// Price per hour.
+    pub cost_per_hour: f64,
+    /// How it was added.
+    pub origin: Origin,
+    state: AtomicU8,
+    in_flight: AtomicU32,
+    lease_until: AtomicU64,
+    /// Latency estimate for `peak_ewma`.
+    pub ewma: PeakEwma,
+    responses: Box<[AtomicU64]>,
+    /// Requests that got no response from it (connect failure, reset, timeout).
+    pub failures: AtomicU64,
+}
+
+impl Backend {
+    /// The current state.
+    pub fn state(&self) -> BackendState {
+        BackendState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Moves to `state`.
+    pub fn set_state(&self, state: BackendState) {
+        self.state.store(state as u8, Ordering::Release);
+    }
+
+    /// Requests sent to it and not finished.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Takes a slot if it has one free: a compare-and-swap, so two requests racing for the last
+    /// slot cannot both get it and capacity is never exceeded.
+    pub fn try_acquire(&self) -> bool {
+        let mut cur = self.in_flight.load(Ordering::Acquire);
+        loop {
+            if self.capacity.is_some_and(|c| cur >= c) {
+                return false;
+            }
+            match self.in_flight.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Gives a slot back.
+    pub fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Counts a response status from it.
+    pub fn count_response(&self, status: u16) {
+        if (100..600).contains(&status) {
+            self.responses[(status - 100) as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// (status, count) for every status seen at least once.
+    pub fn response_counts(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        self.responses.iter().enumerate().filter_map(|(i, c)| {
+            let n = c.load(Ordering::Relaxed);
+            (n > 0).then_some((i as u16 + 100, n))
+        })
+    }
+
+    /// When its lease ends; None: it has none.
+    pub fn lease_until(&self) -> Option<Nanos> {
+        match self.lease_until.load(Ordering::Acquire) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    /// The policy's view of it at `now`.
+    pub fn view(&self, now: Nanos) -> BackendView {
+        BackendView {
+            id: self.id,
+            in_flight: self.in_flight(),
+            capacity: self.capacity,
+            weight: self.weight,
+            ewma_latency_ns: self.ewma.estimate(now),
+            cost_per_hour: self.cost_per_hour,
+            accepting: self.state() == BackendState::Active,
+        }
+    }
+
+    /// The admin API's description of it.
+    pub fn info(&self, now: Nanos) -> BackendInfo {
+        BackendInfo {
+            id: self.id,
+            address: self.address.clone(),
+            state: self.state(),
+            in_flight: self.in_flight(),
+            capacity: self.capacity,
+            weight: self.weight,
+            cost_per_hour: self.cost_per_hour,
+            origin: self.origin,
+            ewma_latency_ms: self.ewma.estimate(now) as f64 / 1e6,
+            lease_remaining_seconds: self
+                .lease_until()
+                .map(|t| t.saturating_sub(now) as f64 / 1e9),
+            requests: self.response_counts().map(|(_, n)| n).sum(),
+            failures: self.failures.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One backend as `GET /api/v1/backends` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendInfo {
+    /// Stable id, for `DELETE /api/v1/backends/{id}`.
+    pub id: u64,
+    /// host:port.
+    pub address: String,
+    /// starting, active, draining or ejected.
+    pub state: BackendState,
+    /// Requests in flight.
+    pub in_flight: u32,
+    /// Concurrent requests it serves, when known.
+    pub capacity: Option<u32>,
+    /// Weight.
+    pub weight: u32,
+    /// Price per hour.
+    pub cost_per_hour: f64,
+    /// static, api or provider.
+    pub origin: Origin,
+    /// Current peak-EWMA latency estimate.
+    pub ewma_latency_ms: f64,
+    /// Seconds until the lease runs out, when it has one.
+    pub lease_remaining_seconds: Option<f64>,
+    /// Responses received from it.
+    pub requests: u64,
+    /// Requests that got no response from it.
+    pub failures: u64,
+}
+
+/// An immutable list of the fleet, swapped whole when membership changes.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// The backends, in the order they were added.
+    pub backends: Vec<Arc<Backend>>,
+    /// Changes whenever the list does.
+    pub generation: u64,
+}
+
+impl Snapshot {
+    /// The policies' view of the snapshot at `now`.
+    pub fn at(&self, now: Nanos) -> FleetAt<'_> {
+        FleetAt { snap: self, now }
+    }
+}
+
+/// A snapshot seen at one instant, as policies want it.
+pub struct FleetAt<'a> {
+    snap: &'a Snapshot,
+    now: Nanos,
+}
+
+impl Candidates for FleetAt<'_> {
+    fn len(&self) -> usize {
+        self.snap.backends.len()
+    }
+    fn view(&self, i: usize) -> BackendView {
+        self.snap.backends[i].view(self.now)
+    }
+    fn generation(&self) -> u64 {
+        self.snap.generation
+    }
+}
+
+/// The fleet.
+#[derive(Debug)]
+pub struct Registry {
+    current: RwLock<Arc<Snapshot>>,
+    next_id: AtomicU64,
+    ewma_decay: Nanos,
+}
+
+/// Why a backend could not be added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddError {
+    /// The address is not host:port.
+    BadAddress(String),
+}
+
+impl std::fmt::Display for AddError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AddError::BadAddress(a) => write!(f, "`{a}` is not host:port"),
+        }
+    }
+}
+
+impl Registry {
+    /// An empty fleet; `ewma_decay` configures each backend's latency estimate.
+    pub fn new(ewma_decay: Nanos) -> Self {
+        Registry {
+            current: RwLock::new(Arc::new(Snapshot::default())),
+            next_id: AtomicU64::new(1),
+            ewma_decay,
+        }
+    }
+
+    /// The fleet now. Cheap: a read lock and a reference count.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Vec<Arc<Backend>>)) {
+        let mut cur = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let mut list = cur.backends.clone();
+        f(&mut list);
+        *cur = Arc::new(Snapshot {
+            backends: list,
+            generation: cur.generation + 1,
+        });
+    }
+
+    /// Adds a backend in `state`, or, when one with the same address is there, renews its lease
+    /// and returns it (`false`: it was not new).
+    pub fn add_or_renew(
+        &self,
+        spec: BackendSpec,
+        state: BackendState,
+    ) -> Result<(Arc<Backend>, bool), AddError> {
+        let authority: http::uri::Authority = spec
+            .address
+            .parse()
+            .map_err(|_| AddError::BadAddress(spec.address.clone()))?;
+        if authority.port_u16().is_none() {
+            return Err(AddError::BadAddress(spec.address));
+        }
+        let mut result = None;
+        self.update(|list| {
+            if let Some(b) = list
+                .iter()
+                .find(|b| b.address == spec.address && b.state() != BackendState::Draining)
+            {
+                b.lease_until
+                    .store(spec.lease_until.unwrap_or(0), Ordering::Release);
+                result = Some((b.clone(), false));
+                return;
+            }
+            let b = Arc::new(Backend {
+                id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                address: spec.address.clone(),
+                authority,
+                capacity: spec.capacity,
+                weight: spec.weight,
+                cost_per_hour: spec.cost_per_hour,
+                origin: spec.origin,
+                state: AtomicU8::new(state as u8),
+                in_flight: AtomicU32::new(0),
+                lease_until: AtomicU64::new(spec.lease_until.unwrap_or(0)),
+                ewma: PeakEwma::new(self.ewma_decay),
+                responses: (0..CODES).map(|_| AtomicU64::new(0)).collect(),
+                failures: AtomicU64::new(0),
+            });
+            list.push(b.clone());
+            result = Some((b, true));
+        });
+        Ok(result.expect("update ran"))
+    }
+
+    /// Removes a backend by id; returns it, or None when there is none.
+    pub fn remove(&self, id: u64) -> Option<Arc<Backend>> {
+        let mut removed = None;
+        self.update(|list| {
+            if let Some(pos) = list.iter().position(|b| b.id == id) {
+                removed = Some(list.remove(pos));
+            }
+        });
+        removed
+    }
+
+    /// The backend with `id`.
+    pub fn get(&self, id: u64) -> Option<Arc<Backend>> {
+        self.snapshot()
+            .backends
+            .iter()
+            .find(|b| b.id == id)
+            .cloned()
+    }
+
+    /// How many backends are in each state, in [`BackendState::ALL`] order.
+    pub fn count_by_state(&self) -> [usize; 4] {
+        let mut counts = [0; 4];
+        for b in &self.snapshot().backends {
+            counts[b.state() as usize] += 1;
+        }
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(addr: &str) -> BackendSpec {
+        BackendSpec {
+            address: addr.into(),
+            capacity: Some(2),
+            weight: 1,
+            cost_per_hour: 0.0,
+            origin: Origin::Api,
+            lease_until: None,
+        }
+    }
+
+    #[test]
+    fn capacity_is_never_exceeded_by_try_acquire() {
+        let r = Registry::new(1_000_000_000);
+        let (b, new) = r
+            .add_or_renew(spec("127.0.0.1:1"), BackendState::Active)
+            .unwrap();
+        assert!(new);
+        assert!(b.try_acquire());
+        assert!(b.try_acquire());
+        assert!(!b.try_acquire());
+        b.release();
+        assert!(b.try_acquire());
+        assert_eq!(b.in_flight(), 2);
+    }
+
+    #[test]
+    fn same_address_renews_instead_of_duplicating() {
+        let r = Registry::new(1);
+        let (a, _) = r
+            .add_or_renew(spec("127.0.0.1:1"), BackendState::Active)
+            .unwrap();
+        let mut s = spec("127.0.0.1:1");
+        s.lease_until = Some(42);
+        let (b, new) = r.add_or_renew(s, BackendState::Active).unwrap();
+        assert!(!new);
+        assert_eq!(a.id, b.id);
+        assert_eq!(b.lease_until(), Some(42));
+        assert_eq!(r.snapshot().backends.len(), 1);
+    }
+
+    #[test]
+    fn generation_changes_with_membership() {
+        let r = Registry::new(1);
+        let g0 = r.snapshot().generation;
+        let (b, _) = r
+            .add_or_renew(spec("127.0.0.1:1"), BackendState::Active)
+            .unwrap();
+        let g1 = r.snapshot().generation;
+        assert_ne!(g0, g1);
+        assert!(r.remove(b.id).is_some());
+        assert!(r.remove(b.id).is_none());
+        assert_ne!(r.snapshot().generation, g1);
+    }
+
+    #[test]
+    fn bad_addresses_are_refused() {
+        let r = Registry::new(1);
+        assert!(r
+            .add_or_renew(spec("no port"), BackendState::Active)
+            .is_err());
+        assert!(r
+            .add_or_renew(spec("127.0.0.1"), BackendState::Active)
+            .is_err());
+    }
+
+    #[test]
+    fn responses_are_counted_by_status() {
+        let r = Registry::new(1);
+        let (b, _) = r
+            .add_or_renew(spec("127.0.0.1:1"), BackendState::Active)
+            .unwrap();
+        b.count_response(200);
+        b.count_response(200);
+        b.count_response(503);
+        b.count_response(999);
+        let counts: Vec<_> = b.response_counts().collect();
+        assert_eq!(counts, vec![(200, 2), (503, 1)]);
+    }
+}

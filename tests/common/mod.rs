@@ -1,0 +1,357 @@
+//! Shared pieces of the end-to-end tests: start the real `ebbtide` binary with a config, a
+//! scriptable HTTP/1.1 backend on 127.0.0.1, and a client.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A running `ebbtide serve`, killed when dropped.
+pub struct Ebbtide {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub config: tempfile_path::TempPath,
+}
+
+impl Drop for Ebbtide {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A tiny temp-file helper (no extra dependency).
+pub mod tempfile_path {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static N: AtomicU64 = AtomicU64::new(0);
+
+    /// A file removed when dropped.
+    pub struct TempPath(PathBuf);
+
+    impl TempPath {
+        pub fn with_contents(ext: &str, contents: &str) -> TempPath {
+            let p = std::env::temp_dir().join(format!(
+                "ebbtide-test-{}-{}.{ext}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::write(&p, contents).unwrap();
+            TempPath(p)
+        }
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+pub fn ebbtide_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ebbtide")
+}
+
+/// Starts `ebbtide serve --config` with `config` (which should use port 0 for the listener and
+/// the admin API) and waits for its "listening" line.
+pub fn start_ebbtide(config: &str) -> Ebbtide {
+    let file = tempfile_path::TempPath::with_contents("toml", config);
+    let mut child = Command::new(ebbtide_bin())
+        .args(["serve", "--config"])
+        .arg(file.path())
+        .env("EBBTIDE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start ebbtide");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let (addr, admin) = parse_listening(&line)
+        .unwrap_or_else(|| panic!("ebbtide did not report its addresses; printed {line:?}"));
+    Ebbtide {
+        child,
+        addr,
+        admin,
+        config: file,
+    }
+}
+
+/// Parses "ebbtide listening on http://A (admin http://B)".
+pub fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let rest = line.split("listening on http://").nth(1)?;
+    let (addr, rest) = rest.split_once(' ')?;
+    let admin = rest
+        .split("admin http://")
+        .nth(1)?
+        .trim_end()
+        .trim_end_matches(')');
+    Some((addr.parse().ok()?, admin.parse().ok()?))
+}
+
+/// A base config with both listeners on free ports.
+pub fn base_config(extra: &str) -> String {
+    format!("[listener]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n{extra}\n")
+}
+
+/// A config fragment for static backends.
+pub fn backends_toml(addrs: &[SocketAddr], capacity: Option<u32>) -> String {
+    let mut s = String::new();
+    for a in addrs {
+        s.push_str(&format!("[[backends]]\naddress = \"{a}\"\n"));
+        if let Some(c) = capacity {
+            s.push_str(&format!("capacity = {c}\n"));
+        }
+    }
+    s
+}
+
+/// What the test backend counts.
+#[derive(Default)]
+pub struct BackendStats {
+    pub requests: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub max_in_flight: AtomicU64,
+    pub body_bytes: AtomicU64,
+}
+
+/// A scriptable backend on 127.0.0.1:0, served on the test's tokio runtime:
+/// - `/echo` (and anything else): JSON of method, path, version and headers;
+/// - `/sleep?ms=N`: waits N ms then answers;
+/// - `/hang`: never answers;
+/// - `/download?bytes=N`: streams N bytes in 64 KiB chunks;
+/// - `/upload`: counts the request body and answers with the count;
+/// - `/hop`: answers with hop-by-hop headers that a proxy must strip.
+pub struct TestBackend {
+    pub addr: SocketAddr,
+    pub stats: Arc<BackendStats>,
+    pub name: String,
+}
+
+pub async fn test_backend(name: &str) -> TestBackend {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stats = Arc::new(BackendStats::default());
+    let st = stats.clone();
+    let nm = name.to_string();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let st = st.clone();
+            let nm = nm.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| backend_handle(req, st.clone(), nm.clone()));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    TestBackend {
+        addr,
+        stats,
+        name: name.to_string(),
+    }
+}
+
+type TestBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+fn full(b: impl Into<Bytes>) -> TestBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+struct InFlight(Arc<BackendStats>);
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn backend_handle(
+    req: Request<Incoming>,
+    stats: Arc<BackendStats>,
+    name: String,
+) -> Result<Response<TestBody>, std::convert::Infallible> {
+    stats.requests.fetch_add(1, Ordering::SeqCst);
+    let now = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    stats.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let _guard = InFlight(stats.clone());
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let param = |k: &str| -> Option<u64> {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
+    };
+    let mut resp = match path.as_str() {
+        "/sleep" => {
+            tokio::time::sleep(Duration::from_millis(param("ms").unwrap_or(100))).await;
+            Response::new(full(name.clone()))
+        }
+        "/hang" => {
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+        "/download" => {
+            let total = param("bytes").unwrap_or(0);
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            Response::new(Download { left: total, chunk }.boxed())
+        }
+        "/upload" => {
+            let mut body = req.into_body();
+            let mut n = 0u64;
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => {
+                        if let Some(d) = f.data_ref() {
+                            n += d.len() as u64;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            stats.body_bytes.fetch_add(n, Ordering::SeqCst);
+            Response::new(full(n.to_string()))
+        }
+        "/hop" => {
+            let mut r = Response::new(full("hop"));
+            let h = r.headers_mut();
+            h.insert("connection", "x-internal".parse().unwrap());
+            h.insert("x-internal", "secret".parse().unwrap());
+            h.insert("keep-alive", "timeout=5".parse().unwrap());
+            h.insert("x-public", "ok".parse().unwrap());
+            r
+        }
+        _ => {
+            let headers: serde_json::Map<String, serde_json::Value> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+                .collect();
+            let v = serde_json::json!({
+                "backend": name,
+                "method": req.method().as_str(),
+                "path": req.uri().path(),
+                "version": format!("{:?}", req.version()),
+                "headers": headers,
+            });
+            Response::new(full(v.to_string()))
+        }
+    };
+    resp.headers_mut()
+        .insert("x-backend-id", name.parse().unwrap());
+    Ok(resp)
+}
+
+/// A body of `left` bytes sent in `chunk`-sized frames, generated as it is read.
+pub struct Download {
+    pub left: u64,
+    pub chunk: Bytes,
+}
+
+impl hyper::body::Body for Download {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.left.min(self.chunk.len() as u64) as usize;
+        self.left -= n as u64;
+        std::task::Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
+    }
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.left)
+    }
+}
+
+/// A pooled HTTP/1.1 client.
+pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// GET and collect the whole body.
+pub async fn get(url: &str) -> (StatusCode, http::HeaderMap, Bytes) {
+    send(Request::get(url).body(full(Bytes::new())).unwrap()).await
+}
+
+pub async fn send(req: Request<TestBody>) -> (StatusCode, http::HeaderMap, Bytes) {
+    let resp = client().request(req).await.expect("request failed");
+    let (parts, body) = resp.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    (parts.status, parts.headers, bytes)
+}
+
+pub fn empty() -> TestBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+pub fn body(b: impl Into<Bytes>) -> TestBody {
+    full(b)
+}
+
+/// Polls `f` until it returns Some or `limit` passes (for states reached asynchronously, like a
+/// backend becoming active); panics with `what` on timeout.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Peak resident memory of a process in KiB (VmHWM).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Sends SIGTERM.
+pub fn sigterm(pid: u32) {
+    unsafe {
+        libc::kill(pid as i32, libc::SIGTERM);
+    }
+}
+
+/// Sends SIGHUP.
+pub fn sighup(pid: u32) {
+    unsafe {
+        libc::kill(pid as i32, libc::SIGHUP);
+    }
+}

@@ -1,0 +1,313 @@
+//! End-to-end tests of the proxy: the real `ebbtide` binary, real backends, real sockets on
+//! 127.0.0.1.
+
+mod common;
+
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+fn url(addr: SocketAddr, path: &str) -> String {
+    format!("http://{addr}{path}")
+}
+
+#[tokio::test]
+async fn strips_hop_by_hop_headers_and_sets_forwarded_headers() {
+    let b = test_backend("b1").await;
+    let lb = start_ebbtide(&base_config(&backends_toml(&[b.addr], None)));
+    let req = Request::get(url(lb.addr, "/echo?q=1"))
+        .header("host", "shop.example.test")
+        .header("connection", "x-secret, keep-alive")
+        .header("x-secret", "hop")
+        .header("keep-alive", "timeout=5")
+        .header("te", "trailers")
+        .header("proxy-connection", "keep-alive")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-forwarded-proto", "https-spoofed")
+        .header("x-end-to-end", "kept")
+        .body(empty())
+        .unwrap();
+    let (status, _, body) = send(req).await;
+    assert_eq!(status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let h = &v["headers"];
+    for hop in [
+        "x-secret",
+        "keep-alive",
+        "te",
+        "proxy-connection",
+        "upgrade",
+    ] {
+        assert!(h.get(hop).is_none(), "{hop} reached the backend: {h}");
+    }
+    // hyper's client may add its own `connection: keep-alive`; never the client's tokens.
+    if let Some(c) = h.get("connection") {
+        assert!(!c.as_str().unwrap().contains("x-secret"), "{h}");
+    }
+    assert_eq!(h["host"], "shop.example.test", "Host is kept");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "shop.example.test");
+    assert_eq!(h["x-end-to-end"], "kept");
+    assert_eq!(v["path"], "/echo");
+    assert_eq!(v["version"], "HTTP/1.1");
+}
+
+#[tokio::test]
+async fn strips_hop_by_hop_headers_from_responses() {
+    let b = test_backend("b1").await;
+    let lb = start_ebbtide(&base_config(&backends_toml(&[b.addr], None)));
+    let (status, headers, _) = get(&url(lb.addr, "/hop")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers.get("x-internal").is_none(), "{headers:?}");
+    assert!(headers.get("keep-alive").is_none(), "{headers:?}");
+    assert_eq!(headers["x-public"], "ok");
+    assert_eq!(headers["x-backend-id"], "b1");
+}
+
+#[tokio::test]
+async fn http2_client_reaches_an_http1_backend() {
+    let b = test_backend("b1").await;
+    let lb = start_ebbtide(&base_config(&backends_toml(&[b.addr], None)));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    for _ in 0..3 {
+        let resp = client
+            .request(
+                Request::get(url(lb.addr, "/echo"))
+                    .body(http_body_util::Empty::new())
+                    .unwrap(),
+            )
+            .await
+            .expect("h2c request");
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["version"], "HTTP/1.1", "the backend speaks HTTP/1.1");
+        assert_eq!(
+            v["headers"]["host"],
+            lb.addr.to_string(),
+            "Host made from :authority"
+        );
+    }
+}
+
+#[tokio::test]
+async fn refused_backend_gives_502() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let lb = start_ebbtide(&base_config(&backends_toml(&[dead], None)));
+    let (status, headers, body) = get(&url(lb.addr, "/")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    assert!(
+        String::from_utf8_lossy(&body).contains("connect"),
+        "{body:?}"
+    );
+}
+
+#[tokio::test]
+async fn silent_backend_gives_504_after_the_configured_timeout() {
+    let b = test_backend("b1").await;
+    let cfg = base_config(&format!(
+        "[upstream]\nresponse_timeout = \"400ms\"\n{}",
+        backends_toml(&[b.addr], None)
+    ));
+    let lb = start_ebbtide(&cfg);
+    let start = Instant::now();
+    let (status, _, _) = get(&url(lb.addr, "/hang")).await;
+    let waited = start.elapsed();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        waited >= Duration::from_millis(400),
+        "answered after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "answered after {waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn streams_a_gibibyte_both_ways_with_bounded_memory() {
+    const GIB: u64 = 1 << 30;
+    let b = test_backend("b1").await;
+    let lb = start_ebbtide(&base_config(&backends_toml(&[b.addr], None)));
+
+    // Download: count bytes as they arrive, never holding more than a frame.
+    let resp = client()
+        .request(
+            Request::get(url(lb.addr, &format!("/download?bytes={GIB}")))
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut got = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Some(d) = frame.unwrap().data_ref() {
+            got += d.len() as u64;
+        }
+    }
+    assert_eq!(got, GIB);
+
+    // Upload: a generated 1 GiB body, counted by the backend.
+    let upload = Download {
+        left: GIB,
+        chunk: bytes::Bytes::from(vec![b'y'; 64 * 1024]),
+    };
+    let req = Request::post(url(lb.addr, "/upload"))
+        .body(http_body_util::BodyExt::boxed(upload))
+        .unwrap();
+    let (status, _, reply) = send(req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(reply, GIB.to_string());
+    assert_eq!(b.stats.body_bytes.load(Ordering::SeqCst), GIB);
+
+    let peak = peak_rss_kib(lb.child.id());
+    assert!(
+        peak < 64 * 1024,
+        "ebbtide's peak RSS was {peak} KiB while streaming 2 GiB"
+    );
+}
+
+#[tokio::test]
+async fn round_robin_spreads_requests_over_every_backend() {
+    let bs = [
+        test_backend("a").await,
+        test_backend("b").await,
+        test_backend("c").await,
+    ];
+    let addrs: Vec<_> = bs.iter().map(|b| b.addr).collect();
+    let cfg = base_config(&format!(
+        "[balancer]\npolicy = \"round_robin\"\n{}",
+        backends_toml(&addrs, None)
+    ));
+    let lb = start_ebbtide(&cfg);
+    for _ in 0..300 {
+        let (status, _, _) = get(&url(lb.addr, "/")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    for b in &bs {
+        assert_eq!(
+            b.stats.requests.load(Ordering::SeqCst),
+            100,
+            "backend {}",
+            b.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn central_queue_never_exceeds_capacity_and_sheds_with_retry_after() {
+    let bs = [test_backend("a").await, test_backend("b").await];
+    let addrs: Vec<_> = bs.iter().map(|b| b.addr).collect();
+    let cfg = base_config(&format!(
+        "[balancer]\npolicy = \"central_queue\"\n[overload]\nmax_queue = 100\nqueue_timeout = \"10s\"\n{}",
+        backends_toml(&addrs, Some(2))
+    ));
+    let lb = start_ebbtide(&cfg);
+    // 10x oversubscription: 40 concurrent requests onto 4 slots.
+    let tasks: Vec<_> = (0..40)
+        .map(|_| tokio::spawn(get_owned(url(lb.addr, "/sleep?ms=50"))))
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    for b in &bs {
+        let max = b.stats.max_in_flight.load(Ordering::SeqCst);
+        assert!(
+            max <= 2,
+            "backend {} saw {max} concurrent requests (capacity 2)",
+            b.name
+        );
+    }
+    assert_eq!(
+        bs.iter()
+            .map(|b| b.stats.requests.load(Ordering::SeqCst))
+            .sum::<u64>(),
+        40
+    );
+}
+
+async fn get_owned(u: String) -> StatusCode {
+    get(&u).await.0
+}
+
+#[tokio::test]
+async fn a_full_queue_and_a_queue_timeout_both_shed_with_retry_after() {
+    let b = test_backend("a").await;
+    let cfg = base_config(&format!(
+        "[balancer]\npolicy = \"central_queue\"\n[overload]\nmax_queue = 1\nqueue_timeout = \"300ms\"\n{}",
+        backends_toml(&[b.addr], Some(1))
+    ));
+    let lb = start_ebbtide(&cfg);
+    let addr = lb.addr;
+    // Occupy the only slot.
+    let _busy = tokio::spawn(get_owned(url(addr, "/sleep?ms=3000")));
+    eventually("the slot to be taken", Duration::from_secs(5), || async {
+        (b.stats.in_flight.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    // One request waits in the queue...
+    let waiter = tokio::spawn(async move {
+        let start = Instant::now();
+        let r = get(&url(addr, "/")).await;
+        (r, start.elapsed())
+    });
+    eventually("a request to queue", Duration::from_secs(5), || async {
+        let (_, _, body) = get(&url(lb.admin, "/api/v1/signals")).await;
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        (v["queue_depth"] == 1).then_some(())
+    })
+    .await;
+    // ...so the next finds the queue full and is shed at once.
+    let (status, headers, body) = get(&url(addr, "/")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body:?}");
+    assert!(
+        headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert!(String::from_utf8_lossy(&body).contains("queue is full"));
+    // The waiter gives up after the queue timeout.
+    let ((status, headers, _), waited) = waiter.await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        waited >= Duration::from_millis(300),
+        "shed after {waited:?}"
+    );
+    assert!(
+        headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    let (_, _, metrics) = get(&url(lb.admin, "/metrics")).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("ebbtide_shed_total{reason=\"queue_timeout\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ebbtide_shed_total{reason=\"queue_full\"} 1"),
+        "{metrics}"
+    );
+}
