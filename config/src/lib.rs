@@ -2,12 +2,14 @@
 //! whose every error names the file, line, column and key path. Also the few primitives the other
 //! crates share (core time, a seeded RNG), since this crate is the one they all depend on.
 
+pub mod lifecycle;
 pub mod rng;
 mod schema;
 pub mod service_time;
 pub mod time;
 mod validate;
 
+pub use lifecycle::{Health, Idempotency, Lifecycle, Outlier, Retries};
 pub use schema::*;
 pub use validate::{ConfigError, ConfigErrors};
 
@@ -33,6 +35,41 @@ impl Config {
             }])
         })?;
         Config::from_toml(&text, &file)
+    }
+
+    /// A one-line human summary of what this config runs, for `ebbtide check` and start-up logs,
+    /// e.g. `listener 127.0.0.1:8080, admin 127.0.0.1:9901, policy p2c, 3 static backends,
+    /// local provider x2`.
+    pub fn summary(&self) -> String {
+        let mut parts = vec![format!("listener {}", self.listener.address)];
+        parts.push(match self.admin.token {
+            Some(_) => format!("admin {} (token)", self.admin.address),
+            None => format!("admin {}", self.admin.address),
+        });
+        parts.push(match self.balancer.policy {
+            PolicyKind::ConsistentHash => {
+                format!(
+                    "policy consistent_hash on {}",
+                    self.balancer.hash_key.trim()
+                )
+            }
+            PolicyKind::P2c | PolicyKind::PeakEwma if self.balancer.choices != 2 => format!(
+                "policy {} (choices {})",
+                self.balancer.policy.name(),
+                self.balancer.choices
+            ),
+            p => format!("policy {}", p.name()),
+        });
+        parts.push(match self.backends.len() {
+            0 => "no static backends".to_string(),
+            1 => "1 static backend".to_string(),
+            n => format!("{n} static backends"),
+        });
+        parts.push(match &self.provider {
+            Some(p) => format!("{} provider x{}", p.kind.name(), p.count),
+            None => "no provider".to_string(),
+        });
+        parts.join(", ")
     }
 
     /// The embedded default config.

@@ -22,6 +22,16 @@ pub struct Config {
     pub overload: Overload,
     /// The sliding window behind `/api/v1/signals`.
     pub signals: Signals,
+    /// Active health checks.
+    pub health: crate::lifecycle::Health,
+    /// Passive outlier detection.
+    pub outlier: crate::lifecycle::Outlier,
+    /// Draining.
+    pub lifecycle: crate::lifecycle::Lifecycle,
+    /// Safe retries and their budget.
+    pub retries: crate::lifecycle::Retries,
+    /// At-most-once for `Idempotency-Key`.
+    pub idempotency: crate::lifecycle::Idempotency,
     /// Static backends.
     pub backends: Vec<StaticBackend>,
     /// Backends that ebbtide starts itself.
@@ -34,9 +44,8 @@ pub struct Config {
 pub struct Listener {
     /// Socket address clients connect to.
     pub address: String,
-    /// A client connection with no request in flight for this long is closed.
-    pub idle_timeout: HumanDuration,
-    /// A client must send a request's headers within this time.
+    /// A client must send a request's headers within this time; an HTTP/1 keep-alive connection
+    /// that sends no new request for this long is closed too.
     pub header_read_timeout: HumanDuration,
 }
 
@@ -44,7 +53,6 @@ impl Default for Listener {
     fn default() -> Self {
         Listener {
             address: "127.0.0.1:8080".into(),
-            idle_timeout: HumanDuration::from_secs(60),
             header_read_timeout: HumanDuration::from_secs(10),
         }
     }
@@ -234,6 +242,8 @@ pub struct Overload {
     pub max_queue: usize,
     /// A request that waited this long for a backend is shed with 503 and `Retry-After`.
     pub queue_timeout: HumanDuration,
+    /// Learn a concurrency limit from latency for backends without a configured `capacity`.
+    pub adaptive_limit: bool,
 }
 
 impl Default for Overload {
@@ -241,6 +251,7 @@ impl Default for Overload {
         Overload {
             max_queue: 1024,
             queue_timeout: HumanDuration::from_secs(5),
+            adaptive_limit: true,
         }
     }
 }
@@ -289,6 +300,15 @@ pub enum ProviderKind {
     /// Child processes on this machine, on free loopback ports.
     #[default]
     Local,
+}
+
+impl ProviderKind {
+    /// The name used in config, for summaries and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Local => "local",
+        }
+    }
 }
 
 /// `[provider]`: backends that ebbtide starts itself.

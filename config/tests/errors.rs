@@ -1,0 +1,566 @@
+//! One test per class of error: each asserts the key path and the line (and so the place a user
+//! is sent to), and that the message says what is allowed.
+
+use ebbtide_config::{Config, ConfigError, PolicyKind};
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    match Config::from_toml(text, "t.toml") {
+        Ok(cfg) => panic!("expected errors, got {cfg:?}"),
+        Err(e) => e.0,
+    }
+}
+
+/// Asserts `text` has exactly one error, at `key` on `line`, saying `needle`; returns it.
+#[track_caller]
+fn one(text: &str, key: &str, line: usize, needle: &str) -> ConfigError {
+    let errs = errors(text);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    let e = errs.into_iter().next().unwrap();
+    assert_eq!((e.key.as_str(), e.line), (key, line), "{e}");
+    assert!(e.message.contains(needle), "`{needle}` not in: {e}");
+    let shown = e.to_string();
+    let prefix = format!("t.toml:{line}:{}: {key}: ", e.col);
+    assert!(shown.starts_with(&prefix), "{shown}");
+    assert!(!shown.contains('\n'), "{shown}");
+    e
+}
+
+#[track_caller]
+fn ok(text: &str) -> Config {
+    Config::from_toml(text, "t.toml").unwrap_or_else(|e| panic!("{e}"))
+}
+
+// ---- serde and syntax errors
+
+#[test]
+fn syntax_error_names_the_key_and_line() {
+    let e = one(
+        "[listener]\naddress = \"127.0.0.1:8080\n",
+        "listener.address",
+        2,
+        "invalid TOML: ",
+    );
+    assert!(e.col > 1);
+    one(
+        "[admin]\n\n[listener\n",
+        "listener",
+        3,
+        "invalid TOML: invalid table header",
+    );
+    one(
+        "[[backends]]\naddress = \"a:1\"\n[[backends]]\nweight = = 2\n",
+        "backends[1].weight",
+        4,
+        "",
+    );
+}
+
+#[test]
+fn duplicate_table_is_reported_where_it_repeats() {
+    one(
+        "[listener]\naddress = \"127.0.0.1:1\"\n[listener]\n",
+        "listener",
+        3,
+        "duplicate key",
+    );
+}
+
+#[test]
+fn unknown_key_lists_the_allowed_keys() {
+    let e = one(
+        "[listener]\naddress = \"127.0.0.1:8080\"\nadress = \"x\"\n",
+        "listener.adress",
+        3,
+        "unknown key `adress`",
+    );
+    assert!(
+        e.message.contains("`address` or `header_read_timeout`"),
+        "{e}"
+    );
+    assert_eq!(e.col, 1);
+    one("\n[foo]\nx = 1\n", "foo", 2, "`listener`, `admin`");
+    one(
+        "[[backends]]\naddress = \"a:1\"\n[[backends]]\naddress = \"b:1\"\nweigth = 2\n",
+        "backends[1].weigth",
+        5,
+        "`weight`",
+    );
+    one(
+        "backends = [\n  { address = \"a:1\" },\n  { address = \"b:1\", cost = 1 },\n]\n",
+        "backends[1].cost",
+        3,
+        "`cost_per_hour`",
+    );
+}
+
+#[test]
+fn wrong_type_names_the_key_and_the_type_wanted() {
+    let e = one(
+        "[balancer]\nchoices = \"two\"\n",
+        "balancer.choices",
+        2,
+        "expected a non-negative integer",
+    );
+    assert_eq!(e.col, 11);
+    assert!(!e.message.contains("invalid TOML"), "{e}");
+    one(
+        "[provider]\ncount = 1\ncommand = [\"a\", 5]\n",
+        "provider.command[1]",
+        3,
+        "expected a string",
+    );
+    one("\nlistener = 5\n", "listener", 2, "expected a table");
+    one("[backends]\n", "backends", 1, "expected an array");
+    one(
+        "[[backends]]\naddress = \"a:1\"\ncapacity = -3\n",
+        "backends[0].capacity",
+        3,
+        "from 0 to 4294967295",
+    );
+    one(
+        "[balancer]\nutilisation_target = \"high\"\n",
+        "balancer.utilisation_target",
+        2,
+        "expected a number",
+    );
+}
+
+#[test]
+fn bad_duration_names_the_key_and_the_units() {
+    let e = one(
+        "[signals]\n\nwindow = \"10 parsecs\"\n",
+        "signals.window",
+        3,
+        "unknown unit",
+    );
+    assert!(e.message.contains("ns, us, ms, s, m or h"), "{e}");
+    one(
+        "[upstream]\nconnect_timeout = 5\n",
+        "upstream.connect_timeout",
+        2,
+        "duration string such as \"250ms\"",
+    );
+    one(
+        "[listener]\nheader_read_timeout = \"10\"\n",
+        "listener.header_read_timeout",
+        2,
+        "no unit",
+    );
+}
+
+#[test]
+fn unknown_policy_lists_every_policy() {
+    let e = one(
+        "[listener]\naddress = \"127.0.0.1:8080\"\n[balancer]\npolicy = \"p3c\"\n",
+        "balancer.policy",
+        4,
+        "unknown value `p3c`",
+    );
+    for p in PolicyKind::ALL {
+        assert!(e.message.contains(&format!("`{}`", p.name())), "{e}");
+    }
+    one(
+        "[provider]\nkind = \"kubernetes\"\n",
+        "provider.kind",
+        2,
+        "`local`",
+    );
+}
+
+#[test]
+fn missing_required_key_points_at_its_table() {
+    one(
+        "[[backends]]\naddress = \"a:1\"\n\n[[backends]]\ncapacity = 3\n",
+        "backends[1]",
+        4,
+        "missing required key `address`",
+    );
+}
+
+// ---- semantic errors
+
+#[test]
+fn listener_address_must_be_ip_port() {
+    let e = one(
+        "[listener]\nheader_read_timeout = \"5s\"\naddress = \"localhost:8080\"\n",
+        "listener.address",
+        3,
+        "not an ip:port",
+    );
+    assert_eq!(e.col, 11);
+    one(
+        "[listener]\naddress = \"127.0.0.1\"\n",
+        "listener.address",
+        2,
+        "\"127.0.0.1:8080\"",
+    );
+}
+
+#[test]
+fn admin_address_must_be_ip_port() {
+    one(
+        "[admin]\naddress = \"127.0.0.1:99999\"\n",
+        "admin.address",
+        2,
+        "not an ip:port",
+    );
+}
+
+#[test]
+fn listener_and_admin_must_differ() {
+    one(
+        "[listener]\naddress = \"127.0.0.1:8080\"\n[admin]\naddress = \"127.0.0.1:8080\"\n",
+        "admin.address",
+        4,
+        "clashes with listener.address",
+    );
+    // A wildcard clashes with any address on its port; a token keeps the token check quiet.
+    one(
+        "[listener]\naddress = \"0.0.0.0:7000\"\n[admin]\naddress = \"127.0.0.1:7000\"\n",
+        "admin.address",
+        4,
+        "clashes",
+    );
+    // Port 0 is "any free port": never a clash.
+    ok("[listener]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n");
+    ok("[listener]\naddress = \"127.0.0.1:8080\"\n[admin]\naddress = \"127.0.0.2:8080\"\n");
+}
+
+#[test]
+fn admin_token_is_required_off_loopback() {
+    // Not written: points at the [admin] header.
+    one(
+        "[listener]\naddress = \"127.0.0.1:8080\"\n\n[admin]\naddress = \"0.0.0.0:9901\"\n",
+        "admin.token",
+        4,
+        "required because admin.address `0.0.0.0:9901` is not loopback",
+    );
+    one(
+        "[admin]\naddress = \"[::]:9901\"\n",
+        "admin.token",
+        1,
+        "not loopback",
+    );
+    ok("[admin]\naddress = \"0.0.0.0:9901\"\ntoken = \"s3cret\"\n");
+    ok("[admin]\naddress = \"127.5.6.7:9901\"\n");
+    ok("[admin]\naddress = \"[::1]:9901\"\n");
+    ok("[admin]\naddress = \"[::ffff:127.0.0.1]:9901\"\n");
+}
+
+#[test]
+fn admin_token_must_not_be_empty() {
+    one(
+        "[admin]\naddress = \"127.0.0.1:9901\"\ntoken = \"  \"\n",
+        "admin.token",
+        3,
+        "is empty",
+    );
+}
+
+#[test]
+fn backend_address_must_be_host_port() {
+    let cases = [
+        ("127.0.0.1", "no port"),
+        ("127.0.0.1:0", "port 0"),
+        ("127.0.0.1:70000", "from 1 to 65535"),
+        ("http://127.0.0.1:80", "scheme"),
+        ("bad_host:80", "neither an IP address nor a hostname"),
+    ];
+    for (addr, why) in cases {
+        let text = format!(
+            "[[backends]]\naddress = \"127.0.0.1:1\"\n[[backends]]\naddress = \"{addr}\"\n"
+        );
+        one(&text, "backends[1].address", 4, why);
+    }
+    ok("[[backends]]\naddress = \"backend-1.default.svc:8080\"\n\
+        [[backends]]\naddress = \"[::1]:8080\"\n");
+}
+
+#[test]
+fn duplicate_backend_addresses_name_both_entries() {
+    let e = one(
+        "[[backends]]\naddress = \"127.0.0.1:9001\"\n[[backends]]\naddress = \"127.0.0.1:9002\"\n\
+         [[backends]]\naddress = \"127.0.0.1:9001\"\n",
+        "backends[2].address",
+        6,
+        "backends[0].address",
+    );
+    assert!(e.message.contains("127.0.0.1:9001"), "{e}");
+    // Hostnames compare without case; inline tables are located too.
+    one(
+        "backends = [\n  { address = \"Web:80\" },\n  { address = \"web:80\" },\n]\n",
+        "backends[1].address",
+        3,
+        "backends[0]",
+    );
+}
+
+#[test]
+fn backend_capacity_zero_is_rejected() {
+    one(
+        "[[backends]]\naddress = \"a:1\"\ncapacity = 0\n",
+        "backends[0].capacity",
+        3,
+        "at least 1",
+    );
+}
+
+#[test]
+fn backend_weight_must_be_at_least_one() {
+    one(
+        "[[backends]]\naddress = \"a:1\"\nweight = 0\n",
+        "backends[0].weight",
+        3,
+        "at least 1",
+    );
+}
+
+#[test]
+fn costs_must_be_finite_and_not_negative() {
+    for bad in ["-0.5", "nan", "inf"] {
+        let text = format!("[[backends]]\naddress = \"a:1\"\ncost_per_hour = {bad}\n");
+        one(&text, "backends[0].cost_per_hour", 3, "finite number >= 0");
+        let text = format!("[provider]\ncapacity = 1\ncost_per_hour = {bad}\n");
+        one(&text, "provider.cost_per_hour", 3, "finite number >= 0");
+    }
+    ok("[[backends]]\naddress = \"a:1\"\ncost_per_hour = 0.0\n");
+}
+
+#[test]
+fn balancer_choices_from_2_to_16() {
+    for bad in [0, 1, 17] {
+        one(
+            &format!("[balancer]\npolicy = \"p2c\"\nchoices = {bad}\n"),
+            "balancer.choices",
+            3,
+            "from 2 to 16",
+        );
+    }
+    ok("[balancer]\nchoices = 16\n");
+}
+
+#[test]
+fn balancer_hash_key_must_parse() {
+    one(
+        "[balancer]\npolicy = \"consistent_hash\"\nhash_key = \"header:\"\n",
+        "balancer.hash_key",
+        3,
+        "\"header:NAME\"",
+    );
+    one(
+        "[balancer]\nhash_key = \"query\"\n",
+        "balancer.hash_key",
+        2,
+        "\"cookie:NAME\"",
+    );
+}
+
+#[test]
+fn balancer_utilisation_target_in_0_to_1() {
+    for bad in ["0.0", "1.5", "-0.1", "nan"] {
+        one(
+            &format!("[balancer]\nutilisation_target = {bad}\n"),
+            "balancer.utilisation_target",
+            2,
+            "greater than 0 and at most 1",
+        );
+    }
+    ok("[balancer]\nutilisation_target = 1.0\n");
+}
+
+#[test]
+fn timeouts_must_be_positive() {
+    let keys = [
+        ("listener", "header_read_timeout"),
+        ("upstream", "connect_timeout"),
+        ("upstream", "response_timeout"),
+        ("upstream", "idle_timeout"),
+        ("balancer", "ewma_decay"),
+    ];
+    for (section, key) in keys {
+        one(
+            &format!("[{section}]\n{key} = \"0ms\"\n"),
+            &format!("{section}.{key}"),
+            2,
+            "greater than zero",
+        );
+    }
+}
+
+#[test]
+fn overload_queue_timeout_must_be_positive() {
+    one(
+        "[overload]\nmax_queue = 10\nqueue_timeout = \"0\"\n",
+        "overload.queue_timeout",
+        3,
+        "greater than zero",
+    );
+}
+
+#[test]
+fn signals_window_from_1s_to_1h() {
+    for bad in ["500ms", "61m"] {
+        one(
+            &format!("[signals]\nwindow = \"{bad}\"\n"),
+            "signals.window",
+            2,
+            "from 1s to 1h",
+        );
+    }
+    ok("[signals]\nwindow = \"1s\"\n");
+    ok("[signals]\nwindow = \"1h\"\n");
+}
+
+#[test]
+fn runtime_worker_threads_at_least_one() {
+    one(
+        "[runtime]\nworker_threads = 0\n",
+        "runtime.worker_threads",
+        2,
+        "at least 1",
+    );
+    assert_eq!(
+        ok("[runtime]\nworker_threads = 1\n").runtime.worker_threads,
+        Some(1)
+    );
+}
+
+#[test]
+fn provider_command_needs_words_and_a_port() {
+    one(
+        "[provider]\ncapacity = 1\ncommand = []\n",
+        "provider.command",
+        3,
+        "is empty",
+    );
+    one(
+        "[provider]\ncommand = [\"\", \"{port}\"]\n",
+        "provider.command",
+        2,
+        "first word",
+    );
+    one(
+        "[provider]\ncommand = [\"ebbtide\", \"backend\", \"--listen\", \"127.0.0.1:8000\"]\n",
+        "provider.command",
+        2,
+        "{port}",
+    );
+    ok("[provider]\ncommand = [\"my-server\", \"--port={port}\"]\n");
+}
+
+#[test]
+fn provider_count_at_most_1000() {
+    one(
+        "[provider]\ncount = 1001\n",
+        "provider.count",
+        2,
+        "from 0 to 1000",
+    );
+    ok("[provider]\ncount = 1000\n");
+    ok("[provider]\ncount = 0\n");
+}
+
+#[test]
+fn provider_capacity_zero_is_rejected() {
+    one(
+        "[provider]\ncount = 1\ncapacity = 0\n",
+        "provider.capacity",
+        3,
+        "at least 1",
+    );
+}
+
+#[test]
+fn provider_boot_timeout_must_be_positive() {
+    one(
+        "[provider]\nboot_timeout = \"0s\"\n",
+        "provider.boot_timeout",
+        2,
+        "greater than zero",
+    );
+}
+
+#[test]
+fn central_queue_needs_every_capacity() {
+    let text = "[balancer]\npolicy = \"central_queue\"\n\n\
+                [[backends]]\naddress = \"a:1\"\ncapacity = 4\n\n\
+                [[backends]]\naddress = \"b:1\"\n\n\
+                [provider]\ncount = 2\n";
+    let errs = errors(text);
+    let got: Vec<_> = errs.iter().map(|e| (e.key.as_str(), e.line)).collect();
+    // Neither key is written: each points at its table's header.
+    assert_eq!(
+        got,
+        [("backends[1].capacity", 8), ("provider.capacity", 11)]
+    );
+    for e in &errs {
+        assert!(e.message.contains("central_queue"), "{e}");
+        assert!(e.message.contains("capacity = "), "{e}");
+    }
+    // Other policies do not need capacities.
+    ok("[[backends]]\naddress = \"b:1\"\n[provider]\ncount = 2\n");
+}
+
+// ---- many errors, and where they point
+
+#[test]
+fn every_semantic_error_is_reported_in_file_order() {
+    let text = "\
+[listener]
+address = \"nowhere\"
+
+[balancer]
+choices = 1
+hash_key = \"query\"
+
+[[backends]]
+address = \"a:1\"
+weight = 0
+
+[[backends]]
+address = \"a:1\"
+capacity = 0
+
+[provider]
+command = [\"server\"]
+count = 5000
+";
+    let errs = errors(text);
+    let got: Vec<_> = errs.iter().map(|e| (e.key.as_str(), e.line)).collect();
+    assert_eq!(
+        got,
+        [
+            ("listener.address", 2),
+            ("balancer.choices", 5),
+            ("balancer.hash_key", 6),
+            ("backends[0].weight", 10),
+            ("backends[1].address", 13),
+            ("backends[1].capacity", 14),
+            ("provider.command", 17),
+            ("provider.count", 18),
+        ]
+    );
+    let shown = Config::from_toml(text, "t.toml").unwrap_err().to_string();
+    assert_eq!(shown.lines().count(), errs.len());
+    assert!(shown
+        .lines()
+        .all(|l| l.starts_with("t.toml:") && l.split(": ").count() >= 3));
+}
+
+#[test]
+fn dotted_keys_are_located() {
+    let e = one(
+        "# a comment\nbalancer.choices = 40\n",
+        "balancer.choices",
+        2,
+        "from 2 to 16",
+    );
+    assert_eq!(e.col, 20);
+}
+
+#[test]
+fn unreadable_file_says_so() {
+    let err = Config::from_file(std::path::Path::new("/nonexistent/ebbtide.toml")).unwrap_err();
+    assert!(err.to_string().starts_with("/nonexistent/ebbtide.toml:"));
+    assert!(err.to_string().contains("cannot read"));
+}
