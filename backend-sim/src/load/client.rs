@@ -1,0 +1,226 @@
+//! The HTTP/1.1 client side of the load generator: a pool of keep-alive connections, at most
+//! `--connections` of them busy at once, one request per connection at a time (no pipelining).
+//! Built on hyper's connection API so that every connection and its failures are in plain view.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+use super::report::ErrorKind;
+
+/// Where requests go, parsed once.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The URL as given.
+    pub url: String,
+    /// The socket address its host resolved to.
+    pub addr: SocketAddr,
+    /// The Host header.
+    pub host: HeaderValue,
+    /// The origin-form request target (path and query).
+    pub path: Uri,
+}
+
+impl Target {
+    /// Parses an `http://host[:port]/path?query` URL and resolves its host.
+    pub async fn resolve(url: &str) -> Result<Target, String> {
+        let uri: Uri = url.parse().map_err(|e| format!("`{url}`: {e}"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some(other) => {
+                return Err(format!(
+                    "`{url}`: scheme `{other}` is not supported; use http://"
+                ))
+            }
+            None => return Err(format!("`{url}`: give a full URL, e.g. http://{url}")),
+        }
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("`{url}`: no host"))?
+            .clone();
+        let port = authority.port_u16().unwrap_or(80);
+        let addr = tokio::net::lookup_host((authority.host(), port))
+            .await
+            .map_err(|e| format!("`{url}`: cannot resolve {}: {e}", authority.host()))?
+            .next()
+            .ok_or_else(|| format!("`{url}`: {} has no address", authority.host()))?;
+        let path: Uri = uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .parse()
+            .map_err(|e| format!("`{url}`: {e}"))?;
+        Ok(Target {
+            url: url.to_string(),
+            addr,
+            host: HeaderValue::from_str(authority.as_str()).map_err(|e| format!("`{url}`: {e}"))?,
+            path,
+        })
+    }
+}
+
+/// What every request carries.
+#[derive(Debug, Clone)]
+pub struct RequestTemplate {
+    /// The method.
+    pub method: Method,
+    /// Extra headers.
+    pub headers: HeaderMap,
+    /// The body, shared (cloning Bytes is a reference count).
+    pub body: Bytes,
+}
+
+/// Keep-alive connections to one target, at most `slots` in use at once.
+pub struct Pool {
+    target: Target,
+    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    slots: Semaphore,
+}
+
+/// A request's right to use one connection; returned to the pool on drop.
+pub struct Slot<'a> {
+    _permit: SemaphorePermit<'a>,
+}
+
+/// A successful exchange.
+pub struct Answer {
+    /// The status code.
+    pub status: u16,
+    /// Body bytes received.
+    pub bytes: u64,
+}
+
+impl Pool {
+    /// A pool for `target` with room for `connections` requests in flight.
+    pub fn new(target: Target, connections: usize) -> Pool {
+        Pool {
+            target,
+            idle: Mutex::new(Vec::new()),
+            slots: Semaphore::new(connections.max(1)),
+        }
+    }
+
+    /// A connection slot at once, if one is free.
+    pub fn try_slot(&self) -> Option<Slot<'_>> {
+        self.slots.try_acquire().ok().map(|p| Slot { _permit: p })
+    }
+
+    /// A connection slot, waiting in FIFO order for one to free up.
+    pub async fn slot(&self) -> Slot<'_> {
+        Slot {
+            _permit: self.slots.acquire().await.expect("never closed"),
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ErrorKind> {
+        let stream = tokio::net::TcpStream::connect(self.target.addr)
+            .await
+            .map_err(|_| ErrorKind::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| ErrorKind::Connect)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    /// A ready connection: an idle one if any is still open, else a new one.
+    async fn checkout(&self) -> Result<SendRequest<Full<Bytes>>, ErrorKind> {
+        loop {
+            let idle = self.idle.lock().expect("pool lock").pop();
+            match idle {
+                Some(mut s) => {
+                    if s.is_closed() {
+                        continue;
+                    }
+                    if s.ready().await.is_ok() {
+                        return Ok(s);
+                    }
+                }
+                None => {
+                    let mut s = self.connect().await?;
+                    s.ready().await.map_err(|_| ErrorKind::Connect)?;
+                    return Ok(s);
+                }
+            }
+        }
+    }
+
+    /// Sends one request on a connection of the pool (the caller holds a slot) and reads the whole
+    /// answer, counting its body without keeping it.
+    pub async fn send(&self, template: &RequestTemplate) -> Result<Answer, ErrorKind> {
+        let mut sender = self.checkout().await?;
+        let mut req = Request::builder()
+            .method(template.method.clone())
+            .uri(self.target.path.clone())
+            .body(Full::new(template.body.clone()))
+            .map_err(|_| ErrorKind::Other)?;
+        let headers = req.headers_mut();
+        headers.insert(http::header::HOST, self.target.host.clone());
+        for (k, v) in &template.headers {
+            headers.insert(k.clone(), v.clone());
+        }
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|_| ErrorKind::Other)?;
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        let mut bytes = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| ErrorKind::Other)?;
+            if let Some(d) = frame.data_ref() {
+                bytes += d.len() as u64;
+            }
+        }
+        if !sender.is_closed() {
+            self.idle.lock().expect("pool lock").push(sender);
+        }
+        Ok(Answer { status, bytes })
+    }
+}
+
+/// One GET with its own connection, for occasional calls such as polling the admin API.
+pub async fn get_once(url: &str, bearer: Option<&str>, timeout: Duration) -> Result<Bytes, String> {
+    let fut = async {
+        let target = Target::resolve(url).await?;
+        let stream = tokio::net::TcpStream::connect(target.addr)
+            .await
+            .map_err(|e| format!("connect {}: {e}", target.addr))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = Request::get(target.path.clone())
+            .header(http::header::HOST, target.host.clone())
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        if let Some(token) = bearer {
+            let v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| e.to_string())?;
+            req.headers_mut().insert(http::header::AUTHORIZATION, v);
+        }
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("{url}: status {}", resp.status()));
+        }
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(body.to_bytes())
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| format!("{url}: timed out"))?
+}
