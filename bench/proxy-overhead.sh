@@ -27,6 +27,10 @@ address = "127.0.0.1:18081"
 worker_threads = 1
 [balancer]
 policy = "round_robin"
+[overload]
+adaptive_limit = false          # measure the proxy, not the limiter
+[retries]
+max_attempts = 1
 [[backends]]
 address = "127.0.0.1:18001"
 TOML

@@ -56,14 +56,22 @@ async fn register_list_and_delete_backends() {
     assert_eq!(status, StatusCode::OK);
 
     let id = list[0]["id"].as_u64().unwrap();
-    let (status, _, _) = send(
+    let (status, _, reply) = send(
         Request::delete(url(lb.admin, &format!("/api/v1/backends/{id}")))
             .body(empty())
             .unwrap(),
     )
     .await;
-    assert_eq!(status, StatusCode::OK);
-    assert!(backends(lb.admin).await.is_empty());
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let v: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+    assert_eq!(v["state"], "draining");
+    // Idle, so the drain ends at once and the backend is removed.
+    eventually(
+        "the drained backend to be removed",
+        Duration::from_secs(5),
+        || async { backends(lb.admin).await.is_empty().then_some(()) },
+    )
+    .await;
     let (status, _, _) = send(
         Request::delete(url(lb.admin, &format!("/api/v1/backends/{id}")))
             .body(empty())

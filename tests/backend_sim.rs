@@ -383,8 +383,11 @@ fn mm1_sojourn_matches_queueing_theory() {
             off(load_ms, theory_ms) < 0.10,
             "load generator mean {load_ms:.2} ms vs theory {theory_ms:.2} ms\n{table}"
         );
+        // The backend replays this seed's exact queue in real time; what separates it from the
+        // sample path is timer wake-up lateness, under 1% on a quiet machine, a few % on a
+        // loaded 2-core one (seen: 4.3% at load average 6). 8% still catches a broken queue.
         assert!(
-            off(backend_ms, path_ms) < 0.03,
+            off(backend_ms, path_ms) < 0.08,
             "backend sojourn {backend_ms:.2} ms vs this seed's sample path {path_ms:.2} ms\n{table}"
         );
     }

@@ -311,3 +311,59 @@ async fn a_full_queue_and_a_queue_timeout_both_shed_with_retry_after() {
         "{metrics}"
     );
 }
+
+/// Sends raw bytes on a new connection and returns what came back (up to the close or 2 s).
+async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn malformed_requests_get_a_4xx_and_the_proxy_keeps_serving() {
+    let b = test_backend("b1").await;
+    let lb = start_ebbtide(&base_config(&backends_toml(&[b.addr], None)));
+    let huge_header = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(1 << 20)
+    );
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"\x16\x03\x01 not http at all\r\n\r\n".to_vec()),
+        ("bad request line", b"GET\r\n\r\n".to_vec()),
+        (
+            "bad header",
+            b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n".to_vec(),
+        ),
+        (
+            "bad content-length",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n".to_vec(),
+        ),
+        ("huge header", huge_header.into_bytes()),
+        (
+            "connect",
+            b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n".to_vec(),
+        ),
+    ];
+    for (what, bytes) in cases {
+        let reply = raw_exchange(lb.addr, &bytes).await;
+        let status: u16 = reply
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|r| r.get(..3))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("{what}: no status line in {reply:?}"));
+        assert!((400..500).contains(&status), "{what}: got {status}");
+    }
+    assert_eq!(
+        b.stats.requests.load(Ordering::SeqCst),
+        0,
+        "nothing malformed reached the backend"
+    );
+    assert_eq!(
+        get(&url(lb.addr, "/")).await.0,
+        StatusCode::OK,
+        "still serving"
+    );
+}

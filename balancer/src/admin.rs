@@ -25,6 +25,8 @@ pub trait EventSource: Send + Sync {
 pub struct Admin {
     proxy: Arc<Proxy>,
     token: Option<String>,
+    drain_timeout: std::time::Duration,
+    initial_state: BackendState,
     metrics: Mutex<Vec<Arc<dyn MetricsSource>>>,
     events: Mutex<Option<Arc<dyn EventSource>>>,
 }
@@ -74,11 +76,19 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Admin {
-    /// The admin API over `proxy`; `token` is required on requests when set.
-    pub fn new(proxy: Arc<Proxy>, token: Option<String>) -> Self {
+    /// The admin API over `proxy`; `token` is required on requests when set; deleted backends
+    /// drain for up to `drain_timeout`; registered ones start in `initial_state`.
+    pub fn new(
+        proxy: Arc<Proxy>,
+        token: Option<String>,
+        drain_timeout: std::time::Duration,
+        initial_state: BackendState,
+    ) -> Self {
         Admin {
             proxy,
             token,
+            drain_timeout,
+            initial_state,
             metrics: Mutex::new(Vec::new()),
             events: Mutex::new(None),
         }
@@ -161,10 +171,14 @@ impl Admin {
                     );
                 };
                 let now = self.proxy.clock.now();
-                match self.proxy.registry.remove(id) {
+                match self.proxy.registry.get(id) {
                     Some(b) => {
-                        tracing::info!(backend = %b.address, id, "backend removed through the admin API");
-                        json(StatusCode::OK, &b.info(now))
+                        tracing::info!(backend = %b.address, id, "backend deleted through the admin API; draining");
+                        b.set_state(BackendState::Draining);
+                        let drain =
+                            crate::health::drain(self.proxy.clone(), b.clone(), self.drain_timeout);
+                        tokio::spawn(drain);
+                        json(StatusCode::ACCEPTED, &b.info(now))
                     }
                     None => text(
                         StatusCode::NOT_FOUND,
@@ -245,7 +259,7 @@ impl Admin {
             origin: Origin::Api,
             lease_until,
         };
-        match self.proxy.registry.add_or_renew(spec, BackendState::Active) {
+        match self.proxy.registry.add_or_renew(spec, self.initial_state) {
             Ok((b, new)) => {
                 if new {
                     tracing::info!(backend = %b.address, id = b.id, "backend registered through the admin API");

@@ -155,9 +155,15 @@ impl Dispatcher {
     }
 
     /// A slot for a request with hash `key`, waiting in the queue when every backend is full.
-    pub async fn acquire(self: &Arc<Self>, key: Option<u64>) -> Result<Slot, Shed> {
+    /// A retry passes the backend that just failed as `avoid`: it is passed over when another
+    /// one has a free slot.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        key: Option<u64>,
+        avoid: Option<u64>,
+    ) -> Result<Slot, Shed> {
         if self.queued.load(Ordering::SeqCst) == 0 {
-            if let Some(backend) = self.try_pick(key) {
+            if let Some(backend) = self.try_pick(key, avoid) {
                 return Ok(self.slot(backend));
             }
         }
@@ -204,18 +210,25 @@ impl Dispatcher {
 
     /// A pick plus a slot, without queueing. A pick can lose a race for a backend's last slot;
     /// then it picks again, a bounded number of times.
-    fn try_pick(&self, key: Option<u64>) -> Option<Arc<Backend>> {
+    fn try_pick(&self, key: Option<u64>, avoid: Option<u64>) -> Option<Arc<Backend>> {
         let snap = self.registry.snapshot();
         let policy = self.policy();
         let now = self.clock.now();
+        let mut fallback = None;
         for _ in 0..4 {
             let i = policy.pick(&snap.at(now), key, now)?;
             let b = &snap.backends[i];
+            if avoid == Some(b.id) && fallback.is_none() {
+                fallback = Some(i);
+                continue;
+            }
             if b.try_acquire() {
                 return Some(b.clone());
             }
         }
-        None
+        // Only the backend to avoid had a free slot: better it than waiting.
+        let b = &snap.backends[fallback?];
+        b.try_acquire().then(|| b.clone())
     }
 
     /// Hands free slots to queued requests, oldest first. Called when a slot is released, when the

@@ -97,6 +97,34 @@ pub fn render(proxy: &Proxy, extra: &[std::sync::Arc<dyn MetricsSource>]) -> Str
         c.retries.load(Ordering::Relaxed)
     );
 
+    out.push_str("# HELP ebbtide_retries_refused_total Retries the retry budget did not allow.\n");
+    out.push_str("# TYPE ebbtide_retries_refused_total counter\n");
+    let _ = writeln!(
+        out,
+        "ebbtide_retries_refused_total {}",
+        c.retries_refused.load(Ordering::Relaxed)
+    );
+
+    out.push_str("# HELP ebbtide_idempotent_replays_total Responses replayed for a duplicate Idempotency-Key.\n");
+    out.push_str("# TYPE ebbtide_idempotent_replays_total counter\n");
+    let _ = writeln!(
+        out,
+        "ebbtide_idempotent_replays_total {}",
+        c.idempotent_replays.load(Ordering::Relaxed)
+    );
+
+    out.push_str("# HELP ebbtide_backend_concurrency_limit Concurrency a backend may be given: its capacity, or the limit learnt from latency.\n");
+    out.push_str("# TYPE ebbtide_backend_concurrency_limit gauge\n");
+    for b in &snap.backends {
+        if let Some(l) = b.effective_capacity() {
+            let _ = writeln!(
+                out,
+                "ebbtide_backend_concurrency_limit{{backend=\"{}\"}} {l}",
+                b.address
+            );
+        }
+    }
+
     out.push_str(
         "# HELP ebbtide_config_reloads_total Config reloads (SIGHUP), applied or refused.\n",
     );

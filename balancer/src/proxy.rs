@@ -1,21 +1,34 @@
-//! The reverse proxy: one request in, one backend slot, one request out, the response streamed
-//! back. Header hygiene per RFC 9110 7.6.1, `X-Forwarded-*`, timeouts mapped to 502/503/504.
+//! The reverse proxy: one request in, a backend slot, one or more tries, the response streamed
+//! back. Header hygiene per RFC 9110 7.6.1, `X-Forwarded-*`, timeouts mapped to 502/503/504,
+//! retries only where they are safe, and at-most-once execution for `Idempotency-Key`.
+//!
+//! When a retry is safe:
+//! - the request never reached a backend (no connection could be made, or hyper handed the
+//!   request back unsent): any method;
+//! - the backend answered 502/503, or the connection broke before response headers, or a try
+//!   timed out: only idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) whose body was
+//!   empty or small enough to be kept (`retries.buffer_limit`);
+//! - never once response bytes have gone to the client;
+//! - and only while the retry budget (a share of requests plus a floor per second) allows.
 
-use crate::body::ProxyBody;
+use crate::body::{OnEnd, ProxyBody};
 use crate::clock::Clock;
 use crate::dispatch::{Dispatcher, Shed, Slot};
 use crate::histogram::LatencyHistogram;
+use crate::idempotency::{Claim, IdempotencyCache, Outcome, StoredResponse};
 use crate::policies::hash_key;
-use crate::registry::Registry;
+use crate::pool::{Conn, UpstreamBody};
+use crate::registry::{Backend, Registry};
+use crate::retry_budget::RetryBudget;
 use crate::signals::SignalWindow;
+use bytes::{Bytes, BytesMut};
 use ebbtide_config::time::Nanos;
 use ebbtide_config::HashKey;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -28,26 +41,53 @@ pub struct ProxySettings {
     pub response_timeout: Duration,
     /// Where the hash key comes from, when the policy uses one.
     pub hash_key: Option<HashKey>,
+    /// Retry rules.
+    pub retries: ebbtide_config::Retries,
+    /// At-most-once rules.
+    pub idempotency: ebbtide_config::Idempotency,
+    /// Passive outlier detection.
+    pub outlier: ebbtide_config::Outlier,
 }
 
-/// Counters of requests that ended without a backend's response.
+impl ProxySettings {
+    /// Settings with every default, for tests and embedding.
+    pub fn defaults() -> Self {
+        ProxySettings {
+            response_timeout: Duration::from_secs(30),
+            hash_key: None,
+            retries: Default::default(),
+            idempotency: Default::default(),
+            outlier: Default::default(),
+        }
+    }
+}
+
+/// Counters of what happened to requests beyond a backend's answer.
 #[derive(Debug, Default)]
 pub struct ProxyCounters {
+    /// Requests received (cumulative, for rates over any interval).
+    pub arrivals: AtomicU64,
+    /// Responses finished (cumulative).
+    pub completions: AtomicU64,
     /// Shed because the queue was full.
     pub shed_queue_full: AtomicU64,
     /// Shed after waiting the queue timeout.
     pub shed_queue_timeout: AtomicU64,
-    /// Retries (the lifecycle issue adds them).
+    /// Tries after the first.
     pub retries: AtomicU64,
+    /// Retries refused by the budget.
+    pub retries_refused: AtomicU64,
+    /// Responses replayed for a duplicate `Idempotency-Key`.
+    pub idempotent_replays: AtomicU64,
     /// Config reloads applied.
     pub reloads_ok: AtomicU64,
     /// Config reloads refused because the new file was invalid.
     pub reloads_failed: AtomicU64,
-    /// Answered by ebbtide itself, by status: 400, 405, 502, 503, 504.
-    pub local_responses: [AtomicU64; 5],
+    /// Answered by ebbtide itself, by status.
+    pub local_responses: [AtomicU64; LOCAL_CODES.len()],
 }
 
-const LOCAL_CODES: [u16; 5] = [400, 405, 502, 503, 504];
+const LOCAL_CODES: [u16; 8] = [400, 405, 409, 413, 422, 502, 503, 504];
 
 impl ProxyCounters {
     fn count_local(&self, status: StatusCode) {
@@ -79,29 +119,27 @@ pub struct Proxy {
     pub counters: ProxyCounters,
     /// The proxy's clock.
     pub clock: Clock,
+    /// Keys of `Idempotency-Key` requests.
+    pub idempotency: IdempotencyCache,
     settings: RwLock<Arc<ProxySettings>>,
-    client: Client<HttpConnector, Incoming>,
+    budget: RwLock<Arc<RetryBudget>>,
 }
 
-/// Builds the pooled keep-alive client that talks to backends.
-pub fn upstream_client(cfg: &ebbtide_config::Upstream) -> Client<HttpConnector, Incoming> {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(cfg.connect_timeout.0));
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(cfg.idle_timeout.0)
-        .pool_max_idle_per_host(cfg.max_idle_per_backend)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector)
-}
-
-/// Drops slot, records latency: lives inside the response body until the response ends.
+/// Lives inside the response body until the response ends: then it frees the slot, records the
+/// latency, and (on a clean end) returns the connection to the backend's pool.
 pub struct Completion {
     proxy: Arc<Proxy>,
     start: Nanos,
-    _slot: Option<Slot>,
+    slot: Option<Slot>,
+    conn: Option<Conn>,
+}
+
+impl OnEnd for Completion {
+    fn on_end(&mut self) {
+        if let (Some(conn), Some(slot)) = (self.conn.take(), self.slot.as_ref()) {
+            slot.backend().pool.checkin(conn);
+        }
+    }
 }
 
 impl Drop for Completion {
@@ -109,12 +147,39 @@ impl Drop for Completion {
         let now = self.proxy.clock.now();
         let latency = now.saturating_sub(self.start);
         self.proxy.signals.record_completion(latency, now);
+        self.proxy
+            .counters
+            .completions
+            .fetch_add(1, Ordering::Relaxed);
         self.proxy.duration.observe(latency);
     }
 }
 
 /// The body type of every response the proxy gives.
 pub type Body = ProxyBody<Completion>;
+
+/// The request line and headers, kept across tries.
+struct Head {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+/// A response and whether any backend received the request.
+struct Forwarded {
+    response: Response<Body>,
+    reached_backend: bool,
+}
+
+/// Whether a method may be sent twice without changing the outcome (RFC 9110 9.2.2).
+pub fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 impl Proxy {
     /// A proxy over `registry` and `dispatcher`.
@@ -123,9 +188,14 @@ impl Proxy {
         dispatcher: Arc<Dispatcher>,
         signals: SignalWindow,
         settings: ProxySettings,
-        upstream: &ebbtide_config::Upstream,
         clock: Clock,
     ) -> Self {
+        let now = clock.now();
+        let budget = RetryBudget::new(
+            settings.retries.budget_ratio,
+            settings.retries.min_per_second,
+            now,
+        );
         Proxy {
             registry,
             dispatcher,
@@ -133,8 +203,12 @@ impl Proxy {
             duration: LatencyHistogram::new(),
             counters: ProxyCounters::default(),
             clock,
+            idempotency: IdempotencyCache::new(
+                settings.idempotency.ttl.as_nanos(),
+                settings.idempotency.max_entries,
+            ),
             settings: RwLock::new(Arc::new(settings)),
-            client: upstream_client(upstream),
+            budget: RwLock::new(Arc::new(budget)),
         }
     }
 
@@ -148,7 +222,25 @@ impl Proxy {
 
     /// Replaces the settings (config reload).
     pub fn set_settings(&self, s: ProxySettings) {
+        let old = self.settings();
+        if old.retries.budget_ratio != s.retries.budget_ratio
+            || old.retries.min_per_second != s.retries.min_per_second
+        {
+            let b = RetryBudget::new(
+                s.retries.budget_ratio,
+                s.retries.min_per_second,
+                self.clock.now(),
+            );
+            *self.budget.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(b);
+        }
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(s);
+    }
+
+    fn budget(&self) -> Arc<RetryBudget> {
+        self.budget
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Handles one client request.
@@ -159,71 +251,427 @@ impl Proxy {
     ) -> Response<Body> {
         let start = self.clock.now();
         self.signals.record_arrival(start);
+        self.counters.arrivals.fetch_add(1, Ordering::Relaxed);
+        self.budget().deposit(start);
         if req.method() == Method::CONNECT {
             return self.local(
                 start,
                 None,
                 StatusCode::METHOD_NOT_ALLOWED,
-                "CONNECT is not supported\n",
+                "405 Method Not Allowed: CONNECT is not supported\n",
             );
         }
         let settings = self.settings();
-        let key = settings
-            .hash_key
-            .as_ref()
-            .and_then(|k| request_key(k, &req));
-        let slot = match self.dispatcher.acquire(key).await {
-            Ok(slot) => slot,
-            Err(shed) => return self.shed(start, shed),
-        };
-        let backend = slot.backend().clone();
-        let upstream_req = match prepare_upstream(req, &backend.authority, peer) {
-            Ok(r) => r,
-            Err(why) => return self.local(start, Some(slot), StatusCode::BAD_REQUEST, why),
-        };
-        let sent = self.clock.now();
-        let result =
-            tokio::time::timeout(settings.response_timeout, self.client.request(upstream_req))
-                .await;
-        match result {
-            Ok(Ok(mut resp)) => {
-                let now = self.clock.now();
-                backend.ewma.observe(now.saturating_sub(sent), now);
-                backend.count_response(resp.status().as_u16());
-                strip_hop_by_hop(resp.headers_mut());
-                *resp.version_mut() = Version::default();
-                let guard = Completion {
-                    proxy: self.clone(),
-                    start,
-                    _slot: Some(slot),
+        if settings.idempotency.enabled {
+            if let Some(key) = req.headers().get(&IDEMPOTENCY_KEY) {
+                let key = match key.to_str() {
+                    Ok(k) if !k.is_empty() && k.len() <= 255 => k.to_string(),
+                    _ => {
+                        return self.local(start, None, StatusCode::BAD_REQUEST, "400 Bad Request: Idempotency-Key must be 1 to 255 visible ASCII characters\n")
+                    }
                 };
-                resp.map(|b| ProxyBody::upstream(b, guard))
+                return self
+                    .handle_idempotent(req, peer, start, settings, key)
+                    .await;
             }
-            Ok(Err(e)) => {
-                backend.failures.fetch_add(1, Ordering::Relaxed);
-                let connect = e.is_connect();
-                tracing::warn!(backend = %backend.address, error = %error_chain(&e), "upstream request failed");
-                let why = if connect {
-                    "502 Bad Gateway: could not connect to the backend\n"
-                } else {
-                    "502 Bad Gateway: the backend closed the connection without a response\n"
-                };
-                self.local(start, Some(slot), StatusCode::BAD_GATEWAY, why)
-            }
-            Err(_) => {
-                backend.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(backend = %backend.address, timeout = ?settings.response_timeout, "backend did not answer in time");
-                self.local(
-                    start,
-                    Some(slot),
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "504 Gateway Timeout: the backend did not answer in time\n",
-                )
+        }
+        self.forward(req, peer, start, &settings).await.response
+    }
+
+    /// A request with `Idempotency-Key`: executed once, in a task of its own so that it finishes
+    /// even if its client leaves; duplicates wait for it or replay its stored response.
+    async fn handle_idempotent(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        start: Nanos,
+        settings: Arc<ProxySettings>,
+        key: String,
+    ) -> Response<Body> {
+        let mut fp = hash_key(req.method().as_str().as_bytes());
+        fp ^= hash_key(req.uri().path().as_bytes()).rotate_left(1);
+        let mut req = Some(req);
+        loop {
+            let claim = self.idempotency.claim(&key, fp, self.clock.now());
+            let mut rx = match claim {
+                Claim::Execute(tx) => {
+                    let proxy = self.clone();
+                    let req = req.take().expect("executed once");
+                    let task = tokio::spawn(async move {
+                        let fwd = proxy.forward(req, peer, start, &settings).await;
+                        proxy.keep_for_replay(&key, tx, fwd, settings.idempotency.max_body).await
+                    });
+                    return match task.await {
+                        Ok(resp) => resp,
+                        Err(_) => self.local(start, None, StatusCode::BAD_GATEWAY, "502 Bad Gateway: the request failed inside the balancer\n"),
+                    };
+                }
+                Claim::Wait(rx) => rx,
+                Claim::Done(outcome) => return self.replay(start, outcome),
+                Claim::Mismatch => {
+                    return self.local(start, None, StatusCode::UNPROCESSABLE_ENTITY, "422 Unprocessable Content: this Idempotency-Key was used for a different request\n")
+                }
+                Claim::Full => {
+                    return self.local(start, None, StatusCode::SERVICE_UNAVAILABLE, "503 Service Unavailable: too many Idempotency-Keys in flight\n")
+                }
+            };
+            let outcome = match rx.wait_for(|o| o.is_some()).await {
+                Ok(o) => o.clone().expect("waited for Some"),
+                Err(_) => Outcome::NotExecuted,
+            };
+            match outcome {
+                // The first try never reached a backend: this duplicate may execute it.
+                Outcome::NotExecuted => continue,
+                other => return self.replay(start, other),
             }
         }
     }
 
-    fn shed(self: Arc<Self>, start: Nanos, shed: Shed) -> Response<Body> {
+    /// Reads the response of an executed keyed request (up to `max_body`), stores it for
+    /// duplicates, and gives it to the first client.
+    async fn keep_for_replay(
+        self: &Arc<Self>,
+        key: &str,
+        tx: tokio::sync::watch::Sender<Option<Outcome>>,
+        fwd: Forwarded,
+        max_body: usize,
+    ) -> Response<Body> {
+        let now = self.clock.now();
+        if !fwd.reached_backend {
+            self.idempotency.finish(key, tx, Outcome::NotExecuted, now);
+            return fwd.response;
+        }
+        let (parts, mut body) = fwd.response.into_parts();
+        let mut kept = BytesMut::new();
+        loop {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(d) = frame.data_ref() {
+                        kept.extend_from_slice(d);
+                    }
+                    if kept.len() > max_body {
+                        self.idempotency
+                            .finish(key, tx, Outcome::TooLarge, self.clock.now());
+                        return Response::from_parts(
+                            parts,
+                            ProxyBody::prefixed(kept.freeze(), body),
+                        );
+                    }
+                }
+                Some(Err(e)) => {
+                    // Executed, but the answer broke off: duplicates must not execute it again.
+                    tracing::warn!(error = %e, "response to a keyed request broke off");
+                    let stored = StoredResponse {
+                        status: StatusCode::BAD_GATEWAY,
+                        headers: HeaderMap::new(),
+                        body: Bytes::from_static(
+                            b"502 Bad Gateway: the backend's response broke off\n",
+                        ),
+                    };
+                    let resp = stored_response::<Completion>(&stored, None);
+                    self.idempotency.finish(
+                        key,
+                        tx,
+                        Outcome::Stored(Arc::new(stored)),
+                        self.clock.now(),
+                    );
+                    return resp;
+                }
+                None => break,
+            }
+        }
+        let stored = Arc::new(StoredResponse {
+            status: parts.status,
+            headers: parts.headers.clone(),
+            body: kept.freeze(),
+        });
+        self.idempotency
+            .finish(key, tx, Outcome::Stored(stored.clone()), self.clock.now());
+        // `body` (with its completion guard) is dropped here: the slot is freed and the latency
+        // recorded now that the whole response has been read.
+        drop(body);
+        Response::from_parts(parts, ProxyBody::full(stored.body.clone(), None))
+    }
+
+    fn replay(self: &Arc<Self>, start: Nanos, outcome: Outcome) -> Response<Body> {
+        match outcome {
+            Outcome::Stored(stored) => {
+                self.counters.idempotent_replays.fetch_add(1, Ordering::Relaxed);
+                let guard = self.guard(start, None);
+                stored_response(&stored, Some(guard))
+            }
+            _ => self.local(start, None, StatusCode::CONFLICT, "409 Conflict: this Idempotency-Key was executed but its response was too large to keep\n"),
+        }
+    }
+
+    fn guard(self: &Arc<Self>, start: Nanos, slot: Option<Slot>) -> Completion {
+        Completion {
+            proxy: self.clone(),
+            start,
+            slot,
+            conn: None,
+        }
+    }
+
+    /// Sends a request to a backend, trying again where that is safe.
+    async fn forward(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        start: Nanos,
+        settings: &ProxySettings,
+    ) -> Forwarded {
+        let key = settings
+            .hash_key
+            .as_ref()
+            .and_then(|k| request_key(k, &req));
+        let (parts, incoming) = req.into_parts();
+        let mut head = match prepare_head(parts, peer) {
+            Ok(h) => h,
+            Err(why) => return self.not_reached(start, StatusCode::BAD_REQUEST, why),
+        };
+        let retries = &settings.retries;
+        let max_attempts = retries.max_attempts.max(1);
+        let idempotent = is_idempotent(&head.method);
+        let mut body = if incoming.is_end_stream() {
+            UpstreamBody::Empty
+        } else if idempotent
+            && max_attempts > 1
+            && content_length(&head.headers).is_some_and(|n| n <= retries.buffer_limit as u64)
+        {
+            match Limited::new(incoming, retries.buffer_limit).collect().await {
+                Ok(c) => UpstreamBody::Full(Some(c.to_bytes())),
+                Err(_) => return self.not_reached(start, StatusCode::BAD_REQUEST, "400 Bad Request: the request body was cut off or longer than its Content-Length\n"),
+            }
+        } else {
+            UpstreamBody::Stream(incoming)
+        };
+        let replayable = body.replay().is_some();
+        let per_try = if retries.per_try_timeout.0.is_zero() {
+            settings.response_timeout
+        } else {
+            retries.per_try_timeout.0
+        };
+        let deadline = (!retries.deadline.0.is_zero()).then(|| start + retries.deadline.as_nanos());
+        let budget = self.budget();
+        let mut avoid = None;
+        let mut attempt = 0;
+        let mut reached = false;
+        loop {
+            attempt += 1;
+            let may_try_again = |proxy: &Proxy| -> bool {
+                let now = proxy.clock.now();
+                if attempt >= max_attempts || deadline.is_some_and(|d| now >= d) {
+                    return false;
+                }
+                if budget.try_withdraw(now) {
+                    proxy.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    true
+                } else {
+                    proxy
+                        .counters
+                        .retries_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    false
+                }
+            };
+            let slot = match self.dispatcher.acquire(key, avoid).await {
+                Ok(s) => s,
+                Err(shed) => {
+                    let resp = self.shed(start, shed);
+                    return Forwarded {
+                        response: resp,
+                        reached_backend: reached,
+                    };
+                }
+            };
+            let backend = slot.backend().clone();
+            let conn = match backend.pool.checkout().await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.on_failure(&backend, None);
+                    tracing::warn!(backend = %backend.address, error = %e, attempt, "no connection to the backend");
+                    if may_try_again(self) {
+                        avoid = Some(backend.id);
+                        continue;
+                    }
+                    let resp = self.local(
+                        start,
+                        Some(slot),
+                        StatusCode::BAD_GATEWAY,
+                        "502 Bad Gateway: could not connect to a backend\n",
+                    );
+                    return Forwarded {
+                        response: resp,
+                        reached_backend: reached,
+                    };
+                }
+            };
+            let retry_after_send = idempotent && replayable && attempt < max_attempts;
+            let this_body = match body.replay() {
+                Some(b) => b,
+                None => std::mem::replace(&mut body, UpstreamBody::Empty),
+            };
+            let headers = if retry_after_send {
+                head.headers.clone()
+            } else {
+                std::mem::take(&mut head.headers)
+            };
+            let mut up = Request::new(this_body);
+            *up.method_mut() = head.method.clone();
+            *up.uri_mut() = head.uri.clone();
+            *up.version_mut() = Version::HTTP_11;
+            *up.headers_mut() = headers;
+            let Conn { mut sender, reused } = conn;
+            let sent_at = self.clock.now();
+            let in_flight = backend.in_flight();
+            let limit = match deadline {
+                Some(d) => per_try.min(Duration::from_nanos(d.saturating_sub(sent_at))),
+                None => per_try,
+            };
+            let result = tokio::time::timeout(limit, sender.try_send_request(up)).await;
+            match result {
+                Ok(Ok(mut resp)) => {
+                    reached = true;
+                    let now = self.clock.now();
+                    let rtt = now.saturating_sub(sent_at);
+                    let status = resp.status();
+                    backend.count_response(status.as_u16());
+                    let is_5xx = status.is_server_error();
+                    if is_5xx && settings.outlier.count_5xx {
+                        self.on_failure(&backend, None);
+                    } else {
+                        backend.on_success(rtt, in_flight, now);
+                    }
+                    if matches!(status.as_u16(), 502 | 503)
+                        && retry_after_send
+                        && may_try_again(self)
+                    {
+                        avoid = Some(backend.id);
+                        continue;
+                    }
+                    strip_hop_by_hop(resp.headers_mut());
+                    *resp.version_mut() = Version::default();
+                    let guard = Completion {
+                        proxy: self.clone(),
+                        start,
+                        slot: Some(slot),
+                        conn: Some(Conn {
+                            sender,
+                            reused: true,
+                        }),
+                    };
+                    return Forwarded {
+                        response: resp.map(|b| ProxyBody::upstream(b, guard)),
+                        reached_backend: true,
+                    };
+                }
+                Ok(Err(mut e)) => {
+                    self.on_failure(&backend, Some((sent_at, in_flight)));
+                    if let Some(unsent) = e.take_message() {
+                        // Handed back unsent: it never reached the backend.
+                        let (p, b) = unsent.into_parts();
+                        head.headers = p.headers;
+                        if !replayable {
+                            body = b;
+                        }
+                        tracing::debug!(backend = %backend.address, reused, "connection not usable; request not sent");
+                        if may_try_again(self) {
+                            avoid = Some(backend.id);
+                            continue;
+                        }
+                        let resp = self.local(
+                            start,
+                            Some(slot),
+                            StatusCode::BAD_GATEWAY,
+                            "502 Bad Gateway: could not send the request to a backend\n",
+                        );
+                        return Forwarded {
+                            response: resp,
+                            reached_backend: reached,
+                        };
+                    }
+                    reached = true;
+                    tracing::warn!(backend = %backend.address, error = %error_chain(e.error()), reused, "backend closed the connection without a response");
+                    if retry_after_send && may_try_again(self) {
+                        avoid = Some(backend.id);
+                        continue;
+                    }
+                    let resp = self.local(
+                        start,
+                        Some(slot),
+                        StatusCode::BAD_GATEWAY,
+                        "502 Bad Gateway: the backend closed the connection without a response\n",
+                    );
+                    return Forwarded {
+                        response: resp,
+                        reached_backend: true,
+                    };
+                }
+                Err(_) => {
+                    reached = true;
+                    self.on_failure(&backend, Some((sent_at, in_flight)));
+                    tracing::warn!(backend = %backend.address, timeout = ?limit, "backend did not answer in time");
+                    if retry_after_send && may_try_again(self) {
+                        avoid = Some(backend.id);
+                        continue;
+                    }
+                    let resp = self.local(
+                        start,
+                        Some(slot),
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "504 Gateway Timeout: the backend did not answer in time\n",
+                    );
+                    return Forwarded {
+                        response: resp,
+                        reached_backend: true,
+                    };
+                }
+            }
+        }
+    }
+
+    /// A failed try: feeds passive outlier detection and, for a sent request, the limiter.
+    fn on_failure(&self, backend: &Arc<Backend>, sent: Option<(Nanos, u32)>) {
+        backend.failures.fetch_add(1, Ordering::Relaxed);
+        let now = self.clock.now();
+        let outlier = &self.settings().outlier;
+        backend.on_failure(sent.map(|(at, n)| (now.saturating_sub(at), n)), now);
+        if let Some(ejection) = backend.record_outlier_failure(outlier, now) {
+            let snap = self.registry.snapshot();
+            let ejected = snap
+                .backends
+                .iter()
+                .filter(|b| b.state() == crate::registry::BackendState::Ejected)
+                .count();
+            let allowed =
+                crate::outlier::may_eject(ejected, snap.backends.len(), outlier.max_ejected_share);
+            if allowed && backend.eject(ejection.until) {
+                tracing::warn!(
+                    backend = %backend.address,
+                    ejections = ejection.count,
+                    for_ms = ejection.until.saturating_sub(now) / 1_000_000,
+                    "backend ejected after consecutive failures"
+                );
+            } else {
+                backend.cancel_ejection(ejection);
+            }
+        }
+    }
+
+    fn not_reached(
+        self: &Arc<Self>,
+        start: Nanos,
+        status: StatusCode,
+        why: &'static str,
+    ) -> Forwarded {
+        Forwarded {
+            response: self.local(start, None, status, why),
+            reached_backend: false,
+        }
+    }
+
+    fn shed(self: &Arc<Self>, start: Nanos, shed: Shed) -> Response<Body> {
         let counter = match shed {
             Shed::QueueFull => &self.counters.shed_queue_full,
             Shed::QueueTimeout => &self.counters.shed_queue_timeout,
@@ -244,18 +692,14 @@ impl Proxy {
     }
 
     fn local(
-        self: Arc<Self>,
+        self: &Arc<Self>,
         start: Nanos,
         slot: Option<Slot>,
         status: StatusCode,
         text: &'static str,
     ) -> Response<Body> {
         self.counters.count_local(status);
-        let guard = Completion {
-            proxy: self.clone(),
-            start,
-            _slot: slot,
-        };
+        let guard = self.guard(start, slot);
         let mut resp = Response::new(ProxyBody::full(text, Some(guard)));
         *resp.status_mut() = status;
         resp.headers_mut().insert(
@@ -264,6 +708,27 @@ impl Proxy {
         );
         resp
     }
+}
+
+fn stored_response<G: OnEnd>(stored: &StoredResponse, guard: Option<G>) -> Response<ProxyBody<G>> {
+    let mut resp = Response::new(ProxyBody::full(stored.body.clone(), guard));
+    *resp.status_mut() = stored.status;
+    *resp.headers_mut() = stored.headers.clone();
+    resp.headers_mut().remove(header::CONTENT_LENGTH);
+    resp.headers_mut().insert(
+        HeaderName::from_static("idempotent-replayed"),
+        HeaderValue::from_static("true"),
+    );
+    resp
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The full chain of an error's causes, for a log line that says what actually happened.
@@ -333,35 +798,31 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Turns a client request into the request to a backend: absolute URI to the backend, HTTP/1.1,
-/// hop-by-hop headers removed, `Host` kept (or made from an HTTP/2 `:authority`),
-/// `X-Forwarded-For` appended, `X-Forwarded-Proto` and `-Host` set.
-pub fn prepare_upstream(
-    mut req: Request<Incoming>,
-    backend: &http::uri::Authority,
-    peer: SocketAddr,
-) -> Result<Request<Incoming>, &'static str> {
-    let path = req
-        .uri()
+/// Turns a client request head into the head sent to backends: origin-form target, hop-by-hop
+/// headers removed, `Host` kept (or made from an HTTP/2 `:authority`), `X-Forwarded-For`
+/// appended, `X-Forwarded-Proto` and `-Host` set.
+fn prepare_head(parts: http::request::Parts, peer: SocketAddr) -> Result<Head, &'static str> {
+    let http::request::Parts {
+        method,
+        uri,
+        mut headers,
+        ..
+    } = parts;
+    let path = uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    let client_authority = req.uri().authority().cloned();
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(backend.clone())
-        .path_and_query(path)
-        .build()
-        .map_err(|_| "400 Bad Request: the request target cannot be forwarded\n")?;
-    *req.uri_mut() = uri;
-    *req.version_mut() = Version::HTTP_11;
-    let headers = req.headers_mut();
-    strip_hop_by_hop(headers);
+    let target = Uri::from(path);
+    strip_hop_by_hop(&mut headers);
     if !headers.contains_key(header::HOST) {
-        if let Some(a) = &client_authority {
-            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+        match uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            Some(v) => {
                 headers.insert(header::HOST, v);
             }
+            None => return Err("400 Bad Request: the request has no Host\n"),
         }
     }
     let host = headers.get(header::HOST).cloned();
@@ -374,15 +835,14 @@ pub fn prepare_upstream(
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    match host {
-        Some(h) => {
-            headers.insert(X_FORWARDED_HOST.clone(), h);
-        }
-        None => {
-            headers.remove(&X_FORWARDED_HOST);
-        }
+    if let Some(h) = host {
+        headers.insert(X_FORWARDED_HOST.clone(), h);
     }
-    Ok(req)
+    Ok(Head {
+        method,
+        uri: target,
+        headers,
+    })
 }
 
 #[cfg(test)]
@@ -426,5 +886,22 @@ mod tests {
         );
         assert_eq!(request_key(&HashKey::Header("x-none".into()), &req), None);
         assert_eq!(request_key(&HashKey::Cookie("nope".into()), &req), None);
+    }
+
+    #[test]
+    fn idempotent_methods() {
+        for m in [
+            Method::GET,
+            Method::HEAD,
+            Method::OPTIONS,
+            Method::PUT,
+            Method::DELETE,
+            Method::TRACE,
+        ] {
+            assert!(is_idempotent(&m), "{m}");
+        }
+        for m in [Method::POST, Method::PATCH, Method::CONNECT] {
+            assert!(!is_idempotent(&m), "{m}");
+        }
     }
 }

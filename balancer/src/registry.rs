@@ -2,8 +2,12 @@
 //! policies read. Membership changes (rare) swap an immutable snapshot; per-request counters are
 //! atomics inside each backend, so the hot path takes no lock beyond a read of the snapshot.
 
+use crate::clock::Clock;
 use crate::ewma::PeakEwma;
+use crate::limit::AdaptiveLimit;
+use crate::outlier::{Ejection, OutlierDetector};
 use crate::policy::{BackendView, Candidates};
+use crate::pool::{Pool, PoolConfig};
 use ebbtide_config::time::Nanos;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -85,7 +89,6 @@ pub struct BackendSpec {
 const CODES: usize = 500;
 
 /// One backend of the fleet, shared by every request that uses it.
-#[derive(Debug)]
 pub struct Backend {
     /// Stable identity (never reused in a process).
     pub id: u64,
@@ -109,6 +112,14 @@ pub struct Backend {
     responses: Box<[AtomicU64]>,
     /// Requests that got no response from it (connect failure, reset, timeout).
     pub failures: AtomicU64,
+    /// Its keep-alive connections.
+    pub pool: Pool,
+    /// A concurrency limit learnt from latency, when `capacity` is not configured.
+    pub limit: Option<AdaptiveLimit>,
+    outlier: OutlierDetector,
+    probe_passes: AtomicU32,
+    probe_fails: AtomicU32,
+    ejected_until: AtomicU64,
 }
 
 impl Backend {
@@ -127,12 +138,19 @@ impl Backend {
         self.in_flight.load(Ordering::Acquire)
     }
 
+    /// The concurrency it may be given: the configured capacity, else the learnt limit.
+    pub fn effective_capacity(&self) -> Option<u32> {
+        self.capacity
+            .or_else(|| self.limit.as_ref().map(|l| l.limit()))
+    }
+
     /// Takes a slot if it has one free: a compare-and-swap, so two requests racing for the last
     /// slot cannot both get it and capacity is never exceeded.
     pub fn try_acquire(&self) -> bool {
+        let cap = self.effective_capacity();
         let mut cur = self.in_flight.load(Ordering::Acquire);
         loop {
-            if self.capacity.is_some_and(|c| cur >= c) {
+            if cap.is_some_and(|c| cur >= c) {
                 return false;
             }
             match self.in_flight.compare_exchange_weak(
@@ -167,6 +185,89 @@ impl Backend {
         })
     }
 
+    /// A try that got a response: feeds the latency estimate, the limiter and the outlier count.
+    pub fn on_success(&self, rtt: Nanos, in_flight_at_start: u32, now: Nanos) {
+        self.ewma.observe(rtt, now);
+        self.outlier.record_success(now);
+        if let Some(l) = &self.limit {
+            l.on_sample(rtt, in_flight_at_start, false, now);
+        }
+    }
+
+    /// A try that got no response; `sent` is (how long it waited, requests in flight when it
+    /// was sent) when the request was sent at all.
+    pub fn on_failure(&self, sent: Option<(Nanos, u32)>, now: Nanos) {
+        if let (Some(l), Some((rtt, in_flight))) = (&self.limit, sent) {
+            l.on_sample(rtt, in_flight, true, now);
+        }
+    }
+
+    /// Counts a failure for passive outlier detection; returns the ejection end when this
+    /// failure crosses the threshold (the caller checks the fleet-wide share before ejecting).
+    pub fn record_outlier_failure(
+        &self,
+        cfg: &ebbtide_config::Outlier,
+        now: Nanos,
+    ) -> Option<Ejection> {
+        if cfg.consecutive_failures == 0 {
+            return None;
+        }
+        self.outlier.record_failure(now)
+    }
+
+    /// Forgets an ejection the fleet guard refused.
+    pub fn cancel_ejection(&self, e: Ejection) {
+        self.outlier.cancel_ejection(e);
+    }
+    /// Takes an active backend out of rotation until `until`; false if it was not active.
+    pub fn eject(&self, until: Nanos) -> bool {
+        let ok = self
+            .state
+            .compare_exchange(
+                BackendState::Active as u8,
+                BackendState::Ejected as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok();
+        if ok {
+            self.ejected_until.store(until, Ordering::Release);
+            self.probe_passes.store(0, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// When an outlier ejection ends; None when it is not ejected by outlier detection.
+    pub fn ejected_until(&self) -> Option<Nanos> {
+        match self.ejected_until.load(Ordering::Acquire) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    /// Puts an ejected backend back into rotation.
+    pub fn reinstate(&self) {
+        self.ejected_until.store(0, Ordering::Release);
+        self.outlier.reinstate();
+        let _ = self.state.compare_exchange(
+            BackendState::Ejected as u8,
+            BackendState::Active as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    /// Counts a health probe; returns (passes in a row, failures in a row).
+    pub fn record_probe(&self, ok: bool) -> (u32, u32) {
+        if ok {
+            self.probe_fails.store(0, Ordering::Relaxed);
+            (self.probe_passes.fetch_add(1, Ordering::Relaxed) + 1, 0)
+        } else {
+            self.probe_passes.store(0, Ordering::Relaxed);
+            (0, self.probe_fails.fetch_add(1, Ordering::Relaxed) + 1)
+        }
+    }
+
     /// When its lease ends; None: it has none.
     pub fn lease_until(&self) -> Option<Nanos> {
         match self.lease_until.load(Ordering::Acquire) {
@@ -180,7 +281,7 @@ impl Backend {
         BackendView {
             id: self.id,
             in_flight: self.in_flight(),
-            capacity: self.capacity,
+            capacity: self.effective_capacity(),
             weight: self.weight,
             ewma_latency_ns: self.ewma.estimate(now),
             cost_per_hour: self.cost_per_hour,
@@ -196,6 +297,7 @@ impl Backend {
             state: self.state(),
             in_flight: self.in_flight(),
             capacity: self.capacity,
+            learnt_limit: self.limit.as_ref().map(|l| l.limit()),
             weight: self.weight,
             cost_per_hour: self.cost_per_hour,
             origin: self.origin,
@@ -220,8 +322,10 @@ pub struct BackendInfo {
     pub state: BackendState,
     /// Requests in flight.
     pub in_flight: u32,
-    /// Concurrent requests it serves, when known.
+    /// Concurrent requests it serves, when configured.
     pub capacity: Option<u32>,
+    /// The concurrency limit learnt from latency, when no capacity is configured.
+    pub learnt_limit: Option<u32>,
     /// Weight.
     pub weight: u32,
     /// Price per hour.
@@ -239,7 +343,7 @@ pub struct BackendInfo {
 }
 
 /// An immutable list of the fleet, swapped whole when membership changes.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Snapshot {
     /// The backends, in the order they were added.
     pub backends: Vec<Arc<Backend>>,
@@ -272,12 +376,41 @@ impl Candidates for FleetAt<'_> {
     }
 }
 
+/// What every backend of a registry is built with.
+#[derive(Debug, Clone, Copy)]
+pub struct RegistryConfig {
+    /// Decay of the peak-EWMA latency estimate.
+    pub ewma_decay: Nanos,
+    /// Connection pool settings.
+    pub pool: PoolConfig,
+    /// Learn a concurrency limit for backends without a configured capacity.
+    pub adaptive_limit: bool,
+    /// Passive outlier detection.
+    pub outlier: crate::outlier::OutlierConfig,
+}
+
+impl RegistryConfig {
+    /// Defaults, for tests and embedding.
+    pub fn defaults() -> Self {
+        RegistryConfig {
+            ewma_decay: 10_000_000_000,
+            pool: PoolConfig {
+                connect_timeout: std::time::Duration::from_secs(1),
+                idle_timeout: std::time::Duration::from_secs(90),
+                max_idle: 64,
+            },
+            adaptive_limit: false,
+            outlier: Default::default(),
+        }
+    }
+}
+
 /// The fleet.
-#[derive(Debug)]
 pub struct Registry {
     current: RwLock<Arc<Snapshot>>,
     next_id: AtomicU64,
-    ewma_decay: Nanos,
+    cfg: RegistryConfig,
+    clock: Clock,
 }
 
 /// Why a backend could not be added.
@@ -296,12 +429,13 @@ impl std::fmt::Display for AddError {
 }
 
 impl Registry {
-    /// An empty fleet; `ewma_decay` configures each backend's latency estimate.
-    pub fn new(ewma_decay: Nanos) -> Self {
+    /// An empty fleet whose backends are built with `cfg`.
+    pub fn new(cfg: RegistryConfig, clock: Clock) -> Self {
         Registry {
             current: RwLock::new(Arc::new(Snapshot::default())),
             next_id: AtomicU64::new(1),
-            ewma_decay,
+            cfg,
+            clock,
         }
     }
 
@@ -359,9 +493,16 @@ impl Registry {
                 state: AtomicU8::new(state as u8),
                 in_flight: AtomicU32::new(0),
                 lease_until: AtomicU64::new(spec.lease_until.unwrap_or(0)),
-                ewma: PeakEwma::new(self.ewma_decay),
+                ewma: PeakEwma::new(self.cfg.ewma_decay),
                 responses: (0..CODES).map(|_| AtomicU64::new(0)).collect(),
                 failures: AtomicU64::new(0),
+                pool: Pool::new(spec.address.clone(), self.cfg.pool, self.clock),
+                limit: (spec.capacity.is_none() && self.cfg.adaptive_limit)
+                    .then(|| AdaptiveLimit::new(Default::default())),
+                outlier: OutlierDetector::new(self.cfg.outlier),
+                probe_passes: AtomicU32::new(0),
+                probe_fails: AtomicU32::new(0),
+                ejected_until: AtomicU64::new(0),
             });
             list.push(b.clone());
             result = Some((b, true));
@@ -416,7 +557,7 @@ mod tests {
 
     #[test]
     fn capacity_is_never_exceeded_by_try_acquire() {
-        let r = Registry::new(1_000_000_000);
+        let r = Registry::new(RegistryConfig::defaults(), Clock::new());
         let (b, new) = r
             .add_or_renew(spec("127.0.0.1:1"), BackendState::Active)
             .unwrap();
@@ -431,7 +572,7 @@ mod tests {
 
     #[test]
     fn same_address_renews_instead_of_duplicating() {
-        let r = Registry::new(1);
+        let r = Registry::new(RegistryConfig::defaults(), Clock::new());
         let (a, _) = r
             .add_or_renew(spec("127.0.0.1:1"), BackendState::Active)
             .unwrap();
@@ -446,7 +587,7 @@ mod tests {
 
     #[test]
     fn generation_changes_with_membership() {
-        let r = Registry::new(1);
+        let r = Registry::new(RegistryConfig::defaults(), Clock::new());
         let g0 = r.snapshot().generation;
         let (b, _) = r
             .add_or_renew(spec("127.0.0.1:1"), BackendState::Active)
@@ -460,7 +601,7 @@ mod tests {
 
     #[test]
     fn bad_addresses_are_refused() {
-        let r = Registry::new(1);
+        let r = Registry::new(RegistryConfig::defaults(), Clock::new());
         assert!(r
             .add_or_renew(spec("no port"), BackendState::Active)
             .is_err());
@@ -471,7 +612,7 @@ mod tests {
 
     #[test]
     fn responses_are_counted_by_status() {
-        let r = Registry::new(1);
+        let r = Registry::new(RegistryConfig::defaults(), Clock::new());
         let (b, _) = r
             .add_or_renew(spec("127.0.0.1:1"), BackendState::Active)
             .unwrap();

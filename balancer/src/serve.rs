@@ -5,8 +5,9 @@ use crate::admin::Admin;
 use crate::clock::Clock;
 use crate::dispatch::Dispatcher;
 use crate::policies;
+use crate::pool::PoolConfig;
 use crate::proxy::{Proxy, ProxySettings};
-use crate::registry::{BackendSpec, BackendState, Origin, Registry};
+use crate::registry::{BackendSpec, BackendState, Origin, Registry, RegistryConfig};
 use crate::signals::SignalWindow;
 use ebbtide_config::{Config, HashKey, PolicyKind};
 use hyper::service::service_fn;
@@ -31,6 +32,8 @@ pub struct Server {
     local_addr: SocketAddr,
     admin_addr: SocketAddr,
     listener_cfg: ebbtide_config::Listener,
+    health: ebbtide_config::Health,
+    drain_timeout: Duration,
 }
 
 fn settings(cfg: &Config) -> ProxySettings {
@@ -38,6 +41,38 @@ fn settings(cfg: &Config) -> ProxySettings {
         response_timeout: cfg.upstream.response_timeout.0,
         hash_key: (cfg.balancer.policy == PolicyKind::ConsistentHash)
             .then(|| HashKey::parse(&cfg.balancer.hash_key).unwrap_or(HashKey::Path)),
+        retries: cfg.retries.clone(),
+        idempotency: cfg.idempotency.clone(),
+        outlier: cfg.outlier.clone(),
+    }
+}
+
+/// The registry settings `cfg` asks for.
+pub fn registry_config(cfg: &Config) -> RegistryConfig {
+    RegistryConfig {
+        ewma_decay: cfg.balancer.ewma_decay.as_nanos(),
+        pool: PoolConfig {
+            connect_timeout: cfg.upstream.connect_timeout.0,
+            idle_timeout: cfg.upstream.idle_timeout.0,
+            max_idle: cfg.upstream.max_idle_per_backend,
+        },
+        adaptive_limit: cfg.overload.adaptive_limit,
+        outlier: crate::outlier::OutlierConfig {
+            consecutive_failures: cfg.outlier.consecutive_failures,
+            base_ejection: cfg.outlier.base_ejection.as_nanos(),
+            max_ejection: cfg.outlier.max_ejection.as_nanos(),
+            ..Default::default()
+        },
+    }
+}
+
+/// The state in active health checks start in: `starting` until a probe passes, or `active` at
+/// once when there are no active checks.
+pub fn initial_state(cfg: &Config) -> BackendState {
+    if cfg.health.path.is_some() {
+        BackendState::Starting
+    } else {
+        BackendState::Active
     }
 }
 
@@ -52,7 +87,7 @@ impl Server {
     /// port; [`Server::local_addr`] tells which).
     pub async fn bind(cfg: &Config) -> Result<Server, String> {
         let clock = Clock::new();
-        let registry = Arc::new(Registry::new(cfg.balancer.ewma_decay.as_nanos()));
+        let registry = Arc::new(Registry::new(registry_config(cfg), clock));
         for b in &cfg.backends {
             registry
                 .add_or_renew(
@@ -64,7 +99,7 @@ impl Server {
                         origin: Origin::Static,
                         lease_until: None,
                     },
-                    BackendState::Active,
+                    initial_state(cfg),
                 )
                 .map_err(|e| format!("backend {}: {e}", b.address))?;
         }
@@ -82,10 +117,14 @@ impl Server {
             dispatcher,
             signals,
             settings(cfg),
-            &cfg.upstream,
             clock,
         ));
-        let admin = Arc::new(Admin::new(proxy.clone(), cfg.admin.token.clone()));
+        let admin = Arc::new(Admin::new(
+            proxy.clone(),
+            cfg.admin.token.clone(),
+            cfg.lifecycle.drain_timeout.0,
+            initial_state(cfg),
+        ));
         let listener = bind("clients", &cfg.listener.address).await?;
         let admin_listener = bind("the admin API", &cfg.admin.address).await?;
         let local_addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -98,6 +137,8 @@ impl Server {
             local_addr,
             admin_addr,
             listener_cfg: cfg.listener.clone(),
+            health: cfg.health.clone(),
+            drain_timeout: cfg.lifecycle.drain_timeout.0,
         })
     }
 
@@ -191,7 +232,17 @@ impl Server {
                 })
             },
         ));
-        let ticker = tokio::spawn(housekeeping(self.proxy.clone(), stop_rx));
+        let ticker = tokio::spawn(housekeeping(
+            self.proxy.clone(),
+            self.health.path.is_some(),
+            self.drain_timeout,
+            stop_rx.clone(),
+        ));
+        let health = tokio::spawn(crate::health::run(
+            self.proxy.clone(),
+            self.health.clone(),
+            stop_rx,
+        ));
 
         shutdown.await;
         tracing::info!("shutting down: no new connections; finishing requests in flight");
@@ -199,6 +250,7 @@ impl Server {
         let _ = clients.await;
         let _ = admin_task.await;
         let _ = ticker.await;
+        let _ = health.await;
         let graceful = Arc::try_unwrap(graceful).map_err(|_| "connections still shared")?;
         if tokio::time::timeout(drain, graceful.shutdown())
             .await
@@ -258,8 +310,14 @@ async fn accept_loop<F, S, B>(
     }
 }
 
-/// Once a second: the drain rate for `Retry-After`, and lease expiry.
-async fn housekeeping(proxy: Arc<Proxy>, mut stop: watch::Receiver<bool>) {
+/// Twice a second: the drain rate for `Retry-After`, lease expiry, the end of outlier
+/// ejections, idle connections and expired idempotency keys.
+async fn housekeeping(
+    proxy: Arc<Proxy>,
+    active_checks: bool,
+    drain: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -270,10 +328,14 @@ async fn housekeeping(proxy: Arc<Proxy>, mut stop: watch::Receiver<bool>) {
         let snap = proxy.signals.snapshot(now);
         proxy.dispatcher.set_drain_rate(snap.completion_rate);
         for b in &proxy.registry.snapshot().backends {
-            if b.lease_until().is_some_and(|t| t <= now) {
-                tracing::info!(backend = %b.address, id = b.id, "lease ran out; backend removed");
-                proxy.registry.remove(b.id);
+            if b.lease_until().is_some_and(|t| t <= now) && b.state() != BackendState::Draining {
+                tracing::info!(backend = %b.address, id = b.id, "lease ran out; draining");
+                b.set_state(BackendState::Draining);
+                tokio::spawn(crate::health::drain(proxy.clone(), b.clone(), drain));
             }
+            b.pool.sweep();
         }
+        crate::health::reinstate_expired(&proxy, active_checks, now);
+        proxy.idempotency.sweep(now);
     }
 }

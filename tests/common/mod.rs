@@ -136,7 +136,10 @@ pub struct BackendStats {
 /// - `/hang`: never answers;
 /// - `/download?bytes=N`: streams N bytes in 64 KiB chunks;
 /// - `/upload`: counts the request body and answers with the count;
-/// - `/hop`: answers with hop-by-hop headers that a proxy must strip.
+/// - `/hop`: answers with hop-by-hop headers that a proxy must strip;
+/// - `/count?ms=N`: waits N ms, then answers with this backend's request number (so a replayed
+///   response is told from a new execution);
+/// - `/unavailable`: answers 503.
 pub struct TestBackend {
     pub addr: SocketAddr,
     pub stats: Arc<BackendStats>,
@@ -229,6 +232,18 @@ async fn backend_handle(
             }
             stats.body_bytes.fetch_add(n, Ordering::SeqCst);
             Response::new(full(n.to_string()))
+        }
+        "/count" => {
+            let n = stats.requests.load(Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(param("ms").unwrap_or(0))).await;
+            let mut r = Response::new(full(format!("{name} execution {n}")));
+            *r.status_mut() = StatusCode::CREATED;
+            r
+        }
+        "/unavailable" => {
+            let mut r = Response::new(full("busy"));
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            r
         }
         "/hop" => {
             let mut r = Response::new(full("hop"));
@@ -354,4 +369,103 @@ pub fn sighup(pid: u32) {
     unsafe {
         libc::kill(pid as i32, libc::SIGHUP);
     }
+}
+
+/// A backend that reads each request (head and `Content-Length` body), counts it as executed,
+/// then resets the connection (RST, no response): what a crash mid-request looks like.
+pub async fn reset_backend() -> (SocketAddr, Arc<AtomicU64>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let executed = Arc::new(AtomicU64::new(0));
+    let count = executed.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                // A zero linger makes the close send RST at once; it does not block (the
+                // deprecation is about non-zero lingers).
+                #[allow(deprecated)]
+                let _ = s.set_linger(Some(Duration::ZERO));
+                drop(s);
+            });
+        }
+    });
+    (addr, executed)
+}
+
+/// A running `ebbtide backend`, killed when dropped.
+pub struct SimBackend {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for SimBackend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `ebbtide backend` on a free port with `args` and waits until it answers /healthz.
+pub async fn sim_backend(args: &[&str]) -> SimBackend {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let child = Command::new(ebbtide_bin())
+        .arg("backend")
+        .args(["--listen", &addr.to_string()])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ebbtide backend");
+    let b = SimBackend { child, addr };
+    eventually(
+        "the backend to be healthy",
+        Duration::from_secs(10),
+        || async {
+            let r = client()
+                .request(
+                    Request::get(format!("http://{addr}/healthz"))
+                        .body(empty())
+                        .unwrap(),
+                )
+                .await
+                .ok()?;
+            (r.status() == StatusCode::OK).then_some(())
+        },
+    )
+    .await;
+    b
 }

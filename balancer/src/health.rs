@@ -1,0 +1,131 @@
+//! Active health checks and the state changes they drive, plus draining.
+//!
+//! A slow backend is not a dead one. ebbtide tells them apart like this: a backend is judged dead
+//! by failed health probes (`[health] fall` in a row, each with its own short `timeout`) or by
+//! consecutive *connection-level* failures of real requests (refused, reset, no response:
+//! `[outlier] consecutive_failures`). A request that is merely slow runs into the per-try or
+//! response timeout and is answered 504 (or retried if safe), and feeds the outlier count only
+//! as a failed try; a slow backend that still answers its probes in time stays in rotation, and
+//! latency-aware policies (`peak_ewma`, `least_outstanding`) send it less.
+
+use crate::proxy::Proxy;
+use crate::registry::{Backend, BackendState};
+use bytes::Bytes;
+use ebbtide_config::time::Nanos;
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// Probes `GET path` on a fresh connection; true on a 2xx within `timeout`.
+pub async fn probe(address: &str, path: &str, timeout: Duration) -> bool {
+    let attempt = async {
+        let stream = TcpStream::connect(address).await.ok()?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .ok()?;
+        let conn = tokio::spawn(conn);
+        let req = http::Request::get(path)
+            .header(http::header::HOST, address)
+            .header(http::header::USER_AGENT, "ebbtide-health")
+            .body(Empty::<Bytes>::new())
+            .ok()?;
+        let resp = sender.send_request(req).await.ok()?;
+        conn.abort();
+        Some(resp.status().is_success())
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// Probes every backend each `interval` until `stop`, moving states:
+/// starting -> active on the first pass; active -> ejected after `fall` failures in a row;
+/// ejected -> active after `rise` passes in a row once any outlier ejection time is over.
+pub async fn run(proxy: Arc<Proxy>, cfg: ebbtide_config::Health, mut stop: watch::Receiver<bool>) {
+    let Some(path) = cfg.path.clone() else { return };
+    let mut tick = tokio::time::interval(cfg.interval.0);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        for b in proxy.registry.snapshot().backends.iter() {
+            if b.state() == BackendState::Draining {
+                continue;
+            }
+            let (b, proxy, path) = (b.clone(), proxy.clone(), path.clone());
+            let (timeout, rise, fall) = (cfg.timeout.0, cfg.rise.max(1), cfg.fall.max(1));
+            tokio::spawn(async move {
+                let ok = probe(&b.address, &path, timeout).await;
+                let now = proxy.clock.now();
+                apply_probe(&proxy, &b, ok, rise, fall, now);
+            });
+        }
+    }
+}
+
+/// Moves a backend's state after one probe.
+fn apply_probe(proxy: &Proxy, b: &Backend, ok: bool, rise: u32, fall: u32, now: Nanos) {
+    let (passes, fails) = b.record_probe(ok);
+    match b.state() {
+        BackendState::Starting if ok => {
+            b.set_state(BackendState::Active);
+            tracing::info!(backend = %b.address, "first health check passed; backend active");
+            proxy.dispatcher.dispatch();
+        }
+        BackendState::Active if !ok && fails >= fall => {
+            b.set_state(BackendState::Ejected);
+            tracing::warn!(backend = %b.address, fails, "health checks failed; backend ejected");
+        }
+        BackendState::Ejected
+            if ok && passes >= rise && b.ejected_until().is_none_or(|t| t <= now) =>
+        {
+            b.reinstate();
+            tracing::info!(backend = %b.address, passes, "health checks pass again; backend active");
+            proxy.dispatcher.dispatch();
+        }
+        _ => {}
+    }
+}
+
+/// Once outlier ejections run out, backends come back: at once without active checks, or on the
+/// next passing probe with them (the probe loop does that).
+pub fn reinstate_expired(proxy: &Proxy, active_checks: bool, now: Nanos) {
+    for b in proxy.registry.snapshot().backends.iter() {
+        if b.state() == BackendState::Ejected
+            && !active_checks
+            && b.ejected_until().is_some_and(|t| t <= now)
+        {
+            b.reinstate();
+            tracing::info!(backend = %b.address, "ejection time over; backend active again");
+            proxy.dispatcher.dispatch();
+        }
+    }
+}
+
+/// Drains a backend: no new requests at once; in-flight ones get up to `timeout` to finish;
+/// then it is removed and its idle connections closed. Returns how many requests were still in
+/// flight when it was removed (0 = a clean drain).
+pub async fn drain(proxy: Arc<Proxy>, backend: Arc<Backend>, timeout: Duration) -> u32 {
+    backend.set_state(BackendState::Draining);
+    tracing::info!(backend = %backend.address, id = backend.id, in_flight = backend.in_flight(), "draining");
+    let deadline = tokio::time::Instant::now() + timeout;
+    while backend.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let left = backend.in_flight();
+    proxy.registry.remove(backend.id);
+    backend.pool.close_idle();
+    if left > 0 {
+        tracing::warn!(backend = %backend.address, left, "drain timeout: removed with requests in flight");
+    } else {
+        tracing::info!(backend = %backend.address, "drained and removed");
+    }
+    left
+}

@@ -1,0 +1,258 @@
+//! At-most-once execution for requests that carry `Idempotency-Key`: the first request with a key
+//! is executed; a duplicate that arrives while it runs waits for its response; one that arrives
+//! within the TTL after it completed gets the stored response without reaching a backend.
+//!
+//! Sans-IO apart from the wake-up channel: time is passed in, the proxy does the sending.
+
+use bytes::Bytes;
+use ebbtide_config::time::Nanos;
+use http::{HeaderMap, StatusCode};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// A response kept for replay.
+#[derive(Debug, Clone)]
+pub struct StoredResponse {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers (hop-by-hop ones already removed).
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+/// How the first execution ended, as duplicates see it.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Executed; here is the response to replay.
+    Stored(Arc<StoredResponse>),
+    /// Executed, but the response was too large to keep.
+    TooLarge,
+    /// Never reached a backend (shed, or no connection): a duplicate may execute it.
+    NotExecuted,
+}
+
+enum Entry {
+    Running {
+        fingerprint: u64,
+        rx: watch::Receiver<Option<Outcome>>,
+    },
+    Done {
+        fingerprint: u64,
+        outcome: Outcome,
+        expires: Nanos,
+    },
+}
+
+/// What a request with a key should do.
+pub enum Claim {
+    /// Execute it, then call [`IdempotencyCache::finish`] with the outcome.
+    Execute(watch::Sender<Option<Outcome>>),
+    /// Wait on this channel for the running execution's outcome.
+    Wait(watch::Receiver<Option<Outcome>>),
+    /// Answer from this outcome.
+    Done(Outcome),
+    /// The key was used with a different method or path.
+    Mismatch,
+    /// Too many keys are running to remember another.
+    Full,
+}
+
+/// The keys seen recently.
+pub struct IdempotencyCache {
+    entries: Mutex<HashMap<String, Entry>>,
+    ttl: Nanos,
+    max_entries: usize,
+}
+
+impl IdempotencyCache {
+    /// A cache remembering completed keys for `ttl`, at most `max_entries` keys.
+    pub fn new(ttl: Nanos, max_entries: usize) -> Self {
+        IdempotencyCache {
+            entries: Mutex::new(HashMap::new()),
+            ttl,
+            max_entries: max_entries.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Decides what a request with `key` (and `fingerprint` of its method and path) does.
+    pub fn claim(&self, key: &str, fingerprint: u64, now: Nanos) -> Claim {
+        let mut map = self.lock();
+        match map.get(key) {
+            Some(Entry::Running { fingerprint: f, rx }) => {
+                return if *f == fingerprint {
+                    Claim::Wait(rx.clone())
+                } else {
+                    Claim::Mismatch
+                };
+            }
+            Some(Entry::Done {
+                fingerprint: f,
+                outcome,
+                expires,
+            }) if *expires > now => {
+                return if *f == fingerprint {
+                    Claim::Done(outcome.clone())
+                } else {
+                    Claim::Mismatch
+                };
+            }
+            _ => {}
+        }
+        if map.len() >= self.max_entries && !map.contains_key(key) {
+            Self::evict(&mut map, now);
+            if map.len() >= self.max_entries {
+                return Claim::Full;
+            }
+        }
+        let (tx, rx) = watch::channel(None);
+        map.insert(key.to_string(), Entry::Running { fingerprint, rx });
+        Claim::Execute(tx)
+    }
+
+    /// Records how the execution of `key` ended and wakes the duplicates waiting for it.
+    pub fn finish(
+        &self,
+        key: &str,
+        tx: watch::Sender<Option<Outcome>>,
+        outcome: Outcome,
+        now: Nanos,
+    ) {
+        let mut map = self.lock();
+        match outcome {
+            Outcome::NotExecuted => {
+                map.remove(key);
+            }
+            _ => {
+                let fingerprint = match map.get(key) {
+                    Some(Entry::Running { fingerprint, .. }) => *fingerprint,
+                    _ => 0,
+                };
+                map.insert(
+                    key.to_string(),
+                    Entry::Done {
+                        fingerprint,
+                        outcome: outcome.clone(),
+                        expires: now + self.ttl,
+                    },
+                );
+            }
+        }
+        drop(map);
+        let _ = tx.send(Some(outcome));
+    }
+
+    /// Forgets completed keys whose TTL has run out.
+    pub fn sweep(&self, now: Nanos) {
+        let mut map = self.lock();
+        map.retain(|_, e| !matches!(e, Entry::Done { expires, .. } if *expires <= now));
+    }
+
+    fn evict(map: &mut HashMap<String, Entry>, now: Nanos) {
+        map.retain(|_, e| !matches!(e, Entry::Done { expires, .. } if *expires <= now));
+        if map.len() < usize::MAX {
+            let oldest = map
+                .iter()
+                .filter_map(|(k, e)| match e {
+                    Entry::Done { expires, .. } => Some((*expires, k.clone())),
+                    Entry::Running { .. } => None,
+                })
+                .min();
+            if let Some((_, k)) = oldest {
+                map.remove(&k);
+            }
+        }
+    }
+
+    /// Keys remembered (running or done).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no key is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(body: &'static str) -> Outcome {
+        Outcome::Stored(Arc::new(StoredResponse {
+            status: StatusCode::CREATED,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(body.as_bytes()),
+        }))
+    }
+
+    #[test]
+    fn first_executes_duplicates_wait_then_replay() {
+        let c = IdempotencyCache::new(1_000, 10);
+        let Claim::Execute(tx) = c.claim("k", 1, 0) else {
+            panic!()
+        };
+        let Claim::Wait(mut rx) = c.claim("k", 1, 5) else {
+            panic!("a running key makes duplicates wait")
+        };
+        c.finish("k", tx, stored("once"), 10);
+        assert!(rx.has_changed().unwrap());
+        assert!(matches!(&*rx.borrow_and_update(), Some(Outcome::Stored(r)) if r.body == "once"));
+        match c.claim("k", 1, 500) {
+            Claim::Done(Outcome::Stored(r)) => assert_eq!(r.body, "once"),
+            _ => panic!("a completed key replays"),
+        }
+        assert!(
+            matches!(c.claim("k", 1, 1_011), Claim::Execute(_)),
+            "after the TTL it runs again"
+        );
+    }
+
+    #[test]
+    fn a_key_reused_for_another_request_is_refused() {
+        let c = IdempotencyCache::new(1_000, 10);
+        let Claim::Execute(tx) = c.claim("k", 1, 0) else {
+            panic!()
+        };
+        assert!(matches!(c.claim("k", 2, 0), Claim::Mismatch));
+        c.finish("k", tx, stored("x"), 0);
+        assert!(matches!(c.claim("k", 2, 1), Claim::Mismatch));
+    }
+
+    #[test]
+    fn not_executed_lets_the_next_duplicate_execute() {
+        let c = IdempotencyCache::new(1_000, 10);
+        let Claim::Execute(tx) = c.claim("k", 1, 0) else {
+            panic!()
+        };
+        c.finish("k", tx, Outcome::NotExecuted, 1);
+        assert!(matches!(c.claim("k", 1, 2), Claim::Execute(_)));
+    }
+
+    #[test]
+    fn bounded_by_evicting_the_oldest_completed_key() {
+        let c = IdempotencyCache::new(1_000, 2);
+        let Claim::Execute(a) = c.claim("a", 1, 0) else {
+            panic!()
+        };
+        c.finish("a", a, stored("a"), 0);
+        let Claim::Execute(_b) = c.claim("b", 1, 1) else {
+            panic!()
+        };
+        assert!(
+            matches!(c.claim("c", 1, 2), Claim::Execute(_)),
+            "a was evicted"
+        );
+        assert_eq!(c.len(), 2);
+        assert!(
+            matches!(c.claim("d", 1, 3), Claim::Full),
+            "b and c still run"
+        );
+    }
+}
