@@ -5,6 +5,8 @@ use ebbtide_config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod autoscale;
+mod fleet;
 mod serve;
 
 /// An elastic, autoscaling HTTP load balancer.
@@ -27,6 +29,8 @@ enum Command {
     Backend(ebbtide_sim::backend::BackendArgs),
     /// Offer open-loop load to a URL and report latency.
     Load(ebbtide_sim::load::LoadArgs),
+    /// Run the discrete-event simulator: the same policies and deciders in virtual time.
+    Simulate(ebbtide_sim::simulate::SimulateArgs),
     /// Validate a config file: exit 0 with a summary, or 2 with `file:line:col: key: error` lines.
     Check {
         /// The config file to check.
@@ -40,12 +44,7 @@ fn main() -> ExitCode {
     match command {
         Command::Check { file } => match Config::from_file(&file) {
             Ok(cfg) => {
-                println!(
-                    "{}: ok ({} static backends, policy {})",
-                    file.display(),
-                    cfg.backends.len(),
-                    cfg.balancer.policy.name()
-                );
+                println!("{}: ok: {}", file.display(), cfg.summary());
                 ExitCode::SUCCESS
             }
             Err(errors) => {
@@ -84,6 +83,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Simulate(args) => match ebbtide_sim::simulate::run(args) {
+            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => {
+                eprintln!("ebbtide simulate: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Load(args) => match runtime(None).block_on(ebbtide_sim::load::run(args)) {
             Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
             Err(e) => {

@@ -1,14 +1,16 @@
-//! `ebbtide serve`: binds the balancer, starts the provider's backends and registers them,
-//! reloads config on SIGHUP, and on SIGTERM or ctrl-c drains and stops everything it started.
+//! `ebbtide serve`: binds the balancer, starts the provider's backends (a fixed count, or as
+//! many as the autoscaler decides), reloads config on SIGHUP, and on SIGTERM or ctrl-c drains
+//! and stops everything it started.
 
+use crate::autoscale::{self, AutoscalerState};
+use crate::fleet::Fleet;
 use ebbtide_autoscaler::providers::LocalProvider;
-use ebbtide_balancer::proxy::Proxy;
-use ebbtide_balancer::registry::{BackendSpec, BackendState, Origin};
 use ebbtide_balancer::serve::Server;
 use ebbtide_config::Config;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -22,75 +24,57 @@ pub async fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         server.local_addr(),
         server.admin_addr()
     );
-    let provider = match &cfg.provider {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let fleet = match &cfg.provider {
         Some(p) => {
-            let provider = Arc::new(LocalProvider::new(&p.command, p.boot_timeout.0)?);
-            for _ in 0..p.count {
-                start_backend(
-                    provider.clone(),
-                    server.proxy.clone(),
-                    p.capacity,
-                    p.cost_per_hour,
-                );
+            let provider = LocalProvider::new(&p.command, p.boot_timeout.0)?;
+            let fleet = Arc::new(Fleet::new(
+                provider,
+                server.proxy.clone(),
+                p,
+                cfg.lifecycle.drain_timeout.0,
+            ));
+            match &cfg.autoscaler {
+                Some(a) => {
+                    let state = Arc::new(AutoscalerState::new(a, server.proxy.clock));
+                    server.admin.set_events(state.clone());
+                    server.admin.add_metrics(state.clone());
+                    let base_queue = (cfg.overload.max_queue, cfg.overload.queue_timeout.0);
+                    tasks.push(tokio::spawn(autoscale::run(
+                        a.clone(),
+                        fleet.clone(),
+                        server.proxy.clone(),
+                        state,
+                        base_queue,
+                        stop_rx.clone(),
+                    )));
+                }
+                None => tasks.push(tokio::spawn(
+                    fleet.clone().supervise(p.count, stop_rx.clone()),
+                )),
             }
-            Some(provider)
+            Some(fleet)
         }
         None => None,
     };
     if let Some(path) = path {
         tokio::spawn(reload_on_sighup(server.clone(), path));
     }
-    server.run(shutdown_signal(), DRAIN).await?;
-    if let Some(p) = provider {
-        p.shutdown().await;
+    let shutdown = async move {
+        shutdown_signal().await;
+        // Stop scaling first, so nothing is launched while the balancer drains.
+        let _ = stop_tx.send(true);
+    };
+    server.run(shutdown, DRAIN).await?;
+    for t in tasks {
+        let _ = t.await;
+    }
+    if let Some(fleet) = fleet {
+        fleet.shutdown().await;
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Starts one backend: registered as `starting` at once, `active` once healthy.
-fn start_backend(
-    provider: Arc<LocalProvider>,
-    proxy: Arc<Proxy>,
-    capacity: Option<u32>,
-    cost: f64,
-) {
-    tokio::spawn(async move {
-        let instance = match provider.launch() {
-            Ok(i) => i,
-            Err(e) => {
-                tracing::error!(error = %e, "could not start a backend");
-                return;
-            }
-        };
-        let spec = BackendSpec {
-            address: instance.address.clone(),
-            capacity,
-            weight: 1,
-            cost_per_hour: cost,
-            origin: Origin::Provider,
-            lease_until: None,
-        };
-        let backend = match proxy.registry.add_or_renew(spec, BackendState::Starting) {
-            Ok((b, _)) => b,
-            Err(e) => {
-                tracing::error!(error = %e, "could not register a backend");
-                provider.terminate(&instance.id).await;
-                return;
-            }
-        };
-        match provider.wait_ready(&instance).await {
-            Ok(()) => {
-                backend.set_state(BackendState::Active);
-                proxy.dispatcher.dispatch();
-                tracing::info!(backend = %instance.address, "backend is healthy and active");
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "backend did not become healthy");
-                proxy.registry.remove(backend.id);
-            }
-        }
-    });
 }
 
 async fn reload_on_sighup(server: Arc<Server>, path: PathBuf) {

@@ -3,4 +3,5 @@
 
 pub mod backend;
 pub mod load;
+pub mod simulate;
 pub mod timer;

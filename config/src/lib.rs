@@ -2,6 +2,7 @@
 //! whose every error names the file, line, column and key path. Also the few primitives the other
 //! crates share (core time, a seeded RNG), since this crate is the one they all depend on.
 
+pub mod autoscaler;
 pub mod lifecycle;
 pub mod rng;
 mod schema;

@@ -36,6 +36,8 @@ pub struct Config {
     pub backends: Vec<StaticBackend>,
     /// Backends that ebbtide starts itself.
     pub provider: Option<Provider>,
+    /// Scaling the provider's fleet; absent: a fixed `provider.count`.
+    pub autoscaler: Option<crate::autoscaler::Autoscaler>,
 }
 
 /// `[listener]`

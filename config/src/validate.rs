@@ -459,7 +459,22 @@ const CHECKS: &[Check] = &[
     check_lifecycle,
     check_retries,
     check_idempotency,
+    check_autoscaler,
 ];
+
+fn check_autoscaler(cfg: &Config, out: &mut Problems) {
+    if let Some(a) = &cfg.autoscaler {
+        for (key, message) in a.validate() {
+            out.add(key, message);
+        }
+        if cfg.provider.is_none() {
+            out.add(
+                "autoscaler",
+                "needs a [provider] section: the autoscaler scales the provider's backends",
+            );
+        }
+    }
+}
 
 fn check_health(cfg: &Config, out: &mut Problems) {
     let h = &cfg.health;

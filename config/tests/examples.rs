@@ -92,6 +92,7 @@ fn reference_expected() -> Config {
             cost_per_hour: 0.0,
         }],
         provider: Some(Provider::default()),
+        autoscaler: Some(Default::default()),
         ..Config::default()
     }
 }
@@ -132,6 +133,7 @@ fn reference_lists_every_key() {
     full.admin.token = Some("t".into());
     full.runtime.worker_threads = Some(1);
     full.health.path = Some("/healthz".into());
+    full.autoscaler.as_mut().unwrap().overload_max_queue = Some(100);
     full.backends[0].capacity = Some(1);
     full.provider.as_mut().unwrap().capacity = Some(1);
     let mut schema = BTreeSet::new();

@@ -129,6 +129,20 @@ impl LocalProvider {
             .collect()
     }
 
+    /// Takes the instances whose process has exited (crashed or killed) out of the table and
+    /// returns them with their exit status.
+    pub fn reap(&self) -> Vec<(String, std::process::ExitStatus)> {
+        let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+        let exited: Vec<(String, std::process::ExitStatus)> = children
+            .iter_mut()
+            .filter_map(|(id, c)| c.try_wait().ok().flatten().map(|s| (id.clone(), s)))
+            .collect();
+        for (id, _) in &exited {
+            children.remove(id);
+        }
+        exited
+    }
+
     /// The process ids of the running children, for checks that none is left behind.
     pub fn pids(&self) -> Vec<u32> {
         let children = self.children.lock().unwrap_or_else(|e| e.into_inner());

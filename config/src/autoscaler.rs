@@ -1,0 +1,583 @@
+//! `[autoscaler]` and `[autoscaler.cost]`: which decider chooses the fleet size, its signal,
+//! target and windows, and the cost rules wrapped around it. The autoscaler crate builds deciders
+//! from these structs; this crate only holds the schema, its defaults and the semantic checks.
+
+use crate::time::HumanDuration;
+use serde::{Deserialize, Serialize};
+
+/// The deciders, by config name.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DeciderKind {
+    /// Kubernetes HPA's rule on one signal: ceil(ready x metric / target), with tolerance,
+    /// scale-down stabilisation and rate limits.
+    TargetTracking,
+    /// Knative KPA's rule: window-averaged concurrency over a stable and a panic window.
+    #[default]
+    Concurrency,
+    /// The smallest fleet whose Erlang C (M/M/c) predicted p99 meets `slo_p99`.
+    QueueingModel,
+}
+
+impl DeciderKind {
+    /// Every decider, for error messages, comparisons and benchmarks.
+    pub const ALL: [DeciderKind; 3] = [
+        DeciderKind::TargetTracking,
+        DeciderKind::Concurrency,
+        DeciderKind::QueueingModel,
+    ];
+
+    /// The name used in config, events and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeciderKind::TargetTracking => "target_tracking",
+            DeciderKind::Concurrency => "concurrency",
+            DeciderKind::QueueingModel => "queueing_model",
+        }
+    }
+}
+
+/// The signal `target_tracking` follows.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ScalingSignal {
+    /// Requests in flight plus queued, per ready backend; `target` is requests per backend.
+    #[default]
+    Concurrency,
+    /// Requests arriving per second, per ready backend; `target` is requests/s per backend.
+    ArrivalRate,
+    /// Requests waiting in the balancer, per ready backend; `target` is queued requests per backend.
+    QueueDepth,
+    /// The fleet's p99 latency; the target is `slo_p99` (the `target` key is not used).
+    P99,
+}
+
+impl ScalingSignal {
+    /// The name used in config and in decision reasons.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScalingSignal::Concurrency => "concurrency",
+            ScalingSignal::ArrivalRate => "arrival_rate",
+            ScalingSignal::QueueDepth => "queue_depth",
+            ScalingSignal::P99 => "p99",
+        }
+    }
+}
+
+/// What the balancer does with requests the fleet cannot serve now (at `max`, at the budget cap,
+/// or while new backends boot).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OverloadMode {
+    /// Let requests wait (bounded by `[overload]`): latency rises, nothing is refused.
+    #[default]
+    Queue,
+    /// Answer 503 to whatever no backend can take right now: latency stays, some are refused.
+    Shed,
+    /// Queue up to `overload_max_queue` requests, then shed.
+    Both,
+}
+
+impl OverloadMode {
+    /// The name used in config.
+    pub fn name(self) -> &'static str {
+        match self {
+            OverloadMode::Queue => "queue",
+            OverloadMode::Shed => "shed",
+            OverloadMode::Both => "both",
+        }
+    }
+}
+
+/// `[autoscaler]`: present in the config means the autoscaler runs.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Autoscaler {
+    /// The rule that turns signals into a desired backend count.
+    pub decider: DeciderKind,
+    /// Fewest backends kept (ready plus starting), whatever the load.
+    pub min: u32,
+    /// Most backends run, whatever the load.
+    pub max: u32,
+    /// Time between two decisions of the control loop.
+    pub interval: HumanDuration,
+    /// The long averaging window: `concurrency` scales on it, `queueing_model` scales down on it.
+    pub stable_window: HumanDuration,
+    /// The short averaging window: `concurrency` panics on it, `queueing_model` scales up on it.
+    pub panic_window: HumanDuration,
+    /// The decider's target: requests per backend for `concurrency` and for `target_tracking` on
+    /// concurrency, arrival_rate (requests/s) or queue_depth. Not used by `queueing_model` and by
+    /// `target_tracking` on p99, which aim at `slo_p99`.
+    pub target: f64,
+    /// The signal `target_tracking` follows.
+    pub signal: ScalingSignal,
+    /// `target_tracking`: the window its signal is averaged over (HPA reads metrics-server's
+    /// 15s samples).
+    pub metric_window: HumanDuration,
+    /// `target_tracking`: no change while |metric / target - 1| is at most this.
+    pub tolerance: f64,
+    /// `target_tracking`: scale-up takes the lowest recommendation of this window; "0s" = none.
+    pub scale_up_stabilisation: HumanDuration,
+    /// `target_tracking`: scale-down takes the highest recommendation of this window, so a
+    /// short dip does not remove backends.
+    pub scale_down_stabilisation: HumanDuration,
+    /// `target_tracking`: the period of the scale-up rate limits.
+    pub scale_up_period: HumanDuration,
+    /// `target_tracking`: backends that may be added per `scale_up_period`...
+    pub scale_up_max_backends: u32,
+    /// ...or this percentage of the fleet at the period's start, whichever allows more.
+    pub scale_up_max_percent: f64,
+    /// `target_tracking`: the period of the scale-down rate limit.
+    pub scale_down_period: HumanDuration,
+    /// `target_tracking`: the percentage of the fleet that may be removed per period.
+    pub scale_down_max_percent: f64,
+    /// `concurrency`: the share of `target` aimed at, leaving headroom for bursts.
+    pub utilisation: f64,
+    /// `concurrency`: panic when panic-window demand / current backends reaches this.
+    pub panic_threshold: f64,
+    /// `concurrency`: one decision grows the fleet to at most this many times the ready count.
+    pub max_scale_up_rate: f64,
+    /// `concurrency`: one decision shrinks the fleet to no less than 1/this of it.
+    pub max_scale_down_rate: f64,
+    /// `concurrency`: count backends already starting toward capacity, so a spike with slow
+    /// boots does not panic again and again while the first batch boots.
+    pub boot_aware_panic: bool,
+    /// The latency objective: `queueing_model` sizes the fleet for it, `target_tracking` on p99
+    /// aims at it, the cost rules price requests over it.
+    pub slo_p99: HumanDuration,
+    /// Servers per backend (concurrent requests each serves), for the queueing model.
+    pub workers: u32,
+    /// Expected time from launch to ready of a new backend: scale-out looks this far ahead,
+    /// scale-in keeps what would be bought back within it; "0s" = instant.
+    pub boot_time: HumanDuration,
+    /// What the balancer does with demand the fleet cannot serve yet (at max, or booting).
+    pub overload: OverloadMode,
+    /// With `overload = "both"`: requests queued before shedding; unset = what the ready fleet
+    /// can serve within `slo_p99` at its measured service rate.
+    pub overload_max_queue: Option<u32>,
+    /// Prices, billing and budget.
+    pub cost: Cost,
+}
+
+impl Default for Autoscaler {
+    fn default() -> Self {
+        Autoscaler {
+            decider: DeciderKind::Concurrency,
+            min: 2,
+            max: 8,
+            interval: HumanDuration::from_secs(1),
+            stable_window: HumanDuration::from_secs(60),
+            panic_window: HumanDuration::from_secs(6),
+            target: 4.0,
+            signal: ScalingSignal::Concurrency,
+            metric_window: HumanDuration::from_secs(15),
+            tolerance: 0.1,
+            scale_up_stabilisation: HumanDuration::from_secs(0),
+            scale_down_stabilisation: HumanDuration::from_secs(300),
+            scale_up_period: HumanDuration::from_secs(15),
+            scale_up_max_backends: 4,
+            scale_up_max_percent: 100.0,
+            scale_down_period: HumanDuration::from_secs(15),
+            scale_down_max_percent: 100.0,
+            utilisation: 0.7,
+            panic_threshold: 2.0,
+            max_scale_up_rate: 1000.0,
+            max_scale_down_rate: 2.0,
+            boot_aware_panic: true,
+            slo_p99: HumanDuration::from_millis(200),
+            workers: 4,
+            boot_time: HumanDuration::from_secs(1),
+            overload: OverloadMode::Queue,
+            overload_max_queue: None,
+            cost: Cost::default(),
+        }
+    }
+}
+
+/// `[autoscaler.cost]`: what backends and slow requests cost, so scaling can weigh them.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cost {
+    /// Price of one backend per hour; 0 turns the billing and budget rules off.
+    pub backend_per_hour: f64,
+    /// Backends are billed in whole periods from launch (a minute, an hour); "0s" = by the
+    /// second. A backend already paid to the end of its period is kept until near that end.
+    pub billing_period: HumanDuration,
+    /// A paid backend is removed only within this long of its billing period's end; at least
+    /// `interval`, so the control loop cannot step over the moment.
+    pub release_margin: HumanDuration,
+    /// Most spent per hour: the fleet never exceeds budget_per_hour / backend_per_hour.
+    pub budget_per_hour: f64,
+    /// Price of one request answered slower than `slo_p99`. Chosen per request (not per second
+    /// of violation) because it scales with traffic: the same latency hurts more at 1000/s than
+    /// at 1/s. The cost rules add backends while one more saves more in expected violations
+    /// (the queueing model's predicted share over the SLO x arrival rate x this) than it costs.
+    pub slo_violation_cost: f64,
+}
+
+impl Default for Cost {
+    fn default() -> Self {
+        Cost {
+            backend_per_hour: 0.05,
+            billing_period: HumanDuration::from_secs(60),
+            release_margin: HumanDuration::from_secs(5),
+            budget_per_hour: 10.0,
+            slo_violation_cost: 0.0001,
+        }
+    }
+}
+
+impl Cost {
+    /// Most backends the budget pays for; `None` when backends are free (no cap).
+    pub fn budget_cap(&self) -> Option<u32> {
+        if self.backend_per_hour > 0.0 {
+            let n = (self.budget_per_hour / self.backend_per_hour + 1e-9).floor();
+            Some(n.clamp(0.0, u32::MAX as f64) as u32)
+        } else {
+            None
+        }
+    }
+}
+
+/// Largest `max` accepted: the queueing model's Erlang C work grows with max x workers.
+pub const MAX_BACKENDS: u32 = 100_000;
+
+impl Autoscaler {
+    /// Semantic checks serde cannot express, as (key path, message) pairs, all of them at once:
+    /// the config loader turns each into `file:line:col: key: message`.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        let mut add = |key: &str, msg: String| out.push((format!("autoscaler.{key}"), msg));
+
+        if self.max < 1 {
+            add("max", "is 0; must be at least 1".into());
+        } else if self.max > MAX_BACKENDS {
+            add(
+                "max",
+                format!("is {}; must be at most {MAX_BACKENDS}", self.max),
+            );
+        }
+        if self.min > self.max {
+            add(
+                "min",
+                format!(
+                    "is {}, above autoscaler.max = {}; must be at most max",
+                    self.min, self.max
+                ),
+            );
+        }
+        let positive: [(&str, HumanDuration); 8] = [
+            ("interval", self.interval),
+            ("stable_window", self.stable_window),
+            ("panic_window", self.panic_window),
+            ("metric_window", self.metric_window),
+            ("scale_down_stabilisation", self.scale_down_stabilisation),
+            ("scale_up_period", self.scale_up_period),
+            ("scale_down_period", self.scale_down_period),
+            ("slo_p99", self.slo_p99),
+        ];
+        for (key, d) in positive {
+            if d.0.is_zero() {
+                add(key, "is 0; must be greater than zero, e.g. \"1s\"".into());
+            }
+        }
+        if !self.panic_window.0.is_zero() && self.panic_window >= self.stable_window {
+            add(
+                "panic_window",
+                format!(
+                    "is {}, not shorter than autoscaler.stable_window = {}; the panic window \
+                     must be the shorter one",
+                    self.panic_window, self.stable_window
+                ),
+            );
+        }
+        if self.metric_window > self.stable_window {
+            add(
+                "metric_window",
+                format!(
+                    "is {}, longer than autoscaler.stable_window = {}; signals are kept for \
+                     the stable window only",
+                    self.metric_window, self.stable_window
+                ),
+            );
+        }
+        if !(self.target.is_finite() && self.target > 0.0) {
+            add(
+                "target",
+                format!("is {}; must be a number greater than 0", self.target),
+            );
+        }
+        if !(self.tolerance.is_finite() && (0.0..1.0).contains(&self.tolerance)) {
+            add(
+                "tolerance",
+                format!(
+                    "is {}; must be at least 0 and below 1 (e.g. 0.1 for 10%)",
+                    self.tolerance
+                ),
+            );
+        }
+        for (key, p) in [
+            ("scale_up_max_percent", self.scale_up_max_percent),
+            ("scale_down_max_percent", self.scale_down_max_percent),
+        ] {
+            if !(p.is_finite() && p >= 0.0) {
+                add(key, format!("is {p}; must be a percentage >= 0"));
+            }
+        }
+        if self.scale_down_max_percent > 100.0 {
+            add(
+                "scale_down_max_percent",
+                format!(
+                    "is {}; must be at most 100 (the whole fleet)",
+                    self.scale_down_max_percent
+                ),
+            );
+        }
+        if !(self.utilisation > 0.0 && self.utilisation <= 1.0) {
+            add(
+                "utilisation",
+                format!(
+                    "is {}; must be greater than 0 and at most 1 (e.g. 0.7)",
+                    self.utilisation
+                ),
+            );
+        }
+        for (key, r) in [
+            ("panic_threshold", self.panic_threshold),
+            ("max_scale_up_rate", self.max_scale_up_rate),
+            ("max_scale_down_rate", self.max_scale_down_rate),
+        ] {
+            if !(r.is_finite() && r > 1.0) {
+                add(key, format!("is {r}; must be a finite number above 1"));
+            }
+        }
+        if self.workers < 1 {
+            add(
+                "workers",
+                "is 0; must be at least 1 (concurrent requests per backend)".into(),
+            );
+        }
+        if self.overload_max_queue == Some(0) {
+            add(
+                "overload_max_queue",
+                "is 0; must be at least 1 (use overload = \"shed\" to queue nothing)".into(),
+            );
+        }
+
+        let c = &self.cost;
+        for (key, p) in [
+            ("cost.backend_per_hour", c.backend_per_hour),
+            ("cost.budget_per_hour", c.budget_per_hour),
+            ("cost.slo_violation_cost", c.slo_violation_cost),
+        ] {
+            if !(p.is_finite() && p >= 0.0) {
+                add(key, format!("is {p}; must be a finite number >= 0"));
+            }
+        }
+        if let Some(cap) = c.budget_cap() {
+            if c.budget_per_hour.is_finite() && cap < self.min {
+                add(
+                    "cost.budget_per_hour",
+                    format!(
+                        "is {}, which pays for {cap} backends at {} per hour, fewer than \
+                         autoscaler.min = {}",
+                        c.budget_per_hour, c.backend_per_hour, self.min
+                    ),
+                );
+            }
+        }
+        let billed = !c.billing_period.0.is_zero() && c.backend_per_hour > 0.0;
+        if billed && c.release_margin > c.billing_period {
+            add(
+                "cost.release_margin",
+                format!(
+                    "is {}, longer than autoscaler.cost.billing_period = {}",
+                    c.release_margin, c.billing_period
+                ),
+            );
+        } else if billed && c.release_margin < self.interval {
+            add(
+                "cost.release_margin",
+                format!(
+                    "is {}, shorter than autoscaler.interval = {}; the control loop could step \
+                     over the end of a billing period and pay for another",
+                    c.release_margin, self.interval
+                ),
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Autoscaler, String> {
+        toml::from_str::<Autoscaler>(text).map_err(|e| e.to_string())
+    }
+
+    fn keys(a: &Autoscaler) -> Vec<String> {
+        a.validate().into_iter().map(|(k, _)| k).collect()
+    }
+
+    #[test]
+    fn autoscaler_defaults_are_valid_and_match_the_documented_values() {
+        let a = Autoscaler::default();
+        assert_eq!(a.validate(), vec![]);
+        assert_eq!(a.decider, DeciderKind::Concurrency);
+        assert_eq!((a.min, a.max), (2, 8));
+        assert_eq!(a.stable_window, HumanDuration::from_secs(60));
+        assert_eq!(a.panic_window, HumanDuration::from_secs(6));
+        assert_eq!(a.scale_down_stabilisation, HumanDuration::from_secs(300));
+        assert_eq!(a.tolerance, 0.1);
+        assert_eq!(a.cost.budget_cap(), Some(200));
+        // An empty section is the defaults.
+        assert_eq!(parse("").unwrap(), a);
+    }
+
+    #[test]
+    fn autoscaler_parses_every_documented_key() {
+        let a = parse(
+            r#"
+            decider = "queueing_model"
+            min = 1
+            max = 20
+            interval = "2s"
+            stable_window = "30s"
+            panic_window = "3s"
+            target = 8
+            signal = "p99"
+            slo_p99 = "150ms"
+            overload = "both"
+            overload_max_queue = 64
+            boot_time = "30s"
+            workers = 8
+            tolerance = 0.2
+            scale_down_stabilisation = "2m"
+            utilisation = 0.6
+            panic_threshold = 3.0
+            boot_aware_panic = false
+            [cost]
+            backend_per_hour = 0.1
+            billing_period = "1h"
+            release_margin = "2m"
+            budget_per_hour = 1.0
+            slo_violation_cost = 0.001
+            "#,
+        )
+        .unwrap();
+        assert_eq!(a.decider, DeciderKind::QueueingModel);
+        assert_eq!(a.signal, ScalingSignal::P99);
+        assert_eq!(a.overload, OverloadMode::Both);
+        assert_eq!(a.overload_max_queue, Some(64));
+        assert_eq!(a.slo_p99, HumanDuration::from_millis(150));
+        assert_eq!(a.cost.billing_period, HumanDuration::from_secs(3600));
+        assert_eq!(a.cost.budget_cap(), Some(10));
+        assert!(!a.boot_aware_panic);
+        assert_eq!(a.validate(), vec![]);
+    }
+
+    #[test]
+    fn autoscaler_rejects_unknown_keys_and_names() {
+        assert!(parse("maxx = 3").unwrap_err().contains("unknown field"));
+        assert!(parse("decider = \"magic\"").is_err());
+        assert!(parse("[cost]\nprice = 1.0").is_err());
+        assert!(parse("overload = \"drop\"").is_err());
+    }
+
+    #[test]
+    fn autoscaler_validate_names_each_bad_key() {
+        let a = Autoscaler {
+            min: 9,
+            max: 8,
+            ..Default::default()
+        };
+        assert_eq!(keys(&a), vec!["autoscaler.min"]);
+
+        let a = Autoscaler {
+            min: 0,
+            max: 0,
+            ..Default::default()
+        };
+        assert_eq!(keys(&a), vec!["autoscaler.max"]);
+
+        let a = Autoscaler {
+            panic_window: HumanDuration::from_secs(60),
+            ..Default::default()
+        };
+        assert_eq!(keys(&a), vec!["autoscaler.panic_window"]);
+
+        let a = Autoscaler {
+            interval: HumanDuration::from_secs(0),
+            slo_p99: HumanDuration::from_secs(0),
+            ..Default::default()
+        };
+        assert_eq!(keys(&a), vec!["autoscaler.interval", "autoscaler.slo_p99"]);
+
+        let a = Autoscaler {
+            target: 0.0,
+            tolerance: 1.0,
+            utilisation: 1.5,
+            panic_threshold: 1.0,
+            workers: 0,
+            ..Default::default()
+        };
+        assert_eq!(
+            keys(&a),
+            vec![
+                "autoscaler.target",
+                "autoscaler.tolerance",
+                "autoscaler.utilisation",
+                "autoscaler.panic_threshold",
+                "autoscaler.workers"
+            ]
+        );
+    }
+
+    #[test]
+    fn autoscaler_validate_checks_cost_keys() {
+        let mut a = Autoscaler::default();
+        a.cost.budget_per_hour = 0.05; // one backend, below min = 2
+        let v = a.validate();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].0, "autoscaler.cost.budget_per_hour");
+        assert!(v[0].1.contains("pays for 1 backends"), "{}", v[0].1);
+
+        let mut a = Autoscaler::default();
+        a.cost.backend_per_hour = -1.0;
+        a.cost.slo_violation_cost = f64::NAN;
+        assert_eq!(
+            keys(&a),
+            vec![
+                "autoscaler.cost.backend_per_hour",
+                "autoscaler.cost.slo_violation_cost"
+            ]
+        );
+
+        let mut a = Autoscaler::default();
+        a.cost.release_margin = HumanDuration::from_millis(100);
+        assert_eq!(keys(&a), vec!["autoscaler.cost.release_margin"]);
+        a.cost.release_margin = HumanDuration::from_secs(120);
+        assert_eq!(keys(&a), vec!["autoscaler.cost.release_margin"]);
+        // Billing by the second: the margin does not matter.
+        a.cost.billing_period = HumanDuration::from_secs(0);
+        assert_eq!(a.validate(), vec![]);
+    }
+
+    #[test]
+    fn autoscaler_budget_cap_is_off_for_free_backends() {
+        let c = Cost {
+            backend_per_hour: 0.0,
+            ..Default::default()
+        };
+        assert_eq!(c.budget_cap(), None);
+        let c = Cost {
+            backend_per_hour: 0.3,
+            budget_per_hour: 0.9,
+            ..Default::default()
+        };
+        // 0.9 / 0.3 is 2.9999999999999996 in floating point; still three backends.
+        assert_eq!(c.budget_cap(), Some(3));
+    }
+}

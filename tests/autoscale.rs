@@ -1,0 +1,220 @@
+//! End-to-end tests of the autoscaler inside `ebbtide serve`: real backend processes started by
+//! the local provider, real load from `ebbtide load`, on 127.0.0.1.
+
+mod common;
+
+use common::*;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The tests here load the 2-core machine hard; they take turns.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn url(addr: SocketAddr, path: &str) -> String {
+    format!("http://{addr}{path}")
+}
+
+/// A config with the local provider starting `ebbtide backend` (exp 20 ms, 4 workers, container
+/// boot) and the given `[autoscaler]` lines.
+fn scaling_config(autoscaler: &str) -> String {
+    base_config(&format!(
+        r#"[health]
+path = "/healthz"
+interval = "500ms"
+[provider]
+kind = "local"
+command = ["ebbtide", "backend", "--listen", "127.0.0.1:{{port}}", "--service-time", "exp:20ms", "--workers", "4", "--boot", "container"]
+capacity = 4
+[autoscaler]
+{autoscaler}
+"#
+    ))
+}
+
+async fn active_backends(admin: SocketAddr) -> usize {
+    let (_, _, body) = get(&url(admin, "/api/v1/backends")).await;
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap_or_default();
+    list.iter().filter(|b| b["state"] == "active").count()
+}
+
+/// Runs `ebbtide load` against `lb` and returns its JSON report.
+fn load(lb: &Ebbtide, profile: &str, extra: &[&str]) -> serde_json::Value {
+    let out = tempfile_path::TempPath::with_contents("json", "");
+    let status = Command::new(ebbtide_bin())
+        .args([
+            "load",
+            "--target",
+            &url(lb.addr, "/"),
+            "--profile",
+            profile,
+            "--quiet",
+        ])
+        .args(["--admin", &format!("http://{}", lb.admin), "--json"])
+        .arg(out.path())
+        .args(extra)
+        .status()
+        .unwrap();
+    assert!(status.success(), "ebbtide load failed: {status}");
+    serde_json::from_str(&std::fs::read_to_string(out.path()).unwrap()).unwrap()
+}
+
+/// The process ids whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // The fields after the command name (which may hold spaces) start after the last ')'.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let ppid: u32 = rest.split(' ').nth(1).unwrap().parse().unwrap();
+        if ppid == pid {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie has exited; only its parent has not reaped it.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn scales_out_under_a_step_and_back_in_without_failing_requests() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // Two backends serve 2 x 4 workers x 50/s = 400 req/s. The load steps from half of that to
+    // three times it (1200/s: 6 backends would be fully busy, 8 run at 75%), then drops. Short windows and per-second billing keep the test short.
+    let lb = start_ebbtide(&scaling_config(
+        "decider = \"concurrency\"\nmin = 2\nmax = 8\ntarget = 4\nstable_window = \"10s\"\npanic_window = \"3s\"\nmetric_window = \"3s\"\nslo_p99 = \"200ms\"\n[autoscaler.cost]\nbilling_period = \"0s\"",
+    ));
+    eventually("the minimum fleet", Duration::from_secs(20), || async {
+        (active_backends(lb.admin).await == 2).then_some(())
+    })
+    .await;
+    let report = load(&lb, "steps:200@10s,1200@25s,100@20s", &[]);
+    let series = report["series"].as_array().unwrap();
+    let backends_at = |s: usize| {
+        series
+            .get(s)
+            .and_then(|x| x["backends"].as_u64())
+            .unwrap_or(0)
+    };
+    let step = 10;
+    let scaled_out_after = (step..series.len())
+        .find(|&s| backends_at(s) >= 5)
+        .map(|s| s - step)
+        .expect("never scaled out to 5 or more backends");
+    let p99_back_after = (step + 1..step + 25)
+        .find(|&s| (s..s + 3).all(|t| series[t]["p99_ms"].as_f64().is_some_and(|p| p <= 200.0)))
+        .map(|s| s - step)
+        .expect("p99 never came back under the SLO during the step");
+    let errors = report["errors"].as_u64().unwrap();
+    eprintln!(
+        "step: scaled out after {scaled_out_after}s, p99 under 200 ms after {p99_back_after}s, sent {}, errors {errors}",
+        report["sent"]
+    );
+    assert!(
+        scaled_out_after <= 12,
+        "took {scaled_out_after}s to reach 5 backends"
+    );
+    assert!(
+        p99_back_after <= 20,
+        "p99 took {p99_back_after}s to come back under the SLO"
+    );
+    assert_eq!(errors, 0, "requests failed while the fleet changed");
+    // After the load, back to the minimum.
+    let waited = Instant::now();
+    eventually(
+        "scale-in to the minimum",
+        Duration::from_secs(40),
+        || async { (active_backends(lb.admin).await == 2).then_some(()) },
+    )
+    .await;
+    eprintln!(
+        "step: back to 2 backends {:?} after the load ended",
+        waited.elapsed()
+    );
+    let (_, _, events) = get(&url(lb.admin, "/api/v1/events")).await;
+    let events: Vec<serde_json::Value> = serde_json::from_slice(&events).unwrap();
+    assert!(events.iter().any(|e| e["direction"] == "up"), "{events:?}");
+    assert!(
+        events.iter().any(|e| e["direction"] == "down"),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_budget_caps_the_fleet_and_overload_is_shed() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // A budget of 3 backends; demand far beyond it; overload = shed.
+    let lb = start_ebbtide(&scaling_config(
+        "min = 1\nmax = 10\nstable_window = \"6s\"\npanic_window = \"2s\"\nmetric_window = \"2s\"\noverload = \"shed\"\n[autoscaler.cost]\nbackend_per_hour = 1.0\nbudget_per_hour = 3.0\nbilling_period = \"0s\"",
+    ));
+    let report = load(&lb, "steps:3000@12s", &["--timeout", "5s"]);
+    let most = report["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["backends"].as_u64())
+        .max()
+        .unwrap();
+    let (_, _, metrics) = get(&url(lb.admin, "/metrics")).await;
+    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    let shed: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("ebbtide_shed_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    eprintln!(
+        "budget: at most {most} backends, {shed} requests shed, {} sent",
+        report["sent"]
+    );
+    assert!(
+        most <= 3,
+        "the fleet reached {most} backends with a budget for 3"
+    );
+    assert!(most >= 2, "it did scale out within the budget");
+    assert!(shed > 0.0, "overload = shed answers 503 beyond the fleet");
+    assert!(
+        metrics.contains("ebbtide_autoscaler_desired_backends 3"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn no_backend_outlives_ebbtide_on_sigterm_or_sigkill() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    for signal in [libc::SIGTERM, libc::SIGKILL] {
+        let cfg = base_config(
+            "[provider]\nkind = \"local\"\ncommand = [\"ebbtide\", \"backend\", \"--listen\", \"127.0.0.1:{port}\"]\ncount = 3",
+        );
+        let mut lb = start_ebbtide(&cfg);
+        let pid = lb.child.id();
+        let kids = eventually("three backends", Duration::from_secs(20), || async {
+            let k = children_of(pid);
+            (k.len() == 3 && active_backends(lb.admin).await == 3).then_some(k)
+        })
+        .await;
+        unsafe {
+            libc::kill(pid as i32, signal);
+        }
+        let status = lb.child.wait().unwrap();
+        if signal == libc::SIGTERM {
+            assert!(status.success(), "SIGTERM: exit {status}");
+        }
+        eventually(
+            "every backend to be gone",
+            Duration::from_secs(15),
+            || async { kids.iter().all(|&k| !alive(k)).then_some(()) },
+        )
+        .await;
+    }
+}
