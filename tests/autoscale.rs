@@ -40,17 +40,27 @@ async fn active_backends(admin: SocketAddr) -> usize {
 
 /// Runs `ebbtide load` against `lb` and returns its JSON report.
 fn load(lb: &Ebbtide, profile: &str, extra: &[&str]) -> serde_json::Value {
+    load_at(lb.addr, lb.admin, profile, extra)
+}
+
+/// [`load`] by addresses, for running on a blocking thread while the test's tasks go on.
+fn load_at(
+    addr: SocketAddr,
+    admin: SocketAddr,
+    profile: &str,
+    extra: &[&str],
+) -> serde_json::Value {
     let out = tempfile_path::TempPath::with_contents("json", "");
     let status = Command::new(ebbtide_bin())
         .args([
             "load",
             "--target",
-            &url(lb.addr, "/"),
+            &url(addr, "/"),
             "--profile",
             profile,
             "--quiet",
         ])
-        .args(["--admin", &format!("http://{}", lb.admin), "--json"])
+        .args(["--admin", &format!("http://{admin}"), "--json"])
         .arg(out.path())
         .args(extra)
         .status()
@@ -216,5 +226,116 @@ async fn no_backend_outlives_ebbtide_on_sigterm_or_sigkill() {
             || async { kids.iter().all(|&k| !alive(k)).then_some(()) },
         )
         .await;
+    }
+}
+
+/// The directions of the decisions (holds left out), oldest first.
+async fn directions(admin: SocketAddr) -> Vec<String> {
+    let (_, _, events) = get(&url(admin, "/api/v1/events")).await;
+    let mut events: Vec<serde_json::Value> = serde_json::from_slice(&events).unwrap();
+    events.sort_by_key(|e| e["at"].as_u64().unwrap_or(0));
+    events
+        .iter()
+        .filter_map(|e| e["direction"].as_str())
+        .filter(|d| *d != "hold")
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_5x_spike_panics_out_fast_and_a_short_blip_does_not_oscillate() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // 160 req/s is 40% of the two minimum backends; the spike is 5x that for 5 s, far shorter
+    // than the 20 s stable window.
+    let lb = start_ebbtide(&scaling_config(
+        "decider = \"concurrency\"\nmin = 2\nmax = 10\ntarget = 4\nstable_window = \"20s\"\npanic_window = \"3s\"\nmetric_window = \"3s\"\n[autoscaler.cost]\nbilling_period = \"0s\"",
+    ));
+    eventually("the minimum fleet", Duration::from_secs(20), || async {
+        (active_backends(lb.admin).await == 2).then_some(())
+    })
+    .await;
+    let report = load(&lb, "steps:160@8s,800@5s,160@20s", &[]);
+    let series = report["series"].as_array().unwrap();
+    let spike = 8;
+    let out_after = (spike..series.len())
+        .find(|&s| series[s]["backends"].as_u64().unwrap_or(0) > 2)
+        .map(|s| s - spike)
+        .expect("the spike never scaled out");
+    let dirs = directions(lb.admin).await;
+    let changes = dirs.windows(2).filter(|w| w[0] != w[1]).count();
+    eprintln!("spike: active backends grew {out_after}s after the spike; decisions {dirs:?}");
+    // Panic window 3 s + a container boot of about 1 s + one-second sampling.
+    assert!(out_after <= 6, "scaled out {out_after}s after the spike");
+    assert_eq!(dirs.first().map(String::as_str), Some("up"));
+    assert!(
+        changes <= 1,
+        "the fleet went up and down more than once: {dirs:?}"
+    );
+    assert_eq!(report["errors"], 0);
+}
+
+#[tokio::test]
+async fn a_backend_is_kept_until_near_the_end_of_its_paid_period() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let lb = start_ebbtide(&scaling_config(
+        "decider = \"concurrency\"\nmin = 1\nmax = 6\ntarget = 4\nstable_window = \"6s\"\npanic_window = \"2s\"\nmetric_window = \"2s\"\ninterval = \"500ms\"\n[autoscaler.cost]\nbilling_period = \"30s\"\nrelease_margin = \"3s\"",
+    ));
+    // Watch every backend: when it is first seen, and when it is first seen draining or gone
+    // (an idle backend drains in milliseconds, so "gone" is what the poll usually sees).
+    let admin = lb.admin;
+    let watcher = tokio::spawn(async move {
+        let start = Instant::now();
+        let mut seen: std::collections::HashMap<String, (f64, Option<f64>)> = Default::default();
+        while start.elapsed() < Duration::from_secs(60) {
+            let t = start.elapsed().as_secs_f64();
+            let (_, _, body) = get(&url(admin, "/api/v1/backends")).await;
+            let list: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap_or_default();
+            let present: Vec<(String, bool)> = list
+                .iter()
+                .map(|b| {
+                    (
+                        b["address"].as_str().unwrap().to_string(),
+                        b["state"] == "draining",
+                    )
+                })
+                .collect();
+            for (addr, draining) in &present {
+                let e = seen.entry(addr.clone()).or_insert((t, None));
+                if *draining && e.1.is_none() {
+                    e.1 = Some(t);
+                }
+            }
+            for (addr, e) in seen.iter_mut() {
+                if e.1.is_none() && !present.iter().any(|(a, _)| a == addr) {
+                    e.1 = Some(t);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        seen
+    });
+    // On a blocking thread: the watcher must keep polling while the load runs.
+    let (addr, admin) = (lb.addr, lb.admin);
+    tokio::task::spawn_blocking(move || load_at(addr, admin, "steps:600@8s,20@4s", &[]))
+        .await
+        .unwrap();
+    let seen = watcher.await.unwrap();
+    let lives: Vec<f64> = seen
+        .values()
+        .filter_map(|&(first, gone)| gone.map(|g| g - first))
+        .collect();
+    eprintln!(
+        "billing: {} backends seen; lifetimes of those removed: {lives:?} s",
+        seen.len()
+    );
+    assert!(seen.len() >= 3, "the load scaled out");
+    assert!(!lives.is_empty(), "scale-in happened within the test");
+    for life in &lives {
+        // Paid for 30 s; released only within the last 3 s of that. A backend is first seen up
+        // to 0.2 s after launch, so a lifetime seen here is at most 0.2 s short.
+        assert!(
+            *life >= 26.5,
+            "a backend was removed after {life:.1}s, inside its paid 30 s"
+        );
     }
 }

@@ -121,8 +121,17 @@ impl<D: Decider> CostAware<D> {
     fn lookahead(&self, windows: &Windows, now: Nanos) -> Option<(f64, f64)> {
         let panic = windows.panic(now);
         let rate = panic.arrival_rate?;
-        let slope = windows.trend_by(windows.stable_length(), now, |o| Some(o.arrival_rate))?;
         let horizon = (panic.to as f64 - panic.centre()) / 1e9 + secs(self.boot_time);
+        // A trend measured over a span shorter than the one it is stretched over is noise (the
+        // first seconds of traffic look like a steep ramp from zero): extrapolate only once the
+        // stable window holds at least 4 horizons of history, or half of itself.
+        let stable = windows.stable(now);
+        let covered = stable.to.saturating_sub(stable.from) as f64 / 1e9;
+        let needed = (4.0 * horizon).min(windows.stable_length() as f64 / 2e9);
+        if covered < needed {
+            return None;
+        }
+        let slope = windows.trend_by(windows.stable_length(), now, |o| Some(o.arrival_rate))?;
         Some((rate, rate + slope * horizon))
     }
 
@@ -672,6 +681,43 @@ mod tests {
         let (inner0, dec0) = ramp(0);
         assert!(dec0.desired < dec.desired);
         assert!(dec0.desired <= inner0 + 1);
+    }
+
+    #[test]
+    fn the_first_seconds_of_traffic_are_not_a_trend() {
+        // Traffic starts: 0/s, then 160/s. Two seconds of history look like a steep ramp, but
+        // they are not enough to extrapolate over a 2.5 s horizon.
+        let mut d = CostAware::new(Wants(2), &cfg());
+        let mut w = Windows::new(20 * S, 3 * S);
+        w.observe(Observation {
+            at: 0,
+            arrival_rate: 0.0,
+            ..Default::default()
+        });
+        w.observe(Observation {
+            at: S,
+            arrival_rate: 160.0,
+            ..Default::default()
+        });
+        w.observe(Observation {
+            at: 2 * S,
+            arrival_rate: 160.0,
+            ..Default::default()
+        });
+        let early = d.decide(&w, &FleetView::counts(2, 0, 1, 10), 2 * S);
+        assert_eq!(early.desired, 2, "{}", early.reason);
+        // A real ramp, seen for long enough, still looks ahead.
+        let mut d = CostAware::new(Wants(2), &cfg());
+        let mut w = Windows::new(20 * S, 3 * S);
+        for t in 0..=20u64 {
+            w.observe(Observation {
+                at: t * S,
+                arrival_rate: 10.0 * t as f64,
+                ..Default::default()
+            });
+        }
+        let late = d.decide(&w, &FleetView::counts(2, 0, 1, 10), 20 * S);
+        assert!(late.desired > 2, "{}", late.reason);
     }
 
     #[test]
