@@ -84,6 +84,9 @@ impl IdempotencyCache {
     pub fn claim(&self, key: &str, fingerprint: u64, now: Nanos) -> Claim {
         let mut map = self.lock();
         match map.get(key) {
+            // An execution whose task died without finishing (its sender is gone) is not
+            // running any more: fall through and execute again.
+            Some(Entry::Running { rx, .. }) if rx.has_changed().is_err() => {}
             Some(Entry::Running { fingerprint: f, rx }) => {
                 return if *f == fingerprint {
                     Claim::Wait(rx.clone())
@@ -202,7 +205,7 @@ mod tests {
             panic!("a running key makes duplicates wait")
         };
         c.finish("k", tx, stored("once"), 10);
-        assert!(rx.has_changed().unwrap());
+        // The sender is gone now, but the outcome it sent stays readable.
         assert!(matches!(&*rx.borrow_and_update(), Some(Outcome::Stored(r)) if r.body == "once"));
         match c.claim("k", 1, 500) {
             Claim::Done(Outcome::Stored(r)) => assert_eq!(r.body, "once"),
@@ -233,6 +236,23 @@ mod tests {
         };
         c.finish("k", tx, Outcome::NotExecuted, 1);
         assert!(matches!(c.claim("k", 1, 2), Claim::Execute(_)));
+    }
+
+    #[test]
+    fn an_execution_that_died_unfinished_is_run_again() {
+        let c = IdempotencyCache::new(1_000, 10);
+        let Claim::Execute(tx) = c.claim("k", 1, 0) else {
+            panic!()
+        };
+        let Claim::Wait(mut rx) = c.claim("k", 1, 0) else {
+            panic!()
+        };
+        drop(tx); // the executing task panicked
+        assert!(rx.has_changed().is_err(), "waiters see the sender gone");
+        assert!(
+            matches!(c.claim("k", 1, 1), Claim::Execute(_)),
+            "and the next claim executes"
+        );
     }
 
     #[test]
