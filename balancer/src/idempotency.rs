@@ -244,7 +244,7 @@ mod tests {
         let Claim::Execute(tx) = c.claim("k", 1, 0) else {
             panic!()
         };
-        let Claim::Wait(mut rx) = c.claim("k", 1, 0) else {
+        let Claim::Wait(rx) = c.claim("k", 1, 0) else {
             panic!()
         };
         drop(tx); // the executing task panicked
