@@ -7,6 +7,7 @@ pub mod lifecycle;
 pub mod rng;
 mod schema;
 pub mod service_time;
+pub mod simulation;
 pub mod time;
 mod validate;
 

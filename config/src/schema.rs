@@ -38,6 +38,8 @@ pub struct Config {
     pub provider: Option<Provider>,
     /// Scaling the provider's fleet; absent: a fixed `provider.count`.
     pub autoscaler: Option<crate::autoscaler::Autoscaler>,
+    /// What `ebbtide simulate` runs; ignored by `ebbtide serve`.
+    pub simulation: Option<crate::simulation::Simulation>,
 }
 
 /// `[listener]`

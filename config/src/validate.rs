@@ -460,7 +460,16 @@ const CHECKS: &[Check] = &[
     check_retries,
     check_idempotency,
     check_autoscaler,
+    check_simulation,
 ];
+
+fn check_simulation(cfg: &Config, out: &mut Problems) {
+    if let Some(s) = &cfg.simulation {
+        for (key, message) in s.validate() {
+            out.add(key, message);
+        }
+    }
+}
 
 fn check_autoscaler(cfg: &Config, out: &mut Problems) {
     if let Some(a) = &cfg.autoscaler {

@@ -93,6 +93,7 @@ fn reference_expected() -> Config {
         }],
         provider: Some(Provider::default()),
         autoscaler: Some(Default::default()),
+        simulation: Some(Default::default()),
         ..Config::default()
     }
 }

@@ -1,0 +1,803 @@
+//! The discrete-event core: a virtual clock, a heap of timed events and seeded random streams.
+//! No tokio, no sockets, no wall clock: a run is a function of the scenario and its seed.
+//!
+//! What is driven, and from where:
+//!
+//! - **Balancing**: the policy `[balancer]` names, built by `ebbtide_balancer::policies::build`,
+//!   picking from the simulated fleet ([`super::fleet::Fleet`] implements `Candidates`).
+//! - **Waiting and shedding**: the balancer's own FIFO, `ebbtide_balancer::queue::WaitQueue`,
+//!   bounded by `[overload] max_queue` and `queue_timeout`, with the small rule of the proxy's
+//!   dispatcher (`balancer/src/dispatch.rs`, tokio-based, so mirrored here rather than called): a
+//!   request arriving while nobody waits asks the policy; when it answers none (every backend full
+//!   or not accepting) the request joins the queue, or is shed with 503 when the queue is full.
+//!   Every completion and every fleet change dispatches the queue from its head until a pick
+//!   fails. A request waiting `queue_timeout` is shed with 503. The policy is not asked when no
+//!   backend has a free slot (it would answer none, by the `Policy` contract, after a full scan).
+//! - **Signals**: `ebbtide_balancer::signals::SignalWindow`, the proxy's sliding window, fed with
+//!   every arrival, completion and shed; its p99 is the autoscaler's latency input and the
+//!   "windowed p99" checked against the SLO each second.
+//! - **Latency estimates and learnt limits**: `ebbtide_balancer::ewma::PeakEwma` (for
+//!   `peak_ewma`) and `ebbtide_balancer::limit::AdaptiveLimit` (with `capacity = "adaptive"`),
+//!   fed with each request's time at the backend as the proxy feeds them.
+//! - **Backends**: `workers` in service, the rest in the backend's own FIFO, each served for a
+//!   draw of `ebbtide_config::service_time::ServiceTime` divided by the backend's speed.
+//! - **Autoscaling** (with `[autoscaler]`): every `interval` an `Observation` of the simulated
+//!   balancer goes into `Windows`, the decider `ebbtide_autoscaler::deciders::build` makes (cost
+//!   rules included) decides on the `FleetView`, the decision is logged in an `EventLog` and
+//!   carried out: new backends become ready after the boot delay; removed ones take no new
+//!   requests and leave when idle (a starting one is cancelled). The decision's overload action
+//!   bounds the balancer's queue. A `CostMeter` accounts every backend paid for.
+
+use super::fleet::{BackendState, BackendTemplate, Fleet, Job};
+use super::scenario::Scenario;
+use crate::load::report::{ErrorKind, Outcome, Recorder, Report, RunInfo};
+use crate::load::schedule::Arrivals;
+use ebbtide_autoscaler::decision::OverloadAction;
+use ebbtide_autoscaler::{
+    CostMeter, Decider, Direction, EventLog, FleetView, Member, MemberState, Observation, Windows,
+};
+use ebbtide_balancer::dispatch::Shed;
+use ebbtide_balancer::policies::hash_key;
+use ebbtide_balancer::policy::Policy;
+use ebbtide_balancer::queue::WaitQueue;
+use ebbtide_balancer::signals::SignalWindow;
+use ebbtide_config::rng::Rng;
+use ebbtide_config::time::{Nanos, NANOS_PER_SEC};
+use ebbtide_config::PolicyKind;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+
+/// Body bytes of a simulated answer: `ebbtide backend`'s default `ok` line.
+const ANSWER_BYTES: u64 = 3;
+/// Scaling decisions kept in the event log of a run.
+const EVENT_LOG_CAPACITY: usize = 1000;
+
+/// A request waiting in the balancer's queue.
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    arrival: Nanos,
+    key: Option<u64>,
+}
+
+/// What happens at an event's time.
+#[derive(Debug, Clone, Copy)]
+enum EventKind {
+    /// A worker of the backend in `slot` finishes `job`, whose service began at `started`.
+    Complete { slot: u32, job: Job, started: Nanos },
+    /// The backend launched as `id` in `slot` has booted.
+    Ready { slot: u32, id: u64 },
+    /// The head of the balancer's queue may have waited its whole timeout.
+    Expire,
+    /// The autoscaler's control loop runs.
+    Control,
+    /// A whole second of virtual time has passed: the series' bookkeeping.
+    Second,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Event {
+    at: Nanos,
+    seq: u64,
+    kind: EventKind,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Event {}
+
+impl PartialOrd for Event {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Event {
+    /// Reversed, so the max-heap pops the earliest event; ties go in scheduling order.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// What the autoscaler did over a run.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ScalingSummary {
+    /// The decider's name; `None` without `[autoscaler]` (a fixed fleet).
+    pub decider: Option<String>,
+    /// Decisions that grew the fleet.
+    pub up: u64,
+    /// Decisions that shrank it.
+    pub down: u64,
+    /// Decisions that kept it.
+    pub hold: u64,
+    /// Backends launched after the start.
+    pub launched: u64,
+    /// Backends removed (cancelled while starting, or drained).
+    pub removed: u64,
+    /// Most backends paid for at once.
+    pub peak_backends: u32,
+}
+
+/// Exact statistics of the reported requests (those arriving after the warm-up), kept beside
+/// the report's histograms: sums in nanoseconds, so theory checks do not meet bucket rounding.
+#[derive(Debug, Clone, Default)]
+pub struct ExactStats {
+    /// Requests that arrived after the warm-up.
+    pub arrived: u64,
+    /// Of those, answered by a backend (any latency).
+    pub served: u64,
+    /// Sum of sojourn times (arrival to answer) of served requests, ns.
+    pub sojourn_sum_ns: f64,
+    /// Sum of waits (arrival to the start of service, in the balancer's and the backend's
+    /// queues) of served requests, ns.
+    pub wait_sum_ns: f64,
+    /// Served requests slower than the SLO.
+    pub over_slo: u64,
+    /// Indexed by backend id (launch number): served requests and their sojourn sum in ns.
+    pub per_backend: Vec<(u64, f64)>,
+}
+
+impl ExactStats {
+    /// Mean sojourn, seconds.
+    pub fn mean_sojourn_s(&self) -> f64 {
+        self.sojourn_sum_ns / self.served.max(1) as f64 / 1e9
+    }
+
+    /// Mean wait before service, seconds.
+    pub fn mean_wait_s(&self) -> f64 {
+        self.wait_sum_ns / self.served.max(1) as f64 / 1e9
+    }
+}
+
+/// Everything one run produced.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    /// The report in `ebbtide load`'s format.
+    pub report: Report,
+    /// Every request simulated, warm-up included.
+    pub simulated_requests: u64,
+    /// Exact statistics of the reported requests.
+    pub exact: ExactStats,
+    /// Requests shed by the balancer, by reason (`queue_full`, `queue_timeout`).
+    pub shed: BTreeMap<String, u64>,
+    /// Seconds after the warm-up whose windowed p99 (the signal window's) was over the SLO.
+    pub seconds_p99_over_slo: u64,
+    /// The SLO the run was measured against, ns.
+    pub slo_ns: Nanos,
+    /// Backend-seconds paid for.
+    pub backend_seconds: f64,
+    /// Cost as billed (whole billing periods), as the autoscaler's `CostMeter` accounts it.
+    pub cost: f64,
+    /// Backend-hours x price.
+    pub usage_cost: f64,
+    /// Scaling activity.
+    pub scaling: ScalingSummary,
+    /// The decider's recent decisions, newest first (empty without `[autoscaler]`).
+    pub events: serde_json::Value,
+    /// Virtual time at the last event, ns.
+    pub end_ns: Nanos,
+}
+
+/// The autoscaler's part of a run.
+struct Control {
+    decider: Box<dyn Decider>,
+    windows: Windows,
+    events: EventLog,
+    interval: Nanos,
+    min: u32,
+    max: u32,
+}
+
+/// The simulation state.
+struct Sim<'a> {
+    sc: &'a Scenario,
+    now: Nanos,
+    seq: u64,
+    heap: BinaryHeap<Event>,
+    policy: Box<dyn Policy>,
+    fleet: Fleet,
+    queue: WaitQueue<Waiting>,
+    queue_timeout: Nanos,
+    configured_max_queue: usize,
+    expiry_pending: bool,
+    signals: SignalWindow,
+    service_rng: Rng,
+    key_rng: Rng,
+    keys: u64,
+    in_flight_total: u64,
+    warmup: Nanos,
+    timeout: Nanos,
+    slo: Nanos,
+    duration: Nanos,
+    rec: Recorder,
+    exact: ExactStats,
+    shed: BTreeMap<String, u64>,
+    /// Requests of each recorded second still unanswered, from `first_open_second` on.
+    open_seconds: VecDeque<u32>,
+    first_open_second: usize,
+    /// (p50, p99) of seconds whose requests are all answered (their histograms are dropped).
+    closed_seconds: BTreeMap<usize, (Option<f64>, Option<f64>)>,
+    seconds_p99_over_slo: u64,
+    last_done: Nanos,
+    simulated: u64,
+    /// Counts since the last control tick, for the observation's rates.
+    interval_arrivals: u64,
+    interval_completions: u64,
+    interval_service_ns: u64,
+    control: Option<Control>,
+    meter: CostMeter,
+    scaling: ScalingSummary,
+}
+
+/// Runs a scenario to the end (every request answered or shed) and returns what it measured.
+pub fn run(sc: &Scenario) -> RunResult {
+    let cfg = &sc.config;
+    let (capacity, adaptive) = sc.capacity();
+    let template = BackendTemplate {
+        workers: sc.sim.workers,
+        capacity,
+        adaptive,
+        ewma_decay: cfg.balancer.ewma_decay.as_nanos(),
+        speeds: sc.sim.speeds.clone(),
+    };
+    let price = sc.price_per_hour();
+    let track_ewma = cfg.balancer.policy == PolicyKind::PeakEwma;
+    let meter = match &cfg.autoscaler {
+        Some(a) => CostMeter::from_config(a),
+        None => CostMeter::new(price, 0),
+    };
+    let control = cfg.autoscaler.as_ref().map(|a| Control {
+        decider: ebbtide_autoscaler::build(a),
+        windows: Windows::from_config(a),
+        events: EventLog::new(EVENT_LOG_CAPACITY),
+        interval: a.interval.as_nanos().max(1),
+        min: a.min,
+        max: a.max,
+    });
+    let mut seeds = Rng::new(sc.sim.seed ^ 0x5eed_5111_u64);
+    let mut sim = Sim {
+        sc,
+        now: 0,
+        seq: 0,
+        heap: BinaryHeap::new(),
+        policy: ebbtide_balancer::policies::build(&cfg.balancer),
+        fleet: Fleet::new(template, price, track_ewma),
+        queue: WaitQueue::new(cfg.overload.max_queue),
+        queue_timeout: cfg.overload.queue_timeout.as_nanos(),
+        configured_max_queue: cfg.overload.max_queue,
+        expiry_pending: false,
+        signals: SignalWindow::new(cfg.signals.window.as_nanos(), 0),
+        service_rng: seeds.fork(),
+        key_rng: seeds.fork(),
+        keys: sc.sim.keys,
+        in_flight_total: 0,
+        warmup: sc.sim.warmup.as_nanos(),
+        timeout: sc.sim.timeout.as_nanos(),
+        slo: sc.slo(),
+        duration: sc.duration_ns(),
+        rec: Recorder::new(),
+        exact: ExactStats::default(),
+        shed: [Shed::QueueFull, Shed::QueueTimeout]
+            .iter()
+            .map(|s| (s.reason().to_string(), 0))
+            .collect(),
+        open_seconds: VecDeque::new(),
+        first_open_second: 0,
+        closed_seconds: BTreeMap::new(),
+        seconds_p99_over_slo: 0,
+        last_done: 0,
+        simulated: 0,
+        interval_arrivals: 0,
+        interval_completions: 0,
+        interval_service_ns: 0,
+        control,
+        meter,
+        scaling: ScalingSummary::default(),
+    };
+    sim.start();
+    // The arrivals are `ebbtide load`'s for the same profile or trace and seed.
+    let mut arrivals = Arrivals::new(sc.source.clone(), sc.duration_s, sc.sim.seed);
+    let to_nanos = |t: f64| (t * NANOS_PER_SEC as f64).round() as Nanos;
+    let mut next_arrival = arrivals.next().map(to_nanos);
+    loop {
+        let take_arrival = match (next_arrival, sim.heap.peek()) {
+            (Some(a), Some(e)) => a < e.at,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        if take_arrival {
+            sim.now = sim.now.max(next_arrival.expect("checked"));
+            sim.arrive();
+            next_arrival = arrivals.next().map(to_nanos);
+        } else {
+            let e = sim.heap.pop().expect("checked");
+            sim.now = e.at;
+            sim.handle(e.kind);
+        }
+    }
+    sim.finish()
+}
+
+impl Sim<'_> {
+    fn schedule(&mut self, at: Nanos, kind: EventKind) {
+        self.seq += 1;
+        self.heap.push(Event {
+            at,
+            seq: self.seq,
+            kind,
+        });
+    }
+
+    /// The starting fleet (ready at once), the first ticks.
+    fn start(&mut self) {
+        for _ in 0..self.sc.sim.backends {
+            self.fleet.launch(0, true);
+        }
+        self.fleet_changed();
+        self.rec.second(0).backends = Some(self.fleet.active());
+        self.schedule(NANOS_PER_SEC, EventKind::Second);
+        if let Some(c) = &self.control {
+            let at = c.interval;
+            self.schedule(at, EventKind::Control);
+        }
+    }
+
+    /// Whether periodic ticks should go on: during the arrivals, and while requests remain.
+    fn ticking(&self) -> bool {
+        self.now < self.duration || self.in_flight_total > 0 || !self.queue.is_empty()
+    }
+
+    fn handle(&mut self, kind: EventKind) {
+        match kind {
+            EventKind::Complete { slot, job, started } => self.complete(slot, job, started),
+            EventKind::Ready { slot, id } => {
+                if self
+                    .fleet
+                    .get_if(slot, id)
+                    .is_some_and(|b| b.state == BackendState::Starting)
+                {
+                    self.fleet.activate(slot);
+                    self.dispatch_queue();
+                }
+            }
+            EventKind::Expire => {
+                self.expiry_pending = false;
+                if let Some(deadline) = self.now.checked_sub(self.queue_timeout) {
+                    let expired: Vec<Waiting> =
+                        self.queue.expire(deadline).map(|d| d.item).collect();
+                    for w in expired {
+                        self.shed(w, Shed::QueueTimeout);
+                    }
+                }
+                self.ensure_expiry();
+            }
+            EventKind::Control => {
+                self.control_tick();
+                if self.ticking() {
+                    let interval = self.control.as_ref().map_or(NANOS_PER_SEC, |c| c.interval);
+                    self.schedule(self.now + interval, EventKind::Control);
+                }
+            }
+            EventKind::Second => {
+                self.second_tick();
+                if self.ticking() {
+                    self.schedule(self.now + NANOS_PER_SEC, EventKind::Second);
+                }
+            }
+        }
+    }
+
+    fn second_of(t: Nanos) -> usize {
+        (t / NANOS_PER_SEC) as usize
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Requests
+
+    fn arrive(&mut self) {
+        let now = self.now;
+        self.simulated += 1;
+        self.interval_arrivals += 1;
+        self.signals.record_arrival(now);
+        if now >= self.warmup {
+            let s = Self::second_of(now);
+            self.rec.on_scheduled(s);
+            self.rec.sent += 1;
+            self.exact.arrived += 1;
+            let i = s - self.first_open_second;
+            if self.open_seconds.len() <= i {
+                self.open_seconds.resize(i + 1, 0);
+            }
+            self.open_seconds[i] += 1;
+        }
+        let key = (self.keys > 0).then(|| {
+            let k = self.key_rng.below(self.keys as usize) as u64;
+            hash_key(&k.to_le_bytes())
+        });
+        let w = Waiting { arrival: now, key };
+        if self.queue.is_empty() && self.fleet.any_free() {
+            if let Some(i) = self.policy.pick(&self.fleet.at(now), key, now) {
+                self.send(i, w);
+                return;
+            }
+        }
+        match self.queue.push(w, now) {
+            Ok(_) => self.ensure_expiry(),
+            Err(w) => self.shed(w, Shed::QueueFull),
+        }
+    }
+
+    /// Sends a request to the backend at policy index `index`.
+    fn send(&mut self, index: usize, w: Waiting) {
+        let slot = self.fleet.slot_at(index);
+        let now = self.now;
+        let b = self.fleet.get_mut(slot);
+        b.in_flight += 1;
+        let job = Job {
+            arrival: w.arrival,
+            dispatched: now,
+            in_flight_at_start: b.in_flight,
+        };
+        self.in_flight_total += 1;
+        if b.busy < b.workers {
+            self.start_service(slot, job);
+        } else {
+            b.queue.push_back(job);
+        }
+        self.fleet.refresh(slot);
+    }
+
+    fn start_service(&mut self, slot: u32, job: Job) {
+        let now = self.now;
+        let b = self.fleet.get_mut(slot);
+        b.busy += 1;
+        let speed = b.speed;
+        let raw = self.sc.service_time.sample_nanos(&mut self.service_rng);
+        let service = if speed == 1.0 {
+            raw
+        } else {
+            (raw as f64 / speed).round() as Nanos
+        };
+        if job.arrival >= self.warmup {
+            self.exact.wait_sum_ns += (now - job.arrival) as f64;
+        }
+        self.schedule(
+            now + service,
+            EventKind::Complete {
+                slot,
+                job,
+                started: now,
+            },
+        );
+    }
+
+    fn complete(&mut self, slot: u32, job: Job, started: Nanos) {
+        let now = self.now;
+        let b = self.fleet.get_mut(slot);
+        b.busy -= 1;
+        b.in_flight -= 1;
+        let id = b.id;
+        let next = b.queue.pop_front();
+        let rtt = now - job.dispatched;
+        if self.fleet.track_ewma {
+            self.fleet.get(slot).ewma.observe(rtt, now);
+        }
+        if let Some(l) = &self.fleet.get(slot).limit {
+            l.on_sample(rtt, job.in_flight_at_start, false, now);
+        }
+        if let Some(next) = next {
+            self.start_service(slot, next);
+        }
+        self.fleet.refresh(slot);
+        self.in_flight_total -= 1;
+        self.interval_completions += 1;
+        self.interval_service_ns += now - started;
+        let latency = now - job.arrival;
+        self.signals.record_completion(latency, now);
+        if job.arrival >= self.warmup {
+            let e = &mut self.exact;
+            e.served += 1;
+            e.sojourn_sum_ns += latency as f64;
+            e.over_slo += u64::from(latency > self.slo);
+            let i = id as usize;
+            if e.per_backend.len() <= i {
+                e.per_backend.resize(i + 1, (0, 0.0));
+            }
+            let per = &mut e.per_backend[i];
+            per.0 += 1;
+            per.1 += latency as f64;
+            let outcome = if latency > self.timeout {
+                Outcome::Failed(ErrorKind::Timeout)
+            } else {
+                Outcome::Answered {
+                    status: 200,
+                    latency_us: latency / 1000,
+                    bytes: ANSWER_BYTES,
+                }
+            };
+            self.record(job.arrival, outcome);
+        }
+        if self.fleet.reap_if_drained(slot) {
+            self.fleet_changed();
+        }
+        self.dispatch_queue();
+    }
+
+    /// Answers a request 503 without a backend.
+    fn shed(&mut self, w: Waiting, why: Shed) {
+        let now = self.now;
+        self.signals.record_shed(now);
+        if w.arrival >= self.warmup {
+            *self.shed.entry(why.reason().to_string()).or_default() += 1;
+            self.record(
+                w.arrival,
+                Outcome::Answered {
+                    status: 503,
+                    latency_us: (now - w.arrival) / 1000,
+                    bytes: 0,
+                },
+            );
+        }
+    }
+
+    fn record(&mut self, arrival: Nanos, outcome: Outcome) {
+        let s = Self::second_of(arrival);
+        self.rec.on_outcome(s, Self::second_of(self.now), outcome);
+        self.last_done = self.last_done.max(self.now);
+        if let Some(open) = self.open_seconds.get_mut(s - self.first_open_second) {
+            *open -= 1;
+        }
+    }
+
+    /// Hands free slots to queued requests from the head until a pick fails.
+    fn dispatch_queue(&mut self) {
+        let mut dispatched = false;
+        while let Some(front) = self.queue.front().filter(|_| self.fleet.any_free()) {
+            let key = front.key;
+            let now = self.now;
+            match self.policy.pick(&self.fleet.at(now), key, now) {
+                Some(i) => {
+                    let w = self.queue.pop().expect("front exists").item;
+                    self.send(i, w);
+                    dispatched = true;
+                }
+                None => break,
+            }
+        }
+        if dispatched {
+            self.ensure_expiry();
+        }
+    }
+
+    /// Makes sure an expiry event is pending for the queue's head.
+    fn ensure_expiry(&mut self) {
+        if self.expiry_pending {
+            return;
+        }
+        if let Some(waited) = self.queue.oldest_wait(self.now) {
+            let enqueued = self.now - waited;
+            self.expiry_pending = true;
+            self.schedule(
+                enqueued.saturating_add(self.queue_timeout),
+                EventKind::Expire,
+            );
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Periodic work
+
+    fn second_tick(&mut self) {
+        let now = self.now;
+        if !self.ticking() {
+            // The run is over: no new second for the series.
+            return;
+        }
+        let s = Self::second_of(now);
+        self.rec.second(s).backends = Some(self.fleet.active());
+        if now > self.warmup {
+            let snap = self.signals.snapshot(now);
+            if snap.completions > 0 && snap.latency_ms.p99 * 1e6 > self.slo as f64 {
+                self.seconds_p99_over_slo += 1;
+            }
+        }
+        // Seconds whose requests are all answered keep only their two percentiles.
+        let arrivals_second = Self::second_of(now.min(self.duration));
+        while self.first_open_second < arrivals_second
+            && self.open_seconds.front().is_none_or(|&n| n == 0)
+        {
+            let s = self.first_open_second;
+            if let Some(h) = self.rec.seconds.get_mut(s).and_then(|x| x.latency.take()) {
+                let q = |q: f64| Some(h.value_at_quantile(q) as f64 / 1000.0);
+                self.closed_seconds.insert(s, (q(0.5), q(0.99)));
+            }
+            self.open_seconds.pop_front();
+            self.first_open_second += 1;
+        }
+    }
+
+    fn control_tick(&mut self) {
+        let now = self.now;
+        let Some(c) = self.control.as_mut() else {
+            return;
+        };
+        let interval_s = c.interval as f64 / NANOS_PER_SEC as f64;
+        let snap = self.signals.snapshot(now);
+        let service_rate = (self.interval_completions > 0).then(|| {
+            let mean_s = self.interval_service_ns as f64 / self.interval_completions as f64 / 1e9;
+            self.sc.sim.workers as f64 / mean_s.max(1e-12)
+        });
+        let obs = Observation {
+            at: now,
+            concurrency: (self.in_flight_total + self.queue.len() as u64) as f64,
+            arrival_rate: self.interval_arrivals as f64 / interval_s,
+            completion_rate: self.interval_completions as f64 / interval_s,
+            queue_depth: self.queue.len() as f64,
+            p99_ms: (snap.completions > 0).then_some(snap.latency_ms.p99),
+            service_rate_per_backend: service_rate,
+            ready: self.fleet.active(),
+            starting: self.fleet.starting(),
+        };
+        self.interval_arrivals = 0;
+        self.interval_completions = 0;
+        self.interval_service_ns = 0;
+        c.windows.observe(obs);
+        let members: Vec<Member> = self
+            .fleet
+            .backends()
+            .map(|b| Member {
+                id: b.name.clone(),
+                launched_at: b.launched_at,
+                state: match b.state {
+                    BackendState::Starting => MemberState::Starting,
+                    BackendState::Active => MemberState::Ready,
+                    BackendState::Draining => MemberState::Draining,
+                },
+            })
+            .collect();
+        let view = FleetView::from_members(members, c.min, c.max);
+        let current = view.current();
+        let decision = c.decider.decide(&c.windows, &view, now);
+        let name = c.decider.name();
+        match c.events.record(now, name, current, &decision) {
+            Direction::Up => self.scaling.up += 1,
+            Direction::Down => self.scaling.down += 1,
+            Direction::Hold => self.scaling.hold += 1,
+        }
+        // What the balancer does meanwhile with what the ready fleet cannot serve.
+        let max_queue = match decision.overload {
+            OverloadAction::None | OverloadAction::Queue => self.configured_max_queue,
+            OverloadAction::Shed => 0,
+            OverloadAction::QueueThenShed { max_queue } => {
+                (max_queue as usize).min(self.configured_max_queue)
+            }
+        };
+        self.queue.set_max_len(max_queue);
+
+        let mut changed = false;
+        if decision.desired > current {
+            for _ in current..decision.desired {
+                let ready = self.sc.boot == 0;
+                let slot = self.fleet.launch(now, ready);
+                self.scaling.launched += 1;
+                if !ready {
+                    let id = self.fleet.get(slot).id;
+                    self.schedule(now + self.sc.boot, EventKind::Ready { slot, id });
+                }
+            }
+            changed = true;
+        } else if decision.desired < current {
+            // The backends the decision names, then the newest (starting ones first).
+            let mut excess = (current - decision.desired) as usize;
+            let mut chosen: Vec<u32> = Vec::new();
+            if !decision.remove.is_empty() {
+                let by_name: BTreeMap<&str, u32> = self
+                    .fleet
+                    .order()
+                    .iter()
+                    .map(|&s| (s, self.fleet.get(s)))
+                    .filter(|(_, b)| b.state != BackendState::Draining)
+                    .map(|(s, b)| (b.name.as_str(), s))
+                    .collect();
+                chosen.extend(
+                    decision
+                        .remove
+                        .iter()
+                        .filter_map(|name| by_name.get(name.as_str()).copied()),
+                );
+                chosen.sort_unstable();
+                chosen.dedup();
+            }
+            excess = excess.saturating_sub(chosen.len());
+            if excess > 0 {
+                let mut rest: Vec<(bool, Nanos, u64, u32)> = self
+                    .fleet
+                    .order()
+                    .iter()
+                    .filter(|s| chosen.binary_search(s).is_err())
+                    .map(|&s| (s, self.fleet.get(s)))
+                    .filter(|(_, b)| b.state != BackendState::Draining)
+                    .map(|(s, b)| {
+                        (
+                            b.state != BackendState::Starting,
+                            u64::MAX - b.launched_at,
+                            u64::MAX - b.id,
+                            s,
+                        )
+                    })
+                    .collect();
+                rest.sort_unstable();
+                chosen.extend(rest.into_iter().take(excess).map(|r| r.3));
+            }
+            for slot in chosen {
+                self.fleet.remove(slot);
+                changed = true;
+            }
+        }
+        if changed {
+            self.fleet_changed();
+            self.dispatch_queue();
+        }
+    }
+
+    /// Reports the paid fleet to the cost meter after any change.
+    fn fleet_changed(&mut self) {
+        let paid = self.fleet.paid();
+        self.meter.on_fleet_change(self.now, paid);
+        self.scaling.peak_backends = self.scaling.peak_backends.max(paid);
+    }
+
+    fn finish(mut self) -> RunResult {
+        let end = self.now;
+        let sc = self.sc;
+        let cfg = &sc.config;
+        let info = RunInfo {
+            target: format!(
+                "simulated balancer ({}, {} backends)",
+                cfg.balancer.policy.name(),
+                sc.sim.backends
+            ),
+            method: "GET".into(),
+            schedule: sc.schedule.clone(),
+            arrivals: sc.arrivals_name.clone(),
+            duration_s: sc.duration_s,
+            elapsed_s: self.last_done as f64 / NANOS_PER_SEC as f64,
+            late_after_ms: 5.0,
+        };
+        let mut report = Report::build(&self.rec, info);
+        for (s, (p50, p99)) in std::mem::take(&mut self.closed_seconds) {
+            if let Some(p) = report.series.get_mut(s) {
+                p.p50_ms = p50;
+                p.p99_ms = p99;
+            }
+        }
+        self.scaling.decider = self.control.as_ref().map(|c| c.decider.name().to_string());
+        let events = self
+            .control
+            .as_ref()
+            .map_or(serde_json::Value::Array(Vec::new()), |c| {
+                c.events.to_json(EVENT_LOG_CAPACITY)
+            });
+        // Every backend launched and no longer paid for was removed.
+        let launched_total = sc.sim.backends as u64 + self.scaling.launched;
+        self.scaling.removed = launched_total - self.fleet.paid() as u64;
+        RunResult {
+            report,
+            simulated_requests: self.simulated,
+            exact: self.exact,
+            shed: self.shed,
+            seconds_p99_over_slo: self.seconds_p99_over_slo,
+            slo_ns: self.slo,
+            backend_seconds: self.meter.backend_seconds(end),
+            cost: self.meter.cost(end),
+            usage_cost: self.meter.usage_cost(end),
+            scaling: self.scaling,
+            events,
+            end_ns: end,
+        }
+    }
+}
