@@ -232,7 +232,7 @@ pub async fn run(args: BackendArgs) -> Result<(), String> {
         ),
         args,
     });
-    if !boot.is_zero() {
+    if !boot.is_zero() && state.args.boot_style == BootStyle::Refuse {
         // Tell the address at once; with --boot-style refuse the port refuses until `ready on`.
         say(&format!("listening on {bound}"));
     }
@@ -265,6 +265,9 @@ pub async fn run(args: BackendArgs) -> Result<(), String> {
         }
         BootStyle::Unhealthy => {
             let listener = socket.listen(1024).map_err(|e| format!("listen: {e}"))?;
+            // Only now: a client that read this line must find the port accepting (answering
+            // 503 until booted), not refusing.
+            say(&format!("listening on {bound}"));
             let s = state.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(boot).await;
