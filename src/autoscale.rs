@@ -5,14 +5,13 @@
 
 use crate::fleet::Fleet;
 use ebbtide_autoscaler::{
-    CostMeter, Decision, Direction, EventLog, FleetView, Observation, OverloadAction, Windows,
+    CostMeter, Decision, Direction, EventLog, FleetView, OverloadAction, Sampler, SignalSource,
+    Windows,
 };
 use ebbtide_balancer::admin::EventSource;
 use ebbtide_balancer::metrics::MetricsSource;
 use ebbtide_balancer::proxy::Proxy;
-use ebbtide_balancer::registry::BackendState;
 use ebbtide_config::autoscaler::Autoscaler;
-use ebbtide_config::time::Nanos;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -88,77 +87,37 @@ impl MetricsSource for AutoscalerState {
     }
 }
 
-/// Cumulative counters at the previous observation, for rates over one interval.
-struct Previous {
-    at: Nanos,
-    arrivals: u64,
-    completions: u64,
+/// Applies a decision's overload action to a balancer's queue.
+pub type OverloadControl = Box<dyn FnMut(OverloadAction) + Send>;
+
+/// The overload control of the balancer in this process: `base_queue` is the `[overload]`
+/// queue it returns to when the decision carries no overload action.
+pub fn in_process_overload(proxy: Arc<Proxy>, base_queue: (usize, Duration)) -> OverloadControl {
+    Box::new(move |action| {
+        let (max_queue, timeout) = match action {
+            OverloadAction::None | OverloadAction::Queue => base_queue,
+            OverloadAction::Shed => (0, base_queue.1),
+            OverloadAction::QueueThenShed { max_queue } => (max_queue as usize, base_queue.1),
+        };
+        tracing::info!(?action, max_queue, "overload action");
+        proxy.dispatcher.set_queue_limits(max_queue, timeout);
+    })
 }
 
-/// One sample of the balancer, whole fleet.
-fn observe(proxy: &Proxy, fleet: &Fleet, workers: u32, prev: &mut Previous) -> Observation {
-    let now = proxy.clock.now();
-    let arrivals = proxy.counters.arrivals.load(Ordering::Relaxed);
-    let completions = proxy.counters.completions.load(Ordering::Relaxed);
-    let dt = (now.saturating_sub(prev.at) as f64 / 1e9).max(1e-3);
-    let arrival_rate = arrivals.saturating_sub(prev.arrivals) as f64 / dt;
-    let completion_rate = completions.saturating_sub(prev.completions) as f64 / dt;
-    *prev = Previous {
-        at: now,
-        arrivals,
-        completions,
-    };
-    let snap = proxy.registry.snapshot();
-    let in_flight: u64 = snap.backends.iter().map(|b| b.in_flight() as u64).sum();
-    let queue_depth = proxy.dispatcher.queue_depth() as f64;
-    let window = proxy.signals.snapshot(now);
-    let have_latency = window.completions > 0;
-    let members = fleet.members();
-    let ready = snap
-        .backends
-        .iter()
-        .filter(|b| b.state() == BackendState::Active)
-        .count() as u32;
-    let starting = members
-        .iter()
-        .filter(|m| m.state == ebbtide_autoscaler::MemberState::Starting)
-        .count() as u32;
-    // Service rate per backend: its workers over the mean time a request spends, measured only
-    // while nothing waits in the balancer (then that time is service plus the backend's own
-    // queueing, so this errs low, which errs towards more backends).
-    let service_rate_per_backend =
-        (have_latency && queue_depth == 0.0 && window.latency_ms.mean > 0.0)
-            .then(|| workers as f64 / (window.latency_ms.mean / 1e3));
-    Observation {
-        at: now,
-        concurrency: in_flight as f64 + queue_depth,
-        arrival_rate,
-        completion_rate,
-        queue_depth,
-        p99_ms: have_latency.then_some(window.latency_ms.p99),
-        service_rate_per_backend,
-        ready,
-        starting,
-    }
-}
-
-/// Runs the control loop until `stop`. `base_queue` is the `[overload]` queue the balancer
-/// returns to when the decision carries no overload action.
+/// Runs the control loop until `stop`: every interval one sample from `source`, one decision,
+/// launches and drains through `fleet`, and the overload action handed to `overload`.
 pub async fn run(
     cfg: Autoscaler,
     fleet: Arc<Fleet>,
-    proxy: Arc<Proxy>,
+    mut source: Box<dyn SignalSource>,
+    mut overload_control: OverloadControl,
     state: Arc<AutoscalerState>,
-    base_queue: (usize, Duration),
     mut stop: watch::Receiver<bool>,
 ) {
+    let clock = state.clock;
     let mut windows = Windows::from_config(&cfg);
     let mut decider = ebbtide_autoscaler::build(&cfg);
-    let mut prev = Previous {
-        at: proxy.clock.now(),
-        arrivals: 0,
-        completions: 0,
-    };
+    let mut sampler = Sampler::new(cfg.workers);
     for _ in 0..cfg.min {
         fleet.launch();
     }
@@ -171,10 +130,17 @@ pub async fn run(
             _ = stop.changed() => return,
         }
         fleet.reap();
-        let obs = observe(&proxy, &fleet, cfg.workers, &mut prev);
-        windows.observe(obs);
+        // Renewed before this tick's decision, so no renewal can follow a drain it starts.
+        fleet.refresh().await;
+        match source.read().await {
+            Ok(readings) => {
+                let obs = sampler.observe(clock.now(), &readings, fleet.starting());
+                windows.observe(obs);
+            }
+            Err(e) => tracing::warn!(error = %e, "no signals this interval"),
+        }
         let view = FleetView::from_members(fleet.members(), cfg.min, cfg.max);
-        let now = proxy.clock.now();
+        let now = clock.now();
         let decision = decider.decide(&windows, &view, now);
         let from = view.current();
         let direction = state
@@ -189,13 +155,7 @@ pub async fn run(
         apply(&fleet, &decision, from);
         if decision.overload != overload {
             overload = decision.overload;
-            let (max_queue, timeout) = match overload {
-                OverloadAction::None | OverloadAction::Queue => base_queue,
-                OverloadAction::Shed => (0, base_queue.1),
-                OverloadAction::QueueThenShed { max_queue } => (max_queue as usize, base_queue.1),
-            };
-            tracing::info!(?overload, max_queue, "overload action");
-            proxy.dispatcher.set_queue_limits(max_queue, timeout);
+            overload_control(overload);
         }
         state
             .meter

@@ -1,47 +1,66 @@
-//! The backends ebbtide runs itself: started through the provider, registered with the balancer
-//! (`starting`, then `active` once healthy), drained before they are stopped, and replaced when
-//! they crash. The autoscaler's control loop and the fixed-count supervisor both act through it.
+//! The backends ebbtide runs itself: started through the provider, registered with the
+//! balancer once healthy, drained before they are stopped, and replaced when they are lost. The
+//! autoscaler's control loop and the fixed-count supervisor both act through it; the balancer
+//! is reached through a [`Registrar`], in this process or through remote admin APIs.
 
-use ebbtide_autoscaler::providers::{Instance, LocalProvider};
+use ebbtide_autoscaler::providers::{Instance, Provider, ProviderFuture};
 use ebbtide_autoscaler::{Member, MemberState};
-use ebbtide_balancer::proxy::Proxy;
-use ebbtide_balancer::registry::{Backend, BackendSpec, BackendState, Origin};
+use ebbtide_balancer::clock::Clock;
 use ebbtide_config::time::Nanos;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// How the fleet tells balancers about its backends. One implementation talks to the balancer
+/// in this process, another to balancers elsewhere through their admin APIs.
+pub trait Registrar: Send + Sync {
+    /// A launched instance is booting: not to be sent traffic yet, but worth listing.
+    fn starting(&self, instance: &Instance);
+    /// It passed its health check: send it traffic.
+    fn ready<'a>(&'a self, instance: &'a Instance) -> ProviderFuture<'a, ()>;
+    /// No new requests for it; resolves once its in-flight requests finished (or the drain
+    /// timeout passed) and the balancers forgot it.
+    fn drain<'a>(&'a self, instance: &'a Instance) -> ProviderFuture<'a, ()>;
+    /// Forget it now: it is gone (crashed, or never became healthy).
+    fn remove<'a>(&'a self, instance: &'a Instance) -> ProviderFuture<'a, ()>;
+    /// Called every control interval with the ready instances, for registrations that must be
+    /// renewed (leases at remote balancers, a balancer that restarted and forgot them).
+    fn refresh<'a>(&'a self, _ready: &'a [Instance]) -> ProviderFuture<'a, ()> {
+        Box::pin(async {})
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Starting,
+    Ready,
+    Retiring,
+}
+
 struct Managed {
     instance: Instance,
-    backend: Arc<Backend>,
     launched_at: Nanos,
-    retiring: bool,
+    phase: Phase,
 }
 
 /// The provider's backends.
 pub struct Fleet {
-    provider: LocalProvider,
-    proxy: Arc<Proxy>,
-    capacity: Option<u32>,
-    cost_per_hour: f64,
-    drain_timeout: Duration,
+    provider: Box<dyn Provider>,
+    balancer: Arc<dyn Registrar>,
+    clock: Clock,
     members: Mutex<Vec<Managed>>,
+    launches: AtomicU64,
 }
 
 impl Fleet {
-    /// A fleet started by `provider`, registered with `proxy`.
-    pub fn new(
-        provider: LocalProvider,
-        proxy: Arc<Proxy>,
-        cfg: &ebbtide_config::Provider,
-        drain_timeout: Duration,
-    ) -> Self {
+    /// A fleet started by `provider`, registered through `balancer`.
+    pub fn new(provider: Box<dyn Provider>, balancer: Arc<dyn Registrar>, clock: Clock) -> Self {
         Fleet {
             provider,
-            proxy,
-            capacity: cfg.capacity,
-            cost_per_hour: cfg.cost_per_hour,
-            drain_timeout,
+            balancer,
+            clock,
             members: Mutex::new(Vec::new()),
+            launches: AtomicU64::new(0),
         }
     }
 
@@ -49,55 +68,64 @@ impl Fleet {
         self.members.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts one backend: registered as `starting` at once, `active` once its health check
-    /// passes, removed (and stopped) if it never does.
+    /// Starts one backend in the background: counted (as starting) at once, registered once its
+    /// health check passes, forgotten (and stopped by the provider) if it never does.
     pub fn launch(self: &Arc<Self>) {
-        let instance = match self.provider.launch() {
-            Ok(i) => i,
-            Err(e) => {
-                tracing::error!(error = %e, "could not start a backend");
-                return;
-            }
-        };
-        let spec = BackendSpec {
-            address: instance.address.clone(),
-            capacity: self.capacity,
-            weight: 1,
-            cost_per_hour: self.cost_per_hour,
-            origin: Origin::Provider,
-            lease_until: None,
-        };
-        let backend = match self
-            .proxy
-            .registry
-            .add_or_renew(spec, BackendState::Starting)
-        {
-            Ok((b, _)) => b,
-            Err(e) => {
-                tracing::error!(error = %e, "could not register a backend");
-                return;
-            }
+        // Counted before the provider answers, so the next decision does not launch it again.
+        let placeholder = Instance {
+            id: format!(
+                "launching-{}",
+                self.launches.fetch_add(1, Ordering::Relaxed)
+            ),
+            address: String::new(),
         };
         self.lock().push(Managed {
-            instance: instance.clone(),
-            backend: backend.clone(),
-            launched_at: self.proxy.clock.now(),
-            retiring: false,
+            instance: placeholder.clone(),
+            launched_at: self.clock.now(),
+            phase: Phase::Starting,
         });
         let fleet = self.clone();
         tokio::spawn(async move {
+            let instance = match fleet.provider.launch().await {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not start a backend");
+                    fleet.forget(&placeholder.id);
+                    return;
+                }
+            };
+            let known = {
+                let mut members = fleet.lock();
+                let slot = members.iter_mut().find(|m| m.instance.id == placeholder.id);
+                slot.map(|m| m.instance = instance.clone()).is_some()
+            };
+            if !known {
+                // Retired, or shut down, while the provider was launching it.
+                let _ = fleet.provider.terminate(&instance.id).await;
+                return;
+            }
+            fleet.balancer.starting(&instance);
             match fleet.provider.wait_ready(&instance).await {
                 Ok(()) => {
-                    if backend.state() == BackendState::Starting {
-                        backend.set_state(BackendState::Active);
+                    let still_wanted = {
+                        let mut members = fleet.lock();
+                        match members.iter_mut().find(|m| m.instance.id == instance.id) {
+                            Some(m) if m.phase == Phase::Starting => {
+                                m.phase = Phase::Ready;
+                                true
+                            }
+                            _ => false,
+                        }
+                    };
+                    if still_wanted {
+                        fleet.balancer.ready(&instance).await;
+                        tracing::info!(backend = %instance.address, id = %instance.id, "backend is healthy and active");
                     }
-                    fleet.proxy.dispatcher.dispatch();
-                    tracing::info!(backend = %instance.address, id = %instance.id, "backend is healthy and active");
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "backend did not become healthy");
                     fleet.forget(&instance.id);
-                    fleet.proxy.registry.remove(backend.id);
+                    fleet.balancer.remove(&instance).await;
                 }
             }
         });
@@ -108,66 +136,64 @@ impl Fleet {
     }
 
     /// Drains one backend (no new requests; in-flight ones finish up to the drain timeout),
-    /// then stops its process.
+    /// then has the provider stop it.
     pub fn retire(self: &Arc<Self>, id: &str) {
-        let backend = {
+        let instance = {
             let mut members = self.lock();
             let Some(m) = members
                 .iter_mut()
-                .find(|m| m.instance.id == id && !m.retiring)
+                .find(|m| m.instance.id == id && m.phase != Phase::Retiring)
             else {
                 return;
             };
-            m.retiring = true;
-            m.backend.clone()
+            m.phase = Phase::Retiring;
+            m.instance.clone()
         };
-        let (fleet, id) = (self.clone(), id.to_string());
+        let fleet = self.clone();
         tokio::spawn(async move {
-            backend.set_state(BackendState::Draining);
-            ebbtide_balancer::health::drain(fleet.proxy.clone(), backend, fleet.drain_timeout)
-                .await;
-            fleet.provider.terminate(&id).await;
-            fleet.forget(&id);
+            fleet.balancer.drain(&instance).await;
+            if let Err(e) = fleet.provider.terminate(&instance.id).await {
+                tracing::error!(id = %instance.id, error = %e, "could not stop a drained backend; will try again at shutdown");
+            }
+            fleet.forget(&instance.id);
         });
     }
 
-    /// Notices backends whose process exited without being asked to, and takes them out of the
-    /// balancer; returns how many crashed.
+    /// Notices backends the provider lost (a process that exited without being asked to) and
+    /// takes them out of the balancer; returns how many were lost. The next decision (or the
+    /// supervisor) replaces them.
     pub fn reap(&self) -> usize {
-        let exited = self.provider.reap();
+        let lost = self.provider.lost();
         let mut crashed = 0;
-        for (id, status) in exited {
+        for (id, why) in lost {
             let gone = {
                 let mut members = self.lock();
                 let pos = members.iter().position(|m| m.instance.id == id);
                 pos.map(|p| members.remove(p))
             };
             if let Some(m) = gone {
-                if !m.retiring {
+                if m.phase != Phase::Retiring {
                     crashed += 1;
-                    tracing::warn!(backend = %m.instance.address, id = %id, %status, "backend process exited; removing it");
+                    tracing::warn!(backend = %m.instance.address, id = %id, %why, "backend lost; removing it");
                 }
-                self.proxy.registry.remove(m.backend.id);
+                let balancer = self.balancer.clone();
+                tokio::spawn(async move { balancer.remove(&m.instance).await });
             }
         }
         crashed
     }
 
-    /// The members, as the deciders see them (retiring ones as draining).
+    /// The members, as the deciders see them.
     pub fn members(&self) -> Vec<Member> {
         self.lock()
             .iter()
             .map(|m| Member {
                 id: m.instance.id.clone(),
                 launched_at: m.launched_at,
-                state: if m.retiring {
-                    MemberState::Draining
-                } else {
-                    match m.backend.state() {
-                        BackendState::Starting => MemberState::Starting,
-                        BackendState::Draining => MemberState::Draining,
-                        BackendState::Active | BackendState::Ejected => MemberState::Ready,
-                    }
+                state: match m.phase {
+                    Phase::Starting => MemberState::Starting,
+                    Phase::Ready => MemberState::Ready,
+                    Phase::Retiring => MemberState::Draining,
                 },
             })
             .collect()
@@ -175,10 +201,32 @@ impl Fleet {
 
     /// Backends launched and not retiring (ready or starting): what is paid for.
     pub fn count(&self) -> u32 {
-        self.lock().iter().filter(|m| !m.retiring).count() as u32
+        self.lock()
+            .iter()
+            .filter(|m| m.phase != Phase::Retiring)
+            .count() as u32
     }
 
-    /// Keeps `count` backends running, replacing crashed ones, until `stop` (no autoscaler).
+    /// Backends launched and not yet ready.
+    pub fn starting(&self) -> u32 {
+        self.lock()
+            .iter()
+            .filter(|m| m.phase == Phase::Starting)
+            .count() as u32
+    }
+
+    /// Renews the registrations of the ready backends (see [`Registrar::refresh`]).
+    pub async fn refresh(&self) {
+        let ready: Vec<Instance> = self
+            .lock()
+            .iter()
+            .filter(|m| m.phase == Phase::Ready)
+            .map(|m| m.instance.clone())
+            .collect();
+        self.balancer.refresh(&ready).await;
+    }
+
+    /// Keeps `count` backends running, replacing lost ones, until `stop` (no autoscaler).
     pub async fn supervise(
         self: Arc<Self>,
         count: u32,
@@ -190,6 +238,7 @@ impl Fleet {
             for _ in self.count()..count {
                 self.launch();
             }
+            self.refresh().await;
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
@@ -197,8 +246,26 @@ impl Fleet {
         }
     }
 
-    /// Stops every backend process.
-    pub async fn shutdown(&self) {
+    /// Drains every ready backend from the balancers (bounded by the drain timeout), then stops
+    /// every backend the provider started.
+    pub async fn shutdown(&self, drain: bool) {
+        let members: Vec<Instance> = self.lock().drain(..).map(|m| m.instance).collect();
+        if drain {
+            let drains: Vec<_> = members
+                .into_iter()
+                .map(|i| {
+                    let balancer = self.balancer.clone();
+                    tokio::spawn(async move { balancer.drain(&i).await })
+                })
+                .collect();
+            for d in drains {
+                let _ = d.await;
+            }
+        } else {
+            for i in &members {
+                self.balancer.remove(i).await;
+            }
+        }
         self.provider.shutdown().await;
     }
 }

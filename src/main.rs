@@ -7,7 +7,10 @@ use std::process::ExitCode;
 
 mod autoscale;
 mod fleet;
+mod in_process;
+mod remote;
 mod serve;
+mod standalone;
 
 /// An elastic, autoscaling HTTP load balancer.
 #[derive(Parser)]
@@ -31,6 +34,13 @@ enum Command {
     Load(ebbtide_sim::load::LoadArgs),
     /// Run the discrete-event simulator: the same policies and deciders in virtual time.
     Simulate(ebbtide_sim::simulate::SimulateArgs),
+    /// Run the autoscaler alone, for balancers in other processes: reads their signals and
+    /// registers its backends through their admin APIs (`[autoscaler] balancers`).
+    Autoscale {
+        /// Config file with `[autoscaler]` (and its `balancers`) and `[provider]`.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Validate a config file: exit 0 with a summary, or 2 with `file:line:col: key: error` lines.
     Check {
         /// The config file to check.
@@ -69,6 +79,28 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("ebbtide: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Autoscale { config } => {
+            let cfg = match Config::from_file(&config) {
+                Ok(cfg) => cfg,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Err(e) = standalone::usable(&cfg, &config) {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+            init_logging();
+            let rt = runtime(cfg.runtime.worker_threads);
+            match rt.block_on(standalone::run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ebbtide autoscale: {e}");
                     ExitCode::FAILURE
                 }
             }

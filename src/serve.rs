@@ -4,7 +4,7 @@
 
 use crate::autoscale::{self, AutoscalerState};
 use crate::fleet::Fleet;
-use ebbtide_autoscaler::providers::LocalProvider;
+use crate::in_process::{self, InProcess};
 use ebbtide_balancer::serve::Server;
 use ebbtide_config::Config;
 use std::path::PathBuf;
@@ -28,13 +28,13 @@ pub async fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
     let mut tasks = Vec::new();
     let fleet = match &cfg.provider {
         Some(p) => {
-            let provider = LocalProvider::new(&p.command, p.boot_timeout.0)?;
-            let fleet = Arc::new(Fleet::new(
-                provider,
+            let provider = ebbtide_autoscaler::providers::build(p)?;
+            let balancer = Arc::new(InProcess::new(
                 server.proxy.clone(),
                 p,
                 cfg.lifecycle.drain_timeout.0,
             ));
+            let fleet = Arc::new(Fleet::new(provider, balancer, server.proxy.clock));
             match &cfg.autoscaler {
                 Some(a) => {
                     let state = Arc::new(AutoscalerState::new(a, server.proxy.clock));
@@ -44,9 +44,9 @@ pub async fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
                     tasks.push(tokio::spawn(autoscale::run(
                         a.clone(),
                         fleet.clone(),
-                        server.proxy.clone(),
+                        Box::new(in_process::Signals(server.proxy.clone())),
+                        autoscale::in_process_overload(server.proxy.clone(), base_queue),
                         state,
-                        base_queue,
                         stop_rx.clone(),
                     )));
                 }
@@ -71,7 +71,8 @@ pub async fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         let _ = t.await;
     }
     if let Some(fleet) = fleet {
-        fleet.shutdown().await;
+        // The balancer has already finished its in-flight requests: nothing left to drain.
+        fleet.shutdown(false).await;
     }
     tracing::info!("stopped");
     Ok(())
@@ -97,7 +98,8 @@ async fn reload_on_sighup(server: Arc<Server>, path: PathBuf) {
     }
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or ctrl-c.
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("cannot listen for SIGTERM");
     tokio::select! {

@@ -195,6 +195,8 @@ async fn metrics_and_signals_use_the_documented_names() {
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["arrivals"], 20, "{v}");
     assert_eq!(v["completions"], 20, "{v}");
+    assert_eq!(v["arrivals_total"], 20, "{v}");
+    assert_eq!(v["completions_total"], 20, "{v}");
     assert!(v["arrival_rate"].as_f64().unwrap() > 0.0);
     assert!(v["completion_rate"].as_f64().unwrap() > 0.0);
     for k in ["p50", "p90", "p99"] {

@@ -14,6 +14,7 @@ pub mod erlang;
 pub mod events;
 pub mod fleet;
 pub mod providers;
+pub mod signals;
 pub mod windows;
 
 #[cfg(test)]
@@ -24,4 +25,6 @@ pub use deciders::{build, build_decider, Decider};
 pub use decision::{Decision, Direction, OverloadAction};
 pub use events::{EventLog, ScalingEvent};
 pub use fleet::{FleetView, Member, MemberState};
+pub use providers::{Instance, Provider};
+pub use signals::{Reading, Sampler, SignalSource};
 pub use windows::{Observation, WindowAverages, Windows};

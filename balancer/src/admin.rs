@@ -293,6 +293,15 @@ impl Admin {
         let shed_total = p.counters.shed_queue_full.load(Ordering::Relaxed)
             + p.counters.shed_queue_timeout.load(Ordering::Relaxed);
         if let Some(obj) = v.as_object_mut() {
+            // Cumulative, so a remote autoscaler can take rates over its own interval.
+            obj.insert(
+                "arrivals_total".into(),
+                p.counters.arrivals.load(Ordering::Relaxed).into(),
+            );
+            obj.insert(
+                "completions_total".into(),
+                p.counters.completions.load(Ordering::Relaxed).into(),
+            );
             obj.insert("in_flight".into(), in_flight.into());
             obj.insert("queue_depth".into(), p.dispatcher.queue_depth().into());
             obj.insert("shed_total".into(), shed_total.into());

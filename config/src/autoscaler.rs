@@ -155,6 +155,15 @@ pub struct Autoscaler {
     /// With `overload = "both"`: requests queued before shedding; unset = what the ready fleet
     /// can serve within `slo_p99` at its measured service rate.
     pub overload_max_queue: Option<u32>,
+    /// `ebbtide autoscale` only: the admin URLs (`http://host:port`) of the balancers it reads
+    /// signals from (summed) and registers its backends with. `ebbtide serve` ignores it: it
+    /// scales its own balancer.
+    pub balancers: Vec<String>,
+    /// `ebbtide autoscale`: the bearer token of those admin APIs, when they require one.
+    pub balancer_token: Option<String>,
+    /// `ebbtide autoscale`: the lease its registrations carry, renewed every interval, so a
+    /// balancer drops the backends of an autoscaler that died instead of keeping them forever.
+    pub registration_lease: HumanDuration,
     /// Prices, billing and budget.
     pub cost: Cost,
 }
@@ -189,6 +198,9 @@ impl Default for Autoscaler {
             boot_time: HumanDuration::from_secs(1),
             overload: OverloadMode::Queue,
             overload_max_queue: None,
+            balancers: Vec::new(),
+            balancer_token: None,
+            registration_lease: HumanDuration::from_secs(15),
             cost: Cost::default(),
         }
     }
@@ -237,6 +249,25 @@ impl Cost {
             None
         }
     }
+}
+
+/// The `host:port` of a balancer's admin URL (`http://host:port`, an optional trailing `/`):
+/// only plain HTTP to the admin listener, nothing after the authority.
+pub fn parse_admin_url(url: &str) -> Result<String, String> {
+    let rest = url.strip_prefix("http://").ok_or(
+        "must start with http:// (the balancer's admin listener, e.g. \"http://127.0.0.1:9901\")",
+    )?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {
+        return Err("must be http://host:port with nothing after the port".into());
+    }
+    let (host, port) = authority
+        .rsplit_once(':')
+        .ok_or("has no port; write http://host:port, e.g. \"http://127.0.0.1:9901\"")?;
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err("must be http://host:port with a port from 1 to 65535".into());
+    }
+    Ok(authority.to_string())
 }
 
 /// Largest `max` accepted: the queueing model's Erlang C work grows with max x workers.
@@ -361,6 +392,22 @@ impl Autoscaler {
             add(
                 "overload_max_queue",
                 "is 0; must be at least 1 (use overload = \"shed\" to queue nothing)".into(),
+            );
+        }
+
+        for (i, url) in self.balancers.iter().enumerate() {
+            if let Err(e) = parse_admin_url(url) {
+                add(&format!("balancers[{i}]"), format!("is `{url}`: {e}"));
+            }
+        }
+        if self.registration_lease <= self.interval {
+            add(
+                "registration_lease",
+                format!(
+                    "is {}, not longer than autoscaler.interval = {}; the lease is renewed every \
+                     interval, so it must outlast one (e.g. \"15s\")",
+                    self.registration_lease, self.interval
+                ),
             );
         }
 

@@ -304,6 +304,9 @@ pub enum ProviderKind {
     /// Child processes on this machine, on free loopback ports.
     #[default]
     Local,
+    /// The user's own launch and terminate scripts, which print JSON: for clouds and schedulers
+    /// without a native provider.
+    Command,
 }
 
 impl ProviderKind {
@@ -311,6 +314,7 @@ impl ProviderKind {
     pub fn name(self) -> &'static str {
         match self {
             ProviderKind::Local => "local",
+            ProviderKind::Command => "command",
         }
     }
 }
@@ -330,8 +334,19 @@ pub struct Provider {
     pub capacity: Option<u32>,
     /// Price of one started backend per hour.
     pub cost_per_hour: f64,
-    /// How long to wait for a started backend to answer its health check.
+    /// How long to wait for a started backend to answer its health check (with `command`, the
+    /// launch script's own run counts in it).
     pub boot_timeout: HumanDuration,
+    /// `command`: the launch script's command line. It starts one backend and prints one line of
+    /// JSON, `{"id": "...", "address": "host:port"}`, on stdout; a non-zero exit is a failure.
+    pub launch: Vec<String>,
+    /// `command`: the terminate script's command line; `{id}` and `{address}` are replaced by
+    /// those of the backend to stop (also in the environment as EBBTIDE_INSTANCE_ID and
+    /// EBBTIDE_INSTANCE_ADDRESS).
+    pub terminate: Vec<String>,
+    /// `command`: how long a terminate script may run before it is killed and the stop counted
+    /// as failed.
+    pub terminate_timeout: HumanDuration,
 }
 
 impl Default for Provider {
@@ -357,6 +372,9 @@ impl Default for Provider {
             capacity: None,
             cost_per_hour: 0.05,
             boot_timeout: HumanDuration::from_secs(60),
+            launch: Vec::new(),
+            terminate: Vec::new(),
+            terminate_timeout: HumanDuration::from_secs(60),
         }
     }
 }

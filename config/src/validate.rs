@@ -49,6 +49,26 @@ impl fmt::Display for ConfigError {
     }
 }
 
+impl ConfigError {
+    /// An error about `key` in the file at `path`, placed where the key (or the nearest
+    /// enclosing section) is written, for checks that only one command makes (e.g.
+    /// `ebbtide autoscale` needs `autoscaler.balancers`, which `ebbtide serve` ignores).
+    pub fn at_key(path: &std::path::Path, key: &str, message: impl Into<String>) -> ConfigError {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let index = SpanIndex::parse(&text);
+        let (line, col) = index
+            .position_of(key)
+            .map_or((1, 1), |offset| line_col(&text, offset));
+        ConfigError {
+            file: path.display().to_string(),
+            line,
+            col,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
 /// All the errors found in one file, one per line when displayed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
@@ -449,6 +469,7 @@ const CHECKS: &[Check] = &[
     check_backend_weight,
     check_backend_cost,
     check_provider_command,
+    check_provider_scripts,
     check_provider_count,
     check_provider_capacity,
     check_provider_cost,
@@ -871,8 +892,60 @@ fn check_backend_cost(cfg: &Config, out: &mut Problems) {
     }
 }
 
+fn check_provider_scripts(cfg: &Config, out: &mut Problems) {
+    let Some(p) = &cfg.provider else { return };
+    match p.kind {
+        ProviderKind::Local => {
+            for (key, words) in [
+                ("provider.launch", &p.launch),
+                ("provider.terminate", &p.terminate),
+            ] {
+                if !words.is_empty() {
+                    out.add(
+                        key,
+                        "is only used with provider.kind = \"command\"; this provider is \"local\", \
+                         which runs provider.command",
+                    );
+                }
+            }
+        }
+        ProviderKind::Command => {
+            for (key, words, what) in [
+                (
+                    "provider.launch",
+                    &p.launch,
+                    "the command line of a script that starts one backend and prints \
+                     {\"id\": \"...\", \"address\": \"host:port\"}, e.g. [\"./launch.sh\"]",
+                ),
+                (
+                    "provider.terminate",
+                    &p.terminate,
+                    "the command line of a script that stops one backend, e.g. \
+                     [\"./terminate.sh\", \"{id}\"]",
+                ),
+            ] {
+                match words.first() {
+                    None => out.add(
+                        key,
+                        format!("is required because provider.kind is \"command\"; give {what}"),
+                    ),
+                    Some(w) if w.trim().is_empty() => out.add(
+                        key,
+                        "starts with an empty word; the first word must name the program to run",
+                    ),
+                    Some(_) => {}
+                }
+            }
+            positive("provider.terminate_timeout", p.terminate_timeout.0, out);
+        }
+    }
+}
+
 fn check_provider_command(cfg: &Config, out: &mut Problems) {
     let Some(p) = &cfg.provider else { return };
+    if p.kind != ProviderKind::Local {
+        return;
+    }
     let key = "provider.command";
     match p.command.first() {
         None => out.add(

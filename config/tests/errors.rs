@@ -564,3 +564,53 @@ fn unreadable_file_says_so() {
     assert!(err.to_string().starts_with("/nonexistent/ebbtide.toml:"));
     assert!(err.to_string().contains("cannot read"));
 }
+
+#[test]
+fn command_provider_needs_its_scripts() {
+    let errs = errors("[provider]\nkind = \"command\"\nterminate = [\"./stop.sh\", \"{id}\"]\n");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].to_string().contains("provider.launch"), "{errs:?}");
+    assert!(
+        errs[0]
+            .to_string()
+            .contains("is required because provider.kind is \"command\""),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn local_provider_refuses_scripts_it_would_ignore() {
+    one(
+        "[provider]\nkind = \"local\"\nlaunch = [\"./start.sh\"]\n",
+        "provider.launch",
+        3,
+        "only used with provider.kind = \"command\"",
+    );
+}
+
+#[test]
+fn balancer_urls_must_be_plain_admin_urls() {
+    let text = "[provider]\n[autoscaler]\nbalancers = [\"http://127.0.0.1:9901\", \"127.0.0.1:9902\", \"http://h:1/x\"]\n";
+    let errs = errors(text);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].to_string().contains("autoscaler.balancers[1]")
+            && errs[0].to_string().contains("http://"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].to_string().contains("autoscaler.balancers[2]")
+            && errs[1].to_string().contains("nothing after"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn registration_lease_must_outlast_the_interval() {
+    one(
+        "[provider]\n[autoscaler]\ninterval = \"5s\"\nregistration_lease = \"5s\"\n",
+        "autoscaler.registration_lease",
+        4,
+        "must outlast one",
+    );
+}

@@ -137,6 +137,7 @@ fn reference_lists_every_key() {
     full.autoscaler.as_mut().unwrap().overload_max_queue = Some(100);
     full.backends[0].capacity = Some(1);
     full.provider.as_mut().unwrap().capacity = Some(1);
+    full.autoscaler.as_mut().unwrap().balancer_token = Some("t".into());
     let mut schema = BTreeSet::new();
     leaf_keys("", &toml::Value::try_from(&full).unwrap(), &mut schema);
 

@@ -2,16 +2,13 @@
 //! port. Children die with ebbtide: they are killed when their handle drops, stopped on shutdown,
 //! and on Linux they get SIGTERM if ebbtide itself dies (PR_SET_PDEATHSIG).
 
-use super::Instance;
+use super::{Instance, Provider, ProviderFuture};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 /// How long a stopped backend gets between SIGTERM and SIGKILL.
@@ -22,7 +19,7 @@ pub struct LocalProvider {
     program: PathBuf,
     args: Vec<String>,
     boot_timeout: Duration,
-    children: Mutex<HashMap<String, Child>>,
+    children: Mutex<HashMap<String, (Instance, Child)>>,
     next: AtomicU64,
 }
 
@@ -48,8 +45,8 @@ impl LocalProvider {
     }
 
     /// Starts one backend and returns as soon as it has an address (it may still be booting;
-    /// see [`LocalProvider::wait_ready`]).
-    pub fn launch(&self) -> Result<Instance, String> {
+    /// see [`Provider::wait_ready`]).
+    pub fn start(&self) -> Result<Instance, String> {
         let port = free_port()?;
         let args: Vec<String> = self
             .args
@@ -78,64 +75,91 @@ impl LocalProvider {
         let id = format!("local-{}", self.next.fetch_add(1, Ordering::Relaxed));
         let address = format!("127.0.0.1:{port}");
         tracing::info!(%id, %address, pid = child.id(), "backend process started");
-        self.children
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone(), child);
-        Ok(Instance { id, address })
+        let instance = Instance { id, address };
+        self.table()
+            .insert(instance.id.clone(), (instance.clone(), child));
+        Ok(instance)
     }
 
-    /// Waits until the instance answers `GET /healthz` with 200, failing if it exits first or the
-    /// boot timeout passes (then it is stopped).
-    pub async fn wait_ready(&self, instance: &Instance) -> Result<(), String> {
-        let addr: SocketAddr = instance
-            .address
-            .parse()
-            .map_err(|e| format!("bad address {}: {e}", instance.address))?;
-        let deadline = Instant::now() + self.boot_timeout;
-        loop {
-            if let Some(status) = self.exited(&instance.id) {
-                return Err(format!(
-                    "{} exited ({status}) before it was healthy",
-                    instance.id
-                ));
-            }
-            if health_status(addr).await == Some(200) {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                self.terminate(&instance.id).await;
-                return Err(format!(
-                    "{} was not healthy within {:?}; stopped it",
-                    instance.id, self.boot_timeout
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instance, Child)>> {
+        self.children.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn exited(&self, id: &str) -> Option<std::process::ExitStatus> {
-        let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
-        let child = children.get_mut(id)?;
+        let mut children = self.table();
+        let (_, child) = children.get_mut(id)?;
         child.try_wait().ok().flatten()
     }
 
-    /// The ids of the processes still running.
-    pub fn running(&self) -> Vec<String> {
-        let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
-        children
-            .iter_mut()
-            .filter_map(|(id, c)| matches!(c.try_wait(), Ok(None)).then(|| id.clone()))
-            .collect()
+    /// The process ids of the running children, for checks that none is left behind.
+    pub fn pids(&self) -> Vec<u32> {
+        self.table().values().filter_map(|(_, c)| c.id()).collect()
     }
 
-    /// Takes the instances whose process has exited (crashed or killed) out of the table and
-    /// returns them with their exit status.
-    pub fn reap(&self) -> Vec<(String, std::process::ExitStatus)> {
-        let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
-        let exited: Vec<(String, std::process::ExitStatus)> = children
+    /// Stops one instance: SIGTERM, then SIGKILL after [`STOP_GRACE`].
+    async fn stop_one(&self, id: &str) {
+        let child = self.table().remove(id);
+        if let Some((_, child)) = child {
+            stop(id, child).await;
+        }
+    }
+}
+
+impl Provider for LocalProvider {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    fn launch(&self) -> ProviderFuture<'_, Result<Instance, String>> {
+        let started = self.start();
+        Box::pin(async move { started })
+    }
+
+    /// Healthy means `GET /healthz` answers 200; the process exiting first, or the boot timeout
+    /// passing (then it is stopped), is a failure.
+    fn wait_ready<'a>(&'a self, instance: &'a Instance) -> ProviderFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let deadline = Instant::now() + self.boot_timeout;
+            let gone = || {
+                self.exited(&instance.id).map(|status| {
+                    format!("{} exited ({status}) before it was healthy", instance.id)
+                })
+            };
+            match super::wait_healthy(&instance.address, deadline, gone).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    self.stop_one(&instance.id).await;
+                    Err(format!(
+                        "{} ({}): {e} (boot timeout {:?}); stopped it",
+                        instance.id, instance.address, self.boot_timeout
+                    ))
+                }
+            }
+        })
+    }
+
+    fn terminate<'a>(&'a self, id: &'a str) -> ProviderFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.stop_one(id).await;
+            Ok(())
+        })
+    }
+
+    fn list(&self) -> Vec<Instance> {
+        self.table().values().map(|(i, _)| i.clone()).collect()
+    }
+
+    /// Processes that exited (crashed or were killed), with their exit status.
+    fn lost(&self) -> Vec<(String, String)> {
+        let mut children = self.table();
+        let exited: Vec<(String, String)> = children
             .iter_mut()
-            .filter_map(|(id, c)| c.try_wait().ok().flatten().map(|s| (id.clone(), s)))
+            .filter_map(|(id, (_, c))| {
+                c.try_wait()
+                    .ok()
+                    .flatten()
+                    .map(|s| (id.clone(), format!("process exited ({s})")))
+            })
             .collect();
         for (id, _) in &exited {
             children.remove(id);
@@ -143,38 +167,21 @@ impl LocalProvider {
         exited
     }
 
-    /// The process ids of the running children, for checks that none is left behind.
-    pub fn pids(&self) -> Vec<u32> {
-        let children = self.children.lock().unwrap_or_else(|e| e.into_inner());
-        children.values().filter_map(|c| c.id()).collect()
-    }
-
-    /// Stops one instance: SIGTERM, then SIGKILL after [`STOP_GRACE`].
-    pub async fn terminate(&self, id: &str) {
-        let child = self
-            .children
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
-        if let Some(child) = child {
-            stop(id, child).await;
-        }
-    }
-
     /// Stops every instance, all at once.
-    pub async fn shutdown(&self) {
+    fn shutdown(&self) -> ProviderFuture<'_, ()> {
         let children: Vec<(String, Child)> = self
-            .children
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .table()
             .drain()
+            .map(|(id, (_, child))| (id, child))
             .collect();
-        let stops = children
-            .into_iter()
-            .map(|(id, child)| async move { stop(&id, child).await });
-        for handle in stops.map(tokio::spawn).collect::<Vec<_>>() {
-            let _ = handle.await;
-        }
+        Box::pin(async move {
+            let stops = children
+                .into_iter()
+                .map(|(id, child)| async move { stop(&id, child).await });
+            for handle in stops.map(tokio::spawn).collect::<Vec<_>>() {
+                let _ = handle.await;
+            }
+        })
     }
 }
 
@@ -199,29 +206,4 @@ async fn stop(id: &str, mut child: Child) {
 fn free_port() -> Result<u16, String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
     l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
-}
-
-/// The status code of `GET /healthz`, or None when it cannot be had within half a second.
-pub async fn health_status(addr: SocketAddr) -> Option<u16> {
-    let probe = async {
-        let mut s = TcpStream::connect(addr).await.ok()?;
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: ebbtide\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
-        let mut buf = [0u8; 32];
-        let mut n = 0;
-        while n < 12 {
-            let k = s.read(&mut buf[n..]).await.ok()?;
-            if k == 0 {
-                break;
-            }
-            n += k;
-        }
-        let line = std::str::from_utf8(&buf[..n]).ok()?;
-        line.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
-    };
-    tokio::time::timeout(Duration::from_millis(500), probe)
-        .await
-        .ok()
-        .flatten()
 }

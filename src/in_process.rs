@@ -1,0 +1,126 @@
+//! The balancer in this process, as the fleet and the autoscaler see it: backends go straight
+//! into its registry (listed as `starting` while they boot), drains use its own drain, and
+//! signals are read from its counters without a round trip.
+
+use crate::fleet::Registrar;
+use ebbtide_autoscaler::providers::{Instance, ProviderFuture};
+use ebbtide_autoscaler::{Reading, SignalSource};
+use ebbtide_balancer::proxy::Proxy;
+use ebbtide_balancer::registry::{Backend, BackendSpec, BackendState, Origin};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The balancer of `ebbtide serve`.
+pub struct InProcess {
+    proxy: Arc<Proxy>,
+    capacity: Option<u32>,
+    cost_per_hour: f64,
+    drain_timeout: Duration,
+    backends: Mutex<HashMap<String, Arc<Backend>>>,
+}
+
+impl InProcess {
+    /// Registers the provider's backends (`[provider]` capacity and price) with `proxy`.
+    pub fn new(
+        proxy: Arc<Proxy>,
+        provider: &ebbtide_config::Provider,
+        drain_timeout: Duration,
+    ) -> Self {
+        InProcess {
+            proxy,
+            capacity: provider.capacity,
+            cost_per_hour: provider.cost_per_hour,
+            drain_timeout,
+            backends: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Backend>>> {
+        self.backends.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Registrar for InProcess {
+    fn starting(&self, instance: &Instance) {
+        let spec = BackendSpec {
+            address: instance.address.clone(),
+            capacity: self.capacity,
+            weight: 1,
+            cost_per_hour: self.cost_per_hour,
+            origin: Origin::Provider,
+            lease_until: None,
+        };
+        match self
+            .proxy
+            .registry
+            .add_or_renew(spec, BackendState::Starting)
+        {
+            Ok((b, _)) => {
+                self.table().insert(instance.id.clone(), b);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, address = %instance.address, "could not register a backend")
+            }
+        }
+    }
+
+    fn ready<'a>(&'a self, instance: &'a Instance) -> ProviderFuture<'a, ()> {
+        if let Some(b) = self.table().get(&instance.id) {
+            if b.state() == BackendState::Starting {
+                b.set_state(BackendState::Active);
+            }
+        }
+        self.proxy.dispatcher.dispatch();
+        Box::pin(async {})
+    }
+
+    fn drain<'a>(&'a self, instance: &'a Instance) -> ProviderFuture<'a, ()> {
+        let backend = self.table().remove(&instance.id);
+        Box::pin(async move {
+            if let Some(b) = backend {
+                b.set_state(BackendState::Draining);
+                ebbtide_balancer::health::drain(self.proxy.clone(), b, self.drain_timeout).await;
+            }
+        })
+    }
+
+    fn remove<'a>(&'a self, instance: &'a Instance) -> ProviderFuture<'a, ()> {
+        if let Some(b) = self.table().remove(&instance.id) {
+            self.proxy.registry.remove(b.id);
+        }
+        Box::pin(async {})
+    }
+}
+
+/// The in-process balancer as a signal source.
+pub struct Signals(pub Arc<Proxy>);
+
+impl SignalSource for Signals {
+    fn read(&mut self) -> ProviderFuture<'_, Result<Vec<Option<Reading>>, String>> {
+        let reading = read(&self.0);
+        Box::pin(async move { Ok(vec![Some(reading)]) })
+    }
+}
+
+/// The in-process balancer's signals, as `/api/v1/signals` would give them.
+pub fn read(proxy: &Proxy) -> Reading {
+    let now = proxy.clock.now();
+    let snap = proxy.registry.snapshot();
+    let window = proxy.signals.snapshot(now);
+    Reading {
+        arrivals_total: proxy.counters.arrivals.load(Ordering::Relaxed),
+        completions_total: proxy.counters.completions.load(Ordering::Relaxed),
+        in_flight: snap.backends.iter().map(|b| b.in_flight() as u64).sum(),
+        queue_depth: proxy.dispatcher.queue_depth() as u64,
+        window_completions: window.completions,
+        p99_ms: window.latency_ms.p99,
+        mean_ms: window.latency_ms.mean,
+        active_backends: snap
+            .backends
+            .iter()
+            .filter(|b| b.state() == BackendState::Active)
+            .count() as u32,
+    }
+}

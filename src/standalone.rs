@@ -1,0 +1,196 @@
+//! `ebbtide autoscale`: the autoscaler alone, for balancers in other processes (or machines).
+//! It reads their signals and registers its provider's backends through their admin APIs, and
+//! serves its own decisions and cost on `[admin] address` (`/api/v1/events`, `/metrics`,
+//! `/healthz`). On SIGTERM or ctrl-c it drains its backends from every balancer, stops them,
+//! and exits 0.
+
+use crate::autoscale::{self, AutoscalerState, OverloadControl};
+use crate::fleet::Fleet;
+use crate::remote::{Balancers, RemoteSignals};
+use bytes::Bytes;
+use ebbtide_balancer::admin::EventSource;
+use ebbtide_balancer::clock::Clock;
+use ebbtide_balancer::metrics::MetricsSource;
+use ebbtide_config::{Config, ConfigError};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Checks what only `ebbtide autoscale` needs, as `file:line:col: key: message`.
+pub fn usable(cfg: &Config, path: &Path) -> Result<(), ConfigError> {
+    let Some(a) = &cfg.autoscaler else {
+        return Err(ConfigError::at_key(
+            path,
+            "autoscaler",
+            "is missing; ebbtide autoscale needs an [autoscaler] section with `balancers`",
+        ));
+    };
+    if a.balancers.is_empty() {
+        return Err(ConfigError::at_key(
+            path,
+            "autoscaler.balancers",
+            "is empty; ebbtide autoscale needs the admin URLs of the balancers it scales, e.g. \
+             balancers = [\"http://127.0.0.1:9901\"]",
+        ));
+    }
+    if cfg.provider.is_none() {
+        return Err(ConfigError::at_key(
+            path,
+            "provider",
+            "is missing; the autoscaler scales the provider's backends",
+        ));
+    }
+    Ok(())
+}
+
+/// Runs until a shutdown signal.
+pub async fn run(cfg: Config) -> Result<(), String> {
+    let (Some(a), Some(p)) = (cfg.autoscaler.clone(), cfg.provider.clone()) else {
+        return Err("the config needs [autoscaler] and [provider]".into());
+    };
+    let admins = a
+        .balancers
+        .iter()
+        .map(|u| ebbtide_config::autoscaler::parse_admin_url(u))
+        .collect::<Result<Vec<_>, _>>()?;
+    let listener = tokio::net::TcpListener::bind(&cfg.admin.address)
+        .await
+        .map_err(|e| format!("cannot listen on admin.address {}: {e}", cfg.admin.address))?;
+    let admin_addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // Tests and scripts read the bound address from this line (the port may be 0 in config).
+    println!(
+        "ebbtide autoscale on http://{admin_addr}, scaling {} balancer(s): {}",
+        admins.len(),
+        admins.join(", ")
+    );
+    let clock = Clock::new();
+    let balancers = Arc::new(Balancers::new(
+        admins,
+        a.balancer_token.clone(),
+        &p,
+        a.registration_lease.0,
+        cfg.lifecycle.drain_timeout.0,
+    ));
+    let provider = ebbtide_autoscaler::providers::build(&p)?;
+    let fleet = Arc::new(Fleet::new(provider, balancers.clone(), clock));
+    let state = Arc::new(AutoscalerState::new(&a, clock));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let admin = tokio::spawn(serve_admin(
+        listener,
+        state.clone(),
+        cfg.admin.token.clone(),
+        stop_rx.clone(),
+    ));
+    let control = tokio::spawn(autoscale::run(
+        a,
+        fleet.clone(),
+        Box::new(RemoteSignals(balancers)),
+        remote_overload(),
+        state,
+        stop_rx,
+    ));
+    crate::serve::shutdown_signal().await;
+    tracing::info!("stopping: draining this autoscaler's backends from the balancers");
+    let _ = stop_tx.send(true);
+    let _ = control.await;
+    fleet.shutdown(true).await;
+    let _ = admin.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Remote balancers' queues keep their own `[overload]` settings: there is no admin call to
+/// change them, so the action is logged (once per change) for the operator.
+fn remote_overload() -> OverloadControl {
+    Box::new(|action| {
+        tracing::warn!(
+            ?action,
+            "overload action not applied: remote balancers keep their own [overload] queue"
+        )
+    })
+}
+
+/// The autoscaler's own admin API: events, metrics and a liveness check.
+async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    state: Arc<AutoscalerState>,
+    token: Option<String>,
+    mut stop: watch::Receiver<bool>,
+) {
+    use hyper_util::rt::TokioIo;
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let (state, token) = (state.clone(), token.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let resp = answer(&state, token.as_deref(), &req);
+                async move { Ok::<_, std::convert::Infallible>(resp) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn answer<B>(
+    state: &AutoscalerState,
+    token: Option<&str>,
+    req: &Request<B>,
+) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, kind: &str, body: String| {
+        Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, kind)
+            .body(Full::new(Bytes::from(body)))
+            .expect("static response parts")
+    };
+    let text = "text/plain; charset=utf-8";
+    let path = req.uri().path();
+    if path != "/healthz" {
+        if let Some(t) = token {
+            let given = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if given != Some(t) {
+                return reply(
+                    StatusCode::UNAUTHORIZED,
+                    text,
+                    "401 Unauthorized: send Authorization: Bearer <admin.token>\n".into(),
+                );
+            }
+        }
+    }
+    match (req.method(), path) {
+        (&Method::GET, "/healthz") => reply(StatusCode::OK, text, "ok\n".into()),
+        (&Method::GET, "/metrics") => {
+            let mut out = String::new();
+            state.render(&mut out);
+            reply(StatusCode::OK, "text/plain; version=0.0.4", out)
+        }
+        (&Method::GET, "/api/v1/events") => reply(
+            StatusCode::OK,
+            "application/json",
+            serde_json::Value::Array(state.events()).to_string(),
+        ),
+        (_, "/healthz" | "/metrics" | "/api/v1/events") => reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            text,
+            "405 Method Not Allowed\n".into(),
+        ),
+        _ => reply(StatusCode::NOT_FOUND, text, "404 Not Found\n".into()),
+    }
+}
