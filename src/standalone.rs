@@ -8,6 +8,7 @@ use crate::autoscale::{self, AutoscalerState, OverloadControl};
 use crate::fleet::Fleet;
 use crate::remote::{Balancers, RemoteSignals};
 use bytes::Bytes;
+use ebbtide_autoscaler::OverloadAction;
 use ebbtide_balancer::admin::EventSource;
 use ebbtide_balancer::clock::Clock;
 use ebbtide_balancer::metrics::MetricsSource;
@@ -104,11 +105,12 @@ pub async fn run(cfg: Config) -> Result<(), String> {
 /// Remote balancers' queues keep their own `[overload]` settings: there is no admin call to
 /// change them, so the action is logged (once per change) for the operator.
 fn remote_overload() -> OverloadControl {
-    Box::new(|action| {
-        tracing::warn!(
+    Box::new(|action| match action {
+        OverloadAction::None | OverloadAction::Queue => {}
+        _ => tracing::warn!(
             ?action,
             "overload action not applied: remote balancers keep their own [overload] queue"
-        )
+        ),
     })
 }
 

@@ -1,7 +1,9 @@
 //! Every example config loads, the embedded default is default.toml, and reference.toml really
 //! lists every key with its default.
 
-use ebbtide_config::{Config, HashKey, PolicyKind, Provider, StaticBackend, EMBEDDED_DEFAULT};
+use ebbtide_config::{
+    Config, HashKey, PolicyKind, Provider, ProviderKind, StaticBackend, EMBEDDED_DEFAULT,
+};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -73,6 +75,18 @@ fn examples_mean_what_their_names_say() {
     assert!(c.backends.iter().all(|b| b.capacity.is_some()));
     assert!(c.provider.unwrap().capacity.is_some());
 
+    let r = example("autoscale-remote.toml");
+    let p = r.provider.as_ref().unwrap();
+    assert_eq!(p.kind, ProviderKind::Command);
+    assert_eq!(p.terminate.last().map(String::as_str), Some("{id}"));
+    for script in [&p.launch[1], &p.terminate[1]] {
+        let path = examples_dir().join("..").join("..").join(script);
+        assert!(path.exists(), "{script} is not in the repository");
+    }
+    assert_eq!(
+        r.autoscaler.as_ref().unwrap().balancers,
+        vec!["http://127.0.0.1:9901".to_string()]
+    );
     let h = example("consistent-hash.toml");
     assert_eq!(h.balancer.policy, PolicyKind::ConsistentHash);
     assert_eq!(
