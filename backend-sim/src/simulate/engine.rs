@@ -62,8 +62,8 @@ struct Waiting {
 /// What happens at an event's time.
 #[derive(Debug, Clone, Copy)]
 enum EventKind {
-    /// A worker of the backend in `slot` finishes `job`, whose service began at `started`.
-    Complete { slot: u32, job: Job, started: Nanos },
+    /// A worker of the backend in `slot` finishes `job`.
+    Complete { slot: u32, job: Job },
     /// The backend launched as `id` in `slot` has booted.
     Ready { slot: u32, id: u64 },
     /// The head of the balancer's queue may have waited its whole timeout.
@@ -189,6 +189,8 @@ struct Control {
     interval: Nanos,
     min: u32,
     max: u32,
+    /// `[autoscaler] workers`: what the live loop divides the mean latency into.
+    workers: u32,
 }
 
 /// The simulation state.
@@ -226,7 +228,6 @@ struct Sim<'a> {
     /// Counts since the last control tick, for the observation's rates.
     interval_arrivals: u64,
     interval_completions: u64,
-    interval_service_ns: u64,
     control: Option<Control>,
     meter: CostMeter,
     scaling: ScalingSummary,
@@ -256,6 +257,7 @@ pub fn run(sc: &Scenario) -> RunResult {
         interval: a.interval.as_nanos().max(1),
         min: a.min,
         max: a.max,
+        workers: a.workers,
     });
     let mut seeds = Rng::new(sc.sim.seed ^ 0x5eed_5111_u64);
     let mut sim = Sim {
@@ -292,7 +294,6 @@ pub fn run(sc: &Scenario) -> RunResult {
         simulated: 0,
         interval_arrivals: 0,
         interval_completions: 0,
-        interval_service_ns: 0,
         control,
         meter,
         scaling: ScalingSummary::default(),
@@ -353,7 +354,7 @@ impl Sim<'_> {
 
     fn handle(&mut self, kind: EventKind) {
         match kind {
-            EventKind::Complete { slot, job, started } => self.complete(slot, job, started),
+            EventKind::Complete { slot, job } => self.complete(slot, job),
             EventKind::Ready { slot, id } => {
                 if self
                     .fleet
@@ -465,17 +466,10 @@ impl Sim<'_> {
         if job.arrival >= self.warmup {
             self.exact.wait_sum_ns += (now - job.arrival) as f64;
         }
-        self.schedule(
-            now + service,
-            EventKind::Complete {
-                slot,
-                job,
-                started: now,
-            },
-        );
+        self.schedule(now + service, EventKind::Complete { slot, job });
     }
 
-    fn complete(&mut self, slot: u32, job: Job, started: Nanos) {
+    fn complete(&mut self, slot: u32, job: Job) {
         let now = self.now;
         let b = self.fleet.get_mut(slot);
         b.busy -= 1;
@@ -495,7 +489,6 @@ impl Sim<'_> {
         self.fleet.refresh(slot);
         self.in_flight_total -= 1;
         self.interval_completions += 1;
-        self.interval_service_ns += now - started;
         let latency = now - job.arrival;
         self.signals.record_completion(latency, now);
         if job.arrival >= self.warmup {
@@ -627,10 +620,13 @@ impl Sim<'_> {
         };
         let interval_s = c.interval as f64 / NANOS_PER_SEC as f64;
         let snap = self.signals.snapshot(now);
-        let service_rate = (self.interval_completions > 0).then(|| {
-            let mean_s = self.interval_service_ns as f64 / self.interval_completions as f64 / 1e9;
-            self.sc.sim.workers as f64 / mean_s.max(1e-12)
-        });
+        // Measured as `ebbtide serve` measures it (src/autoscale.rs): the autoscaler's `workers`
+        // over the signal window's mean latency, and only while nothing waits in the balancer
+        // (then that latency is service plus the backend's own queueing). Not the exact mean
+        // service time the simulator knows: the deciders must see what the live proxy shows them.
+        let service_rate =
+            (snap.completions > 0 && self.queue.is_empty() && snap.latency_ms.mean > 0.0)
+                .then(|| c.workers as f64 / (snap.latency_ms.mean / 1e3));
         let obs = Observation {
             at: now,
             concurrency: (self.in_flight_total + self.queue.len() as u64) as f64,
@@ -644,7 +640,6 @@ impl Sim<'_> {
         };
         self.interval_arrivals = 0;
         self.interval_completions = 0;
-        self.interval_service_ns = 0;
         c.windows.observe(obs);
         let members: Vec<Member> = self
             .fleet
