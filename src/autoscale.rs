@@ -9,7 +9,7 @@ use ebbtide_autoscaler::{
     Windows,
 };
 use ebbtide_balancer::admin::EventSource;
-use ebbtide_balancer::metrics::MetricsSource;
+use ebbtide_balancer::metrics::{family, MetricsSource};
 use ebbtide_balancer::proxy::Proxy;
 use ebbtide_config::autoscaler::Autoscaler;
 use std::fmt::Write;
@@ -53,17 +53,23 @@ impl MetricsSource for AutoscalerState {
         let now = self.clock.now();
         let log = self.events.lock().unwrap_or_else(|e| e.into_inner());
         let meter = self.meter.lock().unwrap_or_else(|e| e.into_inner());
-        out.push_str(
-            "# HELP ebbtide_autoscaler_desired_backends Backends the autoscaler wants now.\n",
+        family(
+            out,
+            "ebbtide_autoscaler_desired_backends",
+            "gauge",
+            "Backends the autoscaler wants now.",
         );
-        out.push_str("# TYPE ebbtide_autoscaler_desired_backends gauge\n");
         let _ = writeln!(
             out,
             "ebbtide_autoscaler_desired_backends {}",
             self.desired.load(Ordering::Relaxed)
         );
-        out.push_str("# HELP ebbtide_autoscaler_decisions_total Decisions taken, by direction.\n");
-        out.push_str("# TYPE ebbtide_autoscaler_decisions_total counter\n");
+        family(
+            out,
+            "ebbtide_autoscaler_decisions_total",
+            "counter",
+            "Decisions taken, by direction.",
+        );
         for d in [Direction::Up, Direction::Down, Direction::Hold] {
             let _ = writeln!(
                 out,
@@ -72,17 +78,23 @@ impl MetricsSource for AutoscalerState {
                 log.decisions_total(d)
             );
         }
-        out.push_str(
-            "# HELP ebbtide_autoscaler_backend_seconds_total Backend-seconds run so far.\n",
+        family(
+            out,
+            "ebbtide_autoscaler_backend_seconds_total",
+            "counter",
+            "Backend-seconds run so far.",
         );
-        out.push_str("# TYPE ebbtide_autoscaler_backend_seconds_total counter\n");
         let _ = writeln!(
             out,
             "ebbtide_autoscaler_backend_seconds_total {:.3}",
             meter.backend_seconds(now)
         );
-        out.push_str("# HELP ebbtide_autoscaler_cost_total Accumulated cost of the backends (whole billing periods, in the price's currency).\n");
-        out.push_str("# TYPE ebbtide_autoscaler_cost_total counter\n");
+        family(
+            out,
+            "ebbtide_autoscaler_cost_total",
+            "counter",
+            "Accumulated cost of the backends (whole billing periods, in the price's currency).",
+        );
         let _ = writeln!(out, "ebbtide_autoscaler_cost_total {:.6}", meter.cost(now));
     }
 }

@@ -5,8 +5,10 @@
 //! 1. **Boot-time lookahead.** Backends ordered now serve only after `boot_time`, so the arrival
 //!    rate's trend (least-squares slope over the stable window) is extrapolated to
 //!    now + boot_time: rate_ahead = panic-window rate + slope x (panic_window / 2 + boot_time),
-//!    and the choice is scaled by rate_ahead / rate (at most 2x: a minute of history says little
-//!    about half a minute ahead). A rising trend also stops a scale-in.
+//!    and what the signals want (before `min`) is scaled by rate_ahead / rate (at most 2x: a
+//!    minute of history says little about half a minute ahead). Rises within two standard
+//!    deviations of the panic window's Poisson count are ignored as noise. A rising trend also
+//!    stops a scale-in.
 //! 2. **No scale-in of what would be bought back within one boot time**: a scale-in goes no
 //!    lower than the highest choice of the last `boot_time`.
 //! 3. **SLO-violation price.** With a measured service rate, the fleet n from the choice up to
@@ -172,10 +174,15 @@ impl<D: Decider> Decider for CostAware<D> {
         // 1. Boot-time lookahead on the arrival-rate trend.
         if let Some((rate, ahead)) = self.lookahead(windows, now) {
             d.inputs.insert("arrival_rate_ahead".into(), ahead);
-            if rate > 0.0 && ahead > rate {
+            // A rise within two standard deviations of a Poisson count over the panic window
+            // is noise, not a trend worth a backend.
+            let noise = 2.0 * (rate / (windows.panic_length() as f64 / 1e9)).sqrt();
+            if rate > 0.0 && ahead > rate + noise {
                 let factor = (ahead / rate).min(MAX_LOOKAHEAD_FACTOR);
-                let n = ceil_count(choice as f64 * factor);
-                wanted = wanted.max(ceil_count(d.wanted as f64 * factor));
+                // What the signals want, scaled: not the choice after `min` raised it (a fleet
+                // held at min for a demand of one backend has room for the rise already).
+                let n = choice.max(ceil_count(d.wanted as f64 * factor));
+                wanted = wanted.max(n);
                 if n > choice {
                     notes.push(format!(
                         "arrival rate rising to {ahead:.1}/s from {rate:.1}/s within the \
@@ -712,12 +719,51 @@ mod tests {
         for t in 0..=20u64 {
             w.observe(Observation {
                 at: t * S,
-                arrival_rate: 10.0 * t as f64,
+                arrival_rate: 20.0 * t as f64,
                 ..Default::default()
             });
         }
         let late = d.decide(&w, &FleetView::counts(2, 0, 1, 10), 20 * S);
         assert!(late.desired > 2, "{}", late.reason);
+    }
+
+    #[test]
+    fn noise_and_room_under_min_are_not_a_reason_to_look_ahead() {
+        let with_min = |min| Autoscaler {
+            min,
+            boot_time: HumanDuration::from_secs(1),
+            ..cfg()
+        };
+        // 40/s drifting up 0.3/s: over the 2.5 s horizon +0.75/s, far inside the noise of a
+        // Poisson count over a 3 s window (2 sd = 7.3/s).
+        let drift = |w: &mut Windows| {
+            for t in 0..=20u64 {
+                w.observe(Observation {
+                    at: t * S,
+                    arrival_rate: 40.0 + 0.3 * t as f64,
+                    ..Default::default()
+                });
+            }
+        };
+        let mut d = CostAware::new(Wants(3), &with_min(1));
+        let mut w = Windows::new(20 * S, 3 * S);
+        drift(&mut w);
+        let n = d.decide(&w, &FleetView::counts(3, 0, 1, 10), 20 * S);
+        assert_eq!(n.desired, 3, "{}", n.reason);
+        // A steep rise when the signals want one backend and min holds two: the second has
+        // room for it already.
+        let mut d = CostAware::new(Wants(1), &with_min(2));
+        let mut w = Windows::new(20 * S, 3 * S);
+        for t in 0..=20u64 {
+            w.observe(Observation {
+                at: t * S,
+                arrival_rate: 20.0 * t as f64,
+                ..Default::default()
+            });
+        }
+        let held = d.decide(&w, &FleetView::counts(2, 0, 2, 10), 20 * S);
+        assert_eq!(held.desired, 2, "{}", held.reason);
+        assert!(held.inputs["arrival_rate_ahead"] > 400.0);
     }
 
     #[test]

@@ -11,13 +11,18 @@ pub trait MetricsSource: Send + Sync {
     fn render(&self, out: &mut String);
 }
 
+/// Starts a metric family: its `# HELP` and `# TYPE` lines (`kind`: counter, gauge, histogram).
+pub fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
 /// Renders every metric of the proxy, then the `extra` sources.
 pub fn render(proxy: &Proxy, extra: &[std::sync::Arc<dyn MetricsSource>]) -> String {
     let mut out = String::with_capacity(4096);
     let snap = proxy.registry.snapshot();
 
-    out.push_str("# HELP ebbtide_requests_total Responses sent to clients, by backend and status code (backend=\"none\": answered by ebbtide itself).\n");
-    out.push_str("# TYPE ebbtide_requests_total counter\n");
+    family(&mut out, "ebbtide_requests_total", "counter", "Responses sent to clients, by backend and status code (backend=\"none\": answered by ebbtide itself).");
     for b in &snap.backends {
         for (code, n) in b.response_counts() {
             let _ = writeln!(
@@ -40,20 +45,24 @@ pub fn render(proxy: &Proxy, extra: &[std::sync::Arc<dyn MetricsSource>]) -> Str
         &mut out,
     );
 
-    out.push_str(
-        "# HELP ebbtide_queue_depth Requests waiting in the balancer for a backend slot.\n",
+    family(
+        &mut out,
+        "ebbtide_queue_depth",
+        "gauge",
+        "Requests waiting in the balancer for a backend slot.",
     );
-    out.push_str("# TYPE ebbtide_queue_depth gauge\n");
     let _ = writeln!(
         out,
         "ebbtide_queue_depth {}",
         proxy.dispatcher.queue_depth()
     );
 
-    out.push_str(
-        "# HELP ebbtide_backend_in_flight Requests sent to a backend and not yet finished.\n",
+    family(
+        &mut out,
+        "ebbtide_backend_in_flight",
+        "gauge",
+        "Requests sent to a backend and not yet finished.",
     );
-    out.push_str("# TYPE ebbtide_backend_in_flight gauge\n");
     for b in &snap.backends {
         let _ = writeln!(
             out,
@@ -63,8 +72,7 @@ pub fn render(proxy: &Proxy, extra: &[std::sync::Arc<dyn MetricsSource>]) -> Str
         );
     }
 
-    out.push_str("# HELP ebbtide_backends Backends by state.\n");
-    out.push_str("# TYPE ebbtide_backends gauge\n");
+    family(&mut out, "ebbtide_backends", "gauge", "Backends by state.");
     let counts = proxy.registry.count_by_state();
     for s in BackendState::ALL {
         let _ = writeln!(
@@ -75,8 +83,12 @@ pub fn render(proxy: &Proxy, extra: &[std::sync::Arc<dyn MetricsSource>]) -> Str
         );
     }
 
-    out.push_str("# HELP ebbtide_shed_total Requests refused with 503 without reaching a backend, by reason.\n");
-    out.push_str("# TYPE ebbtide_shed_total counter\n");
+    family(
+        &mut out,
+        "ebbtide_shed_total",
+        "counter",
+        "Requests refused with 503 without reaching a backend, by reason.",
+    );
     let c = &proxy.counters;
     let _ = writeln!(
         out,
@@ -89,32 +101,48 @@ pub fn render(proxy: &Proxy, extra: &[std::sync::Arc<dyn MetricsSource>]) -> Str
         c.shed_queue_timeout.load(Ordering::Relaxed)
     );
 
-    out.push_str("# HELP ebbtide_retries_total Requests sent again to another backend.\n");
-    out.push_str("# TYPE ebbtide_retries_total counter\n");
+    family(
+        &mut out,
+        "ebbtide_retries_total",
+        "counter",
+        "Requests sent again to another backend.",
+    );
     let _ = writeln!(
         out,
         "ebbtide_retries_total {}",
         c.retries.load(Ordering::Relaxed)
     );
 
-    out.push_str("# HELP ebbtide_retries_refused_total Retries the retry budget did not allow.\n");
-    out.push_str("# TYPE ebbtide_retries_refused_total counter\n");
+    family(
+        &mut out,
+        "ebbtide_retries_refused_total",
+        "counter",
+        "Retries the retry budget did not allow.",
+    );
     let _ = writeln!(
         out,
         "ebbtide_retries_refused_total {}",
         c.retries_refused.load(Ordering::Relaxed)
     );
 
-    out.push_str("# HELP ebbtide_idempotent_replays_total Responses replayed for a duplicate Idempotency-Key.\n");
-    out.push_str("# TYPE ebbtide_idempotent_replays_total counter\n");
+    family(
+        &mut out,
+        "ebbtide_idempotent_replays_total",
+        "counter",
+        "Responses replayed for a duplicate Idempotency-Key.",
+    );
     let _ = writeln!(
         out,
         "ebbtide_idempotent_replays_total {}",
         c.idempotent_replays.load(Ordering::Relaxed)
     );
 
-    out.push_str("# HELP ebbtide_backend_concurrency_limit Concurrency a backend may be given: its capacity, or the limit learnt from latency.\n");
-    out.push_str("# TYPE ebbtide_backend_concurrency_limit gauge\n");
+    family(
+        &mut out,
+        "ebbtide_backend_concurrency_limit",
+        "gauge",
+        "Concurrency a backend may be given: its capacity, or the limit learnt from latency.",
+    );
     for b in &snap.backends {
         if let Some(l) = b.effective_capacity() {
             let _ = writeln!(
@@ -125,10 +153,12 @@ pub fn render(proxy: &Proxy, extra: &[std::sync::Arc<dyn MetricsSource>]) -> Str
         }
     }
 
-    out.push_str(
-        "# HELP ebbtide_config_reloads_total Config reloads (SIGHUP), applied or refused.\n",
+    family(
+        &mut out,
+        "ebbtide_config_reloads_total",
+        "counter",
+        "Config reloads (SIGHUP), applied or refused.",
     );
-    out.push_str("# TYPE ebbtide_config_reloads_total counter\n");
     let _ = writeln!(
         out,
         "ebbtide_config_reloads_total{{result=\"ok\"}} {}",
