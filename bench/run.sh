@@ -25,14 +25,16 @@
 #   profile  perf record (cpu-clock) of ebbtide under wrk: the top functions by self time;
 #            skipped with a message when perf is missing or not permitted (perf_event_paranoid)
 #
-# Duration of the default full run (REPS=3, DURATION=8, BAL_DURATION=12, WARMUP=2), measured from
-# the per-run overheads of a smoke run on a 2-core VM: cost ~7 min (9 closed-loop + 24 fixed-rate
-# runs, plus waits for TIME-WAIT sockets when a proxy opens a backend connection per request),
-# rss ~1 min, balance ~21 min (2 loads x 13 contenders x 3 reps x ~16 s), profile ~15 s; build
-# extra. About 30 minutes in all. QUICK=1 takes about 5 minutes.
+# Duration of the default full run (REPS=3, DURATION=8, BAL_DURATION=10, WARMUP=2), from the
+# per-run overheads of smoke runs on a 2-core VM: cost ~7 min (9 closed-loop + 24 fixed-rate runs
+# of ~11 s), rss ~1 min, balance ~22 min (3 reps x 2 loads x 13 contenders x ~14.5 s, plus up to
+# 10 s more for each of the 4 round-robin-like rows whose overloaded backends leave a backlog),
+# profile ~15 s: about 30 minutes, plus the build. While a contender opens a backend connection
+# per request (ebbtide at commit 9d47f90 does), add up to ~9 min of TIME-WAIT waits (TW_LIMIT
+# below, at most 65 s after each of its 9 cost runs). QUICK=1: 5 to 9 minutes.
 #
 # Environment (defaults in brackets; QUICK=1 changes the first four):
-#   REPS [3] repetitions   DURATION [8] s per cost load   BAL_DURATION [12] s per balance load
+#   REPS [3] repetitions   DURATION [8] s per cost load   BAL_DURATION [10] s per balance load
 #   WARMUP [2] s before each measured load   RATES ["5000 half"] fixed rates, the same for every
 #   contender ("half" = 50% of HAProxy's median closed-loop maximum, measured first; the issue's
 #   20000 is more than `ebbtide load`, sharing core 0 with the backends, can offer on a 2-core
@@ -42,7 +44,7 @@
 #   BAL_LOADS ["0.7 0.9"]   BAL_WORKERS ["1 1 2 4"]
 #   BAL_SERVICE [exp:10ms]   BAL_CONTENDERS [all; names as in the tables, separated by |]
 #   BAL_ADAPTIVE [0] 1 adds ebbtide rows with the adaptive concurrency limit on (+4 rows, +6 min)
-#   TW_LIMIT [30000] before each run, wait (at most 65 s) until fewer TIME-WAIT sockets towards the
+#   TW_LIMIT [10000] before each cost or rss run, wait (at most 65 s) until fewer TIME-WAIT sockets towards the
 #   trivial backends remain
 #   PROFILE_DURATION [10]   OUT_DIR [bench]   LOAD_CORE [0]   PROXY_CORE [1]   PORT_BASE [19000]
 #   BENCH_NICE [-10 as root, else 0] scheduling priority of everything started (a shared machine)
@@ -61,7 +63,7 @@ if [ "$QUICK" = 1 ]; then
 fi
 REPS=${REPS:-3}
 DURATION=${DURATION:-8}
-BAL_DURATION=${BAL_DURATION:-12}
+BAL_DURATION=${BAL_DURATION:-10}
 WARMUP=${WARMUP:-2}
 PROFILE_DURATION=${PROFILE_DURATION:-10}
 RATES=${RATES:-"5000 half"}
@@ -217,10 +219,10 @@ start_trivial_backends() {
 # settle_time_wait: a proxy that opens a connection per request leaves tens of thousands of
 # TIME-WAIT sockets towards the trivial backends (60 s each), which slows every later connect()
 # to them; wait (up to 65 s) until fewer than TW_LIMIT remain so the next contender is not charged.
-# 30000 over the two backend ports leaves about half of each port's ephemeral range
-# (ip_local_port_range, 28k by default) free, so connect() need not reuse TIME-WAIT ports; HAProxy
-# and nginx keep their backend connections alive and barely connect at all.
-TW_LIMIT=${TW_LIMIT:-30000}
+# (A smoke run with 30000 left ebbtide, which connects per request, unable to hold 5000 req/s right
+# after its own closed-loop run; from a clean slate it held it with a 2.6 ms p99.) HAProxy and
+# nginx keep their backend connections alive and never trigger a wait.
+TW_LIMIT=${TW_LIMIT:-10000}
 tw_count() {
     ss -Htan state time-wait "( dport = :${TRIV[0]##*:} or dport = :${TRIV[1]##*:} )" | wc -l
 }
