@@ -120,12 +120,14 @@ EOF
     } >"$file"
 }
 
-# ebbtide_conf FILE LISTEN ADMIN POLICY ADAPTIVE CAPACITIES BACKEND...: ebbtide, one worker thread.
-# ADAPTIVE: true|false ([overload] adaptive_limit). CAPACITIES: "-" or "c1,c2,..." per backend.
+# ebbtide_conf FILE LISTEN ADMIN POLICY ADAPTIVE CAPACITIES WEIGHTS BACKEND...: ebbtide, one worker
+# thread. ADAPTIVE: true|false ([overload] adaptive_limit). CAPACITIES, WEIGHTS: "-" or
+# "c1,c2,..." one per backend.
 ebbtide_conf() {
-    local file=$1 listen=$2 admin=$3 policy=$4 adaptive=$5 caps=$6; shift 6
-    local -a cap=()
+    local file=$1 listen=$2 admin=$3 policy=$4 adaptive=$5 caps=$6 weights=$7; shift 7
+    local -a cap=() wt=()
     [ "$caps" != - ] && IFS=, read -r -a cap <<<"$caps"
+    [ "$weights" != - ] && IFS=, read -r -a wt <<<"$weights"
     {
         cat <<EOF
 [listener]
@@ -152,6 +154,7 @@ EOF
             echo "[[backends]]"
             echo "address = \"$a\""
             [ ${#cap[@]} -gt 0 ] && echo "capacity = ${cap[$i]}"
+            [ ${#wt[@]} -gt 0 ] && echo "weight = ${wt[$i]}"
             i=$((i + 1))
         done
     } >"$file"

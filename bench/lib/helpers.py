@@ -3,7 +3,6 @@
 
     helpers.py wrk FILE                 wrk --latency output -> JSON {rps, requests, p50_ms, p99_ms, ...}
     helpers.py snapshot URL...          each simulated backend's /metrics counters -> JSON
-    helpers.py drained URL...           exit 0 when every backend has nothing in flight or queued
     helpers.py record KEY=VALUE...      one JSON object (numbers parsed) -> stdout, for raw.jsonl
 """
 import json
@@ -69,14 +68,6 @@ def snapshot(urls):
     return out
 
 
-def drained(urls):
-    for u in urls:
-        m = metrics(u)
-        if m.get("ebbtide_backend_in_flight", 0) + m.get("ebbtide_backend_queue_depth", 0) > 0:
-            return False
-    return True
-
-
 def record(pairs):
     obj = {}
     for p in pairs:
@@ -94,8 +85,6 @@ def main():
         print(json.dumps(wrk(args[0])))
     elif cmd == "snapshot":
         print(json.dumps(snapshot(args)))
-    elif cmd == "drained":
-        sys.exit(0 if drained(args) else 1)
     elif cmd == "record":
         print(json.dumps(record(args)))
     else:

@@ -108,6 +108,10 @@ def pct(x):
 
 
 def lat(report, key):
+    """A latency figure of `ebbtide load`'s report; None when no request succeeded (the report
+    then has zeros, which must not read as the best figure)."""
+    if not report.get("ok"):
+        return None
     return report.get("latency_ms", {}).get(key)
 
 
@@ -151,7 +155,7 @@ def cost_fixed(recs):
                        if c != "direct" and r["report"].get("completed")]
             res[rate][c] = {
                 "runs": len(rs),
-                "achieved": med(r["report"]["achieved_rate"] for r in rs),
+                "achieved": med(r["report"].get("achieved_rate") for r in rs),
                 "p50_ms": med(lat(r["report"], "p50") for r in rs),
                 "p99_ms": med(lat(r["report"], "p99") for r in rs),
                 "p999_ms": med(lat(r["report"], "p999") for r in rs),
@@ -215,7 +219,7 @@ def balance(recs, setup):
                 served_n += sum(d)
             rows[name] = {
                 "runs": len(rs),
-                "achieved": med(r["report"]["achieved_rate"] for r in rs),
+                "achieved": med(r["report"].get("achieved_rate") for r in rs),
                 "mean_ms": med(lat(r["report"], "mean") for r in rs),
                 "p50_ms": med(lat(r["report"], "p50") for r in rs),
                 "p99_ms": med(lat(r["report"], "p99") for r in rs),
@@ -260,7 +264,7 @@ def md_cost(closed, fixed, meta):
         rows = []
         for c, v in cs.items():
             label = "direct to a backend (no proxy)" if c == "direct" else c
-            sustained = v["achieved"] >= 0.97 * rate and v["errors"] == 0
+            sustained = v["achieved"] is not None and v["achieved"] >= 0.97 * rate and v["errors"] == 0
             rows.append([label, fmt(v["achieved"]) + ("" if sustained else " (not sustained)"),
                          fmt(v["p50_ms"], 3), fmt(v["p99_ms"], 3),
                          fmt(v["p999_ms"], 3), ratio(v["p99_ms"], hap.get("p99_ms")) if c != "direct" else "",
@@ -288,12 +292,13 @@ def md_balance(b, setup):
     for load, v in b.items():
         t, tm = v["mmc"], v["mmc_measured"]
         c = sum(setup["workers"])
+        runs = max((x["runs"] for x in v["contenders"].values()), default=0)
         out.append(f"### {float(load) * 100:.0f}% of capacity: {v['rate']} req/s offered "
-                   f"({setup['duration_s']} s, median of the runs)\n")
+                   f"({setup['duration_s']} s, median of {runs} run{'s' if runs != 1 else ''})\n")
         rows = []
         if t:
-            rows.append([f"**M/M/{c} theory** (mu = {t['mu']:.0f}/s)", "", fmt(t["mean"]), fmt(t["p50"]),
-                         fmt(t["p99"]), fmt(t["p999"]), "1.00x", "", ""])
+            rows.append([f"**M/M/{c} theory** (reference limit, mu = {t['mu']:.0f}/s)", "", fmt(t["mean"]),
+                         fmt(t["p50"]), fmt(t["p99"]), fmt(t["p999"]), "1.00x", "", ""])
         if tm:
             rows.append([f"M/M/{c} at the measured service time ({v['measured_service_ms']:.2f} ms)", "",
                          fmt(tm["mean"]), fmt(tm["p50"]), fmt(tm["p99"]), fmt(tm["p999"]),
@@ -367,6 +372,44 @@ def targets(closed, fixed, rss_r, bal):
     return "\n".join(out)
 
 
+def notes(m, closed, fixed):
+    """Honest caveats for the reader, from the run's own metadata."""
+    out = []
+    n = m.get("nproc")
+    out.append(f"- The machine has {n} cores. The load generator (wrk or `ebbtide load`) shares core "
+               f"{m['load_core']} with the backends, so on a small machine the generator and backends, "
+               f"not only the proxy, limit the closed-loop maximum and add to every latency: ratios "
+               f"between proxies are more telling than absolute figures. The `direct` rows show that floor.")
+    out.append("- Latency tails (p99.9 above all) rest on few samples in short runs; the medians over "
+               "repetitions damp but do not remove scheduler noise. CPU-seconds per 100k requests is "
+               "the steadiest cost figure.")
+    la = m.get("loadavg_end", "").split()
+    if la:
+        out.append(f"- Load average at the end of the run: {' '.join(la[:3])}. On a machine shared with "
+                   f"other work (e.g. compiles), figures are noisy; the *proxy core used by others* column "
+                   f"shows how much of the proxy's core went elsewhere.")
+    if m.get("quick"):
+        out.append("- **QUICK mode**: one repetition of short loads. A check that the script works, "
+                   "not figures to quote.")
+    if m.get("tw_waits"):
+        out.append(f"- The script waited {len(m['tw_waits'])} time(s), {sum(m['tw_waits']):.0f} s in all, "
+                   f"for TIME-WAIT sockets towards the backends to expire before a run: some contender "
+                   f"opened about one backend connection per request (see *backend conns / 1k req*).")
+    for name, v in closed.items():
+        if name != "direct" and v.get("backend_conns_per_1k") is not None and v["backend_conns_per_1k"] > 100:
+            out.append(f"- {name} opened {v['backend_conns_per_1k']:.0f} backend connections per 1,000 "
+                       f"requests in the closed-loop runs: its upstream keep-alive did not work, so its "
+                       f"throughput and CPU figures include a TCP connect and close per request.")
+    out.append("- Round robin (and random) give every backend a quarter of the load, so the 1-worker "
+               "backends get more than their capacity at both 70% and 90% (a quarter of 70% of 8 workers "
+               "is 1.4 workers' worth): their queues grow for the whole run, and the latency of those "
+               "rows depends on the run's length. That is the point of the comparison, not a fault of "
+               "the setup.")
+    if m.get("profile_skipped"):
+        out.append(f"- The profile section was skipped: {m['profile_skipped']}.")
+    return "\n".join(out)
+
+
 def main():
     meta = json.load(open(sys.argv[1]))
     recs = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
@@ -392,23 +435,29 @@ def main():
     m = meta
     md = [f"# Benchmarks: ebbtide beside HAProxy and NGINX\n",
           f"Written by `bench/run.sh` ({m['started']} to {m['finished']} UTC). "
-          f"Every figure is the median of {m['reps']} runs; the contenders ran interleaved "
+          f"Every figure is the median of {m['reps']} run{'s' if m['reps'] != 1 else ''}; the contenders ran interleaved "
           f"(A B C A B C ...), each proxy restarted for every run. Raw figures: `bench/results.json`."
           + (" **QUICK mode: one short run each; not for quoting.**" if m.get("quick") else ""),
           "",
           "## Machine and versions\n",
           f"- {m['nproc']} cores, {m['cpu_model']}, {m['mem']} memory, kernel {m['kernel']}; "
           f"load average at the end: {m['loadavg_end']}",
-          f"- {m['nginx']}; {m['haproxy']}; {m['wrk']}; ebbtide {m['ebbtide_rev']}, binary built "
-          f"{m.get('ebbtide_bin_built', '?')} (working-tree diff sha256 {m.get('ebbtide_diff_sha', '?')})",
+          f"- {m['nginx']}; {m['haproxy']}; {m['wrk']}; {m.get('ebbtide_version', 'ebbtide ?')} at git commit "
+          f"{m['ebbtide_rev']}, binary built {m.get('ebbtide_bin_built', '?')} (working-tree diff sha256 "
+          f"{m.get('ebbtide_diff_sha', '?')})" + (f"; {m['perf']}" if m.get("perf") else ""),
           f"- Pinning: load generators and backends on core {m['load_core']}, the proxy alone on core "
           f"{m['proxy_core']} (taskset). nginx: 1 worker (`master_process off`), HAProxy: `nbthread 1`, "
           f"ebbtide: `[runtime] worker_threads = 1`, `[overload] adaptive_limit = false`, "
           f"`[retries] max_attempts = 1`. Upstream keep-alive on for all three. Everything the script "
           f"started ran at nice {m.get('nice', 0)}.",
           ""]
+    if meta.get("merged"):
+        md.append(f"This report joins two runs of the same binary: the sections {', '.join(meta['sections'])} "
+                  f"from the run above, and the records of an earlier run read from `{meta['merged']}` "
+                  f"(MERGE_RAW). " + meta.get("merged_note", "") + "\n")
     if meta.get("shared_note"):
         md.append(meta["shared_note"] + "\n")
+    md += ["## What limits these figures\n", notes(meta, closed, fixed), ""]
     if closed or fixed:
         md += ["## Proxy cost\n",
                "Two trivial backends (one nginx, `return 200`, 1 worker, on the load core), round robin. "
@@ -419,8 +468,10 @@ def main():
                "its core with the backends, so the `direct` row is the floor that no proxy can beat. "
                "*Backend conns / 1k req*: connections the backends accepted per 1,000 requests "
                "(nginx `stub_status`; ~0 when upstream keep-alive works, 1,000 = one per request). "
-               "*Proxy core used by others*: the share of the proxy's core that other processes took "
-               "during the run (`/proc/stat` minus the proxy's own time): noise from a shared machine.\n",
+               "*Proxy core used by others*: the share of the proxy's core busy with anything but the proxy "
+               "process during the run (`/proc/stat` busy time minus the proxy's utime+stime): other "
+               "processes of a shared machine, and softirq network work the kernel does not charge to "
+               "the proxy (part of it the proxy's own loopback traffic).\n",
                md_cost(closed, fixed, m)]
     if rss_r:
         md += ["## Memory (RSS)\n",
@@ -438,10 +489,18 @@ def main():
                f"every contender within a repetition). Proxies pinned as above, one thread each. "
                f"Central-queue contenders (ebbtide `central_queue` and `cost_aware`, HAProxy `maxconn`) "
                f"have capacity / maxconn = the backend's workers; the others have no per-backend limit "
-               f"(`+adaptive`: ebbtide's latency-learnt concurrency limit on). The theory row is M/M/c "
-               f"FCFS with c = {sum(s['workers'])}: what a perfect central queue reaches, with no network "
-               f"or proxy time; the row below it uses the service time the backends actually measured "
-               f"(sleep overshoot included). Latencies in ms.\n",
+               f"(`+adaptive`: ebbtide's latency-learnt concurrency limit on). ebbtide `weighted_round_robin` "
+               f"has weight = workers. ebbtide `consistent_hash` is left out: `ebbtide load` sends one "
+               f"path with the same headers, so every request has the same key and goes to one backend.\n",
+               f"**The theory row is a reference limit, not a measurement.** The fleet is heterogeneous in "
+               f"workers per backend ({', '.join(map(str, s['workers']))}), but every worker serves at the "
+               f"same mean rate mu = {s['mu']:.0f}/s; the row is M/M/{sum(s['workers'])} FCFS (Erlang C) "
+               f"with that mu and the offered rate: all {sum(s['workers'])} workers behind one perfect "
+               f"central queue, with no network, proxy or load-generator time. A balancer that dispatches "
+               f"to the backends' own FIFO queues cannot beat it in the mean; the gap to it is the cost of "
+               f"imperfect balancing plus the fixed overhead of the path. The row below it is the same "
+               f"formula at the mean service time the backends measured (timer overshoot included). "
+               f"Latencies in ms, measured by `ebbtide load` from each request's scheduled send time.\n",
                md_balance(bal, s)]
     if prof:
         md += ["## Profile: ebbtide under wrk\n",
