@@ -782,3 +782,35 @@ fn sigterm_finishes_in_flight_requests_and_exits_zero() {
     );
     assert_eq!(b.wait_exit(Duration::from_secs(10)), Some(Some(0)));
 }
+
+#[test]
+fn a_client_that_leaves_takes_its_request_off_the_gauges() {
+    // One worker, 5 s per request: three requests hold the worker and two queue places.
+    let (_b, addr) = backend(&["--workers", "1", "--service-time", "const:5s"]);
+    let gauges = || {
+        let m = String::from_utf8(get(addr, "/metrics").unwrap().body).unwrap();
+        (
+            metric(&m, "ebbtide_backend_in_flight"),
+            metric(&m, "ebbtide_backend_queue_depth"),
+        )
+    };
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        clients.push(s);
+    }
+    assert!(
+        eventually(Duration::from_secs(2), || gauges() == (1.0, 2.0)),
+        "{:?}",
+        gauges()
+    );
+    drop(clients);
+    // Well before the first request's 5 s end: the gauges follow the requests, not the
+    // schedule the backend keeps booked for them.
+    assert!(
+        eventually(Duration::from_secs(2), || gauges() == (0.0, 0.0)),
+        "{:?}",
+        gauges()
+    );
+}

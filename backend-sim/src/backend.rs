@@ -574,7 +574,7 @@ async fn serve_sleeping(
     given: Option<Duration>,
     queued_at: Instant,
 ) -> Option<Instant> {
-    let (start, end, waits) = {
+    let (start, end, waiting) = {
         let mut free_at = state.free_at.lock().expect("schedule lock");
         let now = Instant::now();
         let earliest = free_at.peek().map(|e| e.0).unwrap_or(now);
@@ -586,21 +586,39 @@ async fn serve_sleeping(
                     return None;
                 }
             }
-            state.waiting.fetch_add(1, Ordering::SeqCst);
         }
+        // Counted under the schedule lock, so the queue limit holds under concurrency.
+        let waiting = waits.then(|| Counted::new(&state.waiting));
         let end = start + service_time(state, given);
         free_at.pop();
         free_at.push(std::cmp::Reverse(end));
-        (start, end, waits)
+        (start, end, waiting)
     };
-    if waits {
+    // The slot stays booked if the client leaves (a real server does the work it accepted),
+    // but the gauges follow the request: the guards put them back when its task is dropped.
+    if let Some(waiting) = waiting {
         state.timer.sleep_until(start).await;
-        state.waiting.fetch_sub(1, Ordering::SeqCst);
+        drop(waiting);
     }
-    state.in_service.fetch_add(1, Ordering::SeqCst);
+    let _serving = Counted::new(&state.in_service);
     state.timer.sleep_until(end).await;
-    state.in_service.fetch_sub(1, Ordering::SeqCst);
     Some(start)
+}
+
+/// One unit of a gauge, held for as long as the guard lives (dropped with a cancelled request).
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(gauge: &'a AtomicUsize) -> Self {
+        gauge.fetch_add(1, Ordering::SeqCst);
+        Counted(gauge)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Spin mode: a worker is a semaphore permit held while this thread burns the service time in
@@ -615,17 +633,15 @@ async fn serve_spinning(state: &State, given: Option<Duration>) -> Option<Instan
                     return None;
                 }
             }
-            state.waiting.fetch_add(1, Ordering::SeqCst);
-            let p = state.workers.acquire().await.expect("never closed");
-            state.waiting.fetch_sub(1, Ordering::SeqCst);
-            p
+            let _waiting = Counted::new(&state.waiting);
+            state.workers.acquire().await.expect("never closed")
         }
     };
     let start = Instant::now();
     let service = service_time(state, given);
-    state.in_service.fetch_add(1, Ordering::SeqCst);
+    let serving = Counted::new(&state.in_service);
     let _ = tokio::task::spawn_blocking(move || spin_cpu(service)).await;
-    state.in_service.fetch_sub(1, Ordering::SeqCst);
+    drop(serving);
     drop(permit);
     Some(start)
 }
