@@ -85,6 +85,16 @@ async fn active(admin: SocketAddr) -> usize {
         .count()
 }
 
+/// Waits (up to 30 s) until the balancer has the minimum fleet of 2 active backends.
+async fn min_fleet_at(admin: SocketAddr) {
+    eventually(
+        "the minimum fleet at the balancer",
+        Duration::from_secs(30),
+        || async { (active(admin).await == 2).then_some(()) },
+    )
+    .await;
+}
+
 /// Launch and terminate scripts for the command provider: each launch starts an
 /// `ebbtide backend` on a free port in the background, notes its pid in `pids`, and prints the
 /// JSON; terminate sends SIGTERM to the pid in the id.
@@ -156,12 +166,7 @@ billing_period = "0s"
         admin = lb.admin
     ));
 
-    eventually(
-        "the minimum fleet at the balancer",
-        Duration::from_secs(30),
-        || async { (active(lb.admin).await == 2).then_some(()) },
-    )
-    .await;
+    min_fleet_at(lb.admin).await;
     let (status, _, _) = get(&format!("http://{}/", lb.addr)).await;
     assert_eq!(
         status, 200,
@@ -270,12 +275,7 @@ registration_lease = "3s"
 "#,
         admin = lb.admin
     ));
-    eventually(
-        "the minimum fleet at the balancer",
-        Duration::from_secs(30),
-        || async { (active(lb.admin).await == 2).then_some(()) },
-    )
-    .await;
+    min_fleet_at(lb.admin).await;
     let kids = children_of(autoscale.child.id());
     assert_eq!(kids.len(), 2, "{kids:?}");
 

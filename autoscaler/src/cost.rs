@@ -468,6 +468,17 @@ mod tests {
         }
     }
 
+    /// One observation per second from 0 to 20 s, at the arrival rate `rate(t)`.
+    fn observe_rates(w: &mut Windows, rate: impl Fn(u64) -> f64) {
+        for t in 0..=20u64 {
+            w.observe(Observation {
+                at: t * S,
+                arrival_rate: rate(t),
+                ..Default::default()
+            });
+        }
+    }
+
     fn cfg() -> Autoscaler {
         Autoscaler {
             min: 1,
@@ -716,13 +727,7 @@ mod tests {
         // A real ramp, seen for long enough, still looks ahead.
         let mut d = CostAware::new(Wants(2), &cfg());
         let mut w = Windows::new(20 * S, 3 * S);
-        for t in 0..=20u64 {
-            w.observe(Observation {
-                at: t * S,
-                arrival_rate: 20.0 * t as f64,
-                ..Default::default()
-            });
-        }
+        observe_rates(&mut w, |t| 20.0 * t as f64);
         let late = d.decide(&w, &FleetView::counts(2, 0, 1, 10), 20 * S);
         assert!(late.desired > 2, "{}", late.reason);
     }
@@ -736,31 +741,16 @@ mod tests {
         };
         // 40/s drifting up 0.3/s: over the 2.5 s horizon +0.75/s, far inside the noise of a
         // Poisson count over a 3 s window (2 sd = 7.3/s).
-        let drift = |w: &mut Windows| {
-            for t in 0..=20u64 {
-                w.observe(Observation {
-                    at: t * S,
-                    arrival_rate: 40.0 + 0.3 * t as f64,
-                    ..Default::default()
-                });
-            }
-        };
         let mut d = CostAware::new(Wants(3), &with_min(1));
         let mut w = Windows::new(20 * S, 3 * S);
-        drift(&mut w);
+        observe_rates(&mut w, |t| 40.0 + 0.3 * t as f64);
         let n = d.decide(&w, &FleetView::counts(3, 0, 1, 10), 20 * S);
         assert_eq!(n.desired, 3, "{}", n.reason);
         // A steep rise when the signals want one backend and min holds two: the second has
         // room for it already.
         let mut d = CostAware::new(Wants(1), &with_min(2));
         let mut w = Windows::new(20 * S, 3 * S);
-        for t in 0..=20u64 {
-            w.observe(Observation {
-                at: t * S,
-                arrival_rate: 20.0 * t as f64,
-                ..Default::default()
-            });
-        }
+        observe_rates(&mut w, |t| 20.0 * t as f64);
         let held = d.decide(&w, &FleetView::counts(2, 0, 2, 10), 20 * S);
         assert_eq!(held.desired, 2, "{}", held.reason);
         assert!(held.inputs["arrival_rate_ahead"] > 400.0);
