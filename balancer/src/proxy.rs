@@ -300,9 +300,7 @@ impl Proxy {
                         return self.local(start, None, StatusCode::BAD_REQUEST, "400 Bad Request: Idempotency-Key must be 1 to 255 visible ASCII characters\n")
                     }
                 };
-                // Rare, and its future is large: boxed, so that every other request's future
-                // (moved around by hyper) stays small.
-                return Box::pin(self.handle_idempotent(req, peer, start, live, key)).await;
+                return self.handle_idempotent(req, peer, start, live, key).await;
             }
         }
         self.forward(req, &peer, start, &live).await.response
@@ -471,8 +469,7 @@ impl Proxy {
             && max_attempts > 1
             && content_length(&head.headers).is_some_and(|n| n <= retries.buffer_limit as u64)
         {
-            // Boxed: a rarer path whose future would otherwise enlarge every request's.
-            match Box::pin(Limited::new(incoming, retries.buffer_limit).collect()).await {
+            match Limited::new(incoming, retries.buffer_limit).collect().await {
                 Ok(c) => UpstreamBody::Full(Some(c.to_bytes())),
                 Err(_) => return self.not_reached(start, StatusCode::BAD_REQUEST, "400 Bad Request: the request body was cut off or longer than its Content-Length\n"),
             }
