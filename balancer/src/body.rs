@@ -20,9 +20,16 @@ impl OnEnd for () {
 }
 
 /// What the proxy answers with. One enum, so no allocation per response on the common paths.
+///
+/// hyper stops polling a body as soon as [`Body::is_end_stream`] says it is done (a
+/// `Content-Length` body after its last byte, an empty body before any poll) and drops it without
+/// ever seeing `Ready(None)`. So the guard is also told of a clean end when the last data frame
+/// leaves an upstream body at its end, and, failing that, when the body is dropped with its
+/// upstream fully read: otherwise no fixed-length response would give its connection back.
 pub struct ProxyBody<G: OnEnd> {
     inner: Inner<G>,
     guard: Option<G>,
+    ended: bool,
 }
 
 enum Inner<G: OnEnd> {
@@ -37,6 +44,7 @@ impl<G: OnEnd> ProxyBody<G> {
         ProxyBody {
             inner: Inner::Upstream(body),
             guard: Some(guard),
+            ended: false,
         }
     }
 
@@ -45,6 +53,7 @@ impl<G: OnEnd> ProxyBody<G> {
         ProxyBody {
             inner: Inner::Full(Some(bytes.into())),
             guard,
+            ended: false,
         }
     }
 
@@ -53,6 +62,30 @@ impl<G: OnEnd> ProxyBody<G> {
         ProxyBody {
             inner: Inner::Prefixed(Some(prefix), Box::new(rest)),
             guard: None,
+            ended: false,
+        }
+    }
+
+    /// Tells the guard of a clean end, once.
+    fn end(&mut self) {
+        if !self.ended {
+            self.ended = true;
+            if let Some(g) = self.guard.as_mut() {
+                g.on_end();
+            }
+        }
+    }
+
+    /// Whether the backend's side of an upstream body has been read to its end.
+    fn upstream_done(&self) -> bool {
+        matches!(&self.inner, Inner::Upstream(b) if b.is_end_stream())
+    }
+}
+
+impl<G: OnEnd> Drop for ProxyBody<G> {
+    fn drop(&mut self) {
+        if self.upstream_done() {
+            self.end();
         }
     }
 }
@@ -78,10 +111,10 @@ impl<G: OnEnd + Unpin> Body for ProxyBody<G> {
                 None => Pin::new(rest.as_mut()).poll_frame(cx),
             },
         };
-        if let Poll::Ready(None) = polled {
-            if let Some(g) = this.guard.as_mut() {
-                g.on_end();
-            }
+        match &polled {
+            Poll::Ready(None) => this.end(),
+            Poll::Ready(Some(Ok(_))) if this.upstream_done() => this.end(),
+            _ => {}
         }
         polled
     }
@@ -111,5 +144,113 @@ impl<G: OnEnd + Unpin> Body for ProxyBody<G> {
                 h
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::pool::{Conn, Pool, PoolConfig, UpstreamBody};
+    use http_body_util::BodyExt;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Gives the connection back to its pool on a clean end, as the proxy's completion does.
+    struct Checkin(Arc<Pool>, Option<Conn>);
+
+    impl OnEnd for Checkin {
+        fn on_end(&mut self) {
+            if let Some(c) = self.1.take() {
+                self.0.checkin(c);
+            }
+        }
+    }
+
+    /// A backend answering `GET /n` with n bytes and a `Content-Length`; counts connections.
+    async fn backend() -> (String, Arc<AtomicU64>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
+                    TokioIo::new(s),
+                    service_fn(|req: http::Request<Incoming>| async move {
+                        let n: usize = req.uri().path()[1..].parse().unwrap_or(0);
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(Bytes::from(vec![b'x'; n])),
+                        ))
+                    }),
+                ));
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// hyper's server stops at `is_end_stream` and drops the body without polling it to
+    /// `None`: a fixed-length or empty upstream body must still give its connection back.
+    #[tokio::test]
+    async fn a_body_read_as_hyper_reads_it_returns_its_connection() {
+        let (addr, accepted) = backend().await;
+        let cfg = PoolConfig {
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(60),
+            max_idle: 4,
+        };
+        let pool = Arc::new(Pool::new(addr, cfg, Clock::new()));
+        for (i, n) in [5usize, 0, 3, 0, 7].into_iter().enumerate() {
+            let mut conn = pool.checkout().await.unwrap();
+            assert_eq!(conn.reused, i > 0, "request {i}");
+            let req = http::Request::builder()
+                .uri(format!("/{n}"))
+                .header("host", "backend")
+                .body(UpstreamBody::Empty)
+                .unwrap();
+            let resp = conn.sender.send_request(req).await.unwrap();
+            let mut body = ProxyBody::upstream(resp.into_body(), Checkin(pool.clone(), Some(conn)));
+            // What hyper's h1 dispatcher does: poll data frames while the body is not at its
+            // end, then drop it.
+            let mut got = 0;
+            while !body.is_end_stream() {
+                let frame = body.frame().await.unwrap().unwrap();
+                got += frame.into_data().unwrap().len();
+            }
+            assert_eq!(got, n);
+            drop(body);
+            assert_eq!(pool.idle_count(), 1, "request {i}: connection given back");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// A body dropped before its end (the client went away) must not give back a connection
+    /// that still has response bytes in flight.
+    #[tokio::test]
+    async fn a_body_dropped_early_does_not_return_its_connection() {
+        let (addr, _) = backend().await;
+        let cfg = PoolConfig {
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(60),
+            max_idle: 4,
+        };
+        let pool = Arc::new(Pool::new(addr, cfg, Clock::new()));
+        let mut conn = pool.checkout().await.unwrap();
+        let req = http::Request::builder()
+            .uri("/100000")
+            .header("host", "backend")
+            .body(UpstreamBody::Empty)
+            .unwrap();
+        let resp = conn.sender.send_request(req).await.unwrap();
+        let mut body = ProxyBody::upstream(resp.into_body(), Checkin(pool.clone(), Some(conn)));
+        let _ = body.frame().await;
+        assert!(!body.is_end_stream());
+        drop(body);
+        assert_eq!(pool.idle_count(), 0);
     }
 }

@@ -121,8 +121,41 @@ pub struct Proxy {
     pub clock: Clock,
     /// Keys of `Idempotency-Key` requests.
     pub idempotency: IdempotencyCache,
-    settings: RwLock<Arc<ProxySettings>>,
-    budget: RwLock<Arc<RetryBudget>>,
+    live: RwLock<Arc<Live>>,
+}
+
+/// The settings in force and the retry budget that goes with them, swapped together on reload
+/// so that a request takes one read lock and one reference count for both.
+struct Live {
+    settings: ProxySettings,
+    budget: Arc<RetryBudget>,
+}
+
+/// The client end of a connection, worked out once per connection instead of once per request:
+/// its address and the `X-Forwarded-For` element that names it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: SocketAddr,
+    forwarded_for: HeaderValue,
+}
+
+impl Peer {
+    /// The peer at `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = addr.ip().to_string();
+        Peer {
+            addr,
+            forwarded_for: HeaderValue::from_maybe_shared(Bytes::from(ip))
+                .expect("an IP address is a valid header value"),
+        }
+    }
+}
+
+impl From<SocketAddr> for Peer {
+    fn from(addr: SocketAddr) -> Self {
+        Peer::new(addr)
+    }
 }
 
 /// Lives inside the response body until the response ends: then it frees the slot, records the
@@ -207,52 +240,50 @@ impl Proxy {
                 settings.idempotency.ttl.as_nanos(),
                 settings.idempotency.max_entries,
             ),
-            settings: RwLock::new(Arc::new(settings)),
-            budget: RwLock::new(Arc::new(budget)),
+            live: RwLock::new(Arc::new(Live {
+                settings,
+                budget: Arc::new(budget),
+            })),
         }
     }
 
-    /// The settings in force.
-    pub fn settings(&self) -> Arc<ProxySettings> {
-        self.settings
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// A copy of the settings in force (for reports; requests read them without copying).
+    pub fn settings(&self) -> ProxySettings {
+        self.live().settings.clone()
     }
 
-    /// Replaces the settings (config reload).
+    /// Replaces the settings (config reload). The retry budget is kept, balance and all, unless
+    /// its ratio or floor changed.
     pub fn set_settings(&self, s: ProxySettings) {
-        let old = self.settings();
-        if old.retries.budget_ratio != s.retries.budget_ratio
-            || old.retries.min_per_second != s.retries.min_per_second
+        let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
+        let budget = if live.settings.retries.budget_ratio != s.retries.budget_ratio
+            || live.settings.retries.min_per_second != s.retries.min_per_second
         {
-            let b = RetryBudget::new(
+            Arc::new(RetryBudget::new(
                 s.retries.budget_ratio,
                 s.retries.min_per_second,
                 self.clock.now(),
-            );
-            *self.budget.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(b);
-        }
-        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(s);
+            ))
+        } else {
+            live.budget.clone()
+        };
+        *live = Arc::new(Live {
+            settings: s,
+            budget,
+        });
     }
 
-    fn budget(&self) -> Arc<RetryBudget> {
-        self.budget
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Handles one client request.
-    pub async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Response<Body> {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: Peer) -> Response<Body> {
         let start = self.clock.now();
         self.signals.record_arrival(start);
         self.counters.arrivals.fetch_add(1, Ordering::Relaxed);
-        self.budget().deposit(start);
+        let live = self.live();
+        live.budget.deposit(start);
         if req.method() == Method::CONNECT {
             return self.local(
                 start,
@@ -261,8 +292,7 @@ impl Proxy {
                 "405 Method Not Allowed: CONNECT is not supported\n",
             );
         }
-        let settings = self.settings();
-        if settings.idempotency.enabled {
+        if live.settings.idempotency.enabled {
             if let Some(key) = req.headers().get(&IDEMPOTENCY_KEY) {
                 let key = match key.to_str() {
                     Ok(k) if !k.is_empty() && k.len() <= 255 => k.to_string(),
@@ -270,12 +300,10 @@ impl Proxy {
                         return self.local(start, None, StatusCode::BAD_REQUEST, "400 Bad Request: Idempotency-Key must be 1 to 255 visible ASCII characters\n")
                     }
                 };
-                return self
-                    .handle_idempotent(req, peer, start, settings, key)
-                    .await;
+                return self.handle_idempotent(req, peer, start, live, key).await;
             }
         }
-        self.forward(req, peer, start, &settings).await.response
+        self.forward(req, &peer, start, &live).await.response
     }
 
     /// A request with `Idempotency-Key`: executed once, in a task of its own so that it finishes
@@ -283,9 +311,9 @@ impl Proxy {
     async fn handle_idempotent(
         self: Arc<Self>,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        peer: Peer,
         start: Nanos,
-        settings: Arc<ProxySettings>,
+        live: Arc<Live>,
         key: String,
     ) -> Response<Body> {
         let mut fp = hash_key(req.method().as_str().as_bytes());
@@ -298,8 +326,9 @@ impl Proxy {
                     let proxy = self.clone();
                     let req = req.take().expect("executed once");
                     let task = tokio::spawn(async move {
-                        let fwd = proxy.forward(req, peer, start, &settings).await;
-                        proxy.keep_for_replay(&key, tx, fwd, settings.idempotency.max_body).await
+                        let fwd = proxy.forward(req, &peer, start, &live).await;
+                        let max_body = live.settings.idempotency.max_body;
+                        proxy.keep_for_replay(&key, tx, fwd, max_body).await
                     });
                     return match task.await {
                         Ok(resp) => resp,
@@ -417,10 +446,11 @@ impl Proxy {
     async fn forward(
         self: &Arc<Self>,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        peer: &Peer,
         start: Nanos,
-        settings: &ProxySettings,
+        live: &Live,
     ) -> Forwarded {
+        let settings = &live.settings;
         let key = settings
             .hash_key
             .as_ref()
@@ -453,12 +483,16 @@ impl Proxy {
             retries.per_try_timeout.0
         };
         let deadline = (!retries.deadline.0.is_zero()).then(|| start + retries.deadline.as_nanos());
-        let budget = self.budget();
+        let budget = &live.budget;
         let mut avoid = None;
         let mut attempt = 0;
         let mut reached = false;
+        let mut kept = None;
         loop {
             attempt += 1;
+            if let Some(k) = kept.take() {
+                head.headers = rebuild_headers(k);
+            }
             let may_try_again = |proxy: &Proxy| -> bool {
                 let now = proxy.clock.now();
                 if attempt >= max_attempts || deadline.is_some_and(|d| now >= d) {
@@ -512,16 +546,18 @@ impl Proxy {
                 Some(b) => b,
                 None => std::mem::replace(&mut body, UpstreamBody::Empty),
             };
-            let headers = if retry_after_send {
-                head.headers.clone()
-            } else {
-                std::mem::take(&mut head.headers)
-            };
+            // hyper consumes what it sends. When this try may be followed by another, keep a
+            // flat copy of the headers (one allocation, no hashing) to rebuild them from.
+            kept = retry_after_send.then(|| keep_headers(&head.headers));
             let mut up = Request::new(this_body);
             *up.method_mut() = head.method.clone();
-            *up.uri_mut() = head.uri.clone();
+            *up.uri_mut() = if retry_after_send {
+                head.uri.clone()
+            } else {
+                std::mem::take(&mut head.uri)
+            };
             *up.version_mut() = Version::HTTP_11;
-            *up.headers_mut() = headers;
+            *up.headers_mut() = std::mem::take(&mut head.headers);
             let Conn { mut sender, reused } = conn;
             let sent_at = self.clock.now();
             let in_flight = backend.in_flight();
@@ -571,7 +607,9 @@ impl Proxy {
                     if let Some(unsent) = e.take_message() {
                         // Handed back unsent: it never reached the backend.
                         let (p, b) = unsent.into_parts();
+                        head.uri = p.uri;
                         head.headers = p.headers;
+                        kept = None;
                         if !replayable {
                             body = b;
                         }
@@ -635,7 +673,8 @@ impl Proxy {
     fn on_failure(&self, backend: &Arc<Backend>, sent: Option<(Nanos, u32)>) {
         backend.failures.fetch_add(1, Ordering::Relaxed);
         let now = self.clock.now();
-        let outlier = &self.settings().outlier;
+        let live = self.live();
+        let outlier = &live.settings.outlier;
         backend.on_failure(sent.map(|(at, n)| (now.saturating_sub(at), n)), now);
         if let Some(ejection) = backend.record_outlier_failure(outlier, now) {
             let snap = self.registry.snapshot();
@@ -731,6 +770,22 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// A flat copy of `h`, every value in order, to rebuild it with [`rebuild_headers`].
+fn keep_headers(h: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    let mut v = Vec::with_capacity(h.len());
+    v.extend(h.iter().map(|(k, val)| (k.clone(), val.clone())));
+    v
+}
+
+/// The map [`keep_headers`] copied, with the same names and values in the same order.
+fn rebuild_headers(kept: Vec<(HeaderName, HeaderValue)>) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(kept.len());
+    for (k, v) in kept {
+        h.append(k, v);
+    }
+    h
+}
+
 /// The full chain of an error's causes, for a log line that says what actually happened.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -774,9 +829,24 @@ const HOP_BY_HOP: [&str; 7] = [
     "upgrade",
 ];
 
+/// Whether `name` is one of [`HOP_BY_HOP`]: standard names compare as enum tags, the two
+/// others as short strings, with no hashing.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
+}
+
 /// Removes hop-by-hop headers (RFC 9110 7.6.1): the fixed list and every header a `Connection`
-/// header names.
+/// header names. Most messages carry none: one pass over the names (no hashing) finds that out
+/// before any removal is tried.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -801,7 +871,7 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// Turns a client request head into the head sent to backends: origin-form target, hop-by-hop
 /// headers removed, `Host` kept (or made from an HTTP/2 `:authority`), `X-Forwarded-For`
 /// appended, `X-Forwarded-Proto` and `-Host` set.
-fn prepare_head(parts: http::request::Parts, peer: SocketAddr) -> Result<Head, &'static str> {
+fn prepare_head(parts: http::request::Parts, peer: &Peer) -> Result<Head, &'static str> {
     let http::request::Parts {
         method,
         uri,
@@ -826,12 +896,13 @@ fn prepare_head(parts: http::request::Parts, peer: SocketAddr) -> Result<Head, &
         }
     }
     let host = headers.get(header::HOST).cloned();
-    let ip = peer.ip().to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+        Some(prev) if !prev.trim().is_empty() => {
+            HeaderValue::from_str(&format!("{prev}, {}", peer.addr.ip())).ok()
+        }
+        _ => Some(peer.forwarded_for.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
@@ -865,6 +936,61 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn messages_without_hop_by_hop_headers_are_left_alone() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("a"));
+        h.append("x-multi", HeaderValue::from_static("1"));
+        h.append("x-multi", HeaderValue::from_static("2"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+        // A single non-standard hop-by-hop name is still found.
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+    }
+
+    #[test]
+    fn kept_headers_rebuild_the_same_map() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("example"));
+        h.append("accept", HeaderValue::from_static("a"));
+        h.append("x-b", HeaderValue::from_static("1"));
+        h.append("accept", HeaderValue::from_static("b"));
+        h.append("x-b", HeaderValue::from_static("2"));
+        let rebuilt = rebuild_headers(keep_headers(&h));
+        assert_eq!(rebuilt, h);
+        let order = |m: &HeaderMap| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.to_str().unwrap()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(order(&rebuilt), order(&h));
+    }
+
+    #[test]
+    fn forwarded_for_is_the_peer_or_appended_to_the_clients() {
+        let peer = Peer::new("192.0.2.7:5555".parse().unwrap());
+        let head = |xff: Option<&'static str>| {
+            let mut b = Request::builder().uri("/x?y=1").header("host", "h");
+            if let Some(v) = xff {
+                b = b.header("x-forwarded-for", v);
+            }
+            prepare_head(b.body(()).unwrap().into_parts().0, &peer).unwrap()
+        };
+        assert_eq!(head(None).headers["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(
+            head(Some("10.0.0.1")).headers["x-forwarded-for"],
+            "10.0.0.1, 192.0.2.7"
+        );
+        assert_eq!(head(Some(" ")).headers["x-forwarded-for"], "192.0.2.7");
+        let v6 = Peer::new("[2001:db8::1]:80".parse().unwrap());
+        assert_eq!(v6.forwarded_for, "2001:db8::1");
+        assert_eq!(head(None).uri, "/x?y=1");
+        assert_eq!(head(None).headers["x-forwarded-host"], "h");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use crate::clock::Clock;
 use crate::dispatch::Dispatcher;
 use crate::policies;
 use crate::pool::PoolConfig;
-use crate::proxy::{Proxy, ProxySettings};
+use crate::proxy::{Peer, Proxy, ProxySettings};
 use crate::registry::{BackendSpec, BackendState, Origin, Registry, RegistryConfig};
 use crate::signals::SignalWindow;
 use ebbtide_config::{Config, HashKey, PolicyKind};
@@ -212,8 +212,10 @@ impl Server {
             stop_rx.clone(),
             move |peer| {
                 let proxy = proxy.clone();
+                let peer = Peer::new(peer);
                 service_fn(move |req| {
                     let proxy = proxy.clone();
+                    let peer = peer.clone();
                     async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer).await) }
                 })
             },
