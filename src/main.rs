@@ -132,12 +132,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// A multi-threaded tokio runtime with `threads` workers (default: the number of cores).
+/// A tokio runtime with `threads` workers (default: the number of cores). One worker means the
+/// current-thread runtime: no work-stealing queues or cross-thread wake-ups to pay for when
+/// there is no other thread to share with.
 fn runtime(threads: Option<usize>) -> tokio::runtime::Runtime {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = threads {
-        b.worker_threads(n.max(1));
-    }
+    let mut b = match threads {
+        Some(n) if n <= 1 => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     b.enable_all()
         .build()
         .expect("cannot start the tokio runtime")
