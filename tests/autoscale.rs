@@ -201,16 +201,26 @@ async fn no_backend_outlives_ebbtide_on_sigterm_or_sigkill() {
     }
 }
 
-/// The directions of the decisions (holds left out), oldest first.
-async fn directions(admin: SocketAddr) -> Vec<String> {
+/// The decisions that changed the fleet (holds left out), oldest first, each as its direction
+/// and a one-line account (time, from -> to, reason, inputs) for the test's output.
+async fn changes(admin: SocketAddr) -> Vec<(String, String)> {
     let (_, _, events) = get(&url(admin, "/api/v1/events")).await;
     let mut events: Vec<serde_json::Value> = serde_json::from_slice(&events).unwrap();
     events.sort_by_key(|e| e["at"].as_u64().unwrap_or(0));
     events
         .iter()
-        .filter_map(|e| e["direction"].as_str())
-        .filter(|d| *d != "hold")
-        .map(str::to_string)
+        .filter(|e| e["direction"] != "hold")
+        .map(|e| {
+            let account = format!(
+                "{:.1}s {}->{} {} {}",
+                e["at"].as_u64().unwrap_or(0) as f64 / 1e9,
+                e["from"],
+                e["to"],
+                e["decision"]["reason"],
+                e["decision"]["inputs"]
+            );
+            (e["direction"].as_str().unwrap_or("?").to_string(), account)
+        })
         .collect()
 }
 
@@ -233,12 +243,16 @@ async fn a_5x_spike_panics_out_fast_and_a_short_blip_does_not_oscillate() {
         .find(|&s| series[s]["backends"].as_u64().unwrap_or(0) > 2)
         .map(|s| s - spike)
         .expect("the spike never scaled out");
-    let dirs = directions(lb.admin).await;
+    let decisions = changes(lb.admin).await;
+    let dirs: Vec<&str> = decisions.iter().map(|(d, _)| d.as_str()).collect();
     let changes = dirs.windows(2).filter(|w| w[0] != w[1]).count();
     eprintln!("spike: active backends grew {out_after}s after the spike; decisions {dirs:?}");
+    for (_, account) in &decisions {
+        eprintln!("  {account}");
+    }
     // Panic window 3 s + a container boot of about 1 s + one-second sampling.
     assert!(out_after <= 6, "scaled out {out_after}s after the spike");
-    assert_eq!(dirs.first().map(String::as_str), Some("up"));
+    assert_eq!(dirs.first().copied(), Some("up"));
     assert!(
         changes <= 1,
         "the fleet went up and down more than once: {dirs:?}"

@@ -10,7 +10,10 @@
 //!    deviations of the panic window's Poisson count are ignored as noise. A rising trend also
 //!    stops a scale-in.
 //! 2. **No scale-in of what would be bought back within one boot time**: a scale-in goes no
-//!    lower than the highest choice of the last `boot_time`.
+//!    lower than the highest choice of the last `boot_time`. And none while the inner decider
+//!    panics: a panicking decider never scales down, and the backends the lookahead added to
+//!    its choice are part of the same response to the spike (without this, a lookahead that
+//!    adds 2 one second and 1 the next removes a backend that is still booting).
 //! 3. **SLO-violation price.** With a measured service rate, the fleet n from the choice up to
 //!    the cap that minimises instance cost plus expected violation cost per hour (below), with
 //!    P from the queueing model (Erlang C, M/M/(n x workers)). It only adds backends: the inner
@@ -201,6 +204,12 @@ impl<D: Decider> Decider for CostAware<D> {
         }
         let recent_max = self.recent.iter().map(|(_, n)| *n).max();
         self.recent.push_back((now, choice));
+        if choice < current && d.panic {
+            notes.push(format!(
+                "panicking: no scale-in from {current} (never while panicking)"
+            ));
+            choice = current;
+        }
         if choice < current {
             if let Some(m) = recent_max.filter(|m| *m > choice) {
                 let keep = m.min(current);
@@ -797,6 +806,47 @@ mod tests {
             assert_eq!(dec.desired, 6, "t={t}: {}", dec.reason);
         }
         assert_eq!(d.decide(&w, &fleet, 91 * S).desired, 3);
+    }
+
+    /// An inner decider that panics and wants what the test says.
+    struct Panics(u32);
+
+    impl Decider for Panics {
+        fn name(&self) -> &'static str {
+            "panics"
+        }
+        fn decide(&mut self, _: &Windows, fleet: &FleetView, _: Nanos) -> Decision {
+            let mut d = Decision::new(fleet.clamp(self.0), self.0, "panicking");
+            d.panic = true;
+            d
+        }
+    }
+
+    #[test]
+    fn no_scale_in_while_the_inner_decider_panics() {
+        // The spike test's sequence: the decider panics and wants 4; one second earlier the
+        // lookahead made that 6; now the rise is slower and the lookahead adds only 1. The
+        // fleet of 6 (4 of them booting) stays.
+        let c = Autoscaler {
+            boot_time: HumanDuration::from_secs(1),
+            ..cfg()
+        };
+        let mut d = CostAware::new(Panics(4), &c);
+        let fleet = FleetView::counts(2, 4, 1, 100);
+        let dec = d.decide(&steady(100.0, 60), &fleet, 60 * S);
+        assert_eq!(dec.desired, 6, "{}", dec.reason);
+        assert!(
+            dec.reason.contains("never while panicking"),
+            "{}",
+            dec.reason
+        );
+        // The same choice from a decider that does not panic scales in (no boot-time memory:
+        // this wrapper has seen no earlier decision).
+        let mut d = CostAware::new(Wants(4), &c);
+        assert_eq!(d.decide(&steady(100.0, 60), &fleet, 60 * S).desired, 4);
+        // Panicking and wanting more: up as usual.
+        let mut d = CostAware::new(Panics(8), &c);
+        assert_eq!(d.decide(&steady(100.0, 60), &fleet, 60 * S).desired, 8);
     }
 
     #[test]
