@@ -26,7 +26,7 @@
 #            skipped with a message when perf is missing or not permitted (perf_event_paranoid)
 #
 # Duration of the default full run (REPS=3, DURATION=8, BAL_DURATION=10, WARMUP=2), from the
-# per-run overheads of smoke runs on a 2-core VM: cost ~7 min (9 closed-loop + 24 fixed-rate runs
+# per-run overheads of smoke runs on a 2-core VM: cost ~9 min (9 closed-loop + 36 fixed-rate runs
 # of ~11 s), rss ~1 min, balance ~22 min (3 reps x 2 loads x 13 contenders x ~14.5 s, plus up to
 # 10 s more for each of the 4 round-robin-like rows whose overloaded backends leave a backlog),
 # profile ~15 s: about 30 minutes, plus the build. While a contender opens a backend connection
@@ -35,11 +35,11 @@
 #
 # Environment (defaults in brackets; QUICK=1 changes the first four):
 #   REPS [3] repetitions   DURATION [8] s per cost load   BAL_DURATION [10] s per balance load
-#   WARMUP [2] s before each measured load   RATES ["5000 half"] fixed rates, the same for every
-#   contender ("half" = 50% of HAProxy's median closed-loop maximum, measured first; the issue's
-#   20000 is more than `ebbtide load`, sharing core 0 with the backends, can offer on a 2-core
-#   machine: add it on a bigger one, e.g. RATES="20000 half"; a rate a contender cannot keep up
-#   with is marked "not sustained" in the tables)
+#   WARMUP [2] s before each measured load   RATES ["5000 20000 half"] fixed rates, the same for
+#   every contender ("half" = 50% of HAProxy's median closed-loop maximum, measured first; on
+#   2 cores `ebbtide load` shares core 0 with the backends and offers about 31k req/s, sending part
+#   of it late (the errors/late column); a rate a contender cannot keep up with is marked
+#   "not sustained" in the tables)
 #   FIXED_CONNECTIONS [64] most connections `ebbtide load` uses in the fixed-rate runs
 #   BAL_LOADS ["0.7 0.9"]   BAL_WORKERS ["1 1 2 4"]
 #   BAL_SERVICE [exp:10ms]   BAL_CONTENDERS [all; names as in the tables, separated by |]
@@ -66,7 +66,7 @@ DURATION=${DURATION:-8}
 BAL_DURATION=${BAL_DURATION:-10}
 WARMUP=${WARMUP:-2}
 PROFILE_DURATION=${PROFILE_DURATION:-10}
-RATES=${RATES:-"5000 half"}
+RATES=${RATES:-"5000 20000 half"}
 FIXED_CONNECTIONS=${FIXED_CONNECTIONS:-64}
 BAL_LOADS=${BAL_LOADS:-"0.7 0.9"}
 BAL_WORKERS=${BAL_WORKERS:-"1 1 2 4"}
