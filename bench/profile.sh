@@ -21,29 +21,9 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-taskset -c 0 "$LOADER" backend --listen 127.0.0.1:18001 --service-time const:0ms --workers 10000 >/dev/null 2>&1 &
-pids+=($!)
-cfg=$(mktemp --suffix=.toml)
-cat > "$cfg" <<TOML
-[listener]
-address = "127.0.0.1:18080"
-[admin]
-address = "127.0.0.1:18081"
-[runtime]
-worker_threads = 1
-[balancer]
-policy = "round_robin"
-[overload]
-adaptive_limit = false
-[retries]
-max_attempts = ${MAX_ATTEMPTS:-1}
-[[backends]]
-address = "127.0.0.1:18001"
-TOML
-EBBTIDE_LOG=warn taskset -c 1 "$BIN" serve --config "$cfg" >/dev/null &
-pid=$!
-pids+=($pid)
-for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:18080/ && break; sleep 0.1; done
+source bench/lib/one_proxy.sh
+start_one_proxy "$LOADER" "$BIN" "${MAX_ATTEMPTS:-1}"
+pid=$proxy_pid
 sleep 1
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$pid/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
@@ -81,4 +61,4 @@ sleep 1
 rss_after=$(rss_kib)
 printf '%-22s rate=%-6s done=%-7s cpu_s/100k=%-6s (user %-5s) load_p50=%-6sms load_p99=%-6sms | wrk req/s=%-9s p50=%-8s p99=%-8s | rss idle=%sKiB after=%sKiB | loadavg %s\n' \
   "$(basename "$BIN")" "$RATE" "$done_n" "$cpu100k" "$user100k" "$lp50" "$lp99" "$rps" "$p50" "$p99" "$rss_start" "$rss_after" "$(cut -d' ' -f1-3 /proc/loadavg)"
-rm -f "$cfg"
+rm -f "$one_proxy_cfg"

@@ -15,28 +15,8 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-taskset -c 0 "$bin" backend --listen 127.0.0.1:18001 --service-time const:0ms --workers 10000 >/dev/null 2>&1 &
-pids+=($!)
-cfg=$(mktemp --suffix=.toml)
-cat > "$cfg" <<TOML
-[listener]
-address = "127.0.0.1:18080"
-[admin]
-address = "127.0.0.1:18081"
-[runtime]
-worker_threads = 1
-[balancer]
-policy = "round_robin"
-[overload]
-adaptive_limit = false          # measure the proxy, not the limiter
-[retries]
-max_attempts = 1
-[[backends]]
-address = "127.0.0.1:18001"
-TOML
-EBBTIDE_LOG=warn taskset -c 1 "$bin" serve --config "$cfg" >/dev/null &
-pids+=($!)
-for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:18080/ && break; sleep 0.1; done
+source bench/lib/one_proxy.sh
+start_one_proxy "$bin" "$bin"
 
 run() { # name url
   local out; out=$(taskset -c 0 wrk -t1 -c64 -d"${dur}s" --latency "$2")
@@ -53,4 +33,4 @@ for round in 1 2 3; do
   run "direct" http://127.0.0.1:18001/
   run "through ebbtide" http://127.0.0.1:18080/
 done
-rm -f "$cfg"
+rm -f "$one_proxy_cfg"
