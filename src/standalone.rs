@@ -119,31 +119,20 @@ async fn serve_admin(
     listener: tokio::net::TcpListener,
     state: Arc<AutoscalerState>,
     token: Option<String>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    use hyper_util::rt::TokioIo;
-    loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
+    let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
+        hyper_util::rt::TokioExecutor::new(),
+    ));
+    let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
+    ebbtide_balancer::serve::accept_loop(listener, builder, graceful, stop, move |_peer| {
         let (state, token) = (state.clone(), token.clone());
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let resp = answer(&state, token.as_deref(), &req);
-                async move { Ok::<_, std::convert::Infallible>(resp) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+        hyper::service::service_fn(move |req| {
+            let resp = answer(&state, token.as_deref(), &req);
+            async move { Ok::<_, std::convert::Infallible>(resp) }
+        })
+    })
+    .await;
 }
 
 fn answer<B>(

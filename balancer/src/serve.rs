@@ -267,8 +267,10 @@ impl Server {
     }
 }
 
-/// Accepts connections until `stop`; each is served by `make_service(peer)`.
-async fn accept_loop<F, S, B>(
+/// Accepts connections until `stop`; each is served by `make_service(peer)`. Shared by the
+/// proxy, its admin API and `ebbtide autoscale`'s admin API, so all back off alike when accept
+/// fails (out of file descriptors) instead of spinning.
+pub async fn accept_loop<F, S, B>(
     listener: TcpListener,
     builder: Arc<auto::Builder<TokioExecutor>>,
     graceful: Arc<GracefulShutdown>,
