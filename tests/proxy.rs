@@ -246,6 +246,46 @@ async fn get_owned(u: String) -> StatusCode {
     get(&u).await.0
 }
 
+/// Clients that leave while queued, or just as their slot frees, must never leave a slot booked:
+/// with `capacity = 1` one leaked slot stalls every later request (this stalled `wrk -c2`
+/// through `central_queue` after its first run). The dispatcher's unit tests pin the exact
+/// interleaving; this one hammers the real thing with clients that give up at varied moments.
+#[tokio::test]
+async fn clients_that_leave_while_queued_never_leak_a_slot() {
+    let b = test_backend("a").await;
+    let cfg = base_config(&format!(
+        "[balancer]\npolicy = \"central_queue\"\n[overload]\nmax_queue = 100\nqueue_timeout = \"10s\"\n{}",
+        backends_toml(&[b.addr], Some(1))
+    ));
+    let lb = start_ebbtide(&cfg);
+    for round in 0..40u64 {
+        let tasks: Vec<_> = (0..3u64)
+            .map(|i| {
+                let u = url(lb.addr, "/sleep?ms=2");
+                let patience = Duration::from_micros(500 + (round * 3 + i) * 997 % 6000);
+                tokio::spawn(async move { tokio::time::timeout(patience, get(&u)).await.is_ok() })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+    eventually(
+        "every slot to come back",
+        Duration::from_secs(5),
+        || async {
+            let (_, _, body) = get(&url(lb.admin, "/api/v1/backends")).await;
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            (v[0]["in_flight"] == 0).then_some(())
+        },
+    )
+    .await;
+    let answered = tokio::time::timeout(Duration::from_secs(5), get(&url(lb.addr, "/")))
+        .await
+        .expect("a request after the leavers is served, not stuck behind a booked slot");
+    assert_eq!(answered.0, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn a_full_queue_and_a_queue_timeout_both_shed_with_retry_after() {
     let b = test_backend("a").await;

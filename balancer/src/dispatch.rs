@@ -35,7 +35,29 @@ impl Shed {
 
 struct Waiter {
     key: Option<u64>,
-    tx: oneshot::Sender<Arc<Backend>>,
+    tx: oneshot::Sender<Grant>,
+}
+
+/// A slot handed to a queued request, on its way through the waiter's channel. If the request
+/// is gone before it takes the grant (its client left just as the slot freed), dropping the
+/// grant gives the slot back; a bare `Arc<Backend>` would keep it booked for ever, and with
+/// `capacity = 1` every later request would wait.
+struct Grant {
+    backend: Option<Arc<Backend>>,
+}
+
+impl Grant {
+    fn take(mut self) -> Arc<Backend> {
+        self.backend.take().expect("a grant is taken once")
+    }
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        if let Some(b) = self.backend.take() {
+            b.release();
+        }
+    }
 }
 
 /// Hands out backend slots.
@@ -71,18 +93,38 @@ impl Drop for Slot {
     }
 }
 
-/// Removes a queued request whose future was dropped (client gone) or timed out.
+/// Removes a queued request whose future was dropped (client gone) or timed out. If it was
+/// dispatched in the meantime, the slot it was granted goes to the next waiter.
 struct QueuedTicket<'a> {
     dispatcher: &'a Dispatcher,
     ticket: Option<u64>,
+    rx: oneshot::Receiver<Grant>,
+}
+
+impl QueuedTicket<'_> {
+    /// Leaves the queue. Returns the grant when the request was dispatched before it left:
+    /// grants are sent under the queue lock, so once the ticket is not in the queue any more,
+    /// its grant (if any) is already in the channel.
+    fn leave(&mut self) -> Option<Grant> {
+        let t = self.ticket.take()?;
+        {
+            let mut q = self.dispatcher.lock_queue();
+            let removed = q.remove(t).is_some();
+            self.dispatcher.queued.store(q.len(), Ordering::SeqCst);
+            if removed {
+                return None;
+            }
+        }
+        self.rx.try_recv().ok()
+    }
 }
 
 impl Drop for QueuedTicket<'_> {
     fn drop(&mut self) {
-        if let Some(t) = self.ticket {
-            let mut q = self.dispatcher.lock_queue();
-            q.remove(t);
-            self.dispatcher.queued.store(q.len(), Ordering::SeqCst);
+        if let Some(grant) = self.leave() {
+            drop(grant);
+            // The slot is free again: someone else may be waiting for it.
+            self.dispatcher.dispatch();
         }
     }
 }
@@ -167,7 +209,7 @@ impl Dispatcher {
                 return Ok(self.slot(backend));
             }
         }
-        let (tx, mut rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel();
         let ticket = {
             let mut q = self.lock_queue();
             let ticket = q
@@ -182,22 +224,20 @@ impl Dispatcher {
         let mut guard = QueuedTicket {
             dispatcher: self,
             ticket: Some(ticket),
+            rx,
         };
         let timeout = Duration::from_nanos(self.queue_timeout_ns.load(Ordering::Relaxed));
-        match tokio::time::timeout(timeout, &mut rx).await {
-            Ok(Ok(backend)) => {
+        match tokio::time::timeout(timeout, &mut guard.rx).await {
+            Ok(Ok(grant)) => {
                 guard.ticket = None;
-                Ok(self.slot(backend))
+                Ok(self.slot(grant.take()))
             }
             Ok(Err(_)) => Err(Shed::QueueTimeout),
-            Err(_) => {
-                // Remove it under the lock; if it was dispatched in the meantime, use the slot.
-                drop(guard);
-                match rx.try_recv() {
-                    Ok(backend) => Ok(self.slot(backend)),
-                    Err(_) => Err(Shed::QueueTimeout),
-                }
-            }
+            // Timed out: leave the queue; if it was dispatched in the meantime, use the slot.
+            Err(_) => match guard.leave() {
+                Some(grant) => Ok(self.slot(grant.take())),
+                None => Err(Shed::QueueTimeout),
+            },
         }
     }
 
@@ -260,10 +300,119 @@ impl Dispatcher {
                 continue;
             }
             let w = q.pop().expect("front exists").item;
-            if let Err(b) = w.tx.send(b.clone()) {
-                b.release();
-            }
+            // A waiter gone since the check above drops the grant, which gives the slot back.
+            let _ = w.tx.send(Grant {
+                backend: Some(b.clone()),
+            });
         }
         self.queued.store(q.len(), Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policies::CentralQueue;
+    use crate::registry::{BackendSpec, BackendState, Origin, RegistryConfig};
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    /// A dispatcher over one backend with `capacity` slots, and that backend.
+    fn one_backend(capacity: u32) -> (Arc<Dispatcher>, Arc<Backend>) {
+        let clock = Clock::new();
+        let registry = Arc::new(Registry::new(RegistryConfig::defaults(), clock));
+        let (backend, _) = registry
+            .add_or_renew(
+                BackendSpec {
+                    address: "127.0.0.1:9".into(),
+                    capacity: Some(capacity),
+                    weight: 1,
+                    cost_per_hour: 0.0,
+                    origin: Origin::Static,
+                    lease_until: None,
+                },
+                BackendState::Active,
+            )
+            .unwrap();
+        let d = Dispatcher::new(
+            registry,
+            Arc::new(CentralQueue::new()),
+            16,
+            Duration::from_secs(60),
+            clock,
+        );
+        (Arc::new(d), backend)
+    }
+
+    /// Polls once, outside any runtime's wake-ups: these tests decide the interleaving.
+    fn poll_once<F: Future>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+        f.poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[tokio::test]
+    async fn a_waiter_gets_the_slot_its_predecessor_frees() {
+        let (d, backend) = one_backend(1);
+        let first = d.acquire(None, None).await.unwrap();
+        let mut second = pin!(d.acquire(None, None));
+        assert!(poll_once(second.as_mut()).is_pending());
+        assert_eq!(d.queue_depth(), 1);
+        drop(first);
+        assert_eq!(d.queue_depth(), 0);
+        let Poll::Ready(Ok(slot)) = poll_once(second.as_mut()) else {
+            panic!("the freed slot went to the waiter");
+        };
+        assert_eq!(backend.in_flight(), 1);
+        drop(slot);
+        assert_eq!(backend.in_flight(), 0);
+    }
+
+    /// The client leaves after its request was granted a slot but before the request took it:
+    /// the slot must come back (it used to stay booked for ever, stalling a `capacity = 1`
+    /// backend behind it).
+    #[tokio::test]
+    async fn a_waiter_that_leaves_after_its_grant_gives_the_slot_back() {
+        let (d, backend) = one_backend(1);
+        let first = d.acquire(None, None).await.unwrap();
+        let mut second = Box::pin(d.acquire(None, None));
+        assert!(poll_once(second.as_mut()).is_pending());
+        drop(first);
+        assert_eq!(backend.in_flight(), 1, "granted to the waiter");
+        drop(second);
+        assert_eq!(backend.in_flight(), 0, "given back when the waiter left");
+        assert!(d.acquire(None, None).await.is_ok());
+    }
+
+    /// Same, with a third request queued behind: the slot the leaver was granted goes on to it.
+    #[tokio::test]
+    async fn a_slot_given_back_by_a_leaver_goes_to_the_next_waiter() {
+        let (d, backend) = one_backend(1);
+        let first = d.acquire(None, None).await.unwrap();
+        let mut second = Box::pin(d.acquire(None, None));
+        let mut third = pin!(d.acquire(None, None));
+        assert!(poll_once(second.as_mut()).is_pending());
+        assert!(poll_once(third.as_mut()).is_pending());
+        drop(first);
+        drop(second);
+        assert_eq!(d.queue_depth(), 0);
+        let Poll::Ready(Ok(slot)) = poll_once(third.as_mut()) else {
+            panic!("the slot went on to the third request");
+        };
+        assert_eq!(backend.in_flight(), 1);
+        drop(slot);
+        assert_eq!(backend.in_flight(), 0);
+    }
+
+    /// A waiter that leaves before any slot frees just leaves the queue.
+    #[tokio::test]
+    async fn a_waiter_that_leaves_before_a_grant_leaves_the_queue() {
+        let (d, backend) = one_backend(1);
+        let first = d.acquire(None, None).await.unwrap();
+        let mut second = Box::pin(d.acquire(None, None));
+        assert!(poll_once(second.as_mut()).is_pending());
+        drop(second);
+        assert_eq!(d.queue_depth(), 0);
+        drop(first);
+        assert_eq!(backend.in_flight(), 0);
     }
 }
