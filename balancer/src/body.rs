@@ -2,6 +2,8 @@
 //! ebbtide's own, or (rarely) a kept prefix followed by the rest of a stream. It carries the
 //! request's completion guard: the end of the response (or the client going away) is what frees
 //! the backend slot and records the latency, and a clean end returns the connection to its pool.
+//! The guard also holds the backend connection while the body streams, and drives it: the
+//! connection has no task of its own (see [`crate::pool`]).
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -13,6 +15,10 @@ use std::task::{Context, Poll};
 pub trait OnEnd {
     /// The body ended cleanly.
     fn on_end(&mut self);
+
+    /// Drives whatever feeds the upstream body (the backend connection the guard holds), when
+    /// the body has nothing buffered. `cx` must be woken when it can make progress.
+    fn poll_upstream(&mut self, _cx: &mut Context<'_>) {}
 }
 
 impl OnEnd for () {
@@ -100,7 +106,16 @@ impl<G: OnEnd + Unpin> Body for ProxyBody<G> {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let polled = match &mut this.inner {
-            Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Inner::Upstream(b) => match Pin::new(&mut *b).poll_frame(cx) {
+                Poll::Pending => match this.guard.as_mut() {
+                    Some(g) => {
+                        g.poll_upstream(cx);
+                        Pin::new(b).poll_frame(cx)
+                    }
+                    None => Poll::Pending,
+                },
+                ready => ready,
+            },
             Inner::Full(b) => Poll::Ready(
                 b.take()
                     .filter(|b| !b.is_empty())
@@ -168,6 +183,12 @@ mod tests {
                 self.0.checkin(c);
             }
         }
+
+        fn poll_upstream(&mut self, cx: &mut std::task::Context<'_>) {
+            if let Some(c) = self.1.as_mut() {
+                c.poll_drive(cx);
+            }
+        }
     }
 
     /// A backend answering `GET /n` with n bytes and a `Content-Length`; counts connections.
@@ -213,7 +234,7 @@ mod tests {
                 .header("host", "backend")
                 .body(UpstreamBody::Empty)
                 .unwrap();
-            let resp = conn.sender.send_request(req).await.unwrap();
+            let resp = conn.send(req).await.unwrap();
             let mut body = ProxyBody::upstream(resp.into_body(), Checkin(pool.clone(), Some(conn)));
             // What hyper's h1 dispatcher does: poll data frames while the body is not at its
             // end, then drop it.
@@ -246,7 +267,7 @@ mod tests {
             .header("host", "backend")
             .body(UpstreamBody::Empty)
             .unwrap();
-        let resp = conn.sender.send_request(req).await.unwrap();
+        let resp = conn.send(req).await.unwrap();
         let mut body = ProxyBody::upstream(resp.into_body(), Checkin(pool.clone(), Some(conn)));
         let _ = body.frame().await;
         assert!(!body.is_end_stream());

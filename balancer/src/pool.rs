@@ -1,17 +1,26 @@
 //! Keep-alive HTTP/1.1 connections to one backend. Each backend owns its pool, so removing a
 //! backend closes its idle connections, and connecting is a separate step from sending: a request
 //! whose connect failed never reached a backend and can be retried whatever its method.
+//!
+//! A connection has no task of its own: whoever holds it drives it (hyper's `Connection` future
+//! is polled by the request that uses it, then by the response body it streams). A spawned
+//! connection task would cost two task wake-ups per request (request in through a channel,
+//! response out through a oneshot) for nothing, since one request at a time uses a connection.
+//! An idle connection in the pool is polled by nobody; the next checkout polls it once to learn
+//! whether the backend closed it meanwhile.
 
 use crate::clock::Clock;
 use bytes::Bytes;
 use ebbtide_config::time::Nanos;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper::client::conn::TrySendError;
 use hyper_util::rt::TokioIo;
-use std::pin::Pin;
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::sync::Mutex;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -24,6 +33,16 @@ pub enum UpstreamBody {
     Full(Option<Bytes>),
     /// The client's body, streamed through.
     Stream(Incoming),
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamBody::Empty => f.write_str("Empty"),
+            UpstreamBody::Full(b) => write!(f, "Full({} bytes)", b.as_ref().map_or(0, |b| b.len())),
+            UpstreamBody::Stream(_) => f.write_str("Stream"),
+        }
+    }
 }
 
 impl UpstreamBody {
@@ -91,13 +110,66 @@ impl std::fmt::Display for ConnectError {
     }
 }
 
-/// A connection ready for one request.
+/// hyper's state machine for one HTTP/1 connection: reads, writes, parses, when polled.
+type Driver = Connection<TokioIo<TcpStream>, UpstreamBody>;
+
+/// A connection ready for one request, driven by its holder (see the module doc).
 pub struct Conn {
-    /// Sends the request.
-    pub sender: SendRequest<UpstreamBody>,
+    sender: SendRequest<UpstreamBody>,
+    /// None once the connection has ended (closed by either side, or failed).
+    driver: Option<Box<Driver>>,
     /// Whether it served a request before (a reused connection may have been closed by the
     /// backend just now: the keep-alive race).
     pub reused: bool,
+}
+
+impl Conn {
+    /// Lets the connection read, write and parse what it can now. `cx` is woken when it can do
+    /// more (socket readiness, a body wanting data). Once it has ended, the driver is dropped,
+    /// which closes the socket and fails any request still waiting on it.
+    pub fn poll_drive(&mut self, cx: &mut Context<'_>) {
+        if let Some(d) = self.driver.as_mut() {
+            if Pin::new(&mut **d).poll(cx).is_ready() {
+                self.driver = None;
+            }
+        }
+    }
+
+    /// Whether the connection is still open (as far as it has been driven).
+    pub fn is_open(&self) -> bool {
+        self.driver.is_some() && !self.sender.is_closed()
+    }
+
+    /// Polls the connection once without registering for wake-ups: picks up a close by the
+    /// backend that the socket has already reported, and leaves no waker of an old task behind.
+    fn poll_idle(&mut self) {
+        self.poll_drive(&mut Context::from_waker(Waker::noop()));
+    }
+
+    /// Sends a request and drives the connection until its response head is in (the body follows
+    /// as the caller polls it and keeps driving). A request hyper could not start sending is
+    /// handed back in the error, as with `SendRequest::try_send_request`.
+    pub async fn send(
+        &mut self,
+        req: http::Request<UpstreamBody>,
+    ) -> Result<http::Response<Incoming>, TrySendError<http::Request<UpstreamBody>>> {
+        let mut response = pin!(self.sender.try_send_request(req));
+        std::future::poll_fn(|cx| {
+            self.poll_drive(cx);
+            // Only the connection, polled just above, completes the response: its own waker would
+            // be a second wake-up of this same task for nothing.
+            let mut quiet = Context::from_waker(Waker::noop());
+            match response.as_mut().poll(&mut quiet) {
+                Poll::Pending if self.driver.is_none() => {
+                    // The connection ended and dropped its side: the response future now holds
+                    // hyper's error (or the unsent request).
+                    response.as_mut().poll(cx)
+                }
+                other => other,
+            }
+        })
+        .await
+    }
 }
 
 /// Pool settings.
@@ -116,7 +188,7 @@ pub struct Pool {
     address: String,
     cfg: PoolConfig,
     clock: Clock,
-    idle: Mutex<Vec<(SendRequest<UpstreamBody>, Nanos)>>,
+    idle: Mutex<Vec<(Conn, Nanos)>>,
 }
 
 impl Pool {
@@ -130,45 +202,36 @@ impl Pool {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(SendRequest<UpstreamBody>, Nanos)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Conn, Nanos)>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A connection: the most recently used idle one that is still open, or a new one.
+    /// A connection: the most recently used idle one that is still open and ready for a
+    /// request, or a new one.
     pub async fn checkout(&self) -> Result<Conn, ConnectError> {
-        let idle_ns = self.cfg.idle_timeout.as_nanos() as Nanos;
-        loop {
-            let candidate = {
-                let now = self.clock.now();
-                let mut idle = self.lock();
-                let mut found = None;
-                while let Some((sender, since)) = idle.pop() {
-                    if sender.is_closed() || now.saturating_sub(since) > idle_ns {
-                        continue;
-                    }
-                    found = Some(sender);
-                    break;
-                }
-                found
-            };
-            let Some(mut sender) = candidate else { break };
-            if sender.is_ready() {
-                return Ok(Conn {
-                    sender,
-                    reused: true,
-                });
-            }
-            // Just checked in: the connection task may not have finished the last response yet.
-            if let Ok(Ok(())) =
-                tokio::time::timeout(Duration::from_millis(50), sender.ready()).await
-            {
-                return Ok(Conn {
-                    sender,
-                    reused: true,
-                });
-            }
+        if let Some(conn) = self.take_idle() {
+            return Ok(conn);
         }
         self.connect().await
+    }
+
+    fn take_idle(&self) -> Option<Conn> {
+        let idle_ns = self.cfg.idle_timeout.as_nanos() as Nanos;
+        let now = self.clock.now();
+        let mut idle = self.lock();
+        while let Some((mut conn, since)) = idle.pop() {
+            if now.saturating_sub(since) > idle_ns {
+                continue;
+            }
+            conn.poll_idle();
+            // Ready: it finished its last exchange and waits for a request. A connection that is
+            // not (the backend's last response was cut short, or it closed) is dropped.
+            if conn.is_open() && conn.sender.is_ready() {
+                conn.reused = true;
+                return Some(conn);
+            }
+        }
+        None
     }
 
     async fn connect(&self) -> Result<Conn, ConnectError> {
@@ -178,35 +241,36 @@ impl Pool {
                 .map_err(|_| ConnectError::Timeout)?
                 .map_err(|e| ConnectError::Failed(format!("connect to {}: {e}", self.address)))?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        let (sender, driver) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ConnectError::Failed(format!("handshake with {}: {e}", self.address)))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
         Ok(Conn {
             sender,
+            driver: Some(Box::new(driver)),
             reused: false,
         })
     }
 
     /// Returns a connection whose response was read to the end, for the next request.
-    pub fn checkin(&self, conn: Conn) {
-        if conn.sender.is_closed() {
+    pub fn checkin(&self, mut conn: Conn) {
+        conn.poll_idle();
+        if !conn.is_open() {
             return;
         }
         let mut idle = self.lock();
         if idle.len() < self.cfg.max_idle {
-            idle.push((conn.sender, self.clock.now()));
+            idle.push((conn, self.clock.now()));
         }
     }
 
-    /// Closes idle connections older than the idle timeout.
+    /// Closes idle connections older than the idle timeout, and those the backend closed.
     pub fn sweep(&self) {
         let now = self.clock.now();
         let idle_ns = self.cfg.idle_timeout.as_nanos() as Nanos;
-        self.lock()
-            .retain(|(s, since)| !s.is_closed() && now.saturating_sub(*since) <= idle_ns);
+        self.lock().retain_mut(|(c, since)| {
+            c.poll_idle();
+            c.is_open() && now.saturating_sub(*since) <= idle_ns
+        });
     }
 
     /// Closes every idle connection (the backend is leaving).
@@ -217,5 +281,157 @@ impl Pool {
     /// Idle connections held.
     pub fn idle_count(&self) -> usize {
         self.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::{mpsc, watch};
+
+    /// A keep-alive backend that answers every request with `ok`, counts connections, and closes
+    /// the connections open at the time when told to (as a backend's keep-alive timeout would):
+    /// each send bumps an epoch, and a connection closes once the epoch passes its own, then says
+    /// so on the returned receiver.
+    async fn closing_backend() -> (
+        String,
+        Arc<AtomicU64>,
+        watch::Sender<u64>,
+        mpsc::UnboundedReceiver<()>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let count = accepted.clone();
+        let (close_tx, close_rx) = watch::channel(0u64);
+        let (closed_tx, closed_rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut close = close_rx.clone();
+                let epoch = *close.borrow();
+                let closed = closed_tx.clone();
+                tokio::spawn(async move {
+                    let mut s = s;
+                    tokio::select! {
+                        _ = serve_ok(&mut s) => {}
+                        _ = close.wait_for(|e| *e > epoch) => {}
+                    }
+                    drop(s);
+                    let _ = closed.send(());
+                });
+            }
+        });
+        (addr, accepted, close_tx, closed_rx)
+    }
+
+    /// Answers `ok` to each request head on `s` until the peer closes.
+    async fn serve_ok(s: &mut TcpStream) {
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        loop {
+            while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                got.drain(..end + 4);
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .unwrap();
+            }
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    fn get() -> http::Request<UpstreamBody> {
+        http::Request::builder()
+            .uri("/")
+            .header("host", "backend")
+            .body(UpstreamBody::Empty)
+            .unwrap()
+    }
+
+    /// One exchange on a checked-out connection, read to the end while driving the connection,
+    /// then checked in.
+    async fn exchange(pool: &Pool) -> bool {
+        let mut conn = pool.checkout().await.unwrap();
+        let reused = conn.reused;
+        let resp = conn.send(get()).await.unwrap();
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        while let Some(frame) =
+            std::future::poll_fn(|cx| match std::pin::Pin::new(&mut body).poll_frame(cx) {
+                Poll::Pending => {
+                    conn.poll_drive(cx);
+                    std::pin::Pin::new(&mut body).poll_frame(cx)
+                }
+                ready => ready,
+            })
+            .await
+        {
+            got.extend_from_slice(&frame.unwrap().into_data().unwrap());
+        }
+        assert_eq!(got, b"ok");
+        pool.checkin(conn);
+        reused
+    }
+
+    fn pool(addr: String) -> Pool {
+        let cfg = PoolConfig {
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(60),
+            max_idle: 4,
+        };
+        Pool::new(addr, cfg, Clock::new())
+    }
+
+    /// No task watches an idle connection: the pool must still notice that the backend closed it
+    /// (here through `sweep`, which polls each idle connection once) and never hand it out.
+    #[tokio::test]
+    async fn an_idle_connection_the_backend_closed_is_dropped_not_reused() {
+        let (addr, accepted, close, mut closed) = closing_backend().await;
+        let pool = pool(addr);
+        assert!(!exchange(&pool).await, "first exchange: a new connection");
+        assert!(
+            exchange(&pool).await,
+            "second exchange: the same connection again"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.idle_count(), 1);
+
+        close.send_modify(|e| *e += 1);
+        closed.recv().await.unwrap();
+        // The FIN is in our socket now; tokio runs a yielded task again only after its I/O
+        // driver has polled, so the socket's readiness is known after this.
+        tokio::task::yield_now().await;
+        pool.sweep();
+        assert_eq!(
+            pool.idle_count(),
+            0,
+            "the closed connection stayed in the pool"
+        );
+        assert!(!exchange(&pool).await, "after the close: a new connection");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// The same close, found by a checkout instead of a sweep.
+    #[tokio::test]
+    async fn a_checkout_passes_over_a_connection_the_backend_closed() {
+        let (addr, accepted, close, mut closed) = closing_backend().await;
+        let pool = pool(addr);
+        exchange(&pool).await;
+        close.send_modify(|e| *e += 1);
+        closed.recv().await.unwrap();
+        tokio::task::yield_now().await;
+        assert_eq!(pool.idle_count(), 1);
+        assert!(
+            !exchange(&pool).await,
+            "a new connection, not the closed one"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 }

@@ -173,6 +173,12 @@ impl OnEnd for Completion {
             slot.backend().pool.checkin(conn);
         }
     }
+
+    fn poll_upstream(&mut self, cx: &mut std::task::Context<'_>) {
+        if let Some(conn) = self.conn.as_mut() {
+            conn.poll_drive(cx);
+        }
+    }
 }
 
 impl Drop for Completion {
@@ -520,7 +526,7 @@ impl Proxy {
                 }
             };
             let backend = slot.backend().clone();
-            let conn = match backend.pool.checkout().await {
+            let mut conn = match backend.pool.checkout().await {
                 Ok(c) => c,
                 Err(e) => {
                     self.on_failure(&backend, None);
@@ -558,14 +564,14 @@ impl Proxy {
             };
             *up.version_mut() = Version::HTTP_11;
             *up.headers_mut() = std::mem::take(&mut head.headers);
-            let Conn { mut sender, reused } = conn;
+            let reused = conn.reused;
             let sent_at = self.clock.now();
             let in_flight = backend.in_flight();
             let limit = match deadline {
                 Some(d) => per_try.min(Duration::from_nanos(d.saturating_sub(sent_at))),
                 None => per_try,
             };
-            let result = tokio::time::timeout(limit, sender.try_send_request(up)).await;
+            let result = tokio::time::timeout(limit, conn.send(up)).await;
             match result {
                 Ok(Ok(mut resp)) => {
                     reached = true;
@@ -592,10 +598,7 @@ impl Proxy {
                         proxy: self.clone(),
                         start,
                         slot: Some(slot),
-                        conn: Some(Conn {
-                            sender,
-                            reused: true,
-                        }),
+                        conn: Some(conn),
                     };
                     return Forwarded {
                         response: resp.map(|b| ProxyBody::upstream(b, guard)),
