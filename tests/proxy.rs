@@ -214,11 +214,7 @@ async fn round_robin_spreads_requests_over_every_backend() {
 async fn central_queue_never_exceeds_capacity_and_sheds_with_retry_after() {
     let bs = [test_backend("a").await, test_backend("b").await];
     let addrs: Vec<_> = bs.iter().map(|b| b.addr).collect();
-    let cfg = base_config(&format!(
-        "[balancer]\npolicy = \"central_queue\"\n[overload]\nmax_queue = 100\nqueue_timeout = \"10s\"\n{}",
-        backends_toml(&addrs, Some(2))
-    ));
-    let lb = start_ebbtide(&cfg);
+    let lb = central_queue_lb(&addrs, 2, 100, "10s");
     // 10x oversubscription: 40 concurrent requests onto 4 slots.
     let tasks: Vec<_> = (0..40)
         .map(|_| tokio::spawn(get_owned(url(lb.addr, "/sleep?ms=50"))))
@@ -242,6 +238,19 @@ async fn central_queue_never_exceeds_capacity_and_sheds_with_retry_after() {
     );
 }
 
+/// ebbtide with `central_queue` over `addrs` (each with `capacity` slots) and the given queue.
+fn central_queue_lb(
+    addrs: &[SocketAddr],
+    capacity: u32,
+    max_queue: usize,
+    queue_timeout: &str,
+) -> Ebbtide {
+    start_ebbtide(&base_config(&format!(
+        "[balancer]\npolicy = \"central_queue\"\n[overload]\nmax_queue = {max_queue}\nqueue_timeout = \"{queue_timeout}\"\n{}",
+        backends_toml(addrs, Some(capacity))
+    )))
+}
+
 async fn get_owned(u: String) -> StatusCode {
     get(&u).await.0
 }
@@ -253,11 +262,7 @@ async fn get_owned(u: String) -> StatusCode {
 #[tokio::test]
 async fn clients_that_leave_while_queued_never_leak_a_slot() {
     let b = test_backend("a").await;
-    let cfg = base_config(&format!(
-        "[balancer]\npolicy = \"central_queue\"\n[overload]\nmax_queue = 100\nqueue_timeout = \"10s\"\n{}",
-        backends_toml(&[b.addr], Some(1))
-    ));
-    let lb = start_ebbtide(&cfg);
+    let lb = central_queue_lb(&[b.addr], 1, 100, "10s");
     for round in 0..40u64 {
         let tasks: Vec<_> = (0..3u64)
             .map(|i| {
@@ -289,11 +294,7 @@ async fn clients_that_leave_while_queued_never_leak_a_slot() {
 #[tokio::test]
 async fn a_full_queue_and_a_queue_timeout_both_shed_with_retry_after() {
     let b = test_backend("a").await;
-    let cfg = base_config(&format!(
-        "[balancer]\npolicy = \"central_queue\"\n[overload]\nmax_queue = 1\nqueue_timeout = \"300ms\"\n{}",
-        backends_toml(&[b.addr], Some(1))
-    ));
-    let lb = start_ebbtide(&cfg);
+    let lb = central_queue_lb(&[b.addr], 1, 1, "300ms");
     let addr = lb.addr;
     // Occupy the only slot.
     let _busy = tokio::spawn(get_owned(url(addr, "/sleep?ms=3000")));
