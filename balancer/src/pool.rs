@@ -218,8 +218,10 @@ impl Pool {
     fn take_idle(&self) -> Option<Conn> {
         let idle_ns = self.cfg.idle_timeout.as_nanos() as Nanos;
         let now = self.clock.now();
-        let mut idle = self.lock();
-        while let Some((mut conn, since)) = idle.pop() {
+        loop {
+            // The lock is held for the pop alone: polling a connection is hyper's work, and
+            // other workers check connections in and out of this pool meanwhile.
+            let (mut conn, since) = self.lock().pop()?;
             if now.saturating_sub(since) > idle_ns {
                 continue;
             }
@@ -231,7 +233,6 @@ impl Pool {
                 return Some(conn);
             }
         }
-        None
     }
 
     async fn connect(&self) -> Result<Conn, ConnectError> {
