@@ -808,15 +808,15 @@ mod tests {
         assert_eq!(d.decide(&w, &fleet, 91 * S).desired, 3);
     }
 
-    /// An inner decider that panics and wants what the test says.
+    /// [`Wants`], in panic mode.
     struct Panics(u32);
 
     impl Decider for Panics {
         fn name(&self) -> &'static str {
             "panics"
         }
-        fn decide(&mut self, _: &Windows, fleet: &FleetView, _: Nanos) -> Decision {
-            let mut d = Decision::new(fleet.clamp(self.0), self.0, "panicking");
+        fn decide(&mut self, w: &Windows, fleet: &FleetView, now: Nanos) -> Decision {
+            let mut d = Wants(self.0).decide(w, fleet, now);
             d.panic = true;
             d
         }

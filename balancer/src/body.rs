@@ -166,30 +166,14 @@ impl<G: OnEnd + Unpin> Body for ProxyBody<G> {
 mod tests {
     use super::*;
     use crate::clock::Clock;
-    use crate::pool::{Conn, Pool, PoolConfig, UpstreamBody};
+    use crate::pool::test_support::Checkin;
+    use crate::pool::{Pool, PoolConfig, UpstreamBody};
     use http_body_util::BodyExt;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
     use std::time::Duration;
-
-    /// Gives the connection back to its pool on a clean end, as the proxy's completion does.
-    struct Checkin(Arc<Pool>, Option<Conn>);
-
-    impl OnEnd for Checkin {
-        fn on_end(&mut self) {
-            if let Some(c) = self.1.take() {
-                self.0.checkin(c);
-            }
-        }
-
-        fn poll_upstream(&mut self, cx: &mut std::task::Context<'_>) {
-            if let Some(c) = self.1.as_mut() {
-                c.poll_drive(cx);
-            }
-        }
-    }
 
     /// A backend answering `GET /n` with n bytes and a `Content-Length`; counts connections.
     async fn backend() -> (String, Arc<AtomicU64>) {

@@ -6,8 +6,8 @@
 //! is polled by the request that uses it, then by the response body it streams). A spawned
 //! connection task would cost two task wake-ups per request (request in through a channel,
 //! response out through a oneshot) for nothing, since one request at a time uses a connection.
-//! An idle connection in the pool is polled by nobody; the next checkout polls it once to learn
-//! whether the backend closed it meanwhile.
+//! An idle connection in the pool is polled by nobody; the next checkout (or sweep) polls it
+//! once to learn whether the backend closed it meanwhile.
 
 use crate::clock::Clock;
 use bytes::Bytes;
@@ -252,9 +252,10 @@ impl Pool {
         })
     }
 
-    /// Returns a connection whose response was read to the end, for the next request.
-    pub fn checkin(&self, mut conn: Conn) {
-        conn.poll_idle();
+    /// Returns a connection whose response was read to the end, for the next request. Not
+    /// polled here: the next checkout polls it anyway, and a close before then is what it has
+    /// to notice.
+    pub fn checkin(&self, conn: Conn) {
         if !conn.is_open() {
             return;
         }
@@ -285,9 +286,38 @@ impl Pool {
     }
 }
 
+/// Test helpers shared by this module's tests and the response body's.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::{Conn, Pool};
+    use crate::body::OnEnd;
+    use std::sync::Arc;
+
+    /// Gives the connection back to its pool on a clean end and drives it meanwhile, as the
+    /// proxy's completion does.
+    pub(crate) struct Checkin(pub Arc<Pool>, pub Option<Conn>);
+
+    impl OnEnd for Checkin {
+        fn on_end(&mut self) {
+            if let Some(c) = self.1.take() {
+                self.0.checkin(c);
+            }
+        }
+
+        fn poll_upstream(&mut self, cx: &mut std::task::Context<'_>) {
+            if let Some(c) = self.1.as_mut() {
+                c.poll_drive(cx);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_support::Checkin;
     use super::*;
+    use crate::body::ProxyBody;
+    use http_body_util::BodyExt;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -356,38 +386,24 @@ mod tests {
             .unwrap()
     }
 
-    /// One exchange on a checked-out connection, read to the end while driving the connection,
-    /// then checked in.
-    async fn exchange(pool: &Pool) -> bool {
+    /// One exchange on a checked-out connection, read to the end through the proxy's response
+    /// body (which drives the connection and checks it in at the end).
+    async fn exchange(pool: &Arc<Pool>) -> bool {
         let mut conn = pool.checkout().await.unwrap();
         let reused = conn.reused;
         let resp = conn.send(get()).await.unwrap();
-        let mut body = resp.into_body();
-        let mut got = Vec::new();
-        while let Some(frame) =
-            std::future::poll_fn(|cx| match std::pin::Pin::new(&mut body).poll_frame(cx) {
-                Poll::Pending => {
-                    conn.poll_drive(cx);
-                    std::pin::Pin::new(&mut body).poll_frame(cx)
-                }
-                ready => ready,
-            })
-            .await
-        {
-            got.extend_from_slice(&frame.unwrap().into_data().unwrap());
-        }
-        assert_eq!(got, b"ok");
-        pool.checkin(conn);
+        let body = ProxyBody::upstream(resp.into_body(), Checkin(pool.clone(), Some(conn)));
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "ok");
         reused
     }
 
-    fn pool(addr: String) -> Pool {
+    fn pool(addr: String) -> Arc<Pool> {
         let cfg = PoolConfig {
             connect_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(60),
             max_idle: 4,
         };
-        Pool::new(addr, cfg, Clock::new())
+        Arc::new(Pool::new(addr, cfg, Clock::new()))
     }
 
     /// No task watches an idle connection: the pool must still notice that the backend closed it
