@@ -2,9 +2,8 @@
 //! into its registry (listed as `starting` while they boot), drains use its own drain, and
 //! signals are read from its counters without a round trip.
 
-use crate::fleet::Registrar;
 use ebbtide_autoscaler::providers::{Instance, ProviderFuture};
-use ebbtide_autoscaler::{Reading, SignalSource};
+use ebbtide_autoscaler::{Membership, OverloadAction, Reading, SignalSource};
 use ebbtide_balancer::proxy::Proxy;
 use ebbtide_balancer::registry::{Backend, BackendSpec, BackendState, Origin};
 use std::collections::HashMap;
@@ -13,26 +12,30 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The balancer of `ebbtide serve`.
-pub struct InProcess {
+pub(crate) struct InProcess {
     proxy: Arc<Proxy>,
     capacity: Option<u32>,
     cost_per_hour: f64,
     drain_timeout: Duration,
+    /// `[overload]` `max_queue` and `queue_timeout`: the queue an overload action bounds.
+    queue: (usize, Duration),
     backends: Mutex<HashMap<String, Arc<Backend>>>,
 }
 
 impl InProcess {
-    /// Registers the provider's backends (`[provider]` capacity and price) with `proxy`.
-    pub fn new(
+    /// Registers the provider's backends (`[provider]` capacity and price) with `proxy`, drains
+    /// them for up to `lifecycle.drain_timeout`, and bounds its queue by `[overload]`.
+    pub(crate) fn new(
         proxy: Arc<Proxy>,
+        cfg: &ebbtide_config::Config,
         provider: &ebbtide_config::Provider,
-        drain_timeout: Duration,
     ) -> Self {
         InProcess {
             proxy,
             capacity: provider.capacity,
             cost_per_hour: provider.cost_per_hour,
-            drain_timeout,
+            drain_timeout: cfg.lifecycle.drain_timeout.0,
+            queue: (cfg.overload.max_queue, cfg.overload.queue_timeout.0),
             backends: Mutex::new(HashMap::new()),
         }
     }
@@ -42,7 +45,7 @@ impl InProcess {
     }
 }
 
-impl Registrar for InProcess {
+impl Membership for InProcess {
     fn starting(&self, instance: &Instance) {
         let spec = BackendSpec {
             address: instance.address.clone(),
@@ -92,10 +95,17 @@ impl Registrar for InProcess {
         }
         Box::pin(async {})
     }
+
+    fn set_overload(&self, action: OverloadAction) {
+        let (configured, timeout) = self.queue;
+        let max_queue = action.queue_limit(configured);
+        tracing::info!(?action, max_queue, "queue bound for the overload action");
+        self.proxy.dispatcher.set_queue_limits(max_queue, timeout);
+    }
 }
 
 /// The in-process balancer as a signal source.
-pub struct Signals(pub Arc<Proxy>);
+pub(crate) struct Signals(pub(crate) Arc<Proxy>);
 
 impl SignalSource for Signals {
     fn read(&mut self) -> ProviderFuture<'_, Result<Vec<Option<Reading>>, String>> {

@@ -1,16 +1,11 @@
-//! The `ebbtide` command: parses arguments, loads config and hands over to the crates. Thin.
+//! The `ebbtide` command: parses arguments, loads config and hands over to the library. Thin.
 
 use clap::{Parser, Subcommand};
 use ebbtide_config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-mod autoscale;
-mod fleet;
-mod in_process;
-mod remote;
-mod serve;
-mod standalone;
+use ebbtide::{init_logging, runtime};
 
 /// An elastic, autoscaling HTTP load balancer.
 #[derive(Parser)]
@@ -75,7 +70,7 @@ fn main() -> ExitCode {
             };
             init_logging();
             let rt = runtime(cfg.runtime.worker_threads);
-            match rt.block_on(serve::run(cfg, config)) {
+            match rt.block_on(ebbtide::serve(cfg, config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("ebbtide: {e}");
@@ -91,13 +86,13 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            if let Err(e) = standalone::usable(&cfg, &config) {
+            if let Err(e) = ebbtide::autoscale_usable(&cfg, &config) {
                 eprintln!("{e}");
                 return ExitCode::from(2);
             }
             init_logging();
             let rt = runtime(cfg.runtime.worker_threads);
-            match rt.block_on(standalone::run(cfg)) {
+            match rt.block_on(ebbtide::autoscale(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("ebbtide autoscale: {e}");
@@ -130,35 +125,4 @@ fn main() -> ExitCode {
             }
         },
     }
-}
-
-/// A tokio runtime with `threads` workers (default: the number of cores). One worker means the
-/// current-thread runtime: no work-stealing queues or cross-thread wake-ups to pay for when
-/// there is no other thread to share with.
-fn runtime(threads: Option<usize>) -> tokio::runtime::Runtime {
-    let mut b = match threads {
-        Some(n) if n <= 1 => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    b.enable_all()
-        .build()
-        .expect("cannot start the tokio runtime")
-}
-
-/// Logs to stderr; the level comes from `EBBTIDE_LOG` (error, warn, info, debug, trace).
-fn init_logging() {
-    let level = std::env::var("EBBTIDE_LOG")
-        .ok()
-        .and_then(|v| v.parse::<tracing::Level>().ok())
-        .unwrap_or(tracing::Level::INFO);
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
 }

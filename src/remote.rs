@@ -4,10 +4,9 @@
 //! dead autoscaler's backends expire), and drains before it stops one (`DELETE`, then waiting
 //! until no balancer lists it).
 
-use crate::fleet::Registrar;
 use bytes::Bytes;
 use ebbtide_autoscaler::providers::{Instance, ProviderFuture};
-use ebbtide_autoscaler::{Reading, SignalSource};
+use ebbtide_autoscaler::{Membership, OverloadAction, Reading, SignalSource};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -23,7 +22,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_ANSWER: usize = 4 << 20;
 
 /// The balancers `[autoscaler] balancers` names.
-pub struct Balancers {
+pub(crate) struct Balancers {
     admins: Vec<String>,
     token: Option<String>,
     client: Client<HttpConnector, Full<Bytes>>,
@@ -38,7 +37,7 @@ pub struct Balancers {
 impl Balancers {
     /// Clients for the admin APIs at `admins` (`host:port`), registering backends with the
     /// provider's capacity and price.
-    pub fn new(
+    pub(crate) fn new(
         admins: Vec<String>,
         token: Option<String>,
         provider: &ebbtide_config::Provider,
@@ -229,7 +228,7 @@ pub fn parse_signals(v: &serde_json::Value) -> Result<Reading, String> {
     })
 }
 
-impl Registrar for Balancers {
+impl Membership for Balancers {
     /// Remote balancers hear of a backend only once it is healthy.
     fn starting(&self, _instance: &Instance) {}
 
@@ -279,10 +278,21 @@ impl Registrar for Balancers {
             }
         })
     }
+
+    /// Remote balancers' queues keep their own `[overload]` settings: there is no admin call to
+    /// change them, so the action is logged (once per change) for the operator.
+    fn set_overload(&self, action: OverloadAction) {
+        if !matches!(action, OverloadAction::None | OverloadAction::Queue) {
+            tracing::warn!(
+                ?action,
+                "overload action not applied: remote balancers keep their own [overload] queue"
+            );
+        }
+    }
 }
 
 /// The remote balancers as a signal source.
-pub struct RemoteSignals(pub Arc<Balancers>);
+pub(crate) struct RemoteSignals(pub(crate) Arc<Balancers>);
 
 impl SignalSource for RemoteSignals {
     fn read(&mut self) -> ProviderFuture<'_, Result<Vec<Option<Reading>>, String>> {

@@ -2,9 +2,10 @@
 //! many as the autoscaler decides), reloads config on SIGHUP, and on SIGTERM or ctrl-c drains
 //! and stops everything it started.
 
-use crate::autoscale::{self, AutoscalerState};
-use crate::fleet::Fleet;
+use crate::admin_view::AutoscalerView;
 use crate::in_process::{self, InProcess};
+use ebbtide_autoscaler::control::driver::Now;
+use ebbtide_autoscaler::{ControlStep, CostMeter, Driver, SignalSource};
 use ebbtide_balancer::serve::Server;
 use ebbtide_config::Config;
 use std::path::PathBuf;
@@ -29,32 +30,35 @@ pub async fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
     let fleet = match &cfg.provider {
         Some(p) => {
             let provider = ebbtide_autoscaler::providers::build(p)?;
-            let balancer = Arc::new(InProcess::new(
-                server.proxy.clone(),
-                p,
-                cfg.lifecycle.drain_timeout.0,
-            ));
-            let fleet = Arc::new(Fleet::new(provider, balancer, server.proxy.clock));
-            match &cfg.autoscaler {
+            let membership = Arc::new(InProcess::new(server.proxy.clone(), &cfg, p));
+            let clock = server.proxy.clock;
+            let now: Now = Arc::new(move || clock.now());
+            let (step, interval, source) = match &cfg.autoscaler {
                 Some(a) => {
-                    let state = Arc::new(AutoscalerState::new(a, server.proxy.clock));
-                    server.admin.set_events(state.clone());
-                    server.admin.add_metrics(state.clone());
-                    let base_queue = (cfg.overload.max_queue, cfg.overload.queue_timeout.0);
-                    tasks.push(tokio::spawn(autoscale::run(
-                        a.clone(),
-                        fleet.clone(),
-                        Box::new(in_process::Signals(server.proxy.clone())),
-                        autoscale::in_process_overload(server.proxy.clone(), base_queue),
-                        state,
-                        stop_rx.clone(),
-                    )));
+                    let signals: Box<dyn SignalSource> =
+                        Box::new(in_process::Signals(server.proxy.clone()));
+                    (
+                        ControlStep::new(a, crate::admin_view::EVENTS_SHOWN),
+                        a.interval.0,
+                        Some(signals),
+                    )
                 }
-                None => tasks.push(tokio::spawn(
-                    fleet.clone().supervise(p.count, stop_rx.clone()),
-                )),
+                // No autoscaler: `count` backends, lost ones replaced within a second.
+                None => (
+                    ControlStep::fixed(p.count, CostMeter::new(p.cost_per_hour, 0)),
+                    Duration::from_secs(1),
+                    None,
+                ),
+            };
+            let driver = Driver::new(step, provider, membership, now, interval);
+            if cfg.autoscaler.is_some() {
+                let view = Arc::new(AutoscalerView(driver.shared()));
+                server.admin.set_events(view.clone());
+                server.admin.add_metrics(view);
             }
-            Some(fleet)
+            let (d, stop) = (driver.clone(), stop_rx.clone());
+            tasks.push(tokio::spawn(async move { d.run(source, stop).await }));
+            Some(driver)
         }
         None => None,
     };

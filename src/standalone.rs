@@ -4,11 +4,10 @@
 //! `/healthz`). On SIGTERM or ctrl-c it drains its backends from every balancer, stops them,
 //! and exits 0.
 
-use crate::autoscale::{self, AutoscalerState, OverloadControl};
-use crate::fleet::Fleet;
+use crate::admin_view::{AutoscalerView, EVENTS_SHOWN};
 use crate::remote::{Balancers, RemoteSignals};
 use bytes::Bytes;
-use ebbtide_autoscaler::OverloadAction;
+use ebbtide_autoscaler::{ControlStep, Driver};
 use ebbtide_balancer::admin::EventSource;
 use ebbtide_balancer::clock::Clock;
 use ebbtide_balancer::metrics::MetricsSource;
@@ -75,49 +74,43 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         cfg.lifecycle.drain_timeout.0,
     ));
     let provider = ebbtide_autoscaler::providers::build(&p)?;
-    let fleet = Arc::new(Fleet::new(provider, balancers.clone(), clock));
-    let state = Arc::new(AutoscalerState::new(&a, clock));
+    let now = Arc::new(move || clock.now());
+    let driver = Driver::new(
+        ControlStep::new(&a, EVENTS_SHOWN),
+        provider,
+        balancers.clone(),
+        now,
+        a.interval.0,
+    );
+    let view = Arc::new(AutoscalerView(driver.shared()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let admin = tokio::spawn(serve_admin(
         listener,
-        state.clone(),
+        view,
         cfg.admin.token.clone(),
         stop_rx.clone(),
     ));
-    let control = tokio::spawn(autoscale::run(
-        a,
-        fleet.clone(),
-        Box::new(RemoteSignals(balancers)),
-        remote_overload(),
-        state,
-        stop_rx,
-    ));
+    let control = {
+        let d = driver.clone();
+        tokio::spawn(async move {
+            d.run(Some(Box::new(RemoteSignals(balancers))), stop_rx)
+                .await
+        })
+    };
     crate::serve::shutdown_signal().await;
     tracing::info!("stopping: draining this autoscaler's backends from the balancers");
     let _ = stop_tx.send(true);
     let _ = control.await;
-    fleet.shutdown(true).await;
+    driver.shutdown(true).await;
     let _ = admin.await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Remote balancers' queues keep their own `[overload]` settings: there is no admin call to
-/// change them, so the action is logged (once per change) for the operator.
-fn remote_overload() -> OverloadControl {
-    Box::new(|action| match action {
-        OverloadAction::None | OverloadAction::Queue => {}
-        _ => tracing::warn!(
-            ?action,
-            "overload action not applied: remote balancers keep their own [overload] queue"
-        ),
-    })
-}
-
 /// The autoscaler's own admin API: events, metrics and a liveness check.
 async fn serve_admin(
     listener: tokio::net::TcpListener,
-    state: Arc<AutoscalerState>,
+    state: Arc<AutoscalerView>,
     token: Option<String>,
     stop: watch::Receiver<bool>,
 ) {
@@ -136,7 +129,7 @@ async fn serve_admin(
 }
 
 fn answer<B>(
-    state: &AutoscalerState,
+    state: &AutoscalerView,
     token: Option<&str>,
     req: &Request<B>,
 ) -> Response<Full<Bytes>> {

@@ -23,6 +23,19 @@ pub enum OverloadAction {
     },
 }
 
+impl OverloadAction {
+    /// The bound the balancer's wait queue should have under this action, given its own
+    /// `[overload] max_queue`. Never above that bound: it is the memory the operator allowed
+    /// the queue, and an autoscaler (in process or remote) must not raise it.
+    pub fn queue_limit(self, configured: usize) -> usize {
+        match self {
+            OverloadAction::None | OverloadAction::Queue => configured,
+            OverloadAction::Shed => 0,
+            OverloadAction::QueueThenShed { max_queue } => (max_queue as usize).min(configured),
+        }
+    }
+}
+
 /// Which way a decision moves the fleet, for the `decisions_total{direction}` metric and events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

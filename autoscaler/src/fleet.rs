@@ -2,19 +2,8 @@
 //! launch time (which the cost rules need to know who is paid until when).
 
 use ebbtide_config::time::Nanos;
+pub use ebbtide_config::BackendState;
 use serde::Serialize;
-
-/// Where a backend is in its life, as far as scaling is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MemberState {
-    /// Launched (and paid for) but not serving yet.
-    Starting,
-    /// Serving.
-    Ready,
-    /// On its way out: finishing its requests, no longer counted.
-    Draining,
-}
 
 /// One backend of the fleet, for the billing-aware choice of which to remove.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -24,7 +13,7 @@ pub struct Member {
     /// When it was launched: billing periods count from here.
     pub launched_at: Nanos,
     /// Its state.
-    pub state: MemberState,
+    pub state: BackendState,
 }
 
 /// The fleet as the control loop (or the simulator) knows it at decision time.
@@ -62,9 +51,9 @@ impl FleetView {
     pub fn from_members(members: Vec<Member>, min: u32, max: u32) -> FleetView {
         let count = |s| members.iter().filter(|m| m.state == s).count() as u32;
         FleetView {
-            ready: count(MemberState::Ready),
-            starting: count(MemberState::Starting),
-            draining: count(MemberState::Draining),
+            ready: count(BackendState::Active),
+            starting: count(BackendState::Starting),
+            draining: count(BackendState::Draining),
             min,
             max,
             members,
@@ -96,10 +85,10 @@ mod tests {
         };
         let f = FleetView::from_members(
             vec![
-                m("a", MemberState::Ready),
-                m("b", MemberState::Ready),
-                m("c", MemberState::Starting),
-                m("d", MemberState::Draining),
+                m("a", BackendState::Active),
+                m("b", BackendState::Active),
+                m("c", BackendState::Starting),
+                m("d", BackendState::Draining),
             ],
             1,
             5,

@@ -7,7 +7,8 @@
 //! [`EventLog`], and report fleet changes to a [`CostMeter`]. Providers (which start and stop
 //! backends) are the IO side.
 
-pub mod cost;
+pub mod billing;
+pub mod control;
 pub mod deciders;
 pub mod decision;
 pub mod erlang;
@@ -20,11 +21,13 @@ pub mod windows;
 #[cfg(test)]
 mod testkit;
 
-pub use cost::{CostAware, CostMeter};
+pub use billing::CostMeter;
+pub use control::{ControlStep, Driver, Membership};
+pub use deciders::CostRules;
 pub use deciders::{build, build_decider, Decider};
 pub use decision::{Decision, Direction, OverloadAction};
 pub use events::{EventLog, ScalingEvent};
-pub use fleet::{FleetView, Member, MemberState};
+pub use fleet::{BackendState, FleetView, Member};
 pub use providers::{Instance, Provider};
 pub use signals::{Reading, Sampler, SignalSource};
 pub use windows::{Observation, WindowAverages, Windows};

@@ -3,7 +3,7 @@
 
 use crate::deciders::Decider;
 use crate::decision::Decision;
-use crate::fleet::{FleetView, Member, MemberState};
+use crate::fleet::{BackendState, FleetView, Member};
 use crate::windows::{Observation, Windows};
 use ebbtide_config::time::Nanos;
 
@@ -67,9 +67,9 @@ impl FluidFleet {
     fn launch(&mut self, ready_at: Nanos) {
         self.next_id += 1;
         let state = if ready_at <= self.now {
-            MemberState::Ready
+            BackendState::Active
         } else {
-            MemberState::Starting
+            BackendState::Starting
         };
         self.members.push((
             Member {
@@ -105,8 +105,8 @@ impl FluidFleet {
     pub fn step(&mut self, dt: Nanos, arrival_rate: f64) -> Observation {
         self.now += dt;
         for (m, ready_at) in &mut self.members {
-            if m.state == MemberState::Starting && *ready_at <= self.now {
-                m.state = MemberState::Ready;
+            if m.state == BackendState::Starting && *ready_at <= self.now {
+                m.state = BackendState::Active;
             }
         }
         let ready = self.ready();

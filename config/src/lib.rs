@@ -3,6 +3,7 @@
 //! crates share (core time, a seeded RNG), since this crate is the one they all depend on.
 
 pub mod autoscaler;
+mod backend_state;
 pub mod lifecycle;
 pub mod rng;
 mod schema;
@@ -11,6 +12,7 @@ pub mod simulation;
 pub mod time;
 mod validate;
 
+pub use backend_state::BackendState;
 pub use lifecycle::{Health, Idempotency, Lifecycle, Outlier, Retries};
 pub use schema::*;
 pub use validate::{ConfigError, ConfigErrors};

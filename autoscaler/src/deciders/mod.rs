@@ -3,14 +3,15 @@
 //! rules, which is what the control loop and the simulator run.
 
 pub mod concurrency;
+pub mod cost_rules;
 pub mod queueing_model;
 pub mod target_tracking;
 
 pub use concurrency::Concurrency;
+pub use cost_rules::CostRules;
 pub use queueing_model::QueueingModel;
 pub use target_tracking::TargetTracking;
 
-use crate::cost::CostAware;
 use crate::decision::Decision;
 use crate::fleet::FleetView;
 use crate::windows::Windows;
@@ -51,7 +52,7 @@ pub fn build_decider(cfg: &Autoscaler) -> Box<dyn Decider> {
 /// The decider `autoscaler.decider` names, wrapped in the cost rules of `[autoscaler.cost]`:
 /// what `ebbtide serve`, `ebbtide autoscale` and the simulator run.
 pub fn build(cfg: &Autoscaler) -> Box<dyn Decider> {
-    Box::new(CostAware::new(build_decider(cfg), cfg))
+    Box::new(CostRules::new(build_decider(cfg), cfg))
 }
 
 /// ceil(x) as a backend count, forgiving float noise (2.0000000001 backends is 2) and clamping

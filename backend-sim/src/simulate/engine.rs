@@ -21,21 +21,21 @@
 //!   fed with each request's time at the backend as the proxy feeds them.
 //! - **Backends**: `workers` in service, the rest in the backend's own FIFO, each served for a
 //!   draw of `ebbtide_config::service_time::ServiceTime` divided by the backend's speed.
-//! - **Autoscaling** (with `[autoscaler]`): every `interval` an `Observation` of the simulated
-//!   balancer goes into `Windows`, the decider `ebbtide_autoscaler::deciders::build` makes (cost
-//!   rules included) decides on the `FleetView`, the decision is logged in an `EventLog` and
-//!   carried out: new backends become ready after the boot delay; removed ones take no new
-//!   requests and leave when idle (a starting one is cancelled). The decision's overload action
-//!   bounds the balancer's queue. A `CostMeter` accounts every backend paid for.
+//! - **Autoscaling** (with `[autoscaler]`): the live control step,
+//!   `ebbtide_autoscaler::ControlStep`, ticked every `interval` with a `Reading` of the
+//!   simulated balancer (the counters and window `/api/v1/signals` carries), so sampling, the
+//!   decider and its cost rules, the event log, the choice of backends to remove and the cost
+//!   meter are the live loop's own. Its commands are carried out in virtual time: a launched
+//!   backend boots for the boot delay, then serves; a retired one takes no new requests and
+//!   leaves when idle (a starting one at once). A changed overload action bounds the queue by
+//!   `OverloadAction::queue_limit`, as `ebbtide serve` does.
 
 use super::fleet::{BackendState, BackendTemplate, Fleet, Job};
 use super::scenario::Scenario;
 use crate::load::report::{ErrorKind, Outcome, Recorder, Report, RunInfo};
 use crate::load::schedule::Arrivals;
-use ebbtide_autoscaler::decision::OverloadAction;
-use ebbtide_autoscaler::{
-    CostMeter, Decider, Direction, EventLog, FleetView, Member, MemberState, Observation, Windows,
-};
+use ebbtide_autoscaler::control::{Command, Report as Happened};
+use ebbtide_autoscaler::{ControlStep, CostMeter, Direction, Instance, Reading};
 use ebbtide_balancer::dispatch::Shed;
 use ebbtide_balancer::policies::hash_key;
 use ebbtide_balancer::policy::Policy;
@@ -181,16 +181,12 @@ pub struct RunResult {
     pub end_ns: Nanos,
 }
 
-/// The autoscaler's part of a run.
+/// The autoscaler's part of a run: the live control step and its interval.
 struct Control {
-    decider: Box<dyn Decider>,
-    windows: Windows,
-    events: EventLog,
+    step: ControlStep,
     interval: Nanos,
-    min: u32,
-    max: u32,
-    /// `[autoscaler] workers`: what the live loop divides the mean latency into.
-    workers: u32,
+    /// The simulated backend each of the step's members is, by name.
+    slots: BTreeMap<String, u32>,
 }
 
 /// The simulation state.
@@ -225,9 +221,9 @@ struct Sim<'a> {
     seconds_p99_over_slo: u64,
     last_done: Nanos,
     simulated: u64,
-    /// Counts since the last control tick, for the observation's rates.
-    interval_arrivals: u64,
-    interval_completions: u64,
+    /// Cumulative counts, as the balancer's `/api/v1/signals` has them.
+    arrivals_total: u64,
+    completions_total: u64,
     control: Option<Control>,
     meter: CostMeter,
     scaling: ScalingSummary,
@@ -251,13 +247,9 @@ pub fn run(sc: &Scenario) -> RunResult {
         None => CostMeter::new(price, 0),
     };
     let control = cfg.autoscaler.as_ref().map(|a| Control {
-        decider: ebbtide_autoscaler::build(a),
-        windows: Windows::from_config(a),
-        events: EventLog::new(EVENT_LOG_CAPACITY),
+        step: ControlStep::new(a, EVENT_LOG_CAPACITY),
         interval: a.interval.as_nanos().max(1),
-        min: a.min,
-        max: a.max,
-        workers: a.workers,
+        slots: BTreeMap::new(),
     });
     let mut seeds = Rng::new(sc.sim.seed ^ 0x5eed_5111_u64);
     let mut sim = Sim {
@@ -292,8 +284,8 @@ pub fn run(sc: &Scenario) -> RunResult {
         seconds_p99_over_slo: 0,
         last_done: 0,
         simulated: 0,
-        interval_arrivals: 0,
-        interval_completions: 0,
+        arrivals_total: 0,
+        completions_total: 0,
         control,
         meter,
         scaling: ScalingSummary::default(),
@@ -333,10 +325,25 @@ impl Sim<'_> {
         });
     }
 
-    /// The starting fleet (ready at once), the first ticks.
+    /// The starting fleet (ready at once), the autoscaler's first launches (up to `min`, as
+    /// the live loop starts), the first ticks.
     fn start(&mut self) {
         for _ in 0..self.sc.sim.backends {
-            self.fleet.launch(0, true);
+            let slot = self.fleet.launch(0, true);
+            if let Some(c) = self.control.as_mut() {
+                let name = self.fleet.get(slot).name.clone();
+                c.slots.insert(name.clone(), slot);
+                let instance = Instance {
+                    id: name,
+                    address: String::new(),
+                };
+                c.step.adopt(instance, BackendState::Active, 0);
+            }
+        }
+        if let Some(c) = self.control.as_mut() {
+            c.step.prime(0, &[Some(Reading::default())]);
+            let launches = c.step.start(0);
+            self.execute(launches);
         }
         self.fleet_changed();
         self.rec.second(0).backends = Some(self.fleet.active());
@@ -356,13 +363,13 @@ impl Sim<'_> {
         match kind {
             EventKind::Complete { slot, job } => self.complete(slot, job),
             EventKind::Ready { slot, id } => {
-                if self
+                if let Some(b) = self
                     .fleet
                     .get_if(slot, id)
-                    .is_some_and(|b| b.state == BackendState::Starting)
+                    .filter(|b| b.state == BackendState::Starting)
                 {
-                    self.fleet.activate(slot);
-                    self.dispatch_queue();
+                    let id = b.name.clone();
+                    self.report(Happened::Ready { id });
                 }
             }
             EventKind::Expire => {
@@ -402,7 +409,7 @@ impl Sim<'_> {
     fn arrive(&mut self) {
         let now = self.now;
         self.simulated += 1;
-        self.interval_arrivals += 1;
+        self.arrivals_total += 1;
         self.signals.record_arrival(now);
         if now >= self.warmup {
             let s = Self::second_of(now);
@@ -488,7 +495,7 @@ impl Sim<'_> {
         }
         self.fleet.refresh(slot);
         self.in_flight_total -= 1;
-        self.interval_completions += 1;
+        self.completions_total += 1;
         let latency = now - job.arrival;
         self.signals.record_completion(latency, now);
         if job.arrival >= self.warmup {
@@ -514,7 +521,12 @@ impl Sim<'_> {
             };
             self.record(job.arrival, outcome);
         }
+        let name = (self.fleet.get(slot).state == BackendState::Draining)
+            .then(|| self.fleet.get(slot).name.clone());
         if self.fleet.reap_if_drained(slot) {
+            if let Some(id) = name {
+                self.report(Happened::Retired { id });
+            }
             self.fleet_changed();
         }
         self.dispatch_queue();
@@ -524,6 +536,8 @@ impl Sim<'_> {
     fn shed(&mut self, w: Waiting, why: Shed) {
         let now = self.now;
         self.signals.record_shed(now);
+        // The proxy counts its own 503s among the responses it finished.
+        self.completions_total += 1;
         if w.arrival >= self.warmup {
             *self.shed.entry(why.reason().to_string()).or_default() += 1;
             self.record(
@@ -615,134 +629,112 @@ impl Sim<'_> {
 
     fn control_tick(&mut self) {
         let now = self.now;
+        let snap = self.signals.snapshot(now);
+        // What `/api/v1/signals` of a live balancer would say now.
+        let reading = Reading {
+            arrivals_total: self.arrivals_total,
+            completions_total: self.completions_total,
+            in_flight: self.in_flight_total,
+            queue_depth: self.queue.len() as u64,
+            window_completions: snap.completions,
+            p99_ms: snap.latency_ms.p99,
+            mean_ms: snap.latency_ms.mean,
+            active_backends: self.fleet.active(),
+        };
         let Some(c) = self.control.as_mut() else {
             return;
         };
-        let interval_s = c.interval as f64 / NANOS_PER_SEC as f64;
-        let snap = self.signals.snapshot(now);
-        // Measured as `ebbtide serve` measures it (src/autoscale.rs): the autoscaler's `workers`
-        // over the signal window's mean latency, and only while nothing waits in the balancer
-        // (then that latency is service plus the backend's own queueing). Not the exact mean
-        // service time the simulator knows: the deciders must see what the live proxy shows them.
-        let service_rate =
-            (snap.completions > 0 && self.queue.is_empty() && snap.latency_ms.mean > 0.0)
-                .then(|| c.workers as f64 / (snap.latency_ms.mean / 1e3));
-        let obs = Observation {
-            at: now,
-            concurrency: (self.in_flight_total + self.queue.len() as u64) as f64,
-            arrival_rate: self.interval_arrivals as f64 / interval_s,
-            completion_rate: self.interval_completions as f64 / interval_s,
-            queue_depth: self.queue.len() as f64,
-            p99_ms: (snap.completions > 0).then_some(snap.latency_ms.p99),
-            service_rate_per_backend: service_rate,
-            ready: self.fleet.active(),
-            starting: self.fleet.starting(),
-        };
-        self.interval_arrivals = 0;
-        self.interval_completions = 0;
-        c.windows.observe(obs);
-        let members: Vec<Member> = self
-            .fleet
-            .backends()
-            .map(|b| Member {
-                id: b.name.clone(),
-                launched_at: b.launched_at,
-                state: match b.state {
-                    BackendState::Starting => MemberState::Starting,
-                    BackendState::Active => MemberState::Ready,
-                    BackendState::Draining => MemberState::Draining,
-                },
-            })
-            .collect();
-        let view = FleetView::from_members(members, c.min, c.max);
-        let current = view.current();
-        let decision = c.decider.decide(&c.windows, &view, now);
-        let name = c.decider.name();
-        match c.events.record(now, name, current, &decision) {
+        c.step.observe(now, &[Some(reading)]);
+        let tick = c.step.tick(now);
+        match tick.direction {
             Direction::Up => self.scaling.up += 1,
             Direction::Down => self.scaling.down += 1,
             Direction::Hold => self.scaling.hold += 1,
         }
-        // What the balancer does meanwhile with what the ready fleet cannot serve.
-        let max_queue = match decision.overload {
-            OverloadAction::None | OverloadAction::Queue => self.configured_max_queue,
-            OverloadAction::Shed => 0,
-            OverloadAction::QueueThenShed { max_queue } => {
-                (max_queue as usize).min(self.configured_max_queue)
-            }
-        };
-        self.queue.set_max_len(max_queue);
-
-        let mut changed = false;
-        if decision.desired > current {
-            for _ in current..decision.desired {
-                let ready = self.sc.boot == 0;
-                let slot = self.fleet.launch(now, ready);
-                self.scaling.launched += 1;
-                if !ready {
-                    let id = self.fleet.get(slot).id;
-                    self.schedule(now + self.sc.boot, EventKind::Ready { slot, id });
-                }
-            }
-            changed = true;
-        } else if decision.desired < current {
-            // The backends the decision names, then the newest (starting ones first).
-            let mut excess = (current - decision.desired) as usize;
-            let mut chosen: Vec<u32> = Vec::new();
-            if !decision.remove.is_empty() {
-                let by_name: BTreeMap<&str, u32> = self
-                    .fleet
-                    .order()
-                    .iter()
-                    .map(|&s| (s, self.fleet.get(s)))
-                    .filter(|(_, b)| b.state != BackendState::Draining)
-                    .map(|(s, b)| (b.name.as_str(), s))
-                    .collect();
-                chosen.extend(
-                    decision
-                        .remove
-                        .iter()
-                        .filter_map(|name| by_name.get(name.as_str()).copied()),
-                );
-                chosen.sort_unstable();
-                chosen.dedup();
-            }
-            excess = excess.saturating_sub(chosen.len());
-            if excess > 0 {
-                let mut rest: Vec<(bool, Nanos, u64, u32)> = self
-                    .fleet
-                    .order()
-                    .iter()
-                    .filter(|s| chosen.binary_search(s).is_err())
-                    .map(|&s| (s, self.fleet.get(s)))
-                    .filter(|(_, b)| b.state != BackendState::Draining)
-                    .map(|(s, b)| {
-                        (
-                            b.state != BackendState::Starting,
-                            u64::MAX - b.launched_at,
-                            u64::MAX - b.id,
-                            s,
-                        )
-                    })
-                    .collect();
-                rest.sort_unstable();
-                chosen.extend(rest.into_iter().take(excess).map(|r| r.3));
-            }
-            for slot in chosen {
-                self.fleet.remove(slot);
-                changed = true;
-            }
+        if let Some(action) = tick.overload {
+            // What the balancer does meanwhile with what the ready fleet cannot serve.
+            self.queue
+                .set_max_len(action.queue_limit(self.configured_max_queue));
         }
-        if changed {
+        if !tick.commands.is_empty() {
+            self.execute(tick.commands);
             self.fleet_changed();
             self.dispatch_queue();
+        }
+    }
+
+    /// Tells the control step what happened, and carries out what it answers.
+    fn report(&mut self, report: Happened) {
+        let now = self.now;
+        let Some(c) = self.control.as_mut() else {
+            return;
+        };
+        let (next, _) = c.step.report(report, now);
+        self.execute(next);
+    }
+
+    /// Carries out the control step's commands in virtual time.
+    fn execute(&mut self, commands: impl IntoIterator<Item = Command>) {
+        for command in commands {
+            let now = self.now;
+            let slot_of =
+                |sim: &Self, id: &str| sim.control.as_ref().and_then(|c| c.slots.get(id).copied());
+            match command {
+                Command::Launch { ticket } => {
+                    let slot = self.fleet.launch(now, false);
+                    self.scaling.launched += 1;
+                    let name = self.fleet.get(slot).name.clone();
+                    if let Some(c) = self.control.as_mut() {
+                        c.slots.insert(name.clone(), slot);
+                    }
+                    let instance = Instance {
+                        id: name,
+                        address: String::new(),
+                    };
+                    self.report(Happened::Launched { ticket, instance });
+                }
+                Command::Boot(instance) => {
+                    let Some(slot) = slot_of(self, &instance.id) else {
+                        continue;
+                    };
+                    if self.sc.boot == 0 {
+                        self.report(Happened::Ready { id: instance.id });
+                    } else {
+                        let id = self.fleet.get(slot).id;
+                        self.schedule(now + self.sc.boot, EventKind::Ready { slot, id });
+                    }
+                }
+                Command::Admit(instance) => {
+                    if let Some(slot) = slot_of(self, &instance.id) {
+                        if self.fleet.get(slot).state == BackendState::Starting {
+                            self.fleet.activate(slot);
+                            self.dispatch_queue();
+                        }
+                    }
+                }
+                Command::Retire(instance)
+                | Command::Forget(instance)
+                | Command::Terminate(instance) => {
+                    let Some(slot) = slot_of(self, &instance.id) else {
+                        continue;
+                    };
+                    if self.fleet.remove(slot) {
+                        if let Some(c) = self.control.as_mut() {
+                            c.slots.remove(&instance.id);
+                        }
+                        self.report(Happened::Retired { id: instance.id });
+                    }
+                }
+            }
         }
     }
 
     /// Reports the paid fleet to the cost meter after any change.
     fn fleet_changed(&mut self) {
         let paid = self.fleet.paid();
-        self.meter.on_fleet_change(self.now, paid);
+        if self.control.is_none() {
+            self.meter.on_fleet_change(self.now, paid);
+        }
         self.scaling.peak_backends = self.scaling.peak_backends.max(paid);
     }
 
@@ -770,13 +762,22 @@ impl Sim<'_> {
                 p.p99_ms = p99;
             }
         }
-        self.scaling.decider = self.control.as_ref().map(|c| c.decider.name().to_string());
+        self.scaling.decider = self
+            .control
+            .as_ref()
+            .and_then(|c| c.step.decider_name())
+            .map(str::to_string);
         let events = self
             .control
             .as_ref()
-            .map_or(serde_json::Value::Array(Vec::new()), |c| {
-                c.events.to_json(EVENT_LOG_CAPACITY)
+            .and_then(|c| c.step.events())
+            .map_or(serde_json::Value::Array(Vec::new()), |log| {
+                log.to_json(EVENT_LOG_CAPACITY)
             });
+        let meter = self
+            .control
+            .as_ref()
+            .map_or(&self.meter, |c| c.step.meter());
         // Every backend launched and no longer paid for was removed.
         let launched_total = sc.sim.backends as u64 + self.scaling.launched;
         self.scaling.removed = launched_total - self.fleet.paid() as u64;
@@ -787,9 +788,9 @@ impl Sim<'_> {
             shed: self.shed,
             seconds_p99_over_slo: self.seconds_p99_over_slo,
             slo_ns: self.slo,
-            backend_seconds: self.meter.backend_seconds(end),
-            cost: self.meter.cost(end),
-            usage_cost: self.meter.usage_cost(end),
+            backend_seconds: meter.backend_seconds(end),
+            cost: meter.cost(end),
+            usage_cost: meter.usage_cost(end),
             scaling: self.scaling,
             events,
             end_ns: end,

@@ -14,16 +14,7 @@ use ebbtide_balancer::policy::{BackendView, Candidates};
 use ebbtide_config::time::Nanos;
 use std::collections::VecDeque;
 
-/// Where a backend is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendState {
-    /// Launched and paid for, booting: not accepting.
-    Starting,
-    /// Serving.
-    Active,
-    /// Removed by the autoscaler: finishing what it has, accepting nothing new.
-    Draining,
-}
+pub use ebbtide_config::BackendState;
 
 /// One request at a backend (in service or in the backend's own queue).
 #[derive(Debug, Clone, Copy)]
@@ -272,7 +263,8 @@ impl Fleet {
                 }
                 idle
             }
-            BackendState::Draining => false,
+            // Ejection is the proxy's (outlier detection); the simulator never ejects.
+            BackendState::Draining | BackendState::Ejected => false,
         }
     }
 

@@ -1,6 +1,6 @@
 //! Cost-aware rules around any decider, and a meter of what the fleet has cost.
 //!
-//! [`CostAware`] takes the inner decider's choice and, in this order:
+//! [`CostRules`] takes the inner decider's choice and, in this order:
 //!
 //! 1. **Boot-time lookahead.** Backends ordered now serve only after `boot_time`, so the arrival
 //!    rate's trend (least-squares slope over the stable window) is extrapolated to
@@ -38,13 +38,12 @@
 //! cost(n) = n x backend_per_hour
 //!         + arrival_rate x 3600 x P(sojourn > slo_p99 | n) x slo_violation_cost
 //! ```
-//!
-//! [`CostMeter`] accumulates backend-seconds and cost as the fleet changes.
 
-use crate::deciders::queueing_model::QueueingModel;
-use crate::deciders::{ceil_count, secs, Decider};
+use super::queueing_model::QueueingModel;
+use super::{ceil_count, secs, Decider};
+use crate::billing::paid_until;
 use crate::decision::{Decision, OverloadAction};
-use crate::fleet::{FleetView, MemberState};
+use crate::fleet::{BackendState, FleetView};
 use crate::windows::Windows;
 use ebbtide_config::autoscaler::{Autoscaler, OverloadMode};
 use ebbtide_config::time::Nanos;
@@ -53,29 +52,9 @@ use std::collections::VecDeque;
 /// The most a lookahead multiplies the fleet by.
 pub const MAX_LOOKAHEAD_FACTOR: f64 = 2.0;
 
-/// When a backend launched at `launched_at` is paid until, seen at `now`: billing counts whole
-/// periods from launch, at least one. With `period` 0 (billing by the second) it is `now`.
-pub fn paid_until(launched_at: Nanos, now: Nanos, period: Nanos) -> Nanos {
-    if period == 0 {
-        return now.max(launched_at);
-    }
-    let age = now.saturating_sub(launched_at);
-    let periods = age.div_ceil(period).max(1);
-    launched_at.saturating_add(periods.saturating_mul(period))
-}
-
-/// Billed time of a backend that ran `lifetime`: whole periods, at least one.
-fn billed(lifetime: Nanos, period: Nanos) -> Nanos {
-    if period == 0 {
-        lifetime
-    } else {
-        lifetime.div_ceil(period).max(1) * period
-    }
-}
-
 /// Any decider with the cost rules around it; see the module notes.
 #[derive(Debug, Clone)]
-pub struct CostAware<D> {
+pub struct CostRules<D> {
     inner: D,
     price_per_hour: f64,
     billing_period: Nanos,
@@ -91,10 +70,10 @@ pub struct CostAware<D> {
     recent: VecDeque<(Nanos, u32)>,
 }
 
-impl<D: Decider> CostAware<D> {
+impl<D: Decider> CostRules<D> {
     /// `inner` with the rules of `[autoscaler]` and `[autoscaler.cost]`.
-    pub fn new(inner: D, cfg: &Autoscaler) -> CostAware<D> {
-        CostAware {
+    pub fn new(inner: D, cfg: &Autoscaler) -> CostRules<D> {
+        CostRules {
             inner,
             price_per_hour: cfg.cost.backend_per_hour,
             billing_period: cfg.cost.billing_period.as_nanos(),
@@ -161,7 +140,7 @@ impl<D: Decider> CostAware<D> {
     }
 }
 
-impl<D: Decider> Decider for CostAware<D> {
+impl<D: Decider> Decider for CostRules<D> {
     fn name(&self) -> &'static str {
         self.inner.name()
     }
@@ -284,7 +263,7 @@ impl<D: Decider> Decider for CostAware<D> {
             let mut candidates: Vec<(Nanos, bool, Nanos, &str)> = fleet
                 .members
                 .iter()
-                .filter(|m| m.state != MemberState::Draining)
+                .filter(|m| m.state != BackendState::Draining)
                 .map(|m| {
                     let left = paid_until(m.launched_at, now, self.billing_period) - now;
                     let left = if billed { left } else { 0 };
@@ -292,7 +271,7 @@ impl<D: Decider> Decider for CostAware<D> {
                     // the newest; then by id, so the choice is deterministic.
                     (
                         left,
-                        m.state != MemberState::Starting,
+                        m.state != BackendState::Starting,
                         u64::MAX - m.launched_at,
                         m.id.as_str(),
                     )
@@ -368,95 +347,10 @@ impl<D: Decider> Decider for CostAware<D> {
     }
 }
 
-/// Accumulates what the fleet costs as it changes: backend-seconds, the cost by the second and
-/// the billed cost (whole billing periods per backend). Sans-IO: the caller reports each change
-/// of the fleet size with its time. Backends removed are taken to be the ones with the least
-/// paid time left, as [`CostAware`] picks them.
-#[derive(Debug, Clone)]
-pub struct CostMeter {
-    price_per_hour: f64,
-    billing_period: Nanos,
-    last_change: Nanos,
-    /// Launch times of the running backends.
-    running: Vec<Nanos>,
-    /// Backend-nanoseconds up to `last_change`.
-    backend_nanos: u128,
-    /// Billed backend-nanoseconds of backends already removed.
-    billed_removed: u128,
-}
-
-impl CostMeter {
-    /// A meter for backends at `price_per_hour`, billed in `billing_period`s (0 = by the
-    /// second), with no backend yet.
-    pub fn new(price_per_hour: f64, billing_period: Nanos) -> CostMeter {
-        CostMeter {
-            price_per_hour,
-            billing_period,
-            last_change: 0,
-            running: Vec::new(),
-            backend_nanos: 0,
-            billed_removed: 0,
-        }
-    }
-
-    /// A meter with the prices of `[autoscaler.cost]`.
-    pub fn from_config(cfg: &Autoscaler) -> CostMeter {
-        CostMeter::new(
-            cfg.cost.backend_per_hour,
-            cfg.cost.billing_period.as_nanos(),
-        )
-    }
-
-    /// The fleet is `count` backends from `now` on (count every backend that is paid for:
-    /// starting, ready and draining).
-    pub fn on_fleet_change(&mut self, now: Nanos, count: u32) {
-        let now = now.max(self.last_change);
-        self.backend_nanos += self.running.len() as u128 * (now - self.last_change) as u128;
-        self.last_change = now;
-        let count = count as usize;
-        if count > self.running.len() {
-            self.running.resize(count, now);
-        } else if count < self.running.len() {
-            let period = self.billing_period;
-            self.running
-                .sort_by_key(|&at| (paid_until(at, now, period) - now, u64::MAX - at));
-            for at in self.running.drain(..self.running.len() - count) {
-                self.billed_removed += billed(now - at, period) as u128;
-            }
-        }
-    }
-
-    /// Backends running since the last change.
-    pub fn count(&self) -> u32 {
-        self.running.len() as u32
-    }
-
-    /// Backend-seconds used up to `now`.
-    pub fn backend_seconds(&self, now: Nanos) -> f64 {
-        let since = now.saturating_sub(self.last_change) as u128;
-        (self.backend_nanos + self.running.len() as u128 * since) as f64 / 1e9
-    }
-
-    /// Cost by the second up to `now`: backend-seconds x price.
-    pub fn usage_cost(&self, now: Nanos) -> f64 {
-        self.backend_seconds(now) / 3600.0 * self.price_per_hour
-    }
-
-    /// Cost as billed up to `now`: every backend's whole periods so far, the current one
-    /// included (it is paid when it starts).
-    pub fn cost(&self, now: Nanos) -> f64 {
-        let running: u128 = self
-            .running
-            .iter()
-            .map(|&at| billed(now.saturating_sub(at), self.billing_period) as u128)
-            .sum();
-        (self.billed_removed + running) as f64 / 1e9 / 3600.0 * self.price_per_hour
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::billing::CostMeter;
     use crate::deciders::QueueingModel;
     use crate::erlang::FleetModel;
     use crate::fleet::Member;
@@ -523,24 +417,14 @@ mod tests {
         Member {
             id: id.into(),
             launched_at: launched_s * S,
-            state: MemberState::Ready,
+            state: BackendState::Active,
         }
-    }
-
-    #[test]
-    fn paid_until_counts_whole_periods_from_launch() {
-        assert_eq!(paid_until(0, 0, 60 * S), 60 * S);
-        assert_eq!(paid_until(0, 59 * S, 60 * S), 60 * S);
-        assert_eq!(paid_until(0, 60 * S, 60 * S), 60 * S);
-        assert_eq!(paid_until(0, 61 * S, 60 * S), 120 * S);
-        assert_eq!(paid_until(10 * S, 75 * S, 60 * S), 130 * S);
-        assert_eq!(paid_until(10 * S, 75 * S, 0), 75 * S);
     }
 
     #[test]
     fn billing_period_keeps_a_paid_backend_until_near_its_end() {
         let c = cfg();
-        let mut d = CostAware::new(Wants(2), &c);
+        let mut d = CostRules::new(Wants(2), &c);
         let w = steady(10.0, 100);
         // At 100s: a paid to 120 (20s left), b to 110 (10s), c to 103 (3s), d to 160.
         let fleet = FleetView::from_members(
@@ -582,7 +466,7 @@ mod tests {
             },
         ] {
             let c = Autoscaler { cost, ..cfg() };
-            let mut d = CostAware::new(Wants(1), &c);
+            let mut d = CostRules::new(Wants(1), &c);
             let fleet = FleetView::from_members(
                 vec![member("a", 0), member("b", 50), member("c", 90)],
                 1,
@@ -604,9 +488,9 @@ mod tests {
             },
             ..cfg()
         };
-        let mut d = CostAware::new(Wants(2), &c);
+        let mut d = CostRules::new(Wants(2), &c);
         let mut s = member("s", 10);
-        s.state = MemberState::Starting;
+        s.state = BackendState::Starting;
         let fleet = FleetView::from_members(vec![member("a", 0), s, member("n", 20)], 1, 100);
         let dec = d.decide(&steady(10.0, 100), &fleet, 100 * S);
         assert_eq!(dec.remove, vec!["s".to_string()]);
@@ -624,7 +508,7 @@ mod tests {
             },
             ..cfg()
         };
-        let mut d = CostAware::new(Wants(u32::MAX), &c);
+        let mut d = CostRules::new(Wants(u32::MAX), &c);
         let dec = d.decide(
             &steady(100_000.0, 60),
             &FleetView::counts(2, 0, 1, 1000),
@@ -666,7 +550,7 @@ mod tests {
                 ..cfg()
             };
             let mut inner_only = QueueingModel::new(&c);
-            let mut d = CostAware::new(QueueingModel::new(&c), &c);
+            let mut d = CostRules::new(QueueingModel::new(&c), &c);
             let mut w = Windows::from_config(&c);
             for t in 0..=120u64 {
                 w.observe(Observation {
@@ -714,7 +598,7 @@ mod tests {
     fn the_first_seconds_of_traffic_are_not_a_trend() {
         // Traffic starts: 0/s, then 160/s. Two seconds of history look like a steep ramp, but
         // they are not enough to extrapolate over a 2.5 s horizon.
-        let mut d = CostAware::new(Wants(2), &cfg());
+        let mut d = CostRules::new(Wants(2), &cfg());
         let mut w = Windows::new(20 * S, 3 * S);
         w.observe(Observation {
             at: 0,
@@ -734,7 +618,7 @@ mod tests {
         let early = d.decide(&w, &FleetView::counts(2, 0, 1, 10), 2 * S);
         assert_eq!(early.desired, 2, "{}", early.reason);
         // A real ramp, seen for long enough, still looks ahead.
-        let mut d = CostAware::new(Wants(2), &cfg());
+        let mut d = CostRules::new(Wants(2), &cfg());
         let mut w = Windows::new(20 * S, 3 * S);
         observe_rates(&mut w, |t| 20.0 * t as f64);
         let late = d.decide(&w, &FleetView::counts(2, 0, 1, 10), 20 * S);
@@ -750,14 +634,14 @@ mod tests {
         };
         // 40/s drifting up 0.3/s: over the 2.5 s horizon +0.75/s, far inside the noise of a
         // Poisson count over a 3 s window (2 sd = 7.3/s).
-        let mut d = CostAware::new(Wants(3), &with_min(1));
+        let mut d = CostRules::new(Wants(3), &with_min(1));
         let mut w = Windows::new(20 * S, 3 * S);
         observe_rates(&mut w, |t| 40.0 + 0.3 * t as f64);
         let n = d.decide(&w, &FleetView::counts(3, 0, 1, 10), 20 * S);
         assert_eq!(n.desired, 3, "{}", n.reason);
         // A steep rise when the signals want one backend and min holds two: the second has
         // room for it already.
-        let mut d = CostAware::new(Wants(1), &with_min(2));
+        let mut d = CostRules::new(Wants(1), &with_min(2));
         let mut w = Windows::new(20 * S, 3 * S);
         observe_rates(&mut w, |t| 20.0 * t as f64);
         let held = d.decide(&w, &FleetView::counts(2, 0, 2, 10), 20 * S);
@@ -771,7 +655,7 @@ mod tests {
             boot_time: HumanDuration::from_secs(30),
             ..cfg()
         };
-        let mut d = CostAware::new(Wants(4), &c);
+        let mut d = CostRules::new(Wants(4), &c);
         let mut w = Windows::new(60 * S, 6 * S);
         for t in 0..=60u64 {
             w.observe(Observation {
@@ -785,7 +669,7 @@ mod tests {
         // a scale-in would remove is kept.
         assert_eq!(dec.desired, 5, "{}", dec.reason);
         // Flat load: the scale-in goes through.
-        let mut d = CostAware::new(Wants(4), &c);
+        let mut d = CostRules::new(Wants(4), &c);
         let dec = d.decide(&steady(100.0, 60), &FleetView::counts(6, 0, 1, 100), 60 * S);
         assert_eq!(dec.desired, 4, "{}", dec.reason);
     }
@@ -798,7 +682,7 @@ mod tests {
         };
         let w = steady(100.0, 60);
         let fleet = FleetView::counts(6, 0, 1, 100);
-        let mut d = CostAware::new(Wants(6), &c);
+        let mut d = CostRules::new(Wants(6), &c);
         assert_eq!(d.decide(&w, &fleet, 60 * S).desired, 6);
         d.inner.0 = 3;
         for t in 61..=90 {
@@ -831,7 +715,7 @@ mod tests {
             boot_time: HumanDuration::from_secs(1),
             ..cfg()
         };
-        let mut d = CostAware::new(Panics(4), &c);
+        let mut d = CostRules::new(Panics(4), &c);
         let fleet = FleetView::counts(2, 4, 1, 100);
         let dec = d.decide(&steady(100.0, 60), &fleet, 60 * S);
         assert_eq!(dec.desired, 6, "{}", dec.reason);
@@ -842,10 +726,10 @@ mod tests {
         );
         // The same choice from a decider that does not panic scales in (no boot-time memory:
         // this wrapper has seen no earlier decision).
-        let mut d = CostAware::new(Wants(4), &c);
+        let mut d = CostRules::new(Wants(4), &c);
         assert_eq!(d.decide(&steady(100.0, 60), &fleet, 60 * S).desired, 4);
         // Panicking and wanting more: up as usual.
-        let mut d = CostAware::new(Panics(8), &c);
+        let mut d = CostRules::new(Panics(8), &c);
         assert_eq!(d.decide(&steady(100.0, 60), &fleet, 60 * S).desired, 8);
     }
 
@@ -863,7 +747,7 @@ mod tests {
         let w = steady(1000.0, 60); // 1000/s at 200/s per backend
         let fleet = FleetView::counts(30, 0, 1, 100);
         let inner = QueueingModel::new(&c).decide(&w, &fleet, 60 * S).desired;
-        let dec = CostAware::new(QueueingModel::new(&c), &c).decide(&w, &fleet, 60 * S);
+        let dec = CostRules::new(QueueingModel::new(&c), &c).decide(&w, &fleet, 60 * S);
         // The p99 fleet (6) has 5.0e-5 of requests late, 4.54e-5 of them from the service time
         // alone (e^-10), which no fleet removes. A 7th backend cuts it to 4.58e-5: 3.6M
         // requests/h x 4.1e-6 x 0.01 = 0.15/h saved for 0.05/h; an 8th saves 0.013/h: no.
@@ -886,7 +770,7 @@ mod tests {
             },
             ..c.clone()
         };
-        let dec0 = CostAware::new(QueueingModel::new(&c0), &c0).decide(&w, &fleet, 60 * S);
+        let dec0 = CostRules::new(QueueingModel::new(&c0), &c0).decide(&w, &fleet, 60 * S);
         assert_eq!(dec0.desired, inner);
     }
 
@@ -914,7 +798,7 @@ mod tests {
                 overload_max_queue: max_queue,
                 ..cfg()
             };
-            let dec = CostAware::new(Wants(40), &c).decide(&w, &fleet, 60 * S);
+            let dec = CostRules::new(Wants(40), &c).decide(&w, &fleet, 60 * S);
             assert_eq!(dec.desired, 8);
             assert_eq!(dec.overload, expected, "{}", dec.reason);
             assert!(dec.reason.contains("capped at 8"), "{}", dec.reason);
@@ -924,11 +808,11 @@ mod tests {
             overload: OverloadMode::Shed,
             ..cfg()
         };
-        let dec = CostAware::new(Wants(8), &c).decide(&w, &fleet, 60 * S);
+        let dec = CostRules::new(Wants(8), &c).decide(&w, &fleet, 60 * S);
         assert_eq!(dec.overload, OverloadAction::None);
         // Not at max but booting: the ready part is short, so the action applies meanwhile.
         let booting = FleetView::counts(4, 4, 1, 100);
-        let dec = CostAware::new(Wants(8), &c).decide(&w, &booting, 60 * S);
+        let dec = CostRules::new(Wants(8), &c).decide(&w, &booting, 60 * S);
         assert_eq!(dec.overload, OverloadAction::Shed, "{}", dec.reason);
         assert!(dec.reason.contains("4 starting"), "{}", dec.reason);
     }
@@ -956,31 +840,5 @@ mod tests {
         assert!(at(100) > 20, "{}", at(100));
         assert!(at(599) < at(100));
         assert!(at(599) >= 2);
-    }
-
-    #[test]
-    fn cost_meter_counts_backend_seconds_and_billed_periods() {
-        let mut m = CostMeter::new(3.6, 60 * S); // 0.001 per backend-second
-        m.on_fleet_change(0, 2);
-        m.on_fleet_change(30 * S, 3);
-        assert!((m.backend_seconds(30 * S) - 60.0).abs() < 1e-9);
-        assert!((m.backend_seconds(40 * S) - 90.0).abs() < 1e-9);
-        assert!((m.usage_cost(40 * S) - 0.09).abs() < 1e-9);
-        // Billed: three backends, each a whole first minute paid at launch.
-        assert!((m.cost(40 * S) - 0.18).abs() < 1e-9);
-        // Down to 1 at 70s: the one launched at 30 (paid to 90) has the least paid time left
-        // and goes first; the two launched at 0 (paid to 120 now) tie; one of them stays.
-        m.on_fleet_change(70 * S, 1);
-        assert_eq!(m.count(), 1);
-        // Removed: one launched at 0 (2 periods) and the one at 30 (1 period): 180 backend-s;
-        // the one still running: 2 periods, 120s.
-        assert!((m.cost(70 * S) - 0.3).abs() < 1e-9, "{}", m.cost(70 * S));
-        assert!((m.backend_seconds(70 * S) - (60.0 + 3.0 * 40.0)).abs() < 1e-9);
-        // By the second, billed equals usage.
-        let mut m = CostMeter::new(3.6, 0);
-        m.on_fleet_change(0, 4);
-        m.on_fleet_change(10 * S, 1);
-        assert!((m.cost(20 * S) - m.usage_cost(20 * S)).abs() < 1e-12);
-        assert!((m.usage_cost(20 * S) - 0.05).abs() < 1e-9);
     }
 }

@@ -1,0 +1,81 @@
+//! The autoscaler as the balancer's admin API shows it: its recent decisions at
+//! `/api/v1/events` and its gauges and counters in `/metrics`, read from the control step the
+//! driver shares.
+
+use ebbtide_autoscaler::control::Shared;
+use ebbtide_autoscaler::Direction;
+use ebbtide_balancer::admin::EventSource;
+use ebbtide_balancer::metrics::{family, MetricsSource};
+use std::fmt::Write;
+use std::sync::Arc;
+
+/// How many decisions `/api/v1/events` lists.
+pub(crate) const EVENTS_SHOWN: usize = 200;
+
+/// The driver's shared state, as the admin API reads it.
+pub(crate) struct AutoscalerView(pub(crate) Arc<Shared>);
+
+impl EventSource for AutoscalerView {
+    fn events(&self) -> Vec<serde_json::Value> {
+        let step = self.0.lock();
+        match step.events().map(|log| log.to_json(EVENTS_SHOWN)) {
+            Some(serde_json::Value::Array(v)) => v,
+            Some(other) => vec![other],
+            None => Vec::new(),
+        }
+    }
+}
+
+impl MetricsSource for AutoscalerView {
+    fn render(&self, out: &mut String) {
+        let now = self.0.now();
+        let step = self.0.lock();
+        family(
+            out,
+            "ebbtide_autoscaler_desired_backends",
+            "gauge",
+            "Backends the autoscaler wants now.",
+        );
+        let _ = writeln!(
+            out,
+            "ebbtide_autoscaler_desired_backends {}",
+            step.desired()
+        );
+        family(
+            out,
+            "ebbtide_autoscaler_decisions_total",
+            "counter",
+            "Decisions taken, by direction.",
+        );
+        for d in [Direction::Up, Direction::Down, Direction::Hold] {
+            let n = step.events().map_or(0, |log| log.decisions_total(d));
+            let _ = writeln!(
+                out,
+                "ebbtide_autoscaler_decisions_total{{direction=\"{}\"}} {n}",
+                d.name()
+            );
+        }
+        family(
+            out,
+            "ebbtide_autoscaler_backend_seconds_total",
+            "counter",
+            "Backend-seconds run so far.",
+        );
+        let _ = writeln!(
+            out,
+            "ebbtide_autoscaler_backend_seconds_total {:.3}",
+            step.meter().backend_seconds(now)
+        );
+        family(
+            out,
+            "ebbtide_autoscaler_cost_total",
+            "counter",
+            "Accumulated cost of the backends (whole billing periods, in the price's currency).",
+        );
+        let _ = writeln!(
+            out,
+            "ebbtide_autoscaler_cost_total {:.6}",
+            step.meter().cost(now)
+        );
+    }
+}

@@ -1,0 +1,53 @@
+//! ebbtide's wiring: the balancer, the autoscaler's control plane and the simulator put together
+//! into the commands `ebbtide` runs. The adapters between the balancer and the autoscaler live
+//! here, since those two crates never import each other:
+//!
+//! - [`in_process`]: the balancer of this process as the autoscaler's membership and signal
+//!   source (`ebbtide serve`);
+//! - [`remote`]: balancers elsewhere, through their admin APIs (`ebbtide autoscale`);
+//! - [`admin_view`]: the autoscaler's decisions and cost as the admin API shows them.
+//!
+//! `main.rs` only parses arguments and calls [`serve`], [`autoscale`] or the crates' own
+//! commands, so end-to-end behaviour can be driven in-process as well as through the binary.
+
+#![warn(missing_docs, unreachable_pub)]
+
+mod admin_view;
+mod in_process;
+mod remote;
+mod serve;
+mod standalone;
+
+pub use serve::run as serve;
+pub use standalone::{run as autoscale, usable as autoscale_usable};
+
+/// A tokio runtime with `threads` workers (default: the number of cores). One worker means the
+/// current-thread runtime: no work-stealing queues or cross-thread wake-ups to pay for when
+/// there is no other thread to share with.
+pub fn runtime(threads: Option<usize>) -> tokio::runtime::Runtime {
+    let mut b = match threads {
+        Some(n) if n <= 1 => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    b.enable_all()
+        .build()
+        .expect("cannot start the tokio runtime")
+}
+
+/// Logs to stderr; the level comes from `EBBTIDE_LOG` (error, warn, info, debug, trace).
+pub fn init_logging() {
+    let level = std::env::var("EBBTIDE_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::INFO);
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}
