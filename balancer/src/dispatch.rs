@@ -7,7 +7,7 @@
 
 use crate::clock::Clock;
 use crate::policy::Policy;
-use crate::queue::WaitQueue;
+use crate::queue::{Head, WaitQueue};
 use crate::registry::{Backend, Registry};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -282,29 +282,28 @@ impl Dispatcher {
         let snap = self.registry.snapshot();
         let policy = self.policy();
         let now = self.clock.now();
-        let mut lost_races = 0;
-        while let Some(w) = q.front() {
-            if w.tx.is_closed() {
-                q.pop();
-                continue;
-            }
-            let Some(i) = policy.pick(&snap.at(now), w.key, now) else {
-                break;
-            };
-            let b = &snap.backends[i];
-            if !b.try_acquire() {
-                lost_races += 1;
-                if lost_races > 4 {
-                    break;
+        q.dispatch(
+            |w| {
+                if w.tx.is_closed() {
+                    return Head::Discard;
                 }
-                continue;
-            }
-            let w = q.pop().expect("front exists").item;
+                let Some(i) = policy.pick(&snap.at(now), w.key, now) else {
+                    return Head::Stop;
+                };
+                let b = &snap.backends[i];
+                if b.try_acquire() {
+                    Head::Serve(b.clone())
+                } else {
+                    Head::Retry
+                }
+            },
             // A waiter gone since the check above drops the grant, which gives the slot back.
-            let _ = w.tx.send(Grant {
-                backend: Some(b.clone()),
-            });
-        }
+            |w, backend| {
+                let _ = w.tx.send(Grant {
+                    backend: Some(backend),
+                });
+            },
+        );
         self.queued.store(q.len(), Ordering::SeqCst);
     }
 }

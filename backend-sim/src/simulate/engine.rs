@@ -39,7 +39,7 @@ use ebbtide_autoscaler::{ControlStep, CostMeter, Direction, Instance, Reading};
 use ebbtide_balancer::dispatch::Shed;
 use ebbtide_balancer::policies::hash_key;
 use ebbtide_balancer::policy::Policy;
-use ebbtide_balancer::queue::WaitQueue;
+use ebbtide_balancer::queue::{Admission, Head, WaitQueue};
 use ebbtide_balancer::signals::SignalWindow;
 use ebbtide_config::rng::Rng;
 use ebbtide_config::time::{Nanos, NANOS_PER_SEC};
@@ -427,36 +427,43 @@ impl Sim<'_> {
             hash_key(&k.to_le_bytes())
         });
         let w = Waiting { arrival: now, key };
-        if self.queue.is_empty() && self.fleet.any_free() {
-            if let Some(i) = self.policy.pick(&self.fleet.at(now), key, now) {
-                self.send(i, w);
-                return;
-            }
-        }
-        match self.queue.push(w, now) {
-            Ok(_) => self.ensure_expiry(),
-            Err(w) => self.shed(w, Shed::QueueFull),
+        // The proxy's own arrival rule (`WaitQueue::admit`). The policy is not asked when no
+        // backend has a free slot: it would answer none, by the `Policy` contract, after a scan.
+        let (policy, fleet) = (&self.policy, &self.fleet);
+        let admission = self.queue.admit(w, now, |w| {
+            fleet
+                .any_free()
+                .then(|| policy.pick(&fleet.at(now), w.key, now))
+                .flatten()
+        });
+        match admission {
+            Admission::Served(i) => self.send(i, w),
+            Admission::Queued(_) => self.ensure_expiry(),
+            Admission::Shed(w) => self.shed(w, Shed::QueueFull),
         }
     }
 
     /// Sends a request to the backend at policy index `index`.
     fn send(&mut self, index: usize, w: Waiting) {
-        let slot = self.fleet.slot_at(index);
-        let now = self.now;
-        let b = self.fleet.get_mut(slot);
-        b.in_flight += 1;
+        let booked = self.fleet.book(index);
+        self.start_booked(booked, w);
+    }
+
+    /// A request whose slot is booked (`Fleet::book`) starts service, or waits in the
+    /// backend's own queue.
+    fn start_booked(&mut self, (slot, in_flight): (u32, u32), w: Waiting) {
         let job = Job {
             arrival: w.arrival,
-            dispatched: now,
-            in_flight_at_start: b.in_flight,
+            dispatched: self.now,
+            in_flight_at_start: in_flight,
         };
         self.in_flight_total += 1;
+        let b = self.fleet.get(slot);
         if b.busy < b.workers {
             self.start_service(slot, job);
         } else {
-            b.queue.push_back(job);
+            self.fleet.get_mut(slot).queue.push_back(job);
         }
-        self.fleet.refresh(slot);
     }
 
     fn start_service(&mut self, slot: u32, job: Job) {
@@ -560,20 +567,29 @@ impl Sim<'_> {
         }
     }
 
-    /// Hands free slots to queued requests from the head until a pick fails.
+    /// Hands free slots to queued requests from the head until a pick fails: the proxy's own
+    /// dispatch rule (`WaitQueue::dispatch`).
     fn dispatch_queue(&mut self) {
-        let mut dispatched = false;
-        while let Some(front) = self.queue.front().filter(|_| self.fleet.any_free()) {
-            let key = front.key;
-            let now = self.now;
-            match self.policy.pick(&self.fleet.at(now), key, now) {
-                Some(i) => {
-                    let w = self.queue.pop().expect("front exists").item;
-                    self.send(i, w);
-                    dispatched = true;
+        let now = self.now;
+        let mut taken = Vec::new();
+        let (policy, fleet) = (&self.policy, &mut self.fleet);
+        self.queue.dispatch(
+            |w| {
+                let pick = fleet
+                    .any_free()
+                    .then(|| policy.pick(&fleet.at(now), w.key, now))
+                    .flatten();
+                match pick {
+                    // Booked now, so the next head sees this backend's slot taken.
+                    Some(i) => Head::Serve(fleet.book(i)),
+                    None => Head::Stop,
                 }
-                None => break,
-            }
+            },
+            |w, slot| taken.push((w, slot)),
+        );
+        let dispatched = !taken.is_empty();
+        for (w, slot) in taken {
+            self.start_booked(slot, w);
         }
         if dispatched {
             self.ensure_expiry();

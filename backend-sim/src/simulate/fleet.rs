@@ -197,6 +197,17 @@ impl Fleet {
         }
     }
 
+    /// Books a slot on the backend at policy index `index` for a request sent to it now;
+    /// returns its slot and its requests in flight, this one included.
+    pub fn book(&mut self, index: usize) -> (u32, u32) {
+        let slot = self.slot_at(index);
+        let b = self.get_mut(slot);
+        b.in_flight += 1;
+        let in_flight = b.in_flight;
+        self.refresh(slot);
+        (slot, in_flight)
+    }
+
     /// Whether any backend has a free slot. When none has, every policy answers `None` (the
     /// `Policy` contract), so the simulator does not ask: under overload that saves the full
     /// scan a policy makes to be sure.
