@@ -21,6 +21,18 @@ mod standalone;
 pub use serve::run as serve;
 pub use standalone::{run as autoscale, usable as autoscale_usable};
 
+/// The readiness check of provider backends: the balancer's own health probe (`GET` of
+/// `[health] path`, or `/healthz` without one, passing on a 2xx within `[health] timeout`), so a
+/// backend is judged ready before it takes traffic by the check that judges it afterwards.
+pub fn health_probe(health: &ebbtide_config::Health) -> ebbtide_autoscaler::providers::Probe {
+    let path = health.path.clone().unwrap_or_else(|| "/healthz".into());
+    let timeout = health.timeout.0;
+    std::sync::Arc::new(move |address: String| {
+        let path = path.clone();
+        Box::pin(async move { ebbtide_balancer::health::probe(&address, &path, timeout).await })
+    })
+}
+
 /// A tokio runtime with `threads` workers (default: the number of cores). One worker means the
 /// current-thread runtime: no work-stealing queues or cross-thread wake-ups to pay for when
 /// there is no other thread to share with.

@@ -31,11 +31,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Semaphore};
 
-/// Boot delay of `--boot vm`: a virtual machine takes tens of seconds to come up.
-pub const VM_BOOT: Duration = Duration::from_secs(30);
-/// Boot delay of `--boot container`: a container starts in about a second.
-pub const CONTAINER_BOOT: Duration = Duration::from_secs(1);
-
 /// Exit code of an injected crash, so a supervisor can tell it from a real failure (1).
 pub const CRASH_EXIT_CODE: i32 = 3;
 
@@ -89,7 +84,7 @@ pub struct BackendArgs {
     pub spin: bool,
 
     /// Boot delay before serving: `vm` (30s), `container` (1s) or a duration such as 5s.
-    #[arg(long, value_parser = parse_boot)]
+    #[arg(long, value_parser = ebbtide_config::simulation::parse_boot)]
     pub boot: Option<Duration>,
 
     /// How booting looks: connections refused, or 503 answers.
@@ -135,17 +130,6 @@ pub struct BackendArgs {
     /// Longest wait for in-flight requests after SIGTERM or ctrl-c.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
-}
-
-/// Parses `--boot`: a preset name or a duration.
-pub fn parse_boot(text: &str) -> Result<Duration, String> {
-    match text.trim() {
-        "vm" => Ok(VM_BOOT),
-        "container" => Ok(CONTAINER_BOOT),
-        "none" => Ok(Duration::ZERO),
-        other => parse_duration(other)
-            .map_err(|e| format!("{e}; or use a preset: vm (30s), container (1s), none")),
-    }
 }
 
 /// Shared state of one backend: counters for `/metrics` and the knobs every request reads.
@@ -825,14 +809,6 @@ fn render_metrics(state: &State) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn boot_presets() {
-        assert_eq!(parse_boot("vm").unwrap(), VM_BOOT);
-        assert_eq!(parse_boot("container").unwrap(), CONTAINER_BOOT);
-        assert_eq!(parse_boot("5s").unwrap(), Duration::from_secs(5));
-        assert!(parse_boot("soon").unwrap_err().contains("preset"));
-    }
 
     #[test]
     fn query_overrides() {

@@ -7,7 +7,7 @@
 //! ebbtide cannot see a scripted backend's process, so it cannot tell a crash from a slow
 //! answer: the balancer's health checks and outlier detection keep traffic off a dead one.
 
-use super::{Instance, Provider, ProviderFuture};
+use super::{Instance, Probe, Provider, ProviderFuture};
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +23,7 @@ pub struct CommandProvider {
     launch: Vec<String>,
     terminate: Vec<String>,
     boot_timeout: Duration,
+    probe: Probe,
     terminate_timeout: Duration,
     started: Mutex<HashMap<String, Instance>>,
     launches: AtomicU64,
@@ -30,7 +31,7 @@ pub struct CommandProvider {
 
 impl CommandProvider {
     /// A provider running `[provider] launch` and `terminate`.
-    pub fn new(cfg: &ebbtide_config::Provider) -> Result<Self, String> {
+    pub fn new(cfg: &ebbtide_config::Provider, probe: Probe) -> Result<Self, String> {
         if cfg.launch.is_empty() {
             return Err(
                 "provider.launch is empty: the command provider needs a launch script".into(),
@@ -45,6 +46,7 @@ impl CommandProvider {
             launch: cfg.launch.clone(),
             terminate: cfg.terminate.clone(),
             boot_timeout: cfg.boot_timeout.0,
+            probe,
             terminate_timeout: cfg.terminate_timeout.0,
             started: Mutex::new(HashMap::new()),
             launches: AtomicU64::new(0),
@@ -99,12 +101,11 @@ impl Provider for CommandProvider {
         Box::pin(self.launch_one())
     }
 
-    /// Healthy means `GET /healthz` on the printed address answers 200 within the boot
-    /// timeout; otherwise the terminate script is run and the launch counts as failed.
+    /// Healthy means the probe passes on the printed address within the boot timeout; otherwise the terminate script is run and the launch counts as failed.
     fn wait_ready<'a>(&'a self, instance: &'a Instance) -> ProviderFuture<'a, Result<(), String>> {
         Box::pin(async move {
             let deadline = Instant::now() + self.boot_timeout;
-            match super::wait_healthy(&instance.address, deadline, || None).await {
+            match super::wait_healthy(&self.probe, &instance.address, deadline, || None).await {
                 Ok(()) => Ok(()),
                 Err(e) => {
                     let stopped = match self.terminate(&instance.id).await {

@@ -2,7 +2,7 @@
 //! port. Children die with ebbtide: they are killed when their handle drops, stopped on shutdown,
 //! and on Linux they get SIGTERM if ebbtide itself dies (PR_SET_PDEATHSIG).
 
-use super::{Instance, Provider, ProviderFuture};
+use super::{Instance, Probe, Provider, ProviderFuture};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -19,6 +19,7 @@ pub struct LocalProvider {
     program: PathBuf,
     args: Vec<String>,
     boot_timeout: Duration,
+    probe: Probe,
     children: Mutex<HashMap<String, (Instance, Child)>>,
     next: AtomicU64,
 }
@@ -26,8 +27,8 @@ pub struct LocalProvider {
 impl LocalProvider {
     /// A provider running `command` (first word the program, `{port}` replaced by a free port;
     /// the program `ebbtide` means this very executable, so the default works from `cargo run`
-    /// and from an installed binary alike).
-    pub fn new(command: &[String], boot_timeout: Duration) -> Result<Self, String> {
+    /// and from an installed binary alike), ready once `probe` passes.
+    pub fn new(command: &[String], boot_timeout: Duration, probe: Probe) -> Result<Self, String> {
         let (first, rest) = command.split_first().ok_or("provider.command is empty")?;
         let program = if first == "ebbtide" {
             std::env::current_exe()
@@ -39,6 +40,7 @@ impl LocalProvider {
             program,
             args: rest.to_vec(),
             boot_timeout,
+            probe,
             children: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
         })
@@ -115,7 +117,7 @@ impl Provider for LocalProvider {
         Box::pin(async move { started })
     }
 
-    /// Healthy means `GET /healthz` answers 200; the process exiting first, or the boot timeout
+    /// Healthy means the probe passes; the process exiting first, or the boot timeout
     /// passing (then it is stopped), is a failure.
     fn wait_ready<'a>(&'a self, instance: &'a Instance) -> ProviderFuture<'a, Result<(), String>> {
         Box::pin(async move {
@@ -125,7 +127,7 @@ impl Provider for LocalProvider {
                     format!("{} exited ({status}) before it was healthy", instance.id)
                 })
             };
-            match super::wait_healthy(&instance.address, deadline, gone).await {
+            match super::wait_healthy(&self.probe, &instance.address, deadline, gone).await {
                 Ok(()) => Ok(()),
                 Err(e) => {
                     self.stop_one(&instance.id).await;

@@ -15,11 +15,9 @@ pub use command::CommandProvider;
 pub use local::LocalProvider;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// One backend instance a provider started.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,29 +60,34 @@ pub trait Provider: Send + Sync {
     fn shutdown(&self) -> ProviderFuture<'_, ()>;
 }
 
-/// Builds the provider `[provider]` names.
-pub fn build(cfg: &ebbtide_config::Provider) -> Result<Box<dyn Provider>, String> {
+/// Whether the backend at an address answers its health check now. The wiring hands in the
+/// balancer's own probe, so a backend is judged ready by the same check before it takes traffic
+/// as after (health and provisioning as separate concerns, as Pingora keeps them).
+pub type Probe = Arc<dyn Fn(String) -> ProviderFuture<'static, bool> + Send + Sync>;
+
+/// Builds the provider `[provider]` names; its backends are ready once `probe` passes.
+pub fn build(cfg: &ebbtide_config::Provider, probe: Probe) -> Result<Box<dyn Provider>, String> {
     Ok(match cfg.kind {
         ebbtide_config::ProviderKind::Local => {
-            Box::new(LocalProvider::new(&cfg.command, cfg.boot_timeout.0)?)
+            Box::new(LocalProvider::new(&cfg.command, cfg.boot_timeout.0, probe)?)
         }
-        ebbtide_config::ProviderKind::Command => Box::new(CommandProvider::new(cfg)?),
+        ebbtide_config::ProviderKind::Command => Box::new(CommandProvider::new(cfg, probe)?),
     })
 }
 
-/// Polls `GET /healthz` on `address` every 50 ms until it answers 200, `gone` reports the
-/// instance dead (its reason is returned), or `deadline` passes.
+/// Probes `address` every 50 ms until `probe` passes, `gone` reports the instance dead (its
+/// reason is returned), or `deadline` passes.
 pub(crate) async fn wait_healthy(
+    probe: &Probe,
     address: &str,
     deadline: Instant,
     gone: impl Fn() -> Option<String>,
 ) -> Result<(), String> {
-    let addr = resolve(address).await?;
     loop {
         if let Some(why) = gone() {
             return Err(why);
         }
-        if health_status(addr).await == Some(200) {
+        if probe(address.to_string()).await {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -92,41 +95,4 @@ pub(crate) async fn wait_healthy(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// The first socket address `host:port` names.
-async fn resolve(address: &str) -> Result<SocketAddr, String> {
-    if let Ok(a) = address.parse() {
-        return Ok(a);
-    }
-    tokio::net::lookup_host(address)
-        .await
-        .map_err(|e| format!("cannot resolve {address}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{address} resolves to no address"))
-}
-
-/// The status code of `GET /healthz`, or None when it cannot be had within half a second.
-pub async fn health_status(addr: SocketAddr) -> Option<u16> {
-    let probe = async {
-        let mut s = TcpStream::connect(addr).await.ok()?;
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: ebbtide\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
-        let mut buf = [0u8; 32];
-        let mut n = 0;
-        while n < 12 {
-            let k = s.read(&mut buf[n..]).await.ok()?;
-            if k == 0 {
-                break;
-            }
-            n += k;
-        }
-        let line = std::str::from_utf8(&buf[..n]).ok()?;
-        line.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
-    };
-    tokio::time::timeout(Duration::from_millis(500), probe)
-        .await
-        .ok()
-        .flatten()
 }

@@ -1,5 +1,6 @@
 //! The command provider with real scripts (`sh`) and a real health endpoint on 127.0.0.1: what
-//! the scripts are given, what ebbtide makes of what they print, and how failures read.
+//! the scripts are given, what ebbtide makes of what they print, and how failures read. The
+//! readiness check is the balancer's own probe, as `ebbtide serve` wires it.
 
 use ebbtide_autoscaler::providers::{CommandProvider, Provider};
 use ebbtide_config::time::HumanDuration;
@@ -66,7 +67,7 @@ fn provider(launch: &str, terminate: &str, boot: Duration) -> CommandProvider {
         terminate_timeout: HumanDuration(Duration::from_secs(5)),
         ..Default::default()
     };
-    CommandProvider::new(&cfg).unwrap()
+    CommandProvider::new(&cfg, ebbtide::health_probe(&Default::default())).unwrap()
 }
 
 fn lines(path: &Path) -> Vec<String> {
