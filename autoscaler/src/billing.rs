@@ -8,7 +8,7 @@ use ebbtide_config::time::Nanos;
 
 /// When a backend launched at `launched_at` is paid until, seen at `now`: billing counts whole
 /// periods from launch, at least one. With `period` 0 (billing by the second) it is `now`.
-pub fn paid_until(launched_at: Nanos, now: Nanos, period: Nanos) -> Nanos {
+pub(crate) fn paid_until(launched_at: Nanos, now: Nanos, period: Nanos) -> Nanos {
     if period == 0 {
         return now.max(launched_at);
     }

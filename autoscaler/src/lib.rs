@@ -1,22 +1,26 @@
-//! ebbtide's autoscaler: signal windows, deciders, the cost model and providers.
+//! ebbtide's autoscaler: signal windows, deciders, the cost rules and billing, the control plane
+//! and providers.
 //!
 //! The brains are sans-IO (time passed in as [`ebbtide_config::time::Nanos`], no tokio, no
 //! sockets), so `ebbtide serve`, `ebbtide autoscale` and the discrete-event simulator drive the
-//! same code: feed [`Observation`]s into [`Windows`], call [`Decider::decide`] on the decider
-//! [`build`] makes from `[autoscaler]`, carry out the [`Decision`], record it in an
-//! [`EventLog`], and report fleet changes to a [`CostMeter`]. Providers (which start and stop
-//! backends) are the IO side.
+//! same code: the [`ControlStep`] samples balancer [`Reading`]s into [`Windows`], asks the
+//! decider [`build`] makes from `[autoscaler]` (wrapped in [`CostRules`]), records the
+//! [`Decision`] in an [`EventLog`], plans launches and drains over its fleet, and bills it in a
+//! [`CostMeter`]. The IO side is the [`Driver`] around the step, [`Provider`]s (which start and
+//! stop backends) and [`Membership`] (which tells balancers about them).
 
-pub mod billing;
+#![warn(missing_docs, unreachable_pub)]
+
+mod billing;
 pub mod control;
 pub mod deciders;
-pub mod decision;
+mod decision;
 pub mod erlang;
-pub mod events;
-pub mod fleet;
+mod events;
+mod fleet;
 pub mod providers;
-pub mod signals;
-pub mod windows;
+mod signals;
+mod windows;
 
 #[cfg(test)]
 mod testkit;

@@ -8,10 +8,15 @@ use crate::windows::{Observation, Windows};
 use ebbtide_config::time::Nanos;
 
 /// One second in core time.
-pub const S: Nanos = 1_000_000_000;
+pub(crate) const S: Nanos = 1_000_000_000;
 
 /// An observation with the given totals and `ready` backends; the rest default.
-pub fn observation(at: Nanos, concurrency: f64, arrival_rate: f64, ready: u32) -> Observation {
+pub(crate) fn observation(
+    at: Nanos,
+    concurrency: f64,
+    arrival_rate: f64,
+    ready: u32,
+) -> Observation {
     Observation {
         at,
         concurrency,
@@ -25,28 +30,28 @@ pub fn observation(at: Nanos, concurrency: f64, arrival_rate: f64, ready: u32) -
 /// A fleet of backends with `workers` workers each serving in `service_time` seconds, fed as a
 /// fluid: what cannot be served queues in the balancer. Decisions launch backends that become
 /// ready after `boot`, and remove the ones a decision names (or the newest).
-pub struct FluidFleet {
+pub(crate) struct FluidFleet {
     /// The fake clock.
-    pub now: Nanos,
+    pub(crate) now: Nanos,
     /// Launch to ready.
-    pub boot: Nanos,
+    pub(crate) boot: Nanos,
     /// Mean service time of one request, seconds.
-    pub service_time: f64,
+    pub(crate) service_time: f64,
     /// Workers per backend.
-    pub workers: u32,
+    pub(crate) workers: u32,
     /// Requests waiting in the balancer.
-    pub queue: f64,
+    pub(crate) queue: f64,
     /// `autoscaler.min` / `max` for the fleet view.
-    pub min: u32,
+    pub(crate) min: u32,
     /// See `min`.
-    pub max: u32,
+    pub(crate) max: u32,
     members: Vec<(Member, Nanos)>,
     next_id: u64,
 }
 
 impl FluidFleet {
     /// A fleet of `ready` backends, ready since time 0.
-    pub fn new(ready: u32, boot: Nanos, service_time: f64, workers: u32) -> FluidFleet {
+    pub(crate) fn new(ready: u32, boot: Nanos, service_time: f64, workers: u32) -> FluidFleet {
         let mut f = FluidFleet {
             now: 0,
             boot,
@@ -82,12 +87,12 @@ impl FluidFleet {
     }
 
     /// Backends serving.
-    pub fn ready(&self) -> u32 {
+    pub(crate) fn ready(&self) -> u32 {
         self.view().ready
     }
 
     /// The fleet as a decider sees it.
-    pub fn view(&self) -> FleetView {
+    pub(crate) fn view(&self) -> FleetView {
         FleetView::from_members(
             self.members.iter().map(|(m, _)| m.clone()).collect(),
             self.min,
@@ -96,13 +101,13 @@ impl FluidFleet {
     }
 
     /// Completions per second of one fully busy backend.
-    pub fn service_rate_per_backend(&self) -> f64 {
+    pub(crate) fn service_rate_per_backend(&self) -> f64 {
         self.workers as f64 / self.service_time
     }
 
     /// Advances the clock by `dt` with `arrival_rate` requests/s arriving, and returns the
     /// observation the balancer would report at the new time.
-    pub fn step(&mut self, dt: Nanos, arrival_rate: f64) -> Observation {
+    pub(crate) fn step(&mut self, dt: Nanos, arrival_rate: f64) -> Observation {
         self.now += dt;
         for (m, ready_at) in &mut self.members {
             if m.state == BackendState::Starting && *ready_at <= self.now {
@@ -137,7 +142,7 @@ impl FluidFleet {
 
     /// Carries out a decision: launches up to `desired`, or removes the named backends (or the
     /// newest ones) down to it.
-    pub fn apply(&mut self, decision: &Decision) {
+    pub(crate) fn apply(&mut self, decision: &Decision) {
         let current = self.view().current();
         if decision.desired > current {
             for _ in current..decision.desired {
@@ -161,7 +166,7 @@ impl FluidFleet {
 /// Runs `decider` for `seconds` one-second ticks: each tick the fleet advances with the arrival
 /// rate `load(t)` (t in whole seconds), the observation goes into `windows`, the decider decides
 /// and the fleet applies it. Returns every decision with its time in seconds.
-pub fn run(
+pub(crate) fn run(
     decider: &mut dyn Decider,
     windows: &mut Windows,
     fleet: &mut FluidFleet,

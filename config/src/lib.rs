@@ -2,6 +2,8 @@
 //! whose every error names the file, line, column and key path. Also the few primitives the other
 //! crates share (core time, a seeded RNG), since this crate is the one they all depend on.
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod autoscaler;
 mod backend_state;
 pub mod lifecycle;

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// The largest chunk handed to hyper at once.
-pub const MAX_CHUNK: usize = 64 * 1024;
+pub(super) const MAX_CHUNK: usize = 64 * 1024;
 
 static FILLER: [u8; MAX_CHUNK] = [b'x'; MAX_CHUNK];
 
