@@ -1,0 +1,322 @@
+//! The try loop: a backend slot, a connection, the request sent, and another try where the
+//! retry rule and the retry budget allow.
+
+use super::completion::{Body, Completion};
+use super::headers::{
+    content_length, keep_headers, prepare_head, rebuild_headers, request_key, strip_hop_by_hop,
+};
+use super::retry::is_idempotent;
+use super::{Live, Peer, Proxy};
+use crate::body::ProxyBody;
+use crate::dispatch::Shed;
+use crate::pool::UpstreamBody;
+use crate::registry::Backend;
+use ebbtide_config::time::Nanos;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A response and whether any backend received the request.
+pub(super) struct Forwarded {
+    pub(super) response: Response<Body>,
+    pub(super) reached_backend: bool,
+}
+
+impl Proxy {
+    /// Sends a request to a backend, trying again where that is safe.
+    pub(super) async fn forward(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        peer: &Peer,
+        start: Nanos,
+        live: &Live,
+    ) -> Forwarded {
+        let settings = &live.settings;
+        let key = settings
+            .hash_key
+            .as_ref()
+            .and_then(|k| request_key(k, &req));
+        let (parts, incoming) = req.into_parts();
+        let mut head = match prepare_head(parts, peer) {
+            Ok(h) => h,
+            Err(why) => return self.not_reached(start, StatusCode::BAD_REQUEST, why),
+        };
+        let retries = &settings.retries;
+        let max_attempts = retries.max_attempts.max(1);
+        let idempotent = is_idempotent(&head.method);
+        let mut body = if incoming.is_end_stream() {
+            UpstreamBody::Empty
+        } else if idempotent
+            && max_attempts > 1
+            && content_length(&head.headers).is_some_and(|n| n <= retries.buffer_limit as u64)
+        {
+            match Limited::new(incoming, retries.buffer_limit).collect().await {
+                Ok(c) => UpstreamBody::Full(Some(c.to_bytes())),
+                Err(_) => return self.not_reached(start, StatusCode::BAD_REQUEST, "400 Bad Request: the request body was cut off or longer than its Content-Length\n"),
+            }
+        } else {
+            UpstreamBody::Stream(incoming)
+        };
+        let replayable = body.replay().is_some();
+        let per_try = if retries.per_try_timeout.0.is_zero() {
+            settings.response_timeout
+        } else {
+            retries.per_try_timeout.0
+        };
+        let deadline = (!retries.deadline.0.is_zero()).then(|| start + retries.deadline.as_nanos());
+        let budget = &live.budget;
+        let mut avoid = None;
+        let mut attempt = 0;
+        let mut reached = false;
+        let mut kept = None;
+        loop {
+            attempt += 1;
+            if let Some(k) = kept.take() {
+                head.headers = rebuild_headers(k);
+            }
+            let may_try_again = |proxy: &Proxy| -> bool {
+                let now = proxy.clock.now();
+                if attempt >= max_attempts || deadline.is_some_and(|d| now >= d) {
+                    return false;
+                }
+                if budget.try_withdraw(now) {
+                    proxy.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    true
+                } else {
+                    proxy
+                        .counters
+                        .retries_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    false
+                }
+            };
+            let slot = match self.dispatcher.acquire(key, avoid).await {
+                Ok(s) => s,
+                Err(shed) => {
+                    let resp = self.shed(start, shed);
+                    return Forwarded {
+                        response: resp,
+                        reached_backend: reached,
+                    };
+                }
+            };
+            let backend = slot.backend().clone();
+            let mut conn = match backend.pool.checkout().await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.on_failure(&backend, None);
+                    tracing::warn!(backend = %backend.address, error = %e, attempt, "no connection to the backend");
+                    if may_try_again(self) {
+                        avoid = Some(backend.id);
+                        continue;
+                    }
+                    let resp = self.local(
+                        start,
+                        Some(slot),
+                        StatusCode::BAD_GATEWAY,
+                        "502 Bad Gateway: could not connect to a backend\n",
+                    );
+                    return Forwarded {
+                        response: resp,
+                        reached_backend: reached,
+                    };
+                }
+            };
+            let retry_after_send = idempotent && replayable && attempt < max_attempts;
+            let this_body = match body.replay() {
+                Some(b) => b,
+                None => std::mem::replace(&mut body, UpstreamBody::Empty),
+            };
+            // hyper consumes what it sends. When this try may be followed by another, keep a
+            // flat copy of the headers (one allocation, no hashing) to rebuild them from.
+            kept = retry_after_send.then(|| keep_headers(&head.headers));
+            let mut up = Request::new(this_body);
+            *up.method_mut() = head.method.clone();
+            *up.uri_mut() = if retry_after_send {
+                head.uri.clone()
+            } else {
+                std::mem::take(&mut head.uri)
+            };
+            *up.version_mut() = Version::HTTP_11;
+            *up.headers_mut() = std::mem::take(&mut head.headers);
+            let reused = conn.reused;
+            let sent_at = self.clock.now();
+            let in_flight = backend.in_flight();
+            let limit = match deadline {
+                Some(d) => per_try.min(Duration::from_nanos(d.saturating_sub(sent_at))),
+                None => per_try,
+            };
+            let result = tokio::time::timeout(limit, conn.send(up)).await;
+            match result {
+                Ok(Ok(mut resp)) => {
+                    reached = true;
+                    let now = self.clock.now();
+                    let rtt = now.saturating_sub(sent_at);
+                    let status = resp.status();
+                    backend.count_response(status.as_u16());
+                    let is_5xx = status.is_server_error();
+                    if is_5xx && settings.outlier.count_5xx {
+                        self.on_failure(&backend, None);
+                    } else {
+                        backend.on_success(rtt, in_flight, now);
+                    }
+                    if matches!(status.as_u16(), 502 | 503)
+                        && retry_after_send
+                        && may_try_again(self)
+                    {
+                        avoid = Some(backend.id);
+                        continue;
+                    }
+                    strip_hop_by_hop(resp.headers_mut());
+                    *resp.version_mut() = Version::default();
+                    let guard = Completion::new(self.clone(), start, Some(slot), Some(conn));
+                    return Forwarded {
+                        response: resp.map(|b| ProxyBody::upstream(b, guard)),
+                        reached_backend: true,
+                    };
+                }
+                Ok(Err(mut e)) => {
+                    self.on_failure(&backend, Some((sent_at, in_flight)));
+                    if let Some(unsent) = e.take_message() {
+                        // Handed back unsent: it never reached the backend.
+                        let (p, b) = unsent.into_parts();
+                        head.uri = p.uri;
+                        head.headers = p.headers;
+                        kept = None;
+                        if !replayable {
+                            body = b;
+                        }
+                        tracing::debug!(backend = %backend.address, reused, "connection not usable; request not sent");
+                        if may_try_again(self) {
+                            avoid = Some(backend.id);
+                            continue;
+                        }
+                        let resp = self.local(
+                            start,
+                            Some(slot),
+                            StatusCode::BAD_GATEWAY,
+                            "502 Bad Gateway: could not send the request to a backend\n",
+                        );
+                        return Forwarded {
+                            response: resp,
+                            reached_backend: reached,
+                        };
+                    }
+                    reached = true;
+                    tracing::warn!(backend = %backend.address, error = %error_chain(e.error()), reused, "backend closed the connection without a response");
+                    if retry_after_send && may_try_again(self) {
+                        avoid = Some(backend.id);
+                        continue;
+                    }
+                    let resp = self.local(
+                        start,
+                        Some(slot),
+                        StatusCode::BAD_GATEWAY,
+                        "502 Bad Gateway: the backend closed the connection without a response\n",
+                    );
+                    return Forwarded {
+                        response: resp,
+                        reached_backend: true,
+                    };
+                }
+                Err(_) => {
+                    reached = true;
+                    self.on_failure(&backend, Some((sent_at, in_flight)));
+                    tracing::warn!(backend = %backend.address, timeout = ?limit, "backend did not answer in time");
+                    if retry_after_send && may_try_again(self) {
+                        avoid = Some(backend.id);
+                        continue;
+                    }
+                    let resp = self.local(
+                        start,
+                        Some(slot),
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "504 Gateway Timeout: the backend did not answer in time\n",
+                    );
+                    return Forwarded {
+                        response: resp,
+                        reached_backend: true,
+                    };
+                }
+            }
+        }
+    }
+
+    /// A failed try: feeds passive outlier detection and, for a sent request, the limiter.
+    fn on_failure(&self, backend: &Arc<Backend>, sent: Option<(Nanos, u32)>) {
+        backend.failures.fetch_add(1, Ordering::Relaxed);
+        let now = self.clock.now();
+        let live = self.live();
+        let outlier = &live.settings.outlier;
+        backend.on_failure(sent.map(|(at, n)| (now.saturating_sub(at), n)), now);
+        if let Some(ejection) = backend.record_outlier_failure(outlier, now) {
+            let snap = self.registry.snapshot();
+            let ejected = snap
+                .backends
+                .iter()
+                .filter(|b| b.state() == crate::registry::BackendState::Ejected)
+                .count();
+            let allowed =
+                crate::outlier::may_eject(ejected, snap.backends.len(), outlier.max_ejected_share);
+            if allowed && backend.eject(ejection.until) {
+                tracing::warn!(
+                    backend = %backend.address,
+                    ejections = ejection.count,
+                    for_ms = ejection.until.saturating_sub(now) / 1_000_000,
+                    "backend ejected after consecutive failures"
+                );
+            } else {
+                backend.cancel_ejection(ejection);
+            }
+        }
+    }
+
+    fn not_reached(
+        self: &Arc<Self>,
+        start: Nanos,
+        status: StatusCode,
+        why: &'static str,
+    ) -> Forwarded {
+        Forwarded {
+            response: self.local(start, None, status, why),
+            reached_backend: false,
+        }
+    }
+
+    fn shed(self: &Arc<Self>, start: Nanos, shed: Shed) -> Response<Body> {
+        let counter = match shed {
+            Shed::QueueFull => &self.counters.shed_queue_full,
+            Shed::QueueTimeout => &self.counters.shed_queue_timeout,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.signals.record_shed(self.clock.now());
+        let retry_after = self.dispatcher.retry_after_secs();
+        let why = match shed {
+            Shed::QueueFull => {
+                "503 Service Unavailable: every backend is busy and the queue is full\n"
+            }
+            Shed::QueueTimeout => "503 Service Unavailable: no backend became free in time\n",
+        };
+        let mut resp = self.local(start, None, StatusCode::SERVICE_UNAVAILABLE, why);
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        resp
+    }
+}
+
+/// The full chain of an error's causes, for a log line that says what actually happened.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
