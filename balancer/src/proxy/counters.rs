@@ -1,7 +1,7 @@
 //! Counters of what happened to requests beyond a backend's answer, read by `/metrics`, the
 //! signals API and the admin API.
 
-use http::StatusCode;
+use super::local::{LocalAnswer, CODES};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Counters of what happened to requests beyond a backend's answer.
@@ -25,24 +25,62 @@ pub struct ProxyCounters {
     pub reloads_ok: AtomicU64,
     /// Config reloads refused because the new file was invalid.
     pub reloads_failed: AtomicU64,
-    /// Answered by ebbtide itself, by status.
-    pub local_responses: [AtomicU64; LOCAL_CODES.len()],
+    /// Answered by ebbtide itself, by answer (index: `LocalAnswer as usize`).
+    local_responses: [AtomicU64; LocalAnswer::ALL.len()],
 }
 
-const LOCAL_CODES: [u16; 8] = [400, 405, 409, 413, 422, 502, 503, 504];
-
 impl ProxyCounters {
-    pub(super) fn count_local(&self, status: StatusCode) {
-        if let Some(i) = LOCAL_CODES.iter().position(|&c| c == status.as_u16()) {
-            self.local_responses[i].fetch_add(1, Ordering::Relaxed);
-        }
+    /// Counts an answer of ebbtide's own.
+    pub(super) fn count_local(&self, answer: LocalAnswer) {
+        self.local_responses[answer as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// (status, count) of ebbtide's own answers.
+    /// (status, count) of ebbtide's own answers, for every code of [`CODES`] in order (zeros
+    /// included).
     pub fn local_counts(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
-        LOCAL_CODES
-            .iter()
-            .zip(&self.local_responses)
-            .map(|(&c, n)| (c, n.load(Ordering::Relaxed)))
+        CODES.iter().map(move |&code| {
+            let n = LocalAnswer::ALL
+                .iter()
+                .filter(|a| a.status().as_u16() == code)
+                .map(|&a| self.local_responses[a as usize].load(Ordering::Relaxed))
+                .sum();
+            (code, n)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_counts_are_by_status_in_the_order_metrics_always_had() {
+        let c = ProxyCounters::default();
+        let zeros: Vec<_> = c.local_counts().collect();
+        assert_eq!(
+            zeros,
+            [400, 405, 409, 413, 422, 502, 503, 504].map(|code| (code, 0))
+        );
+        c.count_local(LocalAnswer::NoConnection);
+        c.count_local(LocalAnswer::ClosedWithoutResponse);
+        c.count_local(LocalAnswer::QueueFull);
+        c.count_local(LocalAnswer::Timeout);
+        c.count_local(LocalAnswer::NoHost);
+        c.count_local(LocalAnswer::BodyCutOff);
+        c.count_local(LocalAnswer::BodyCutOff);
+        let counts: Vec<_> = c.local_counts().collect();
+        assert_eq!(
+            counts,
+            [
+                (400, 3),
+                (405, 0),
+                (409, 0),
+                (413, 0),
+                (422, 0),
+                (502, 2),
+                (503, 1),
+                (504, 1)
+            ]
+        );
     }
 }

@@ -5,6 +5,7 @@ use super::completion::{Body, Completion};
 use super::headers::{
     content_length, keep_headers, prepare_head, rebuild_headers, request_key, strip_hop_by_hop,
 };
+use super::local::LocalAnswer;
 use super::retry::is_idempotent;
 use super::{Live, Peer, Proxy};
 use crate::body::ProxyBody;
@@ -13,7 +14,7 @@ use crate::pool::UpstreamBody;
 use crate::registry::Backend;
 use ebbtide_config::time::Nanos;
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Request, Response, Version};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -44,7 +45,7 @@ impl Proxy {
         let (parts, incoming) = req.into_parts();
         let mut head = match prepare_head(parts, peer) {
             Ok(h) => h,
-            Err(why) => return self.not_reached(start, StatusCode::BAD_REQUEST, why),
+            Err(answer) => return self.not_reached(start, answer),
         };
         let retries = &settings.retries;
         let max_attempts = retries.max_attempts.max(1);
@@ -57,7 +58,7 @@ impl Proxy {
         {
             match Limited::new(incoming, retries.buffer_limit).collect().await {
                 Ok(c) => UpstreamBody::Full(Some(c.to_bytes())),
-                Err(_) => return self.not_reached(start, StatusCode::BAD_REQUEST, "400 Bad Request: the request body was cut off or longer than its Content-Length\n"),
+                Err(_) => return self.not_reached(start, LocalAnswer::BodyCutOff),
             }
         } else {
             UpstreamBody::Stream(incoming)
@@ -115,12 +116,7 @@ impl Proxy {
                         avoid = Some(backend.id);
                         continue;
                     }
-                    let resp = self.local(
-                        start,
-                        Some(slot),
-                        StatusCode::BAD_GATEWAY,
-                        "502 Bad Gateway: could not connect to a backend\n",
-                    );
+                    let resp = self.local(start, Some(slot), LocalAnswer::NoConnection);
                     return Forwarded {
                         response: resp,
                         reached_backend: reached,
@@ -196,12 +192,7 @@ impl Proxy {
                             avoid = Some(backend.id);
                             continue;
                         }
-                        let resp = self.local(
-                            start,
-                            Some(slot),
-                            StatusCode::BAD_GATEWAY,
-                            "502 Bad Gateway: could not send the request to a backend\n",
-                        );
+                        let resp = self.local(start, Some(slot), LocalAnswer::NotSent);
                         return Forwarded {
                             response: resp,
                             reached_backend: reached,
@@ -213,12 +204,7 @@ impl Proxy {
                         avoid = Some(backend.id);
                         continue;
                     }
-                    let resp = self.local(
-                        start,
-                        Some(slot),
-                        StatusCode::BAD_GATEWAY,
-                        "502 Bad Gateway: the backend closed the connection without a response\n",
-                    );
+                    let resp = self.local(start, Some(slot), LocalAnswer::ClosedWithoutResponse);
                     return Forwarded {
                         response: resp,
                         reached_backend: true,
@@ -232,12 +218,7 @@ impl Proxy {
                         avoid = Some(backend.id);
                         continue;
                     }
-                    let resp = self.local(
-                        start,
-                        Some(slot),
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "504 Gateway Timeout: the backend did not answer in time\n",
-                    );
+                    let resp = self.local(start, Some(slot), LocalAnswer::Timeout);
                     return Forwarded {
                         response: resp,
                         reached_backend: true,
@@ -276,14 +257,10 @@ impl Proxy {
         }
     }
 
-    fn not_reached(
-        self: &Arc<Self>,
-        start: Nanos,
-        status: StatusCode,
-        why: &'static str,
-    ) -> Forwarded {
+    /// An answer of ebbtide's own to a request that reached no backend.
+    fn not_reached(self: &Arc<Self>, start: Nanos, answer: LocalAnswer) -> Forwarded {
         Forwarded {
-            response: self.local(start, None, status, why),
+            response: self.local(start, None, answer),
             reached_backend: false,
         }
     }
@@ -296,13 +273,11 @@ impl Proxy {
         counter.fetch_add(1, Ordering::Relaxed);
         self.signals.record_shed(self.clock.now());
         let retry_after = self.dispatcher.retry_after_secs();
-        let why = match shed {
-            Shed::QueueFull => {
-                "503 Service Unavailable: every backend is busy and the queue is full\n"
-            }
-            Shed::QueueTimeout => "503 Service Unavailable: no backend became free in time\n",
+        let answer = match shed {
+            Shed::QueueFull => LocalAnswer::QueueFull,
+            Shed::QueueTimeout => LocalAnswer::QueueTimeout,
         };
-        let mut resp = self.local(start, None, StatusCode::SERVICE_UNAVAILABLE, why);
+        let mut resp = self.local(start, None, answer);
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         resp

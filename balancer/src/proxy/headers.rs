@@ -1,6 +1,7 @@
 //! Header hygiene: hop-by-hop headers removed both ways (RFC 9110 7.6.1), `X-Forwarded-*` set,
 //! the head kept across tries, and the hash key a request is balanced by.
 
+use super::local::LocalAnswer;
 use crate::policies::hash_key;
 use bytes::Bytes;
 use ebbtide_config::HashKey;
@@ -140,7 +141,7 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// Turns a client request head into the head sent to backends: origin-form target, hop-by-hop
 /// headers removed, `Host` kept (or made from an HTTP/2 `:authority`), `X-Forwarded-For`
 /// appended, `X-Forwarded-Proto` and `-Host` set.
-pub(super) fn prepare_head(parts: http::request::Parts, peer: &Peer) -> Result<Head, &'static str> {
+pub(super) fn prepare_head(parts: http::request::Parts, peer: &Peer) -> Result<Head, LocalAnswer> {
     let http::request::Parts {
         method,
         uri,
@@ -161,7 +162,7 @@ pub(super) fn prepare_head(parts: http::request::Parts, peer: &Peer) -> Result<H
             Some(v) => {
                 headers.insert(header::HOST, v);
             }
-            None => return Err("400 Bad Request: the request has no Host\n"),
+            None => return Err(LocalAnswer::NoHost),
         }
     }
     let host = headers.get(header::HOST).cloned();

@@ -3,6 +3,7 @@
 
 use super::completion::{Body, Completion};
 use super::forward::Forwarded;
+use super::local::LocalAnswer;
 use super::{Live, Peer, Proxy};
 use crate::body::{OnEnd, ProxyBody};
 use crate::idempotency::{Claim, Outcome, StoredResponse};
@@ -10,7 +11,7 @@ use crate::policies::hash_key;
 use bytes::{Bytes, BytesMut};
 use ebbtide_config::time::Nanos;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::sync::atomic::Ordering;
@@ -45,17 +46,15 @@ impl Proxy {
                     });
                     return match task.await {
                         Ok(resp) => resp,
-                        Err(_) => self.local(start, None, StatusCode::BAD_GATEWAY, "502 Bad Gateway: the request failed inside the balancer\n"),
+                        Err(_) => self.local(start, None, LocalAnswer::Internal),
                     };
                 }
                 Claim::Wait(rx) => rx,
                 Claim::Done(outcome) => return self.replay(start, outcome),
                 Claim::Mismatch => {
-                    return self.local(start, None, StatusCode::UNPROCESSABLE_ENTITY, "422 Unprocessable Content: this Idempotency-Key was used for a different request\n")
+                    return self.local(start, None, LocalAnswer::IdempotencyMismatch)
                 }
-                Claim::Full => {
-                    return self.local(start, None, StatusCode::SERVICE_UNAVAILABLE, "503 Service Unavailable: too many Idempotency-Keys in flight\n")
-                }
+                Claim::Full => return self.local(start, None, LocalAnswer::IdempotencyFull),
             };
             let outcome = match rx.wait_for(|o| o.is_some()).await {
                 Ok(o) => o.clone().expect("waited for Some"),
@@ -104,11 +103,9 @@ impl Proxy {
                     // Executed, but the answer broke off: duplicates must not execute it again.
                     tracing::warn!(error = %e, "response to a keyed request broke off");
                     let stored = StoredResponse {
-                        status: StatusCode::BAD_GATEWAY,
+                        status: LocalAnswer::ResponseBrokeOff.status(),
                         headers: HeaderMap::new(),
-                        body: Bytes::from_static(
-                            b"502 Bad Gateway: the backend's response broke off\n",
-                        ),
+                        body: Bytes::from_static(LocalAnswer::ResponseBrokeOff.text().as_bytes()),
                     };
                     let resp = stored_response::<Completion>(&stored, None);
                     self.idempotency.finish(
@@ -138,11 +135,13 @@ impl Proxy {
     fn replay(self: &Arc<Self>, start: Nanos, outcome: Outcome) -> Response<Body> {
         match outcome {
             Outcome::Stored(stored) => {
-                self.counters.idempotent_replays.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .idempotent_replays
+                    .fetch_add(1, Ordering::Relaxed);
                 let guard = self.guard(start, None);
                 stored_response(&stored, Some(guard))
             }
-            _ => self.local(start, None, StatusCode::CONFLICT, "409 Conflict: this Idempotency-Key was executed but its response was too large to keep\n"),
+            _ => self.local(start, None, LocalAnswer::TooLargeToReplay),
         }
     }
 }

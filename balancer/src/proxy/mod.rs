@@ -18,6 +18,7 @@
 //! - [`headers`]: header hygiene, `X-Forwarded-*`, the hash key;
 //! - [`forward`]: the try loop;
 //! - [`retry`]: when a request may be sent again;
+//! - [`local`]: ebbtide's own answers (status, text, metric);
 //! - [`idempotent`]: at-most-once execution for `Idempotency-Key`.
 
 mod completion;
@@ -25,6 +26,7 @@ mod counters;
 mod forward;
 mod headers;
 mod idempotent;
+mod local;
 mod retry;
 mod settings;
 
@@ -33,7 +35,6 @@ pub use counters::ProxyCounters;
 pub use headers::Peer;
 pub use settings::ProxySettings;
 
-use crate::body::ProxyBody;
 use crate::clock::Clock;
 use crate::dispatch::{Dispatcher, Slot};
 use crate::histogram::LatencyHistogram;
@@ -42,10 +43,10 @@ use crate::registry::Registry;
 use crate::retry_budget::RetryBudget;
 use crate::signals::SignalWindow;
 use ebbtide_config::time::Nanos;
-use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use idempotent::IDEMPOTENCY_KEY;
+use local::LocalAnswer;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
@@ -146,20 +147,13 @@ impl Proxy {
         let live = self.live();
         live.budget.deposit(start);
         if req.method() == Method::CONNECT {
-            return self.local(
-                start,
-                None,
-                StatusCode::METHOD_NOT_ALLOWED,
-                "405 Method Not Allowed: CONNECT is not supported\n",
-            );
+            return self.local(start, None, LocalAnswer::ConnectNotSupported);
         }
         if live.settings.idempotency.enabled {
             if let Some(key) = req.headers().get(&IDEMPOTENCY_KEY) {
                 let key = match key.to_str() {
                     Ok(k) if !k.is_empty() && k.len() <= 255 => k.to_string(),
-                    _ => {
-                        return self.local(start, None, StatusCode::BAD_REQUEST, "400 Bad Request: Idempotency-Key must be 1 to 255 visible ASCII characters\n")
-                    }
+                    _ => return self.local(start, None, LocalAnswer::BadIdempotencyKey),
                 };
                 return self.handle_idempotent(req, peer, start, live, key).await;
             }
@@ -172,22 +166,14 @@ impl Proxy {
         Completion::new(self.clone(), start, slot, None)
     }
 
-    /// An answer of ebbtide's own, counted by status.
+    /// An answer of ebbtide's own, counted.
     fn local(
         self: &Arc<Self>,
         start: Nanos,
         slot: Option<Slot>,
-        status: StatusCode,
-        text: &'static str,
+        answer: LocalAnswer,
     ) -> Response<Body> {
-        self.counters.count_local(status);
-        let guard = self.guard(start, slot);
-        let mut resp = Response::new(ProxyBody::full(text, Some(guard)));
-        *resp.status_mut() = status;
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        resp
+        self.counters.count_local(answer);
+        answer.response(Some(self.guard(start, slot)))
     }
 }
