@@ -6,12 +6,13 @@ use super::headers::{
     content_length, keep_headers, prepare_head, rebuild_headers, request_key, strip_hop_by_hop,
 };
 use super::local::LocalAnswer;
-use super::retry::is_idempotent;
+use super::retry::{self, is_idempotent, Attempt, TryOutcome, Verdict};
 use super::{Live, Peer, Proxy};
 use crate::body::ProxyBody;
 use crate::dispatch::Shed;
 use crate::pool::UpstreamBody;
 use crate::registry::Backend;
+use crate::retry_budget::RetryBudget;
 use ebbtide_config::time::Nanos;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
@@ -80,21 +81,12 @@ impl Proxy {
             if let Some(k) = kept.take() {
                 head.headers = rebuild_headers(k);
             }
-            let may_try_again = |proxy: &Proxy| -> bool {
-                let now = proxy.clock.now();
-                if attempt >= max_attempts || deadline.is_some_and(|d| now >= d) {
-                    return false;
-                }
-                if budget.try_withdraw(now) {
-                    proxy.counters.retries.fetch_add(1, Ordering::Relaxed);
-                    true
-                } else {
-                    proxy
-                        .counters
-                        .retries_refused
-                        .fetch_add(1, Ordering::Relaxed);
-                    false
-                }
+            let facts = |deadline_passed| Attempt {
+                idempotent,
+                replayable,
+                number: attempt,
+                max_attempts,
+                deadline_passed,
             };
             let slot = match self.dispatcher.acquire(key, avoid).await {
                 Ok(s) => s,
@@ -107,124 +99,123 @@ impl Proxy {
                 }
             };
             let backend = slot.backend().clone();
-            let mut conn = match backend.pool.checkout().await {
-                Ok(c) => c,
+            // One try: how it ended, when, and the backend's response if it answered.
+            let (outcome, now, answered) = match backend.pool.checkout().await {
                 Err(e) => {
                     self.on_failure(&backend, None);
                     tracing::warn!(backend = %backend.address, error = %e, attempt, "no connection to the backend");
-                    if may_try_again(self) {
-                        avoid = Some(backend.id);
-                        continue;
-                    }
-                    let resp = self.local(start, Some(slot), LocalAnswer::NoConnection);
-                    return Forwarded {
-                        response: resp,
-                        reached_backend: reached,
+                    (TryOutcome::NoConnection, self.clock.now(), None)
+                }
+                Ok(mut conn) => {
+                    let retry_after_send = facts(false).may_retry_if_sent();
+                    let this_body = match body.replay() {
+                        Some(b) => b,
+                        None => std::mem::replace(&mut body, UpstreamBody::Empty),
                     };
+                    // hyper consumes what it sends. When this try may be followed by another,
+                    // keep a flat copy of the headers (one allocation, no hashing) to rebuild
+                    // them from.
+                    kept = retry_after_send.then(|| keep_headers(&head.headers));
+                    let mut up = Request::new(this_body);
+                    *up.method_mut() = head.method.clone();
+                    *up.uri_mut() = if retry_after_send {
+                        head.uri.clone()
+                    } else {
+                        std::mem::take(&mut head.uri)
+                    };
+                    *up.version_mut() = Version::HTTP_11;
+                    *up.headers_mut() = std::mem::take(&mut head.headers);
+                    let reused = conn.reused;
+                    let sent_at = self.clock.now();
+                    let in_flight = backend.in_flight();
+                    let limit = match deadline {
+                        Some(d) => per_try.min(Duration::from_nanos(d.saturating_sub(sent_at))),
+                        None => per_try,
+                    };
+                    match tokio::time::timeout(limit, conn.send(up)).await {
+                        Ok(Ok(resp)) => {
+                            reached = true;
+                            let now = self.clock.now();
+                            let rtt = now.saturating_sub(sent_at);
+                            let status = resp.status();
+                            backend.count_response(status.as_u16());
+                            if status.is_server_error() && settings.outlier.count_5xx {
+                                self.on_failure(&backend, None);
+                            } else {
+                                backend.on_success(rtt, in_flight, now);
+                            }
+                            let outcome = TryOutcome::Answered {
+                                status: status.as_u16(),
+                            };
+                            (outcome, now, Some((resp, conn)))
+                        }
+                        Ok(Err(mut e)) => {
+                            self.on_failure(&backend, Some((sent_at, in_flight)));
+                            if let Some(unsent) = e.take_message() {
+                                // Handed back unsent: it never reached the backend.
+                                let (p, b) = unsent.into_parts();
+                                head.uri = p.uri;
+                                head.headers = p.headers;
+                                kept = None;
+                                if !replayable {
+                                    body = b;
+                                }
+                                tracing::debug!(backend = %backend.address, reused, "connection not usable; request not sent");
+                                (TryOutcome::ConnectionUnusableUnsent, self.clock.now(), None)
+                            } else {
+                                reached = true;
+                                tracing::warn!(backend = %backend.address, error = %error_chain(e.error()), reused, "backend closed the connection without a response");
+                                (TryOutcome::ClosedBeforeHeaders, self.clock.now(), None)
+                            }
+                        }
+                        Err(_) => {
+                            reached = true;
+                            self.on_failure(&backend, Some((sent_at, in_flight)));
+                            tracing::warn!(backend = %backend.address, timeout = ?limit, "backend did not answer in time");
+                            (TryOutcome::TryTimedOut, self.clock.now(), None)
+                        }
+                    }
                 }
             };
-            let retry_after_send = idempotent && replayable && attempt < max_attempts;
-            let this_body = match body.replay() {
-                Some(b) => b,
-                None => std::mem::replace(&mut body, UpstreamBody::Empty),
+            // The rule says whether another try would be safe; the budget whether it may be had.
+            let deadline_passed = deadline.is_some_and(|d| now >= d);
+            let verdict = match retry::verdict(outcome, facts(deadline_passed)) {
+                Verdict::Retry if self.budget_allows(budget, now) => {
+                    avoid = Some(backend.id);
+                    continue;
+                }
+                Verdict::Retry => retry::without_retry(outcome),
+                v => v,
             };
-            // hyper consumes what it sends. When this try may be followed by another, keep a
-            // flat copy of the headers (one allocation, no hashing) to rebuild them from.
-            kept = retry_after_send.then(|| keep_headers(&head.headers));
-            let mut up = Request::new(this_body);
-            *up.method_mut() = head.method.clone();
-            *up.uri_mut() = if retry_after_send {
-                head.uri.clone()
-            } else {
-                std::mem::take(&mut head.uri)
-            };
-            *up.version_mut() = Version::HTTP_11;
-            *up.headers_mut() = std::mem::take(&mut head.headers);
-            let reused = conn.reused;
-            let sent_at = self.clock.now();
-            let in_flight = backend.in_flight();
-            let limit = match deadline {
-                Some(d) => per_try.min(Duration::from_nanos(d.saturating_sub(sent_at))),
-                None => per_try,
-            };
-            let result = tokio::time::timeout(limit, conn.send(up)).await;
-            match result {
-                Ok(Ok(mut resp)) => {
-                    reached = true;
-                    let now = self.clock.now();
-                    let rtt = now.saturating_sub(sent_at);
-                    let status = resp.status();
-                    backend.count_response(status.as_u16());
-                    let is_5xx = status.is_server_error();
-                    if is_5xx && settings.outlier.count_5xx {
-                        self.on_failure(&backend, None);
-                    } else {
-                        backend.on_success(rtt, in_flight, now);
-                    }
-                    if matches!(status.as_u16(), 502 | 503)
-                        && retry_after_send
-                        && may_try_again(self)
-                    {
-                        avoid = Some(backend.id);
-                        continue;
-                    }
+            let response = match (verdict, answered) {
+                (Verdict::PassThrough, Some((mut resp, conn))) => {
                     strip_hop_by_hop(resp.headers_mut());
                     *resp.version_mut() = Version::default();
                     let guard = Completion::new(self.clone(), start, Some(slot), Some(conn));
-                    return Forwarded {
-                        response: resp.map(|b| ProxyBody::upstream(b, guard)),
-                        reached_backend: true,
-                    };
+                    resp.map(|b| ProxyBody::upstream(b, guard))
                 }
-                Ok(Err(mut e)) => {
-                    self.on_failure(&backend, Some((sent_at, in_flight)));
-                    if let Some(unsent) = e.take_message() {
-                        // Handed back unsent: it never reached the backend.
-                        let (p, b) = unsent.into_parts();
-                        head.uri = p.uri;
-                        head.headers = p.headers;
-                        kept = None;
-                        if !replayable {
-                            body = b;
-                        }
-                        tracing::debug!(backend = %backend.address, reused, "connection not usable; request not sent");
-                        if may_try_again(self) {
-                            avoid = Some(backend.id);
-                            continue;
-                        }
-                        let resp = self.local(start, Some(slot), LocalAnswer::NotSent);
-                        return Forwarded {
-                            response: resp,
-                            reached_backend: reached,
-                        };
-                    }
-                    reached = true;
-                    tracing::warn!(backend = %backend.address, error = %error_chain(e.error()), reused, "backend closed the connection without a response");
-                    if retry_after_send && may_try_again(self) {
-                        avoid = Some(backend.id);
-                        continue;
-                    }
-                    let resp = self.local(start, Some(slot), LocalAnswer::ClosedWithoutResponse);
-                    return Forwarded {
-                        response: resp,
-                        reached_backend: true,
-                    };
+                (Verdict::Answer(answer), _) => self.local(start, Some(slot), answer),
+                (v, _) => {
+                    unreachable!("{v:?} after {outcome:?}: only a backend's answer passes through")
                 }
-                Err(_) => {
-                    reached = true;
-                    self.on_failure(&backend, Some((sent_at, in_flight)));
-                    tracing::warn!(backend = %backend.address, timeout = ?limit, "backend did not answer in time");
-                    if retry_after_send && may_try_again(self) {
-                        avoid = Some(backend.id);
-                        continue;
-                    }
-                    let resp = self.local(start, Some(slot), LocalAnswer::Timeout);
-                    return Forwarded {
-                        response: resp,
-                        reached_backend: true,
-                    };
-                }
-            }
+            };
+            return Forwarded {
+                response,
+                reached_backend: reached,
+            };
+        }
+    }
+
+    /// Asks the retry budget for a retry the rule allows, and counts what it said.
+    fn budget_allows(&self, budget: &RetryBudget, now: Nanos) -> bool {
+        if budget.try_withdraw(now) {
+            self.counters.retries.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            self.counters
+                .retries_refused
+                .fetch_add(1, Ordering::Relaxed);
+            false
         }
     }
 

@@ -11,15 +11,18 @@
 //! - never once response bytes have gone to the client;
 //! - and only while the retry budget (a share of requests plus a floor per second) allows.
 //!
+//! The first three are one pure rule, `retry::verdict`, that the try loop asks after every try;
+//! the budget is asked only when the rule says a retry would be safe.
+//!
 //! One concern per file:
-//! - [`settings`]: what a config reload may change;
-//! - [`counters`]: what `/metrics` and the signals count beyond a backend's answer;
-//! - [`completion`]: the guard that ends a request when its response ends;
-//! - [`headers`]: header hygiene, `X-Forwarded-*`, the hash key;
-//! - [`forward`]: the try loop;
-//! - [`retry`]: when a request may be sent again;
-//! - [`local`]: ebbtide's own answers (status, text, metric);
-//! - [`idempotent`]: at-most-once execution for `Idempotency-Key`.
+//! - `settings`: what a config reload may change;
+//! - `counters`: what `/metrics` and the signals count beyond a backend's answer;
+//! - `completion`: the guard that ends a request when its response ends;
+//! - `headers`: header hygiene, `X-Forwarded-*`, the hash key;
+//! - `forward`: the try loop;
+//! - `retry`: when a request may be sent again (pure: no I/O, no clock);
+//! - `local`: ebbtide's own answers, each with its status and text;
+//! - `idempotent`: at-most-once execution for `Idempotency-Key`.
 
 mod completion;
 mod counters;
