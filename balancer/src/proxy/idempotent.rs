@@ -146,6 +146,8 @@ impl Proxy {
     }
 }
 
+/// A stored response as a duplicate gets it: same status, headers and body, marked
+/// `idempotent-replayed: true`, its length left to the body (which may have been cut).
 fn stored_response<G: OnEnd>(stored: &StoredResponse, guard: Option<G>) -> Response<ProxyBody<G>> {
     let mut resp = Response::new(ProxyBody::full(stored.body.clone(), guard));
     *resp.status_mut() = stored.status;
@@ -156,4 +158,28 @@ fn stored_response<G: OnEnd>(stored: &StoredResponse, guard: Option<G>) -> Respo
         HeaderValue::from_static("true"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_replay_is_the_stored_response_marked_replayed() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-order", HeaderValue::from_static("17"));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
+        let stored = StoredResponse {
+            status: http::StatusCode::CREATED,
+            headers,
+            body: Bytes::from_static(b"made"),
+        };
+        let resp = stored_response::<()>(&stored, None);
+        assert_eq!(resp.status(), http::StatusCode::CREATED);
+        assert_eq!(resp.headers()["x-order"], "17");
+        assert_eq!(resp.headers()["idempotent-replayed"], "true");
+        assert!(resp.headers().get(header::CONTENT_LENGTH).is_none());
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "made");
+    }
 }
