@@ -1,0 +1,86 @@
+//! Counters of what happened to requests beyond a backend's answer, read by `/metrics`, the
+//! signals API and the admin API.
+
+use super::local::{LocalAnswer, CODES};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters of what happened to requests beyond a backend's answer.
+#[derive(Debug, Default)]
+pub struct ProxyCounters {
+    /// Requests received (cumulative, for rates over any interval).
+    pub arrivals: AtomicU64,
+    /// Responses finished (cumulative).
+    pub completions: AtomicU64,
+    /// Shed because the queue was full.
+    pub shed_queue_full: AtomicU64,
+    /// Shed after waiting the queue timeout.
+    pub shed_queue_timeout: AtomicU64,
+    /// Tries after the first.
+    pub retries: AtomicU64,
+    /// Retries refused by the budget.
+    pub retries_refused: AtomicU64,
+    /// Responses replayed for a duplicate `Idempotency-Key`.
+    pub idempotent_replays: AtomicU64,
+    /// Config reloads applied.
+    pub reloads_ok: AtomicU64,
+    /// Config reloads refused because the new file was invalid.
+    pub reloads_failed: AtomicU64,
+    /// Answered by ebbtide itself, by answer (index: `LocalAnswer as usize`).
+    local_responses: [AtomicU64; LocalAnswer::ALL.len()],
+}
+
+impl ProxyCounters {
+    /// Counts an answer of ebbtide's own.
+    pub(super) fn count_local(&self, answer: LocalAnswer) {
+        self.local_responses[answer as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (status, count) of ebbtide's own answers, for every code of [`CODES`] in order (zeros
+    /// included).
+    pub fn local_counts(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        CODES.iter().map(move |&code| {
+            let n = LocalAnswer::ALL
+                .iter()
+                .filter(|a| a.status().as_u16() == code)
+                .map(|&a| self.local_responses[a as usize].load(Ordering::Relaxed))
+                .sum();
+            (code, n)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_counts_are_by_status_in_the_order_metrics_always_had() {
+        let c = ProxyCounters::default();
+        let zeros: Vec<_> = c.local_counts().collect();
+        assert_eq!(
+            zeros,
+            [400, 405, 409, 413, 422, 502, 503, 504].map(|code| (code, 0))
+        );
+        c.count_local(LocalAnswer::NoConnection);
+        c.count_local(LocalAnswer::ClosedWithoutResponse);
+        c.count_local(LocalAnswer::QueueFull);
+        c.count_local(LocalAnswer::Timeout);
+        c.count_local(LocalAnswer::NoHost);
+        c.count_local(LocalAnswer::BodyCutOff);
+        c.count_local(LocalAnswer::BodyCutOff);
+        let counts: Vec<_> = c.local_counts().collect();
+        assert_eq!(
+            counts,
+            [
+                (400, 3),
+                (405, 0),
+                (409, 0),
+                (413, 0),
+                (422, 0),
+                (502, 2),
+                (503, 1),
+                (504, 1)
+            ]
+        );
+    }
+}

@@ -1,0 +1,288 @@
+//! The try loop: a backend slot, a connection, the request sent, and another try where the
+//! retry rule and the retry budget allow.
+
+use super::completion::{Body, Completion};
+use super::headers::{
+    content_length, keep_headers, prepare_head, rebuild_headers, request_key, strip_hop_by_hop,
+};
+use super::local::LocalAnswer;
+use super::retry::{self, is_idempotent, Attempt, TryOutcome, Verdict};
+use super::{Live, Peer, Proxy};
+use crate::body::ProxyBody;
+use crate::dispatch::Shed;
+use crate::pool::UpstreamBody;
+use crate::registry::Backend;
+use crate::retry_budget::RetryBudget;
+use ebbtide_config::time::Nanos;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Version};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A response and whether any backend received the request.
+pub(super) struct Forwarded {
+    pub(super) response: Response<Body>,
+    pub(super) reached_backend: bool,
+}
+
+impl Proxy {
+    /// Sends a request to a backend, trying again where that is safe.
+    pub(super) async fn forward(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        peer: &Peer,
+        start: Nanos,
+        live: &Live,
+    ) -> Forwarded {
+        let settings = &live.settings;
+        let key = settings
+            .hash_key
+            .as_ref()
+            .and_then(|k| request_key(k, &req));
+        let (parts, incoming) = req.into_parts();
+        let mut head = match prepare_head(parts, peer) {
+            Ok(h) => h,
+            Err(answer) => return self.not_reached(start, answer),
+        };
+        let retries = &settings.retries;
+        let max_attempts = retries.max_attempts.max(1);
+        let idempotent = is_idempotent(&head.method);
+        let mut body = if incoming.is_end_stream() {
+            UpstreamBody::Empty
+        } else if idempotent
+            && max_attempts > 1
+            && content_length(&head.headers).is_some_and(|n| n <= retries.buffer_limit as u64)
+        {
+            match Limited::new(incoming, retries.buffer_limit).collect().await {
+                Ok(c) => UpstreamBody::Full(Some(c.to_bytes())),
+                Err(_) => return self.not_reached(start, LocalAnswer::BodyCutOff),
+            }
+        } else {
+            UpstreamBody::Stream(incoming)
+        };
+        let replayable = body.replay().is_some();
+        let per_try = if retries.per_try_timeout.0.is_zero() {
+            settings.response_timeout
+        } else {
+            retries.per_try_timeout.0
+        };
+        let deadline = (!retries.deadline.0.is_zero()).then(|| start + retries.deadline.as_nanos());
+        let budget = &live.budget;
+        let mut avoid = None;
+        let mut attempt = 0;
+        let mut reached = false;
+        let mut kept = None;
+        loop {
+            attempt += 1;
+            if let Some(k) = kept.take() {
+                head.headers = rebuild_headers(k);
+            }
+            let facts = |deadline_passed| Attempt {
+                idempotent,
+                replayable,
+                number: attempt,
+                max_attempts,
+                deadline_passed,
+            };
+            let slot = match self.dispatcher.acquire(key, avoid).await {
+                Ok(s) => s,
+                Err(shed) => {
+                    let resp = self.shed(start, shed);
+                    return Forwarded {
+                        response: resp,
+                        reached_backend: reached,
+                    };
+                }
+            };
+            let backend = slot.backend().clone();
+            // One try: how it ended, when, and the backend's response if it answered.
+            let (outcome, now, answered) = match backend.pool.checkout().await {
+                Err(e) => {
+                    self.on_failure(&backend, None);
+                    tracing::warn!(backend = %backend.address, error = %e, attempt, "no connection to the backend");
+                    (TryOutcome::NoConnection, self.clock.now(), None)
+                }
+                Ok(mut conn) => {
+                    let retry_after_send = facts(false).may_retry_if_sent();
+                    let this_body = match body.replay() {
+                        Some(b) => b,
+                        None => std::mem::replace(&mut body, UpstreamBody::Empty),
+                    };
+                    // hyper consumes what it sends. When this try may be followed by another,
+                    // keep a flat copy of the headers (one allocation, no hashing) to rebuild
+                    // them from.
+                    kept = retry_after_send.then(|| keep_headers(&head.headers));
+                    let mut up = Request::new(this_body);
+                    *up.method_mut() = head.method.clone();
+                    *up.uri_mut() = if retry_after_send {
+                        head.uri.clone()
+                    } else {
+                        std::mem::take(&mut head.uri)
+                    };
+                    *up.version_mut() = Version::HTTP_11;
+                    *up.headers_mut() = std::mem::take(&mut head.headers);
+                    let reused = conn.reused;
+                    let sent_at = self.clock.now();
+                    let in_flight = backend.in_flight();
+                    let limit = match deadline {
+                        Some(d) => per_try.min(Duration::from_nanos(d.saturating_sub(sent_at))),
+                        None => per_try,
+                    };
+                    match tokio::time::timeout(limit, conn.send(up)).await {
+                        Ok(Ok(resp)) => {
+                            reached = true;
+                            let now = self.clock.now();
+                            let rtt = now.saturating_sub(sent_at);
+                            let status = resp.status();
+                            backend.count_response(status.as_u16());
+                            if status.is_server_error() && settings.outlier.count_5xx {
+                                self.on_failure(&backend, None);
+                            } else {
+                                backend.on_success(rtt, in_flight, now);
+                            }
+                            let outcome = TryOutcome::Answered {
+                                status: status.as_u16(),
+                            };
+                            (outcome, now, Some((resp, conn)))
+                        }
+                        Ok(Err(mut e)) => {
+                            self.on_failure(&backend, Some((sent_at, in_flight)));
+                            if let Some(unsent) = e.take_message() {
+                                // Handed back unsent: it never reached the backend.
+                                let (p, b) = unsent.into_parts();
+                                head.uri = p.uri;
+                                head.headers = p.headers;
+                                kept = None;
+                                if !replayable {
+                                    body = b;
+                                }
+                                tracing::debug!(backend = %backend.address, reused, "connection not usable; request not sent");
+                                (TryOutcome::ConnectionUnusableUnsent, self.clock.now(), None)
+                            } else {
+                                reached = true;
+                                tracing::warn!(backend = %backend.address, error = %error_chain(e.error()), reused, "backend closed the connection without a response");
+                                (TryOutcome::ClosedBeforeHeaders, self.clock.now(), None)
+                            }
+                        }
+                        Err(_) => {
+                            reached = true;
+                            self.on_failure(&backend, Some((sent_at, in_flight)));
+                            tracing::warn!(backend = %backend.address, timeout = ?limit, "backend did not answer in time");
+                            (TryOutcome::TryTimedOut, self.clock.now(), None)
+                        }
+                    }
+                }
+            };
+            // The rule says whether another try would be safe; the budget whether it may be had.
+            let deadline_passed = deadline.is_some_and(|d| now >= d);
+            let verdict = match retry::verdict(outcome, facts(deadline_passed)) {
+                Verdict::Retry if self.budget_allows(budget, now) => {
+                    avoid = Some(backend.id);
+                    continue;
+                }
+                Verdict::Retry => retry::without_retry(outcome),
+                v => v,
+            };
+            let response = match (verdict, answered) {
+                (Verdict::PassThrough, Some((mut resp, conn))) => {
+                    strip_hop_by_hop(resp.headers_mut());
+                    *resp.version_mut() = Version::default();
+                    let guard = Completion::new(self.clone(), start, Some(slot), Some(conn));
+                    resp.map(|b| ProxyBody::upstream(b, guard))
+                }
+                (Verdict::Answer(answer), _) => self.local(start, Some(slot), answer),
+                (v, _) => {
+                    unreachable!("{v:?} after {outcome:?}: only a backend's answer passes through")
+                }
+            };
+            return Forwarded {
+                response,
+                reached_backend: reached,
+            };
+        }
+    }
+
+    /// Asks the retry budget for a retry the rule allows, and counts what it said.
+    fn budget_allows(&self, budget: &RetryBudget, now: Nanos) -> bool {
+        if budget.try_withdraw(now) {
+            self.counters.retries.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            self.counters
+                .retries_refused
+                .fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+
+    /// A failed try: feeds passive outlier detection and, for a sent request, the limiter.
+    fn on_failure(&self, backend: &Arc<Backend>, sent: Option<(Nanos, u32)>) {
+        backend.failures.fetch_add(1, Ordering::Relaxed);
+        let now = self.clock.now();
+        let live = self.live();
+        let outlier = &live.settings.outlier;
+        backend.on_failure(sent.map(|(at, n)| (now.saturating_sub(at), n)), now);
+        if let Some(ejection) = backend.record_outlier_failure(outlier, now) {
+            let snap = self.registry.snapshot();
+            let ejected = snap
+                .backends
+                .iter()
+                .filter(|b| b.state() == crate::registry::BackendState::Ejected)
+                .count();
+            let allowed =
+                crate::outlier::may_eject(ejected, snap.backends.len(), outlier.max_ejected_share);
+            if allowed && backend.eject(ejection.until) {
+                tracing::warn!(
+                    backend = %backend.address,
+                    ejections = ejection.count,
+                    for_ms = ejection.until.saturating_sub(now) / 1_000_000,
+                    "backend ejected after consecutive failures"
+                );
+            } else {
+                backend.cancel_ejection(ejection);
+            }
+        }
+    }
+
+    /// An answer of ebbtide's own to a request that reached no backend.
+    fn not_reached(self: &Arc<Self>, start: Nanos, answer: LocalAnswer) -> Forwarded {
+        Forwarded {
+            response: self.local(start, None, answer),
+            reached_backend: false,
+        }
+    }
+
+    fn shed(self: &Arc<Self>, start: Nanos, shed: Shed) -> Response<Body> {
+        let counter = match shed {
+            Shed::QueueFull => &self.counters.shed_queue_full,
+            Shed::QueueTimeout => &self.counters.shed_queue_timeout,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.signals.record_shed(self.clock.now());
+        let retry_after = self.dispatcher.retry_after_secs();
+        let answer = match shed {
+            Shed::QueueFull => LocalAnswer::QueueFull,
+            Shed::QueueTimeout => LocalAnswer::QueueTimeout,
+        };
+        let mut resp = self.local(start, None, answer);
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        resp
+    }
+}
+
+/// The full chain of an error's causes, for a log line that says what actually happened.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}

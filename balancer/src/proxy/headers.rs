@@ -1,0 +1,285 @@
+//! Header hygiene: hop-by-hop headers removed both ways (RFC 9110 7.6.1), `X-Forwarded-*` set,
+//! the head kept across tries, and the hash key a request is balanced by.
+
+use super::local::LocalAnswer;
+use crate::policies::hash_key;
+use bytes::Bytes;
+use ebbtide_config::HashKey;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Uri};
+use std::net::SocketAddr;
+
+/// The client end of a connection, worked out once per connection instead of once per request:
+/// its address and the `X-Forwarded-For` element that names it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: SocketAddr,
+    forwarded_for: HeaderValue,
+}
+
+impl Peer {
+    /// The peer at `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = addr.ip().to_string();
+        Peer {
+            addr,
+            forwarded_for: HeaderValue::from_maybe_shared(Bytes::from(ip))
+                .expect("an IP address is a valid header value"),
+        }
+    }
+}
+
+impl From<SocketAddr> for Peer {
+    fn from(addr: SocketAddr) -> Self {
+        Peer::new(addr)
+    }
+}
+
+/// The request line and headers, kept across tries.
+pub(super) struct Head {
+    pub(super) method: Method,
+    pub(super) uri: Uri,
+    pub(super) headers: HeaderMap,
+}
+
+pub(super) fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A flat copy of `h`, every value in order, to rebuild it with [`rebuild_headers`].
+pub(super) fn keep_headers(h: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    let mut v = Vec::with_capacity(h.len());
+    v.extend(h.iter().map(|(k, val)| (k.clone(), val.clone())));
+    v
+}
+
+/// The map [`keep_headers`] copied, with the same names and values in the same order.
+pub(super) fn rebuild_headers(kept: Vec<(HeaderName, HeaderValue)>) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(kept.len());
+    for (k, v) in kept {
+        h.append(k, v);
+    }
+    h
+}
+
+/// The hash key of a request, for `consistent_hash`.
+pub(crate) fn request_key<B>(key: &HashKey, req: &Request<B>) -> Option<u64> {
+    match key {
+        HashKey::Path => Some(hash_key(req.uri().path().as_bytes())),
+        HashKey::Header(name) => req
+            .headers()
+            .get(name.as_str())
+            .map(|v| hash_key(v.as_bytes())),
+        HashKey::Cookie(name) => req
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| {
+                let (k, v) = pair.trim().split_once('=')?;
+                (k == name).then(|| hash_key(v.as_bytes()))
+            }),
+    }
+}
+
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Whether `name` is one of [`HOP_BY_HOP`]: standard names compare as enum tags, the two
+/// others as short strings, with no hashing.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
+}
+
+/// Removes hop-by-hop headers (RFC 9110 7.6.1): the fixed list and every header a `Connection`
+/// header names. Most messages carry none: one pass over the names (no hashing) finds that out
+/// before any removal is tried.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Turns a client request head into the head sent to backends: origin-form target, hop-by-hop
+/// headers removed, `Host` kept (or made from an HTTP/2 `:authority`), `X-Forwarded-For`
+/// appended, `X-Forwarded-Proto` and `-Host` set.
+pub(super) fn prepare_head(parts: http::request::Parts, peer: &Peer) -> Result<Head, LocalAnswer> {
+    let http::request::Parts {
+        method,
+        uri,
+        mut headers,
+        ..
+    } = parts;
+    let path = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let target = Uri::from(path);
+    strip_hop_by_hop(&mut headers);
+    if !headers.contains_key(header::HOST) {
+        match uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            Some(v) => {
+                headers.insert(header::HOST, v);
+            }
+            None => return Err(LocalAnswer::NoHost),
+        }
+    }
+    let host = headers.get(header::HOST).cloned();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => {
+            HeaderValue::from_str(&format!("{prev}, {}", peer.addr.ip())).ok()
+        }
+        _ => Some(peer.forwarded_for.clone()),
+    };
+    if let Some(v) = xff {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    if let Some(h) = host {
+        headers.insert(X_FORWARDED_HOST.clone(), h);
+    }
+    Ok(Head {
+        method,
+        uri: target,
+        headers,
+    })
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_fixed_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("close, x-secret, Keep-Alive"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("upgrade", HeaderValue::from_static("h2c"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn messages_without_hop_by_hop_headers_are_left_alone() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("a"));
+        h.append("x-multi", HeaderValue::from_static("1"));
+        h.append("x-multi", HeaderValue::from_static("2"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+        // A single non-standard hop-by-hop name is still found.
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+    }
+
+    #[test]
+    fn kept_headers_rebuild_the_same_map() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("example"));
+        h.append("accept", HeaderValue::from_static("a"));
+        h.append("x-b", HeaderValue::from_static("1"));
+        h.append("accept", HeaderValue::from_static("b"));
+        h.append("x-b", HeaderValue::from_static("2"));
+        let rebuilt = rebuild_headers(keep_headers(&h));
+        assert_eq!(rebuilt, h);
+        let order = |m: &HeaderMap| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.to_str().unwrap()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(order(&rebuilt), order(&h));
+    }
+
+    #[test]
+    fn forwarded_for_is_the_peer_or_appended_to_the_clients() {
+        let peer = Peer::new("192.0.2.7:5555".parse().unwrap());
+        let head = |xff: Option<&'static str>| {
+            let mut b = Request::builder().uri("/x?y=1").header("host", "h");
+            if let Some(v) = xff {
+                b = b.header("x-forwarded-for", v);
+            }
+            prepare_head(b.body(()).unwrap().into_parts().0, &peer).unwrap()
+        };
+        assert_eq!(head(None).headers["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(
+            head(Some("10.0.0.1")).headers["x-forwarded-for"],
+            "10.0.0.1, 192.0.2.7"
+        );
+        assert_eq!(head(Some(" ")).headers["x-forwarded-for"], "192.0.2.7");
+        let v6 = Peer::new("[2001:db8::1]:80".parse().unwrap());
+        assert_eq!(v6.forwarded_for, "2001:db8::1");
+        assert_eq!(head(None).uri, "/x?y=1");
+        assert_eq!(head(None).headers["x-forwarded-host"], "h");
+    }
+
+    #[test]
+    fn cookie_and_header_keys() {
+        let req = Request::builder()
+            .uri("/a/b?x=1")
+            .header("cookie", "a=1; session=abc; z=2")
+            .header("x-user", "u7")
+            .body(())
+            .unwrap();
+        assert_eq!(request_key(&HashKey::Path, &req), Some(hash_key(b"/a/b")));
+        assert_eq!(
+            request_key(&HashKey::Cookie("session".into()), &req),
+            Some(hash_key(b"abc"))
+        );
+        assert_eq!(
+            request_key(&HashKey::Header("x-user".into()), &req),
+            Some(hash_key(b"u7"))
+        );
+        assert_eq!(request_key(&HashKey::Header("x-none".into()), &req), None);
+        assert_eq!(request_key(&HashKey::Cookie("nope".into()), &req), None);
+    }
+}

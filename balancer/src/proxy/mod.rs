@@ -1,0 +1,182 @@
+//! The reverse proxy: one request in, a backend slot, one or more tries, the response streamed
+//! back. Header hygiene per RFC 9110 7.6.1, `X-Forwarded-*`, timeouts mapped to 502/503/504,
+//! retries only where they are safe, and at-most-once execution for `Idempotency-Key`.
+//!
+//! When a retry is safe:
+//! - the request never reached a backend (no connection could be made, or hyper handed the
+//!   request back unsent): any method;
+//! - the backend answered 502/503, or the connection broke before response headers, or a try
+//!   timed out: only idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) whose body was
+//!   empty or small enough to be kept (`retries.buffer_limit`);
+//! - never once response bytes have gone to the client;
+//! - and only while the retry budget (a share of requests plus a floor per second) allows.
+//!
+//! The first three are one pure rule, `retry::verdict`, that the try loop asks after every try;
+//! the budget is asked only when the rule says a retry would be safe.
+//!
+//! One concern per file:
+//! - `settings`: what a config reload may change;
+//! - `counters`: what `/metrics` and the signals count beyond a backend's answer;
+//! - `completion`: the guard that ends a request when its response ends;
+//! - `headers`: header hygiene, `X-Forwarded-*`, the hash key;
+//! - `forward`: the try loop;
+//! - `retry`: when a request may be sent again (pure: no I/O, no clock);
+//! - `local`: ebbtide's own answers, each with its status and text;
+//! - `idempotent`: at-most-once execution for `Idempotency-Key`.
+
+mod completion;
+mod counters;
+mod forward;
+mod headers;
+mod idempotent;
+mod local;
+mod retry;
+mod settings;
+
+pub use completion::{Body, Completion};
+pub use counters::ProxyCounters;
+pub use headers::Peer;
+pub use settings::ProxySettings;
+
+use crate::clock::Clock;
+use crate::dispatch::{Dispatcher, Slot};
+use crate::histogram::LatencyHistogram;
+use crate::idempotency::IdempotencyCache;
+use crate::registry::Registry;
+use crate::retry_budget::RetryBudget;
+use crate::signals::SignalWindow;
+use ebbtide_config::time::Nanos;
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use idempotent::IDEMPOTENCY_KEY;
+use local::LocalAnswer;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+
+/// Everything a request needs, shared by all connections.
+pub struct Proxy {
+    /// The fleet.
+    pub registry: Arc<Registry>,
+    /// Slots and the wait queue.
+    pub dispatcher: Arc<Dispatcher>,
+    /// The sliding window behind `/api/v1/signals`.
+    pub signals: SignalWindow,
+    /// `ebbtide_request_duration_seconds`.
+    pub duration: LatencyHistogram,
+    /// Counters of requests that ended in the balancer.
+    pub counters: ProxyCounters,
+    /// The proxy's clock.
+    pub clock: Clock,
+    /// Keys of `Idempotency-Key` requests.
+    pub idempotency: IdempotencyCache,
+    live: RwLock<Arc<Live>>,
+}
+
+/// The settings in force and the retry budget that goes with them, swapped together on reload
+/// so that a request takes one read lock and one reference count for both.
+struct Live {
+    settings: ProxySettings,
+    budget: Arc<RetryBudget>,
+}
+
+impl Proxy {
+    /// A proxy over `registry` and `dispatcher`.
+    pub fn new(
+        registry: Arc<Registry>,
+        dispatcher: Arc<Dispatcher>,
+        signals: SignalWindow,
+        settings: ProxySettings,
+        clock: Clock,
+    ) -> Self {
+        let now = clock.now();
+        let budget = RetryBudget::new(
+            settings.retries.budget_ratio,
+            settings.retries.min_per_second,
+            now,
+        );
+        Proxy {
+            registry,
+            dispatcher,
+            signals,
+            duration: LatencyHistogram::new(),
+            counters: ProxyCounters::default(),
+            clock,
+            idempotency: IdempotencyCache::new(
+                settings.idempotency.ttl.as_nanos(),
+                settings.idempotency.max_entries,
+            ),
+            live: RwLock::new(Arc::new(Live {
+                settings,
+                budget: Arc::new(budget),
+            })),
+        }
+    }
+
+    /// A copy of the settings in force (for reports; requests read them without copying).
+    pub fn settings(&self) -> ProxySettings {
+        self.live().settings.clone()
+    }
+
+    /// Replaces the settings (config reload). The retry budget is kept, balance and all, unless
+    /// its ratio or floor changed.
+    pub fn set_settings(&self, s: ProxySettings) {
+        let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
+        let budget = if live.settings.retries.budget_ratio != s.retries.budget_ratio
+            || live.settings.retries.min_per_second != s.retries.min_per_second
+        {
+            Arc::new(RetryBudget::new(
+                s.retries.budget_ratio,
+                s.retries.min_per_second,
+                self.clock.now(),
+            ))
+        } else {
+            live.budget.clone()
+        };
+        *live = Arc::new(Live {
+            settings: s,
+            budget,
+        });
+    }
+
+    fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Handles one client request.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+        let start = self.clock.now();
+        self.signals.record_arrival(start);
+        self.counters.arrivals.fetch_add(1, Ordering::Relaxed);
+        let live = self.live();
+        live.budget.deposit(start);
+        if req.method() == Method::CONNECT {
+            return self.local(start, None, LocalAnswer::ConnectNotSupported);
+        }
+        if live.settings.idempotency.enabled {
+            if let Some(key) = req.headers().get(&IDEMPOTENCY_KEY) {
+                let key = match key.to_str() {
+                    Ok(k) if !k.is_empty() && k.len() <= 255 => k.to_string(),
+                    _ => return self.local(start, None, LocalAnswer::BadIdempotencyKey),
+                };
+                return self.handle_idempotent(req, peer, start, live, key).await;
+            }
+        }
+        self.forward(req, &peer, start, &live).await.response
+    }
+
+    /// The completion guard of a request that arrived at `start`, with no connection.
+    fn guard(self: &Arc<Self>, start: Nanos, slot: Option<Slot>) -> Completion {
+        Completion::new(self.clone(), start, slot, None)
+    }
+
+    /// An answer of ebbtide's own, counted.
+    fn local(
+        self: &Arc<Self>,
+        start: Nanos,
+        slot: Option<Slot>,
+        answer: LocalAnswer,
+    ) -> Response<Body> {
+        self.counters.count_local(answer);
+        answer.response(Some(self.guard(start, slot)))
+    }
+}
