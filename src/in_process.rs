@@ -5,6 +5,7 @@
 use crate::fleet::Registrar;
 use ebbtide_autoscaler::providers::{Instance, ProviderFuture};
 use ebbtide_autoscaler::{Reading, SignalSource};
+use ebbtide_balancer::lifecycle::Event;
 use ebbtide_balancer::proxy::Proxy;
 use ebbtide_balancer::registry::{Backend, BackendSpec, BackendState, Origin};
 use std::collections::HashMap;
@@ -68,9 +69,7 @@ impl Registrar for InProcess {
 
     fn ready<'a>(&'a self, instance: &'a Instance) -> ProviderFuture<'a, ()> {
         if let Some(b) = self.table().get(&instance.id) {
-            if b.state() == BackendState::Starting {
-                b.set_state(BackendState::Active);
-            }
+            b.apply(Event::ProviderReady);
         }
         self.proxy.dispatcher.dispatch();
         Box::pin(async {})
@@ -80,7 +79,7 @@ impl Registrar for InProcess {
         let backend = self.table().remove(&instance.id);
         Box::pin(async move {
             if let Some(b) = backend {
-                b.set_state(BackendState::Draining);
+                b.apply(Event::ProviderDrain);
                 ebbtide_balancer::health::drain(self.proxy.clone(), b, self.drain_timeout).await;
             }
         })

@@ -8,6 +8,7 @@
 //! as a failed try; a slow backend that still answers its probes in time stays in rotation, and
 //! latency-aware policies (`peak_ewma`, `least_outstanding`) send it less.
 
+use crate::lifecycle::Event;
 use crate::proxy::Proxy;
 use crate::registry::{Backend, BackendState};
 use bytes::Bytes;
@@ -70,50 +71,60 @@ pub async fn run(proxy: Arc<Proxy>, cfg: ebbtide_config::Health, mut stop: watch
     }
 }
 
-/// Moves a backend's state after one probe.
+/// Turns one probe's result into a lifecycle event and applies it (see [`crate::lifecycle`]).
 fn apply_probe(proxy: &Proxy, b: &Backend, ok: bool, rise: u32, fall: u32, now: Nanos) {
     let (passes, fails) = b.record_probe(ok);
-    match b.state() {
-        BackendState::Starting if ok => {
-            b.set_state(BackendState::Active);
+    let event = if ok {
+        // Judged only for a backend seen ejected: a pass counted while it was active must not
+        // undo an ejection that lands between here and the compare-and-swap in `apply`.
+        let recovered = b.state() == BackendState::Ejected
+            && passes >= rise
+            && b.ejected_until().is_none_or(|t| t <= now);
+        Event::ProbePassed { recovered }
+    } else if fails >= fall {
+        Event::ProbesFailed
+    } else {
+        return;
+    };
+    match b.apply(event) {
+        Some((BackendState::Starting, BackendState::Active)) => {
             tracing::info!(backend = %b.address, "first health check passed; backend active");
             proxy.dispatcher.dispatch();
         }
-        BackendState::Active if !ok && fails >= fall => {
-            b.set_state(BackendState::Ejected);
-            tracing::warn!(backend = %b.address, fails, "health checks failed; backend ejected");
-        }
-        BackendState::Ejected
-            if ok && passes >= rise && b.ejected_until().is_none_or(|t| t <= now) =>
-        {
-            b.reinstate();
+        Some((BackendState::Ejected, BackendState::Active)) => {
             tracing::info!(backend = %b.address, passes, "health checks pass again; backend active");
             proxy.dispatcher.dispatch();
+        }
+        Some((_, BackendState::Ejected)) => {
+            tracing::warn!(backend = %b.address, fails, "health checks failed; backend ejected");
         }
         _ => {}
     }
 }
 
 /// Once outlier ejections run out, backends come back: at once without active checks, or on the
-/// next passing probe with them (the probe loop does that).
+/// next passing probes with them (the probe loop does that).
 pub fn reinstate_expired(proxy: &Proxy, active_checks: bool, now: Nanos) {
+    if active_checks {
+        return;
+    }
     for b in proxy.registry.snapshot().backends.iter() {
         if b.state() == BackendState::Ejected
-            && !active_checks
             && b.ejected_until().is_some_and(|t| t <= now)
+            && b.apply(Event::EjectionOver).is_some()
         {
-            b.reinstate();
             tracing::info!(backend = %b.address, "ejection time over; backend active again");
             proxy.dispatcher.dispatch();
         }
     }
 }
 
-/// Drains a backend: no new requests at once; in-flight ones get up to `timeout` to finish;
-/// then it is removed and its idle connections closed. Returns how many requests were still in
-/// flight when it was removed (0 = a clean drain).
+/// Drains a backend the caller has moved to `draining` (with [`Event::LeaseExpired`],
+/// [`Event::AdminDelete`] or [`Event::ProviderDrain`]), so no new request goes to it: in-flight
+/// ones get up to `timeout` to finish; then it is removed and its idle connections closed.
+/// Returns how many requests were still in flight when it was removed (0 = a clean drain).
 pub async fn drain(proxy: Arc<Proxy>, backend: Arc<Backend>, timeout: Duration) -> u32 {
-    backend.set_state(BackendState::Draining);
+    debug_assert_eq!(backend.state(), BackendState::Draining);
     tracing::info!(backend = %backend.address, id = backend.id, in_flight = backend.in_flight(), "draining");
     let deadline = tokio::time::Instant::now() + timeout;
     while backend.in_flight() > 0 && tokio::time::Instant::now() < deadline {

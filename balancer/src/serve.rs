@@ -4,6 +4,7 @@
 use crate::admin::Admin;
 use crate::clock::Clock;
 use crate::dispatch::Dispatcher;
+use crate::lifecycle::Event;
 use crate::policies;
 use crate::pool::PoolConfig;
 use crate::proxy::{Peer, Proxy, ProxySettings};
@@ -332,9 +333,8 @@ async fn housekeeping(
         let snap = proxy.signals.snapshot(now);
         proxy.dispatcher.set_drain_rate(snap.completion_rate);
         for b in &proxy.registry.snapshot().backends {
-            if b.lease_until().is_some_and(|t| t <= now) && b.state() != BackendState::Draining {
+            if b.lease_until().is_some_and(|t| t <= now) && b.apply(Event::LeaseExpired).is_some() {
                 tracing::info!(backend = %b.address, id = b.id, "lease ran out; draining");
-                b.set_state(BackendState::Draining);
                 tokio::spawn(crate::health::drain(proxy.clone(), b.clone(), drain));
             }
             b.pool.sweep();
