@@ -10,7 +10,7 @@ use crate::pool::PoolConfig;
 use crate::proxy::{Peer, Proxy, ProxySettings};
 use crate::registry::{BackendSpec, BackendState, Origin, Registry, RegistryConfig};
 use crate::signals::SignalWindow;
-use ebbtide_config::{Config, HashKey, PolicyKind};
+use ebbtide_config::{Config, PolicyKind};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -41,7 +41,7 @@ fn settings(cfg: &Config) -> ProxySettings {
     ProxySettings {
         response_timeout: cfg.upstream.response_timeout.0,
         hash_key: (cfg.balancer.policy == PolicyKind::ConsistentHash)
-            .then(|| HashKey::parse(&cfg.balancer.hash_key).unwrap_or(HashKey::Path)),
+            .then(|| cfg.balancer.hash_key.clone()),
         retries: cfg.retries.clone(),
         idempotency: cfg.idempotency.clone(),
         outlier: cfg.outlier.clone(),
