@@ -44,24 +44,54 @@ pub async fn probe(address: &str, path: &str, timeout: Duration) -> bool {
         .unwrap_or(false)
 }
 
-/// Probes every backend each `interval` until `stop`, moving states:
-/// starting -> active on the first pass; active -> ejected after `fall` failures in a row;
-/// ejected -> active after `rise` passes in a row once any outlier ejection time is over.
-pub async fn run(proxy: Arc<Proxy>, cfg: ebbtide_config::Health, mut stop: watch::Receiver<bool>) {
-    let Some(path) = cfg.path.clone() else { return };
+/// Probes every backend each `interval` until `stop`, and applies what the probes say
+/// ([`apply_probe`]): starting -> active on the first pass; active -> ejected after `fall`
+/// failures in a row; ejected -> active after `rise` passes in a row once any outlier ejection
+/// time is over. A change of the settings (config reload) starts the loop again with them.
+pub async fn run(
+    proxy: Arc<Proxy>,
+    mut cfg: watch::Receiver<ebbtide_config::Health>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let health = cfg.borrow_and_update().clone();
+        let changed = match health.path.clone() {
+            Some(path) => probe_until_changed(&proxy, &health, path, &mut cfg, &mut stop).await,
+            None => tokio::select! {
+                r = cfg.changed() => r.is_ok(),
+                _ = stop.changed() => false,
+            },
+        };
+        if !changed {
+            return;
+        }
+        tracing::info!(path = ?cfg.borrow().path, interval = %cfg.borrow().interval, "health check settings reloaded");
+    }
+}
+
+/// One run of the probe loop with one set of settings: true when they changed, false on `stop`
+/// (or when the settings can no longer change).
+async fn probe_until_changed(
+    proxy: &Arc<Proxy>,
+    cfg: &ebbtide_config::Health,
+    path: String,
+    changed: &mut watch::Receiver<ebbtide_config::Health>,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
     let mut tick = tokio::time::interval(cfg.interval.0);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (timeout, rise, fall) = (cfg.timeout.0, cfg.rise.max(1), cfg.fall.max(1));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => return,
+            r = changed.changed() => return r.is_ok(),
+            _ = stop.changed() => return false,
         }
         for b in proxy.registry.snapshot().backends.iter() {
             if b.state() == BackendState::Draining {
                 continue;
             }
             let (b, proxy, path) = (b.clone(), proxy.clone(), path.clone());
-            let (timeout, rise, fall) = (cfg.timeout.0, cfg.rise.max(1), cfg.fall.max(1));
             tokio::spawn(async move {
                 let ok = probe(&b.address, &path, timeout).await;
                 let now = proxy.clock.now();

@@ -209,6 +209,11 @@ impl Backend {
         self.outlier.record_failure(now)
     }
 
+    /// The passive outlier detection settings it runs with.
+    pub fn outlier_config(&self) -> crate::outlier::OutlierConfig {
+        self.outlier.config()
+    }
+
     /// Forgets an ejection the fleet guard refused.
     pub fn cancel_ejection(&self, e: Ejection) {
         self.outlier.cancel_ejection(e);
@@ -383,7 +388,9 @@ impl RegistryConfig {
 pub struct Registry {
     current: RwLock<Arc<Snapshot>>,
     next_id: AtomicU64,
-    cfg: RegistryConfig,
+    /// Read when a backend is added, under the `current` write lock (so a reload and an add
+    /// cannot interleave: lock order `current`, then `cfg`).
+    cfg: std::sync::Mutex<RegistryConfig>,
     clock: Clock,
 }
 
@@ -408,7 +415,7 @@ impl Registry {
         Registry {
             current: RwLock::new(Arc::new(Snapshot::default())),
             next_id: AtomicU64::new(1),
-            cfg,
+            cfg: std::sync::Mutex::new(cfg),
             clock,
         }
     }
@@ -456,6 +463,7 @@ impl Registry {
                 result = Some((b.clone(), false));
                 return;
             }
+            let cfg = *self.cfg.lock().unwrap_or_else(|e| e.into_inner());
             let b = Arc::new(Backend {
                 id: self.next_id.fetch_add(1, Ordering::Relaxed),
                 address: spec.address.clone(),
@@ -467,13 +475,13 @@ impl Registry {
                 state: AtomicU8::new(state as u8),
                 in_flight: AtomicU32::new(0),
                 lease_until: AtomicU64::new(spec.lease_until.unwrap_or(0)),
-                ewma: PeakEwma::new(self.cfg.ewma_decay),
+                ewma: PeakEwma::new(cfg.ewma_decay),
                 responses: (0..CODES).map(|_| AtomicU64::new(0)).collect(),
                 failures: AtomicU64::new(0),
-                pool: Pool::new(spec.address.clone(), self.cfg.pool, self.clock),
-                limit: (spec.capacity.is_none() && self.cfg.adaptive_limit)
+                pool: Pool::new(spec.address.clone(), cfg.pool, self.clock),
+                limit: (spec.capacity.is_none() && cfg.adaptive_limit)
                     .then(|| AdaptiveLimit::new(Default::default())),
-                outlier: OutlierDetector::new(self.cfg.outlier),
+                outlier: OutlierDetector::new(cfg.outlier),
                 probe_passes: AtomicU32::new(0),
                 probe_fails: AtomicU32::new(0),
                 ejected_until: AtomicU64::new(0),
@@ -482,6 +490,25 @@ impl Registry {
             result = Some((b, true));
         });
         Ok(result.expect("update ran"))
+    }
+
+    /// The settings backends are built with now.
+    pub fn config(&self) -> RegistryConfig {
+        *self.cfg.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Config reload: the latency decay and the outlier thresholds change for every backend
+    /// and for those added from now on. The pool settings and `adaptive_limit` are kept (they
+    /// need a restart).
+    pub fn reconfigure(&self, ewma_decay: Nanos, outlier: crate::outlier::OutlierConfig) {
+        let cur = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let mut cfg = self.cfg.lock().unwrap_or_else(|e| e.into_inner());
+        cfg.ewma_decay = ewma_decay;
+        cfg.outlier = outlier;
+        for b in &cur.backends {
+            b.ewma.set_decay(ewma_decay);
+            b.outlier.set_config(outlier);
+        }
     }
 
     /// Removes a backend by id (it then reads `draining`: [`Event::Removed`]); returns it, or
