@@ -159,13 +159,16 @@ mod tests {
     use crate::registry::{BackendSpec, Origin, Registry, RegistryConfig};
     use std::sync::{Arc, Barrier};
 
+    /// One state's row: each event and where it leads.
+    type Row = [(Event, Option<BackendState>); 10];
+
     /// The whole table, written out: every state x every event.
     #[test]
     fn transition_table_is_exhaustive() {
         let pass = Event::ProbePassed { recovered: false };
         let recovered = Event::ProbePassed { recovered: true };
         #[rustfmt::skip]
-        let table: [(BackendState, [(Event, Option<BackendState>); 10]); 4] = [
+        let table: [(BackendState, Row); 4] = [
             (Starting, [
                 (pass, Some(Active)), (recovered, Some(Active)), (Event::ProbesFailed, None),
                 (Event::OutlierEjected, None), (Event::EjectionOver, None),
