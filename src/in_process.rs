@@ -4,6 +4,7 @@
 
 use ebbtide_autoscaler::providers::{Instance, ProviderFuture};
 use ebbtide_autoscaler::{Membership, OverloadAction, Reading, SignalSource};
+use ebbtide_balancer::lifecycle::Event;
 use ebbtide_balancer::proxy::Proxy;
 use ebbtide_balancer::registry::{Backend, BackendSpec, BackendState, Origin};
 use std::collections::HashMap;
@@ -71,9 +72,7 @@ impl Membership for InProcess {
 
     fn ready<'a>(&'a self, instance: &'a Instance) -> ProviderFuture<'a, ()> {
         if let Some(b) = self.table().get(&instance.id) {
-            if b.state() == BackendState::Starting {
-                b.set_state(BackendState::Active);
-            }
+            b.apply(Event::ProviderReady);
         }
         self.proxy.dispatcher.dispatch();
         Box::pin(async {})
@@ -83,7 +82,7 @@ impl Membership for InProcess {
         let backend = self.table().remove(&instance.id);
         Box::pin(async move {
             if let Some(b) = backend {
-                b.set_state(BackendState::Draining);
+                b.apply(Event::ProviderDrain);
                 ebbtide_balancer::health::drain(self.proxy.clone(), b, self.drain_timeout).await;
             }
         })

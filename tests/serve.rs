@@ -161,3 +161,172 @@ async fn sighup_swaps_the_policy_without_dropping_connections() {
     assert_eq!(policy(lb.admin).await, "consistent_hash");
     assert_eq!(get(&url(lb.addr, "/")).await.0, StatusCode::OK);
 }
+
+/// Whether process `pid` has a handler for SIGHUP (its default action ends the process, so a
+/// test must not send it before ebbtide listens for it).
+fn catches_sighup(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (libc::SIGHUP - 1)) != 0)
+}
+
+async fn wait_for_sighup_handler(pid: u32) {
+    eventually(
+        "ebbtide to handle SIGHUP",
+        Duration::from_secs(10),
+        || async { catches_sighup(pid).then_some(()) },
+    )
+    .await;
+}
+
+/// (state, failures) of the backend at `address`, from the admin API.
+async fn backend_info(admin: SocketAddr, address: &str) -> (String, u64) {
+    let (_, _, body) = get(&url(admin, "/api/v1/backends")).await;
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+    let b = list
+        .iter()
+        .find(|b| b["address"] == address)
+        .unwrap_or_else(|| panic!("no backend {address} in {list:?}"));
+    (
+        b["state"].as_str().unwrap().to_string(),
+        b["failures"].as_u64().unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn sighup_applies_a_new_health_check_path() {
+    let b = test_backend("a").await;
+    let address = b.addr.to_string();
+    // `/unavailable` answers 503: the backend never passes a probe and stays starting.
+    let before = base_config(&format!(
+        "[health]\npath = \"/unavailable\"\ninterval = \"50ms\"\n{}",
+        backends_toml(&[b.addr], None)
+    ));
+    let lb = start_ebbtide(&before);
+    wait_for_sighup_handler(lb.child.id()).await;
+    eventually("three failed probes", Duration::from_secs(10), || async {
+        (b.stats.requests.load(Ordering::SeqCst) >= 3).then_some(())
+    })
+    .await;
+    assert_eq!(backend_info(lb.admin, &address).await.0, "starting");
+
+    std::fs::write(
+        lb.config.path(),
+        before.replace("\"/unavailable\"", "\"/echo\""),
+    )
+    .unwrap();
+    sighup(lb.child.id());
+    eventually(
+        "the backend to pass the new probe and become active",
+        Duration::from_secs(10),
+        || async { (backend_info(lb.admin, &address).await.0 == "active").then_some(()) },
+    )
+    .await;
+    assert_eq!(get(&url(lb.addr, "/")).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn sighup_applies_new_outlier_thresholds_to_running_backends() {
+    let good = test_backend("good").await;
+    // Nothing listens here: every try to it is a connection failure.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dead_address = dead.to_string();
+    let before = base_config(&format!(
+        "[balancer]\npolicy = \"round_robin\"\n[outlier]\nconsecutive_failures = 0\n{}",
+        backends_toml(&[good.addr, dead], None)
+    ));
+    let lb = start_ebbtide(&before);
+    wait_for_sighup_handler(lb.child.id()).await;
+    // Detection off: failures are counted, the dead backend stays in rotation.
+    // (Answers are not checked: the retry budget may refuse some of the retries.)
+    let failures = eventually(
+        "failed tries to pile up",
+        Duration::from_secs(10),
+        || async {
+            get(&url(lb.addr, "/")).await;
+            let (state, failures) = backend_info(lb.admin, &dead_address).await;
+            assert_eq!(state, "active", "ejected with detection off");
+            (failures >= 4).then_some(failures)
+        },
+    )
+    .await;
+
+    std::fs::write(
+        lb.config.path(),
+        before.replace("consecutive_failures = 0", "consecutive_failures = 2"),
+    )
+    .unwrap();
+    sighup(lb.child.id());
+    eventually(
+        "the dead backend to be ejected under the reloaded threshold",
+        Duration::from_secs(10),
+        || async {
+            get(&url(lb.addr, "/")).await;
+            (backend_info(lb.admin, &dead_address).await.0 == "ejected").then_some(())
+        },
+    )
+    .await;
+    assert!(backend_info(lb.admin, &dead_address).await.1 > failures);
+}
+
+#[tokio::test]
+async fn sighup_warns_about_each_setting_that_needs_a_restart() {
+    let before = base_config("[signals]\nwindow = \"10s\"\n[outlier]\nbase_ejection = \"5s\"\n");
+    let file = common::tempfile_path::TempPath::with_contents("toml", &before);
+    let mut child = Command::new(ebbtide_bin())
+        .args(["serve", "--config"])
+        .arg(file.path())
+        .env("EBBTIDE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(parse_listening(&line).is_some(), "{line:?}");
+    let logged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = logged.clone();
+    std::thread::spawn(move || {
+        for l in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let Ok(l) = l else { return };
+            eprintln!("ebbtide: {l}");
+            sink.lock().unwrap().push(l);
+        }
+    });
+    wait_for_sighup_handler(child.id()).await;
+
+    let after = before
+        .replace("\"10s\"", "\"3s\"")
+        .replace("\"5s\"", "\"2s\"");
+    std::fs::write(file.path(), after).unwrap();
+    sighup(child.id());
+    let lines = eventually("the restart warning", Duration::from_secs(10), || async {
+        let lines = logged.lock().unwrap().clone();
+        lines
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("[signals] changed"))
+            .then_some(lines)
+    })
+    .await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("takes effect only after a restart")),
+        "{lines:?}"
+    );
+    // [outlier] applied live: no warning names it.
+    assert!(!lines.iter().any(|l| l.contains("[outlier]")), "{lines:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

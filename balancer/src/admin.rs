@@ -173,11 +173,16 @@ impl Admin {
                 let now = self.proxy.clock.now();
                 match self.proxy.registry.get(id) {
                     Some(b) => {
-                        tracing::info!(backend = %b.address, id, "backend deleted through the admin API; draining");
-                        b.set_state(BackendState::Draining);
-                        let drain =
-                            crate::health::drain(self.proxy.clone(), b.clone(), self.drain_timeout);
-                        tokio::spawn(drain);
+                        // Already draining: that drain is under way; answer the same.
+                        if b.apply(crate::lifecycle::Event::AdminDelete).is_some() {
+                            tracing::info!(backend = %b.address, id, "backend deleted through the admin API; draining");
+                            let drain = crate::health::drain(
+                                self.proxy.clone(),
+                                b.clone(),
+                                self.drain_timeout,
+                            );
+                            tokio::spawn(drain);
+                        }
                         json(StatusCode::ACCEPTED, &b.info(now))
                     }
                     None => text(

@@ -21,8 +21,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// pick (see the module docs for the rule and the concurrency trade-off).
 #[derive(Debug)]
 pub struct PeakEwma {
-    /// Decay time in ns: a value `decay` old weighs e^-1 (about 37%).
-    decay_ns: f64,
+    /// Decay time in ns, as f64 bits: a value `decay` old weighs e^-1 (about 37%). An atomic
+    /// so that a config reload can change it ([`PeakEwma::set_decay`]).
+    decay_ns: AtomicU64,
     /// The estimate at `updated_at`, in ns, as f64 bits.
     estimate_bits: AtomicU64,
     /// When the estimate was last set.
@@ -34,10 +35,21 @@ impl PeakEwma {
     /// A zero `decay` is taken as 1ns: every sample then replaces the estimate.
     pub fn new(decay: Nanos) -> Self {
         PeakEwma {
-            decay_ns: decay.max(1) as f64,
+            decay_ns: AtomicU64::new((decay.max(1) as f64).to_bits()),
             estimate_bits: AtomicU64::new(0f64.to_bits()),
             updated_at: AtomicU64::new(0),
         }
+    }
+
+    /// Changes the decay time from now on (config reload); the estimate is kept.
+    pub fn set_decay(&self, decay: Nanos) {
+        self.decay_ns
+            .store((decay.max(1) as f64).to_bits(), Ordering::Relaxed);
+    }
+
+    /// The decay time in ns.
+    pub fn decay(&self) -> Nanos {
+        f64::from_bits(self.decay_ns.load(Ordering::Relaxed)) as Nanos
     }
 
     /// Folds in one round-trip time observed at `now`: a sample above the current estimate
@@ -74,7 +86,8 @@ impl PeakEwma {
         if elapsed == 0 {
             1.0
         } else {
-            (-(elapsed as f64) / self.decay_ns).exp()
+            let decay = f64::from_bits(self.decay_ns.load(Ordering::Relaxed));
+            (-(elapsed as f64) / decay).exp()
         }
     }
 }
@@ -116,6 +129,19 @@ mod tests {
         let before = e.estimate(decay);
         e.observe(MS, decay);
         assert_eq!(e.estimate(decay), before);
+    }
+
+    #[test]
+    fn a_new_decay_applies_from_then_on_and_keeps_the_estimate() {
+        let e = PeakEwma::new(10 * SEC);
+        e.observe(100 * MS, 0);
+        e.set_decay(SEC);
+        assert_eq!(e.decay(), SEC);
+        assert_eq!(e.estimate(0), 100 * MS);
+        // One second is now one decay time: e^-1 is kept, not e^-0.1.
+        let want = 100.0 * MS as f64 * (-1.0f64).exp();
+        let got = e.estimate(SEC) as f64;
+        assert!((got - want).abs() < 2.0, "got {got}, want {want}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! as a failed try; a slow backend that still answers its probes in time stays in rotation, and
 //! latency-aware policies (`peak_ewma`, `least_outstanding`) send it less.
 
+use crate::lifecycle::Event;
 use crate::proxy::Proxy;
 use crate::registry::{Backend, BackendState};
 use bytes::Bytes;
@@ -43,24 +44,54 @@ pub async fn probe(address: &str, path: &str, timeout: Duration) -> bool {
         .unwrap_or(false)
 }
 
-/// Probes every backend each `interval` until `stop`, moving states:
-/// starting -> active on the first pass; active -> ejected after `fall` failures in a row;
-/// ejected -> active after `rise` passes in a row once any outlier ejection time is over.
-pub async fn run(proxy: Arc<Proxy>, cfg: ebbtide_config::Health, mut stop: watch::Receiver<bool>) {
-    let Some(path) = cfg.path.clone() else { return };
+/// Probes every backend each `interval` until `stop`, and applies what the probes say
+/// ([`apply_probe`]): starting -> active on the first pass; active -> ejected after `fall`
+/// failures in a row; ejected -> active after `rise` passes in a row once any outlier ejection
+/// time is over. A change of the settings (config reload) starts the loop again with them.
+pub async fn run(
+    proxy: Arc<Proxy>,
+    mut cfg: watch::Receiver<ebbtide_config::Health>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let health = cfg.borrow_and_update().clone();
+        let changed = match health.path.clone() {
+            Some(path) => probe_until_changed(&proxy, &health, path, &mut cfg, &mut stop).await,
+            None => tokio::select! {
+                r = cfg.changed() => r.is_ok(),
+                _ = stop.changed() => false,
+            },
+        };
+        if !changed {
+            return;
+        }
+        tracing::info!(path = ?cfg.borrow().path, interval = %cfg.borrow().interval, "health check settings reloaded");
+    }
+}
+
+/// One run of the probe loop with one set of settings: true when they changed, false on `stop`
+/// (or when the settings can no longer change).
+async fn probe_until_changed(
+    proxy: &Arc<Proxy>,
+    cfg: &ebbtide_config::Health,
+    path: String,
+    changed: &mut watch::Receiver<ebbtide_config::Health>,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
     let mut tick = tokio::time::interval(cfg.interval.0);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (timeout, rise, fall) = (cfg.timeout.0, cfg.rise.max(1), cfg.fall.max(1));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => return,
+            r = changed.changed() => return r.is_ok(),
+            _ = stop.changed() => return false,
         }
         for b in proxy.registry.snapshot().backends.iter() {
             if b.state() == BackendState::Draining {
                 continue;
             }
             let (b, proxy, path) = (b.clone(), proxy.clone(), path.clone());
-            let (timeout, rise, fall) = (cfg.timeout.0, cfg.rise.max(1), cfg.fall.max(1));
             tokio::spawn(async move {
                 let ok = probe(&b.address, &path, timeout).await;
                 let now = proxy.clock.now();
@@ -70,50 +101,60 @@ pub async fn run(proxy: Arc<Proxy>, cfg: ebbtide_config::Health, mut stop: watch
     }
 }
 
-/// Moves a backend's state after one probe.
+/// Turns one probe's result into a lifecycle event and applies it (see [`crate::lifecycle`]).
 fn apply_probe(proxy: &Proxy, b: &Backend, ok: bool, rise: u32, fall: u32, now: Nanos) {
     let (passes, fails) = b.record_probe(ok);
-    match b.state() {
-        BackendState::Starting if ok => {
-            b.set_state(BackendState::Active);
+    let event = if ok {
+        // Judged only for a backend seen ejected: a pass counted while it was active must not
+        // undo an ejection that lands between here and the compare-and-swap in `apply`.
+        let recovered = b.state() == BackendState::Ejected
+            && passes >= rise
+            && b.ejected_until().is_none_or(|t| t <= now);
+        Event::ProbePassed { recovered }
+    } else if fails >= fall {
+        Event::ProbesFailed
+    } else {
+        return;
+    };
+    match b.apply(event) {
+        Some((BackendState::Starting, BackendState::Active)) => {
             tracing::info!(backend = %b.address, "first health check passed; backend active");
             proxy.dispatcher.dispatch();
         }
-        BackendState::Active if !ok && fails >= fall => {
-            b.set_state(BackendState::Ejected);
-            tracing::warn!(backend = %b.address, fails, "health checks failed; backend ejected");
-        }
-        BackendState::Ejected
-            if ok && passes >= rise && b.ejected_until().is_none_or(|t| t <= now) =>
-        {
-            b.reinstate();
+        Some((BackendState::Ejected, BackendState::Active)) => {
             tracing::info!(backend = %b.address, passes, "health checks pass again; backend active");
             proxy.dispatcher.dispatch();
+        }
+        Some((_, BackendState::Ejected)) => {
+            tracing::warn!(backend = %b.address, fails, "health checks failed; backend ejected");
         }
         _ => {}
     }
 }
 
 /// Once outlier ejections run out, backends come back: at once without active checks, or on the
-/// next passing probe with them (the probe loop does that).
+/// next passing probes with them (the probe loop does that).
 pub fn reinstate_expired(proxy: &Proxy, active_checks: bool, now: Nanos) {
+    if active_checks {
+        return;
+    }
     for b in proxy.registry.snapshot().backends.iter() {
         if b.state() == BackendState::Ejected
-            && !active_checks
             && b.ejected_until().is_some_and(|t| t <= now)
+            && b.apply(Event::EjectionOver).is_some()
         {
-            b.reinstate();
             tracing::info!(backend = %b.address, "ejection time over; backend active again");
             proxy.dispatcher.dispatch();
         }
     }
 }
 
-/// Drains a backend: no new requests at once; in-flight ones get up to `timeout` to finish;
-/// then it is removed and its idle connections closed. Returns how many requests were still in
-/// flight when it was removed (0 = a clean drain).
+/// Drains a backend the caller has moved to `draining` (with [`Event::LeaseExpired`],
+/// [`Event::AdminDelete`] or [`Event::ProviderDrain`]), so no new request goes to it: in-flight
+/// ones get up to `timeout` to finish; then it is removed and its idle connections closed.
+/// Returns how many requests were still in flight when it was removed (0 = a clean drain).
 pub async fn drain(proxy: Arc<Proxy>, backend: Arc<Backend>, timeout: Duration) -> u32 {
-    backend.set_state(BackendState::Draining);
+    debug_assert_eq!(backend.state(), BackendState::Draining);
     tracing::info!(backend = %backend.address, id = backend.id, in_flight = backend.in_flight(), "draining");
     let deadline = tokio::time::Instant::now() + timeout;
     while backend.in_flight() > 0 && tokio::time::Instant::now() < deadline {

@@ -9,6 +9,7 @@ pub mod ewma;
 pub mod health;
 pub mod histogram;
 pub mod idempotency;
+pub mod lifecycle;
 pub mod limit;
 pub mod metrics;
 pub mod outlier;

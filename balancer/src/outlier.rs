@@ -25,6 +25,9 @@
 //!   goes back), the backend stays in rotation, and another `consecutive_failures` failures in a
 //!   row are needed before it is proposed again.
 //!
+//! - A config reload changes the settings in place ([`OutlierDetector::set_config`]): the new
+//!   ejection lengths apply to the next ejection; a new threshold starts the run from 0.
+//!
 //! The detector only proposes: the caller moves the backend to `ejected`, and back to `active`
 //! (directly, or after health checks pass) once `until` is over, then calls `reinstate`.
 //!
@@ -76,7 +79,7 @@ pub struct Ejection {
 }
 
 /// The ejection history, touched only when an ejection starts or is cancelled.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct History {
     /// Ejections not yet forgiven, as of `last_end`.
     count: u32,
@@ -84,12 +87,15 @@ struct History {
     last_end: Nanos,
     /// `count` and `last_end` before the last ejection, so it can be cancelled.
     previous: (u32, Nanos),
+    /// The settings in force (a config reload may change them).
+    cfg: OutlierConfig,
 }
 
 /// One backend's passive outlier detector (see the module docs for the rules).
 #[derive(Debug)]
 pub struct OutlierDetector {
-    cfg: OutlierConfig,
+    /// `cfg.consecutive_failures`, read by every failure without the lock.
+    threshold: AtomicU32,
     /// Failures in a row since the last success, ejection or reinstatement.
     consecutive: AtomicU32,
     /// End of the current ejection; 0: not ejected.
@@ -101,16 +107,37 @@ impl OutlierDetector {
     /// A detector for a backend that has never failed.
     pub fn new(cfg: OutlierConfig) -> Self {
         OutlierDetector {
-            cfg,
+            threshold: AtomicU32::new(cfg.consecutive_failures),
             consecutive: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
-            history: Mutex::new(History::default()),
+            history: Mutex::new(History {
+                count: 0,
+                last_end: 0,
+                previous: (0, 0),
+                cfg,
+            }),
         }
     }
 
-    /// The settings it was built with.
-    pub fn config(&self) -> &OutlierConfig {
-        &self.cfg
+    /// The settings in force.
+    pub fn config(&self) -> OutlierConfig {
+        self.history.lock().unwrap_or_else(|e| e.into_inner()).cfg
+    }
+
+    /// Changes the settings from now on (config reload). The ejection history and a running
+    /// ejection are kept; the new ejection lengths apply to the next ejection. A new threshold
+    /// starts the run of failures from 0 (a run already past a lowered threshold would
+    /// otherwise never equal it).
+    pub fn set_config(&self, cfg: OutlierConfig) {
+        let mut h = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        h.cfg = cfg;
+        if self
+            .threshold
+            .swap(cfg.consecutive_failures, Ordering::AcqRel)
+            != cfg.consecutive_failures
+        {
+            self.consecutive.store(0, Ordering::Release);
+        }
     }
 
     /// A try that got a usable response: the run of failures is over. `now` is not used by the
@@ -127,7 +154,7 @@ impl OutlierDetector {
     /// A try that failed. Returns the ejection when this failure is the one that reaches
     /// `consecutive_failures`; None otherwise, when detection is off, and while ejected.
     pub fn record_failure(&self, now: Nanos) -> Option<Ejection> {
-        let threshold = self.cfg.consecutive_failures;
+        let threshold = self.threshold.load(Ordering::Acquire);
         if threshold == 0 {
             return None;
         }
@@ -144,12 +171,12 @@ impl OutlierDetector {
         }
         let mut h = self.history.lock().unwrap_or_else(|e| e.into_inner());
         h.previous = (h.count, h.last_end);
-        let count = decayed(&self.cfg, h.count, h.last_end, now).saturating_add(1);
-        let length = self
-            .cfg
+        let cfg = h.cfg;
+        let count = decayed(&cfg, h.count, h.last_end, now).saturating_add(1);
+        let length = cfg
             .base_ejection
             .saturating_mul(count as u64)
-            .min(self.cfg.max_ejection)
+            .min(cfg.max_ejection)
             .max(1);
         let until = now.saturating_add(length);
         h.count = count;
@@ -202,7 +229,7 @@ impl OutlierDetector {
     /// Ejections not yet forgiven at `now`: the next ejection will be this plus one.
     pub fn ejection_count(&self, now: Nanos) -> u32 {
         let h = self.history.lock().unwrap_or_else(|e| e.into_inner());
-        decayed(&self.cfg, h.count, h.last_end, now)
+        decayed(&h.cfg, h.count, h.last_end, now)
     }
 }
 
@@ -278,6 +305,34 @@ mod tests {
         assert_eq!(d.ejected_until(), Some(now + 5 * S));
         assert!(d.is_ejected(now + 5 * S - 1));
         assert!(!d.is_ejected(now + 5 * S));
+    }
+
+    #[test]
+    fn a_reload_changes_the_threshold_and_lengths_from_the_next_failure() {
+        let d = detector();
+        assert_eq!(fail(&d, 4, S), None);
+        // Lowered below the run so far: the run starts again under the new threshold.
+        d.set_config(OutlierConfig {
+            consecutive_failures: 2,
+            base_ejection: 7 * S,
+            max_ejection: 100 * S,
+            ..OutlierConfig::default()
+        });
+        assert_eq!(d.config().consecutive_failures, 2);
+        assert_eq!(d.consecutive_failures(), 0);
+        let e = fail(&d, 2, 10 * S).expect("the second failure ejects");
+        assert_eq!(e.until, 17 * S);
+        // The same threshold again keeps the run.
+        d.reinstate();
+        assert_eq!(fail(&d, 1, 20 * S), None);
+        d.set_config(d.config());
+        assert_eq!(d.consecutive_failures(), 1);
+        // 0 turns detection off at once.
+        d.set_config(OutlierConfig {
+            consecutive_failures: 0,
+            ..d.config()
+        });
+        assert_eq!(fail(&d, 10, 30 * S), None);
     }
 
     #[test]

@@ -13,48 +13,8 @@ use serde::Serialize;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 
-/// Where a backend sits in its life. Only `Active` backends receive new requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BackendState {
-    /// Registered, not yet healthy.
-    Starting,
-    /// Receives requests.
-    Active,
-    /// Receives no new requests; in-flight ones finish, then it is removed.
-    Draining,
-    /// Taken out of rotation for failing; may come back.
-    Ejected,
-}
-
-impl BackendState {
-    /// Every state, in the order they are reported.
-    pub const ALL: [BackendState; 4] = [
-        BackendState::Starting,
-        BackendState::Active,
-        BackendState::Draining,
-        BackendState::Ejected,
-    ];
-
-    /// The name in the admin API and metrics.
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendState::Starting => "starting",
-            BackendState::Active => "active",
-            BackendState::Draining => "draining",
-            BackendState::Ejected => "ejected",
-        }
-    }
-
-    fn from_u8(v: u8) -> Self {
-        match v {
-            0 => BackendState::Starting,
-            1 => BackendState::Active,
-            2 => BackendState::Draining,
-            _ => BackendState::Ejected,
-        }
-    }
-}
+pub use crate::lifecycle::BackendState;
+use crate::lifecycle::Event;
 
 /// How a backend came to be in the fleet; the admin API may remove any of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -128,9 +88,43 @@ impl Backend {
         BackendState::from_u8(self.state.load(Ordering::Acquire))
     }
 
-    /// Moves to `state`.
-    pub fn set_state(&self, state: BackendState) {
-        self.state.store(state as u8, Ordering::Release);
+    /// Applies a lifecycle event: the only way a backend's state changes. One compare-and-swap
+    /// on the state, with [`crate::lifecycle::transition`] deciding from the state it finds,
+    /// so two events racing are applied one after the other (a passing probe cannot overwrite
+    /// a drain that landed first). Returns (from, to) when the event applied; None when it does
+    /// not apply in the current state.
+    ///
+    /// On the way out of `ejected` to `active` the ejection is forgotten (its end, and the
+    /// outlier detector's run of failures); on the way in, probe passes count from 0, so `rise`
+    /// counts passes made while ejected.
+    pub fn apply(&self, event: Event) -> Option<(BackendState, BackendState)> {
+        let mut cur = self.state.load(Ordering::Acquire);
+        loop {
+            let from = BackendState::from_u8(cur);
+            let to = crate::lifecycle::transition(from, event)?;
+            if to == from {
+                return Some((from, to));
+            }
+            match self.state.compare_exchange_weak(
+                cur,
+                to as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    match (from, to) {
+                        (BackendState::Ejected, BackendState::Active) => {
+                            self.ejected_until.store(0, Ordering::Release);
+                            self.outlier.reinstate();
+                        }
+                        (_, BackendState::Ejected) => self.probe_passes.store(0, Ordering::Relaxed),
+                        _ => {}
+                    }
+                    return Some((from, to));
+                }
+                Err(actual) => cur = actual,
+            }
+        }
     }
 
     /// Requests sent to it and not finished.
@@ -215,24 +209,21 @@ impl Backend {
         self.outlier.record_failure(now)
     }
 
+    /// The passive outlier detection settings it runs with.
+    pub fn outlier_config(&self) -> crate::outlier::OutlierConfig {
+        self.outlier.config()
+    }
+
     /// Forgets an ejection the fleet guard refused.
     pub fn cancel_ejection(&self, e: Ejection) {
         self.outlier.cancel_ejection(e);
     }
-    /// Takes an active backend out of rotation until `until`; false if it was not active.
+    /// Takes an active backend out of rotation until `until` (passive outlier detection);
+    /// false if it was not active.
     pub fn eject(&self, until: Nanos) -> bool {
-        let ok = self
-            .state
-            .compare_exchange(
-                BackendState::Active as u8,
-                BackendState::Ejected as u8,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_ok();
+        let ok = self.apply(Event::OutlierEjected).is_some();
         if ok {
             self.ejected_until.store(until, Ordering::Release);
-            self.probe_passes.store(0, Ordering::Relaxed);
         }
         ok
     }
@@ -243,18 +234,6 @@ impl Backend {
             0 => None,
             t => Some(t),
         }
-    }
-
-    /// Puts an ejected backend back into rotation.
-    pub fn reinstate(&self) {
-        self.ejected_until.store(0, Ordering::Release);
-        self.outlier.reinstate();
-        let _ = self.state.compare_exchange(
-            BackendState::Ejected as u8,
-            BackendState::Active as u8,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
     }
 
     /// Counts a health probe; returns (passes in a row, failures in a row).
@@ -409,7 +388,9 @@ impl RegistryConfig {
 pub struct Registry {
     current: RwLock<Arc<Snapshot>>,
     next_id: AtomicU64,
-    cfg: RegistryConfig,
+    /// Read when a backend is added, under the `current` write lock (so a reload and an add
+    /// cannot interleave: lock order `current`, then `cfg`).
+    cfg: std::sync::Mutex<RegistryConfig>,
     clock: Clock,
 }
 
@@ -434,7 +415,7 @@ impl Registry {
         Registry {
             current: RwLock::new(Arc::new(Snapshot::default())),
             next_id: AtomicU64::new(1),
-            cfg,
+            cfg: std::sync::Mutex::new(cfg),
             clock,
         }
     }
@@ -482,6 +463,7 @@ impl Registry {
                 result = Some((b.clone(), false));
                 return;
             }
+            let cfg = *self.cfg.lock().unwrap_or_else(|e| e.into_inner());
             let b = Arc::new(Backend {
                 id: self.next_id.fetch_add(1, Ordering::Relaxed),
                 address: spec.address.clone(),
@@ -493,13 +475,13 @@ impl Registry {
                 state: AtomicU8::new(state as u8),
                 in_flight: AtomicU32::new(0),
                 lease_until: AtomicU64::new(spec.lease_until.unwrap_or(0)),
-                ewma: PeakEwma::new(self.cfg.ewma_decay),
+                ewma: PeakEwma::new(cfg.ewma_decay),
                 responses: (0..CODES).map(|_| AtomicU64::new(0)).collect(),
                 failures: AtomicU64::new(0),
-                pool: Pool::new(spec.address.clone(), self.cfg.pool, self.clock),
-                limit: (spec.capacity.is_none() && self.cfg.adaptive_limit)
+                pool: Pool::new(spec.address.clone(), cfg.pool, self.clock),
+                limit: (spec.capacity.is_none() && cfg.adaptive_limit)
                     .then(|| AdaptiveLimit::new(Default::default())),
-                outlier: OutlierDetector::new(self.cfg.outlier),
+                outlier: OutlierDetector::new(cfg.outlier),
                 probe_passes: AtomicU32::new(0),
                 probe_fails: AtomicU32::new(0),
                 ejected_until: AtomicU64::new(0),
@@ -510,7 +492,27 @@ impl Registry {
         Ok(result.expect("update ran"))
     }
 
-    /// Removes a backend by id; returns it, or None when there is none.
+    /// The settings backends are built with now.
+    pub fn config(&self) -> RegistryConfig {
+        *self.cfg.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Config reload: the latency decay and the outlier thresholds change for every backend
+    /// and for those added from now on. The pool settings and `adaptive_limit` are kept (they
+    /// need a restart).
+    pub fn reconfigure(&self, ewma_decay: Nanos, outlier: crate::outlier::OutlierConfig) {
+        let cur = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let mut cfg = self.cfg.lock().unwrap_or_else(|e| e.into_inner());
+        cfg.ewma_decay = ewma_decay;
+        cfg.outlier = outlier;
+        for b in &cur.backends {
+            b.ewma.set_decay(ewma_decay);
+            b.outlier.set_config(outlier);
+        }
+    }
+
+    /// Removes a backend by id (it then reads `draining`: [`Event::Removed`]); returns it, or
+    /// None when there is none.
     pub fn remove(&self, id: u64) -> Option<Arc<Backend>> {
         let mut removed = None;
         self.update(|list| {
@@ -518,6 +520,9 @@ impl Registry {
                 removed = Some(list.remove(pos));
             }
         });
+        if let Some(b) = &removed {
+            b.apply(Event::Removed);
+        }
         removed
     }
 

@@ -4,12 +4,13 @@
 use crate::admin::Admin;
 use crate::clock::Clock;
 use crate::dispatch::Dispatcher;
+use crate::lifecycle::Event;
 use crate::policies;
 use crate::pool::PoolConfig;
 use crate::proxy::{Peer, Proxy, ProxySettings};
 use crate::registry::{BackendSpec, BackendState, Origin, Registry, RegistryConfig};
 use crate::signals::SignalWindow;
-use ebbtide_config::{Config, HashKey, PolicyKind};
+use ebbtide_config::{Config, PolicyKind};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -31,16 +32,18 @@ pub struct Server {
     admin_listener: std::sync::Mutex<Option<TcpListener>>,
     local_addr: SocketAddr,
     admin_addr: SocketAddr,
-    listener_cfg: ebbtide_config::Listener,
-    health: ebbtide_config::Health,
-    drain_timeout: Duration,
+    /// The config the process started with: what every setting that needs a restart still
+    /// runs with (see [`restart_needed`]).
+    started: Config,
+    /// The health check settings in force; the probe loop starts again when they change.
+    health: watch::Sender<ebbtide_config::Health>,
 }
 
 fn settings(cfg: &Config) -> ProxySettings {
     ProxySettings {
         response_timeout: cfg.upstream.response_timeout.0,
         hash_key: (cfg.balancer.policy == PolicyKind::ConsistentHash)
-            .then(|| HashKey::parse(&cfg.balancer.hash_key).unwrap_or(HashKey::Path)),
+            .then(|| cfg.balancer.hash_key.clone()),
         retries: cfg.retries.clone(),
         idempotency: cfg.idempotency.clone(),
         outlier: cfg.outlier.clone(),
@@ -57,13 +60,108 @@ pub fn registry_config(cfg: &Config) -> RegistryConfig {
             max_idle: cfg.upstream.max_idle_per_backend,
         },
         adaptive_limit: cfg.overload.adaptive_limit,
-        outlier: crate::outlier::OutlierConfig {
-            consecutive_failures: cfg.outlier.consecutive_failures,
-            base_ejection: cfg.outlier.base_ejection.as_nanos(),
-            max_ejection: cfg.outlier.max_ejection.as_nanos(),
-            ..Default::default()
-        },
+        outlier: outlier_config(cfg),
     }
+}
+
+/// The per-backend outlier detector settings `cfg` asks for.
+fn outlier_config(cfg: &Config) -> crate::outlier::OutlierConfig {
+    crate::outlier::OutlierConfig {
+        consecutive_failures: cfg.outlier.consecutive_failures,
+        base_ejection: cfg.outlier.base_ejection.as_nanos(),
+        max_ejection: cfg.outlier.max_ejection.as_nanos(),
+        ..Default::default()
+    }
+}
+
+/// The settings of `new` that differ from `running` and that a reload cannot apply: each
+/// needs a restart, and [`Server::reload`] logs a warning naming it. Everything else applies on
+/// reload. Every section and every key of a section that is only partly reloadable is named
+/// here, so that a new one does not compile until it is sorted into one kind or the other.
+///
+/// Applies on reload: `[balancer]` (policy, choices, seed, utilisation_target, hash_key,
+/// ewma_decay), `[upstream] response_timeout`, `[overload] max_queue` and `queue_timeout`,
+/// `[health]` interval, timeout, rise, fall and path (while checks stay on), `[outlier]`,
+/// `[retries]`, `[idempotency] enabled` and `max_body`. `[simulation]` is not used by
+/// `ebbtide serve`. The rest needs a restart.
+pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
+    use ebbtide_config::{Health, Idempotency, Overload, Upstream};
+    let Config {
+        listener,
+        admin,
+        runtime,
+        balancer: _,
+        upstream,
+        overload,
+        signals,
+        health,
+        outlier: _,
+        lifecycle,
+        retries: _,
+        idempotency,
+        backends,
+        provider,
+        autoscaler,
+        simulation: _,
+    } = new;
+    let Upstream {
+        connect_timeout,
+        response_timeout: _,
+        idle_timeout,
+        max_idle_per_backend,
+    } = upstream;
+    let Overload {
+        max_queue: _,
+        queue_timeout: _,
+        adaptive_limit,
+    } = overload;
+    let Health {
+        path,
+        interval: _,
+        timeout: _,
+        rise: _,
+        fall: _,
+    } = health;
+    let Idempotency {
+        enabled: _,
+        ttl,
+        max_body: _,
+        max_entries,
+    } = idempotency;
+    let (r, ru, ri) = (running, &running.upstream, &running.idempotency);
+    [
+        (*listener != r.listener, "[listener]"),
+        (*admin != r.admin, "[admin]"),
+        (*runtime != r.runtime, "[runtime]"),
+        // The connection pool of each backend is built with these.
+        (
+            *connect_timeout != ru.connect_timeout,
+            "[upstream] connect_timeout",
+        ),
+        (*idle_timeout != ru.idle_timeout, "[upstream] idle_timeout"),
+        (
+            *max_idle_per_backend != ru.max_idle_per_backend,
+            "[upstream] max_idle_per_backend",
+        ),
+        (
+            *adaptive_limit != r.overload.adaptive_limit,
+            "[overload] adaptive_limit",
+        ),
+        (*signals != r.signals, "[signals]"),
+        (
+            path.is_some() != r.health.path.is_some(),
+            "[health] path (turning active checks on or off)",
+        ),
+        (*lifecycle != r.lifecycle, "[lifecycle]"),
+        (*ttl != ri.ttl, "[idempotency] ttl"),
+        (*max_entries != ri.max_entries, "[idempotency] max_entries"),
+        (*backends != r.backends, "[[backends]]"),
+        (*provider != r.provider, "[provider]"),
+        (*autoscaler != r.autoscaler, "[autoscaler]"),
+    ]
+    .into_iter()
+    .filter_map(|(changed, key)| changed.then_some(key))
+    .collect()
 }
 
 /// The state in active health checks start in: `starting` until a probe passes, or `active` at
@@ -136,9 +234,8 @@ impl Server {
             admin_listener: std::sync::Mutex::new(Some(admin_listener)),
             local_addr,
             admin_addr,
-            listener_cfg: cfg.listener.clone(),
-            health: cfg.health.clone(),
-            drain_timeout: cfg.lifecycle.drain_timeout.0,
+            started: cfg.clone(),
+            health: watch::Sender::new(cfg.health.clone()),
         })
     }
 
@@ -152,8 +249,11 @@ impl Server {
         self.admin_addr
     }
 
-    /// Applies a reloaded config: policy, proxy settings, queue limits. Listener addresses,
-    /// runtime and static backends need a restart (a warning says so when they changed).
+    /// Applies a reloaded config: the policy, the proxy settings (response timeout, hash key,
+    /// retries, idempotency, outlier share and 5xx rule), queue limits, the latency decay and
+    /// outlier thresholds of every backend, and the health check settings (the probe loop
+    /// starts again with them). What cannot change live ([`restart_needed`]) keeps running as
+    /// it started, and a warning names each such setting that changed.
     pub fn reload(&self, cfg: &Config) {
         let policy: Arc<dyn crate::Policy> = policies::build(&cfg.balancer).into();
         tracing::info!(policy = policy.name(), "config reloaded");
@@ -163,12 +263,30 @@ impl Server {
             .set_queue_limits(cfg.overload.max_queue, cfg.overload.queue_timeout.0);
         self.proxy.set_settings(settings(cfg));
         self.proxy
+            .registry
+            .reconfigure(cfg.balancer.ewma_decay.as_nanos(), outlier_config(cfg));
+        let mut health = cfg.health.clone();
+        if health.path.is_some() != self.started.health.path.is_some() {
+            // Turning checks on or off changes the state new backends start in: a restart.
+            health.path = self.started.health.path.clone();
+        }
+        self.health.send_if_modified(|h| {
+            let changed = *h != health;
+            *h = health;
+            changed
+        });
+        self.proxy
             .counters
             .reloads_ok
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if cfg.listener != self.listener_cfg {
-            tracing::warn!("[listener] changes take effect only after a restart");
+        for key in restart_needed(&self.started, cfg) {
+            tracing::warn!("config reload: {key} changed; it takes effect only after a restart");
         }
+    }
+
+    /// The health check settings in force.
+    pub fn health_config(&self) -> ebbtide_config::Health {
+        self.health.borrow().clone()
     }
 
     /// Serves clients and the admin API until `shutdown` resolves; then stops accepting and lets
@@ -197,7 +315,7 @@ impl Server {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.listener_cfg.header_read_timeout.0);
+            .header_read_timeout(self.started.listener.header_read_timeout.0);
         builder
             .http2()
             .timer(TokioTimer::new())
@@ -236,13 +354,13 @@ impl Server {
         ));
         let ticker = tokio::spawn(housekeeping(
             self.proxy.clone(),
-            self.health.path.is_some(),
-            self.drain_timeout,
+            self.started.health.path.is_some(),
+            self.started.lifecycle.drain_timeout.0,
             stop_rx.clone(),
         ));
         let health = tokio::spawn(crate::health::run(
             self.proxy.clone(),
-            self.health.clone(),
+            self.health.subscribe(),
             stop_rx,
         ));
 
@@ -332,14 +450,161 @@ async fn housekeeping(
         let snap = proxy.signals.snapshot(now);
         proxy.dispatcher.set_drain_rate(snap.completion_rate);
         for b in &proxy.registry.snapshot().backends {
-            if b.lease_until().is_some_and(|t| t <= now) && b.state() != BackendState::Draining {
+            if b.lease_until().is_some_and(|t| t <= now) && b.apply(Event::LeaseExpired).is_some() {
                 tracing::info!(backend = %b.address, id = b.id, "lease ran out; draining");
-                b.set_state(BackendState::Draining);
                 tokio::spawn(crate::health::drain(proxy.clone(), b.clone(), drain));
             }
             b.pool.sweep();
         }
         crate::health::reinstate_expired(&proxy, active_checks, now);
         proxy.idempotency.sweep(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    fn config(extra: &str) -> Config {
+        let text = format!(
+            "[listener]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+             [[backends]]\naddress = \"127.0.0.1:1\"\n{extra}"
+        );
+        Config::from_toml(&text, "t.toml").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn what_applies_on_reload_needs_no_restart() {
+        let running = config("[health]\npath = \"/healthz\"\n");
+        assert_eq!(restart_needed(&running, &running), Vec::<&str>::new());
+        let live = config(
+            "[balancer]\npolicy = \"consistent_hash\"\nhash_key = \"cookie:s\"\nchoices = 3\n\
+             ewma_decay = \"3s\"\nseed = 7\nutilisation_target = 0.5\n\
+             [upstream]\nresponse_timeout = \"3s\"\n\
+             [overload]\nmax_queue = 3\nqueue_timeout = \"3s\"\n\
+             [health]\npath = \"/other\"\ninterval = \"3s\"\ntimeout = \"3s\"\nrise = 3\nfall = 3\n\
+             [outlier]\nconsecutive_failures = 3\ncount_5xx = true\nbase_ejection = \"3s\"\n\
+             max_ejection = \"3s\"\nmax_ejected_share = 0.3\n\
+             [retries]\nmax_attempts = 3\nbudget_ratio = 0.3\nper_try_timeout = \"3s\"\n\
+             [idempotency]\nenabled = false\nmax_body = 3\n\
+             [simulation]\n",
+        );
+        assert_eq!(restart_needed(&running, &live), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn each_setting_that_needs_a_restart_is_named() {
+        let running = config("");
+        let cases = [
+            ("[runtime]\nworker_threads = 3\n", "[runtime]"),
+            (
+                "[upstream]\nconnect_timeout = \"3s\"\n",
+                "[upstream] connect_timeout",
+            ),
+            (
+                "[upstream]\nidle_timeout = \"3s\"\n",
+                "[upstream] idle_timeout",
+            ),
+            (
+                "[upstream]\nmax_idle_per_backend = 3\n",
+                "[upstream] max_idle_per_backend",
+            ),
+            (
+                "[overload]\nadaptive_limit = false\n",
+                "[overload] adaptive_limit",
+            ),
+            ("[signals]\nwindow = \"3s\"\n", "[signals]"),
+            (
+                "[health]\npath = \"/healthz\"\n",
+                "[health] path (turning active checks on or off)",
+            ),
+            ("[lifecycle]\ndrain_timeout = \"3s\"\n", "[lifecycle]"),
+            ("[idempotency]\nttl = \"3s\"\n", "[idempotency] ttl"),
+            (
+                "[idempotency]\nmax_entries = 3\n",
+                "[idempotency] max_entries",
+            ),
+            ("[[backends]]\naddress = \"127.0.0.1:2\"\n", "[[backends]]"),
+            ("[provider]\ncount = 3\n", "[provider]"),
+        ];
+        for (extra, key) in cases {
+            assert_eq!(restart_needed(&running, &config(extra)), [key], "{extra}");
+        }
+        let mut other = running.clone();
+        other.listener.address = "127.0.0.1:3".into();
+        assert_eq!(restart_needed(&running, &other), ["[listener]"]);
+        let mut other = running.clone();
+        other.admin.token = Some("t".into());
+        assert_eq!(restart_needed(&running, &other), ["[admin]"]);
+        let mut scaled = config("[provider]\ncount = 3\n");
+        let with_autoscaler = config("[provider]\ncount = 3\n[autoscaler]\n");
+        assert_eq!(restart_needed(&scaled, &with_autoscaler), ["[autoscaler]"]);
+        // Several at once, in config order.
+        scaled.signals.window = ebbtide_config::time::HumanDuration::from_secs(3);
+        scaled.listener.header_read_timeout = ebbtide_config::time::HumanDuration::from_secs(3);
+        assert_eq!(
+            restart_needed(&running, &scaled),
+            ["[listener]", "[signals]", "[provider]"]
+        );
+    }
+
+    #[tokio::test]
+    async fn reload_applies_outlier_ewma_and_health_settings_to_running_backends() {
+        let server = Server::bind(&config(
+            "[health]\npath = \"/a\"\ninterval = \"1s\"\n[balancer]\newma_decay = \"10s\"\n",
+        ))
+        .await
+        .unwrap();
+        let backend = server.proxy.registry.snapshot().backends[0].clone();
+        assert_eq!(backend.outlier_config().consecutive_failures, 5);
+
+        server.reload(&config(
+            "[health]\npath = \"/b\"\ninterval = \"250ms\"\nrise = 4\n\
+             [balancer]\newma_decay = \"2s\"\n\
+             [outlier]\nconsecutive_failures = 2\nbase_ejection = \"1s\"\nmax_ejection = \"9s\"\n\
+             count_5xx = true\n[upstream]\nresponse_timeout = \"7s\"\n",
+        ));
+        let o = backend.outlier_config();
+        assert_eq!(
+            (o.consecutive_failures, o.base_ejection, o.max_ejection),
+            (2, 1_000_000_000, 9_000_000_000)
+        );
+        assert_eq!(backend.ewma.decay(), 2_000_000_000);
+        let s = server.proxy.settings();
+        assert!(s.outlier.count_5xx);
+        assert_eq!(s.response_timeout, Duration::from_secs(7));
+        let h = server.health_config();
+        assert_eq!(
+            (h.path.as_deref(), h.interval.0, h.rise),
+            (Some("/b"), Duration::from_millis(250), 4)
+        );
+        // A backend added after the reload gets the new settings too.
+        let (added, _) = server
+            .proxy
+            .registry
+            .add_or_renew(
+                BackendSpec {
+                    address: "127.0.0.1:2".into(),
+                    capacity: None,
+                    weight: 1,
+                    cost_per_hour: 0.0,
+                    origin: Origin::Api,
+                    lease_until: None,
+                },
+                BackendState::Starting,
+            )
+            .unwrap();
+        assert_eq!(added.outlier_config(), o);
+        assert_eq!(added.ewma.decay(), 2_000_000_000);
+
+        // Turning checks off needs a restart: the running path is kept.
+        server.reload(&config("[health]\ninterval = \"100ms\"\n"));
+        let h = server.health_config();
+        assert_eq!(
+            (h.path.as_deref(), h.interval.0),
+            (Some("/a"), Duration::from_millis(100))
+        );
+        assert_eq!(server.proxy.counters.reloads_ok.load(Ordering::Relaxed), 2);
     }
 }

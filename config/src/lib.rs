@@ -54,10 +54,7 @@ impl Config {
         });
         parts.push(match self.balancer.policy {
             PolicyKind::ConsistentHash => {
-                format!(
-                    "policy consistent_hash on {}",
-                    self.balancer.hash_key.trim()
-                )
+                format!("policy consistent_hash on {}", self.balancer.hash_key)
             }
             PolicyKind::P2c | PolicyKind::PeakEwma if self.balancer.choices != 2 => format!(
                 "policy {} (choices {})",

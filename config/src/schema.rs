@@ -154,8 +154,9 @@ pub struct Balancer {
     pub choices: usize,
     /// Decay time of `peak_ewma`'s latency average: older samples weigh e^(-age/decay).
     pub ewma_decay: HumanDuration,
-    /// Where `consistent_hash` takes its key: "path", "header:NAME" or "cookie:NAME".
-    pub hash_key: String,
+    /// Where `consistent_hash` takes its key: "path", "header:NAME" or "cookie:NAME", parsed
+    /// once when the file is read (a bad value is an error at its key and line).
+    pub hash_key: HashKey,
     /// `cost_aware`: fill a backend up to this share of its capacity before using a dearer one.
     pub utilisation_target: f64,
     /// Seed of the random policies, so that runs and simulations can be repeated.
@@ -168,17 +169,19 @@ impl Default for Balancer {
             policy: PolicyKind::P2c,
             choices: 2,
             ewma_decay: HumanDuration::from_secs(10),
-            hash_key: "path".into(),
+            hash_key: HashKey::Path,
             utilisation_target: 0.8,
             seed: 0x5eed,
         }
     }
 }
 
-/// Where `consistent_hash` takes its key, parsed from `balancer.hash_key`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where `consistent_hash` takes its key: `balancer.hash_key`, written "path", "header:NAME" or
+/// "cookie:NAME" and read through [`HashKey::parse`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum HashKey {
     /// The request path (without the query).
+    #[default]
     Path,
     /// A request header's value; requests without it get no key.
     Header(String),
@@ -210,6 +213,29 @@ impl HashKey {
         Err(format!(
             "`{s}` is not a key source; use \"path\", \"header:NAME\" or \"cookie:NAME\""
         ))
+    }
+}
+
+impl std::fmt::Display for HashKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HashKey::Path => f.write_str("path"),
+            HashKey::Header(name) => write!(f, "header:{name}"),
+            HashKey::Cookie(name) => write!(f, "cookie:{name}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HashKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        HashKey::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for HashKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 

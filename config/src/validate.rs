@@ -458,7 +458,6 @@ const CHECKS: &[Check] = &[
     check_runtime_worker_threads,
     check_balancer_choices,
     check_balancer_ewma_decay,
-    check_balancer_hash_key,
     check_balancer_utilisation_target,
     check_upstream_timeouts,
     check_overload_queue_timeout,
@@ -723,12 +722,6 @@ fn check_balancer_choices(cfg: &Config, out: &mut Problems) {
 
 fn check_balancer_ewma_decay(cfg: &Config, out: &mut Problems) {
     positive("balancer.ewma_decay", cfg.balancer.ewma_decay.0, out);
-}
-
-fn check_balancer_hash_key(cfg: &Config, out: &mut Problems) {
-    if let Err(e) = HashKey::parse(&cfg.balancer.hash_key) {
-        out.add("balancer.hash_key", e);
-    }
 }
 
 fn check_balancer_utilisation_target(cfg: &Config, out: &mut Problems) {

@@ -353,6 +353,13 @@ fn balancer_hash_key_must_parse() {
         2,
         "\"cookie:NAME\"",
     );
+    // Parsed once, into its type: what the proxy uses is what the file says.
+    let cfg = ok("[balancer]\npolicy = \"consistent_hash\"\nhash_key = \"header:X-User\"\n");
+    assert_eq!(
+        cfg.balancer.hash_key,
+        ebbtide_config::HashKey::Header("x-user".into())
+    );
+    assert!(cfg.summary().contains("consistent_hash on header:x-user"));
 }
 
 #[test]
@@ -511,7 +518,7 @@ address = \"nowhere\"
 
 [balancer]
 choices = 1
-hash_key = \"query\"
+utilisation_target = 1.5
 
 [[backends]]
 address = \"a:1\"
@@ -532,7 +539,7 @@ count = 5000
         [
             ("listener.address", 2),
             ("balancer.choices", 5),
-            ("balancer.hash_key", 6),
+            ("balancer.utilisation_target", 6),
             ("backends[0].weight", 10),
             ("backends[1].address", 13),
             ("backends[1].capacity", 14),
