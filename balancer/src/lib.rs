@@ -1,26 +1,22 @@
-//! ebbtide's balancer: the reverse proxy, the balancing policies, the backend registry, the
-//! signals and the admin API.
+//! ebbtide's balancer: the reverse proxy, the balancing policies, the backend registry and its
+//! lifecycle, the signals and the admin API.
+//!
+//! Two halves, as the folders show: [`core`] is sans-IO (policies, the wait queue and its
+//! dispatch rule, signal windows, EWMA, the adaptive limit, outlier detection, the retry budget,
+//! the lifecycle's transitions), so the simulator drives it in virtual time; [`shell`] is the IO
+//! around it (the proxy, pools, the registry's atomics, the dispatcher's async wait, health
+//! probes, listeners, the admin API). Each module is also re-exported at the crate root.
 
-pub mod admin;
-pub mod body;
-pub mod clock;
-pub mod dispatch;
-pub mod ewma;
-pub mod health;
-pub mod histogram;
-pub mod idempotency;
-pub mod lifecycle;
-pub mod limit;
-pub mod metrics;
-pub mod outlier;
-pub mod policies;
-pub mod policy;
-pub mod pool;
-pub mod proxy;
-pub mod queue;
-pub mod registry;
-pub mod retry_budget;
-pub mod serve;
-pub mod signals;
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod core;
+pub mod shell;
+
+pub use crate::core::{
+    ewma, histogram, lifecycle, limit, outlier, policies, policy, queue, retry_budget, signals,
+};
+pub use shell::{
+    admin, body, clock, dispatch, health, idempotency, metrics, pool, proxy, registry, serve,
+};
 
 pub use policy::{BackendView, Candidates, Policy};

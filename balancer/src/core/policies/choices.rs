@@ -11,7 +11,7 @@ pub const MAX_CHOICES: usize = 16;
 
 /// A configured number of choices made usable: 0 means 1 (a plain random pick) and anything
 /// above [`MAX_CHOICES`] is capped.
-pub fn clamp_choices(choices: usize) -> usize {
+pub(super) fn clamp_choices(choices: usize) -> usize {
     choices.clamp(1, MAX_CHOICES)
 }
 
@@ -20,7 +20,7 @@ pub fn clamp_choices(choices: usize) -> usize {
 /// `lowest_possible`, when given, is a cost nothing can beat (0 requests in flight): the scan
 /// stops at the first backend that has it, which returns the same index as the full scan would.
 #[inline]
-pub fn cheapest_free_from<K: Ord>(
+pub(super) fn cheapest_free_from<K: Ord>(
     backends: &dyn Candidates,
     start: usize,
     cost: impl Fn(&BackendView) -> K,
@@ -51,7 +51,7 @@ pub fn cheapest_free_from<K: Ord>(
 /// the pick is `None` only when no backend at all has a free slot. `choices` must be at most
 /// [`MAX_CHOICES`] (see [`clamp_choices`]); `lowest_possible` shortens the scans as in
 /// [`cheapest_free_from`].
-pub fn best_of_random_sample<K: Ord + Copy>(
+pub(super) fn best_of_random_sample<K: Ord + Copy>(
     backends: &dyn Candidates,
     rng: &SharedRng,
     choices: usize,

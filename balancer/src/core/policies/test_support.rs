@@ -5,12 +5,12 @@ use std::cell::RefCell;
 
 /// `n` accepting backends with ids 100, 101, ... (ids differ from indices so a test catches
 /// a policy that confuses the two), no capacity limit, weight 1.
-pub fn fleet(n: usize) -> Vec<BackendView> {
+pub(crate) fn fleet(n: usize) -> Vec<BackendView> {
     (0..n).map(|i| BackendView::new(100 + i as u64)).collect()
 }
 
 /// `n` backends as [`fleet`] with the given capacity each.
-pub fn fleet_with_capacity(n: usize, capacity: u32) -> Vec<BackendView> {
+pub(crate) fn fleet_with_capacity(n: usize, capacity: u32) -> Vec<BackendView> {
     let mut f = fleet(n);
     for b in &mut f {
         b.capacity = Some(capacity);
@@ -19,16 +19,16 @@ pub fn fleet_with_capacity(n: usize, capacity: u32) -> Vec<BackendView> {
 }
 
 /// Candidates that record which indices a pick looked at.
-pub struct Recording<'a> {
+pub(crate) struct Recording<'a> {
     /// The fleet.
-    pub views: &'a [BackendView],
+    pub(crate) views: &'a [BackendView],
     /// Every index passed to `view`, in order.
-    pub seen: RefCell<Vec<usize>>,
+    pub(crate) seen: RefCell<Vec<usize>>,
 }
 
 impl<'a> Recording<'a> {
     /// Wraps a fleet.
-    pub fn new(views: &'a [BackendView]) -> Self {
+    pub(crate) fn new(views: &'a [BackendView]) -> Self {
         Recording {
             views,
             seen: RefCell::new(Vec::new()),
@@ -36,7 +36,7 @@ impl<'a> Recording<'a> {
     }
 
     /// The distinct indices seen since the last call, and forgets them.
-    pub fn take_seen(&self) -> Vec<usize> {
+    pub(crate) fn take_seen(&self) -> Vec<usize> {
         let mut s = std::mem::take(&mut *self.seen.borrow_mut());
         s.sort_unstable();
         s.dedup();

@@ -1,0 +1,14 @@
+//! The sans-IO core: plain data structures with time passed in, no sockets, no tokio, no hyper.
+//! The proxy drives them per request; the simulator drives the very same code in virtual time;
+//! unit tests drive them with a fake clock.
+
+pub mod ewma;
+pub mod histogram;
+pub mod lifecycle;
+pub mod limit;
+pub mod outlier;
+pub mod policies;
+pub mod policy;
+pub mod queue;
+pub mod retry_budget;
+pub mod signals;

@@ -1,0 +1,14 @@
+//! The IO shell around the core: the reverse proxy, connection pools, the backend registry with
+//! its atomics, the dispatcher's async wait, health probes, listeners and the admin API.
+
+pub mod admin;
+pub mod body;
+pub mod clock;
+pub mod dispatch;
+pub mod health;
+pub mod idempotency;
+pub mod metrics;
+pub mod pool;
+pub mod proxy;
+pub mod registry;
+pub mod serve;
