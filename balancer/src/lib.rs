@@ -2,6 +2,7 @@
 //! signals and the admin API.
 
 pub mod admin;
+pub mod api;
 pub mod body;
 pub mod clock;
 pub mod dispatch;
