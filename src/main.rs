@@ -8,6 +8,7 @@ use std::process::ExitCode;
 mod autoscale;
 mod fleet;
 mod in_process;
+mod reading;
 mod remote;
 mod serve;
 mod standalone;

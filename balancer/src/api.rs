@@ -1,13 +1,15 @@
 //! The admin API's wire format, written once: the server ([`crate::admin`]) serializes these
 //! types and every client (`ebbtide autoscale`, `ebbtide load --admin`, the tests) deserializes
 //! the same ones, so a renamed field is a compile error on both sides rather than a run-time
-//! surprise.
+//! surprise. [`client::AdminClient`] is the one typed HTTP client they share.
 //!
 //! Clients ignore fields they do not know (a newer balancer may add some); the registration body
 //! is the exception and refuses unknown fields, so that a typo is an error, not a silent default.
 //! Error answers are plain text (`400 Bad Request: ...`), not JSON.
 
 use serde::{Deserialize, Serialize};
+
+pub mod client;
 
 pub use crate::registry::{BackendState, Origin};
 pub use crate::signals::LatencySummary;
