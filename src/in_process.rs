@@ -8,7 +8,6 @@ use ebbtide_balancer::lifecycle::Event;
 use ebbtide_balancer::proxy::Proxy;
 use ebbtide_balancer::registry::{Backend, BackendSpec, BackendState, Origin};
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -113,23 +112,8 @@ impl SignalSource for Signals {
     }
 }
 
-/// The in-process balancer's signals, as `/api/v1/signals` would give them.
-pub fn read(proxy: &Proxy) -> Reading {
-    let now = proxy.clock.now();
-    let snap = proxy.registry.snapshot();
-    let window = proxy.signals.snapshot(now);
-    Reading {
-        arrivals_total: proxy.counters.arrivals.load(Ordering::Relaxed),
-        completions_total: proxy.counters.completions.load(Ordering::Relaxed),
-        in_flight: snap.backends.iter().map(|b| b.in_flight() as u64).sum(),
-        queue_depth: proxy.dispatcher.queue_depth() as u64,
-        window_completions: window.completions,
-        p99_ms: window.latency_ms.p99,
-        mean_ms: window.latency_ms.mean,
-        active_backends: snap
-            .backends
-            .iter()
-            .filter(|b| b.state() == BackendState::Active)
-            .count() as u32,
-    }
+/// The in-process balancer's signals: the snapshot `/api/v1/signals` gives, without the round trip.
+pub(crate) fn read(proxy: &Proxy) -> Reading {
+    let snapshot = ebbtide_balancer::admin::signals_snapshot(proxy, proxy.clock.now());
+    crate::reading::from_signals(&snapshot)
 }

@@ -14,6 +14,7 @@
 
 mod admin_view;
 mod in_process;
+mod reading;
 mod remote;
 mod serve;
 mod standalone;

@@ -4,13 +4,10 @@
 //! dead autoscaler's backends expire), and drains before it stops one (`DELETE`, then waiting
 //! until no balancer lists it).
 
-use bytes::Bytes;
 use ebbtide_autoscaler::providers::{Instance, ProviderFuture};
 use ebbtide_autoscaler::{Membership, OverloadAction, Reading, SignalSource};
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use ebbtide_balancer::api::{self, client::AdminClient};
+use http::StatusCode;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,14 +15,10 @@ use std::time::Duration;
 /// Longest an admin call may take; a balancer slower than this is counted as not answering.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Largest admin answer read (the backend list of a big fleet fits easily).
-const MAX_ANSWER: usize = 4 << 20;
-
 /// The balancers `[autoscaler] balancers` names.
 pub(crate) struct Balancers {
     admins: Vec<String>,
-    token: Option<String>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: AdminClient,
     capacity: Option<u32>,
     cost_per_hour: f64,
     lease_seconds: f64,
@@ -44,13 +37,9 @@ impl Balancers {
         lease: Duration,
         drain_timeout: Duration,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CALL_TIMEOUT));
         Balancers {
             admins,
-            token,
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: AdminClient::new(token, CALL_TIMEOUT),
             capacity: provider.capacity,
             cost_per_hour: provider.cost_per_hour,
             lease_seconds: lease.as_secs_f64(),
@@ -63,81 +52,21 @@ impl Balancers {
         self.ids.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// One admin call; the status and body, or why there is none.
-    async fn call(
-        &self,
-        balancer: usize,
-        method: Method,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> Result<(StatusCode, Bytes), String> {
-        let admin = &self.admins[balancer];
-        let mut req = Request::builder()
-            .method(method.clone())
-            .uri(format!("http://{admin}{path}"));
-        if let Some(t) = &self.token {
-            req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let body = match body {
-            Some(v) => {
-                req = req.header(http::header::CONTENT_TYPE, "application/json");
-                Full::new(Bytes::from(v.to_string()))
-            }
-            None => Full::new(Bytes::new()),
-        };
-        let req = req.body(body).map_err(|e| e.to_string())?;
-        let call = async {
-            let resp = self.client.request(req).await.map_err(|e| {
-                let mut msg = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    msg = format!("{msg}: {s}");
-                    src = s.source();
-                }
-                msg
-            })?;
-            let status = resp.status();
-            let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            Ok::<_, String>((status, body))
-        };
-        match tokio::time::timeout(CALL_TIMEOUT, call).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(format!("{method} http://{admin}{path}: {e}")),
-            Err(_) => Err(format!(
-                "{method} http://{admin}{path}: no answer within {CALL_TIMEOUT:?}"
-            )),
-        }
-    }
-
     /// Registers (or renews) `instance` with one balancer and remembers the id it got there.
     async fn register(&self, balancer: usize, instance: &Instance) -> Result<(), String> {
-        let mut body = serde_json::json!({
-            "address": instance.address,
-            "cost_per_hour": self.cost_per_hour,
-            "lease_seconds": self.lease_seconds,
-        });
-        if let Some(c) = self.capacity {
-            body["capacity"] = c.into();
-        }
-        let (status, answer) = self
-            .call(balancer, Method::POST, "/api/v1/backends", Some(body))
-            .await?;
-        if !status.is_success() {
-            return Err(format!(
-                "http://{}/api/v1/backends refused {}: {status} {}",
-                self.admins[balancer],
-                instance.address,
-                String::from_utf8_lossy(&answer).trim()
-            ));
-        }
-        let info: serde_json::Value = serde_json::from_slice(&answer).map_err(|e| e.to_string())?;
-        if let Some(id) = info["id"].as_u64() {
-            self.ids().insert((balancer, instance.id.clone()), id);
-        }
+        let body = api::Register {
+            address: instance.address.clone(),
+            capacity: self.capacity,
+            weight: 1,
+            lease_seconds: Some(self.lease_seconds),
+            cost_per_hour: self.cost_per_hour,
+        };
+        let info = self
+            .client
+            .register(&self.admins[balancer], &body)
+            .await
+            .map_err(|e| format!("registering {}: {e}", instance.address))?;
+        self.ids().insert((balancer, instance.id.clone()), info.id);
         Ok(())
     }
 
@@ -152,80 +81,30 @@ impl Balancers {
 
     /// The addresses one balancer lists, or None when it does not answer.
     async fn listed(&self, balancer: usize) -> Option<Vec<String>> {
-        let (status, body) = self
-            .call(balancer, Method::GET, "/api/v1/backends", None)
-            .await
-            .ok()?;
-        if !status.is_success() {
-            return None;
-        }
-        let list: Vec<serde_json::Value> = serde_json::from_slice(&body).ok()?;
-        Some(
-            list.iter()
-                .filter_map(|b| b["address"].as_str().map(str::to_string))
-                .collect(),
-        )
+        let list = self.client.backends(&self.admins[balancer]).await.ok()?;
+        Some(list.into_iter().map(|b| b.address).collect())
     }
 
     /// Asks one balancer to drain `instance` (DELETE by the id it gave it).
     async fn delete(&self, balancer: usize, instance: &Instance) {
         let id = self.ids().remove(&(balancer, instance.id.clone()));
         let Some(id) = id else { return };
-        match self
-            .call(
-                balancer,
-                Method::DELETE,
-                &format!("/api/v1/backends/{id}"),
-                None,
-            )
-            .await
-        {
-            Ok((s, _)) if s.is_success() || s == StatusCode::NOT_FOUND => {}
-            Ok((s, body)) => tracing::warn!(
-                balancer = %self.admins[balancer], status = %s,
-                answer = %String::from_utf8_lossy(&body).trim(),
-                "could not drain a backend"
-            ),
+        match self.client.delete(&self.admins[balancer], id).await {
+            Ok(_) => {}
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => {}
             Err(e) => tracing::warn!(error = %e, "could not drain a backend"),
         }
     }
 
     /// Reads one balancer's signals.
     async fn signals(&self, balancer: usize) -> Result<Reading, String> {
-        let (status, body) = self
-            .call(balancer, Method::GET, "/api/v1/signals", None)
-            .await?;
-        if !status.is_success() {
-            return Err(format!(
-                "http://{}/api/v1/signals answered {status}: {}",
-                self.admins[balancer],
-                String::from_utf8_lossy(&body).trim()
-            ));
-        }
-        let v: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| format!("http://{}/api/v1/signals: {e}", self.admins[balancer]))?;
-        parse_signals(&v)
-            .map_err(|e| format!("http://{}/api/v1/signals: {e}", self.admins[balancer]))
+        let signals = self
+            .client
+            .signals(&self.admins[balancer])
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(crate::reading::from_signals(&signals))
     }
-}
-
-/// A [`Reading`] from the JSON of `GET /api/v1/signals`.
-pub fn parse_signals(v: &serde_json::Value) -> Result<Reading, String> {
-    let count = |key: &str| {
-        v[key]
-            .as_u64()
-            .ok_or_else(|| format!("no `{key}` count (is it an ebbtide balancer of this version?)"))
-    };
-    Ok(Reading {
-        arrivals_total: count("arrivals_total")?,
-        completions_total: count("completions_total")?,
-        in_flight: count("in_flight")?,
-        queue_depth: count("queue_depth")?,
-        window_completions: count("completions")?,
-        p99_ms: v["latency_ms"]["p99"].as_f64().unwrap_or(0.0),
-        mean_ms: v["latency_ms"]["mean"].as_f64().unwrap_or(0.0),
-        active_backends: v["backends"]["active"].as_u64().unwrap_or(0) as u32,
-    })
 }
 
 impl Membership for Balancers {
@@ -327,12 +206,15 @@ mod tests {
     fn signals_json_becomes_a_reading() {
         let v = serde_json::json!({
             "arrivals_total": 120, "completions_total": 110, "in_flight": 7, "queue_depth": 3,
-            "completions": 50, "latency_ms": {"p99": 80.5, "mean": 21.0, "p50": 18.0},
-            "backends": {"active": 4, "starting": 1},
+            "arrivals": 60, "completions": 50, "shed": 0, "shed_total": 2,
+            "arrival_rate": 6.0, "completion_rate": 5.0, "span_seconds": 10.0, "window_seconds": 10.0,
+            "latency_ms": {"p99": 80.5, "mean": 21.0, "p50": 18.0, "p90": 40.0},
+            "backends": {"active": 4, "starting": 1, "draining": 0, "ejected": 0},
+            "policy": "least_loaded",
         });
-        let r = parse_signals(&v).unwrap();
+        let signals: api::Signals = serde_json::from_value(v).unwrap();
         assert_eq!(
-            r,
+            crate::reading::from_signals(&signals),
             Reading {
                 arrivals_total: 120,
                 completions_total: 110,
@@ -344,8 +226,19 @@ mod tests {
                 active_backends: 4,
             }
         );
+        // An older (or renamed) field is a deserialize error that names the field.
         let old = serde_json::json!({"in_flight": 1});
-        let e = parse_signals(&old).unwrap_err();
-        assert!(e.contains("arrivals_total"), "{e}");
+        let e = serde_json::from_value::<api::Signals>(old)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("missing field `"), "{e}");
+        let mut renamed = serde_json::to_value(&signals).unwrap();
+        let total = renamed["arrivals_total"].take();
+        renamed.as_object_mut().unwrap().remove("arrivals_total");
+        renamed["arrivals_count"] = total;
+        let e = serde_json::from_value::<api::Signals>(renamed)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing field `arrivals_total`"), "{e}");
     }
 }

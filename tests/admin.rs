@@ -51,6 +51,12 @@ async fn register_list_and_delete_backends() {
     for key in ["id", "address", "state", "in_flight", "capacity", "weight"] {
         assert!(list[0].get(key).is_some(), "missing {key}: {}", list[0]);
     }
+    // The typed client reads the same list.
+    let typed = admin_backends(lb.admin).await;
+    assert_eq!(typed.len(), 1);
+    assert_eq!(typed[0].id, list[0]["id"].as_u64().unwrap());
+    assert_eq!(typed[0].address, b.addr.to_string());
+    assert_eq!((typed[0].capacity, typed[0].weight), (Some(4), 2));
 
     let (status, _, _) = get(&url(lb.addr, "/")).await;
     assert_eq!(status, StatusCode::OK);
@@ -65,6 +71,11 @@ async fn register_list_and_delete_backends() {
     assert_eq!(status, StatusCode::ACCEPTED);
     let v: serde_json::Value = serde_json::from_slice(&reply).unwrap();
     assert_eq!(v["state"], "draining");
+    let drained: ebbtide_balancer::api::BackendInfo = serde_json::from_slice(&reply).unwrap();
+    assert_eq!(
+        (drained.id, drained.state),
+        (id, ebbtide_balancer::api::BackendState::Draining)
+    );
     // Idle, so the drain ends at once and the backend is removed.
     eventually(
         "the drained backend to be removed",
@@ -193,6 +204,9 @@ async fn metrics_and_signals_use_the_documented_names() {
     }
     let (_, _, body) = get(&url(lb.admin, "/api/v1/signals")).await;
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let typed = admin_signals(lb.admin).await;
+    assert_eq!(typed.arrivals_total, 20, "{typed:?}");
+    assert_eq!(typed.backends.active, 1, "{typed:?}");
     assert_eq!(v["arrivals"], 20, "{v}");
     assert_eq!(v["completions"], 20, "{v}");
     assert_eq!(v["arrivals_total"], 20, "{v}");

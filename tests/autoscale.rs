@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use ebbtide_balancer::api::BackendState;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -33,9 +34,11 @@ capacity = 4
 }
 
 async fn active_backends(admin: SocketAddr) -> usize {
-    let (_, _, body) = get(&url(admin, "/api/v1/backends")).await;
-    let list: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap_or_default();
-    list.iter().filter(|b| b["state"] == "active").count()
+    admin_backends(admin)
+        .await
+        .iter()
+        .filter(|b| b.state == BackendState::Active)
+        .count()
 }
 
 /// Runs `ebbtide load` against `lb` and returns its JSON report.
@@ -274,16 +277,10 @@ async fn a_backend_is_kept_until_near_the_end_of_its_paid_period() {
         let mut seen: std::collections::HashMap<String, (f64, Option<f64>)> = Default::default();
         while start.elapsed() < Duration::from_secs(60) {
             let t = start.elapsed().as_secs_f64();
-            let (_, _, body) = get(&url(admin, "/api/v1/backends")).await;
-            let list: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap_or_default();
-            let present: Vec<(String, bool)> = list
-                .iter()
-                .map(|b| {
-                    (
-                        b["address"].as_str().unwrap().to_string(),
-                        b["state"] == "draining",
-                    )
-                })
+            let present: Vec<(String, bool)> = admin_backends(admin)
+                .await
+                .into_iter()
+                .map(|b| (b.address, b.state == BackendState::Draining))
                 .collect();
             for (addr, draining) in &present {
                 let e = seen.entry(addr.clone()).or_insert((t, None));

@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use ebbtide_balancer::api::BackendState;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -64,16 +65,11 @@ fn start_balancer() -> Ebbtide {
 }
 
 /// The balancer's backends as (address, state).
-async fn listed(admin: SocketAddr) -> Vec<(String, String)> {
-    let (_, _, body) = get(&format!("http://{admin}/api/v1/backends")).await;
-    let list: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap_or_default();
-    list.iter()
-        .map(|b| {
-            (
-                b["address"].as_str().unwrap_or("").to_string(),
-                b["state"].as_str().unwrap_or("").to_string(),
-            )
-        })
+async fn listed(admin: SocketAddr) -> Vec<(String, BackendState)> {
+    admin_backends(admin)
+        .await
+        .into_iter()
+        .map(|b| (b.address, b.state))
         .collect()
 }
 
@@ -81,7 +77,7 @@ async fn active(admin: SocketAddr) -> usize {
     listed(admin)
         .await
         .iter()
-        .filter(|(_, s)| s == "active")
+        .filter(|(_, s)| *s == BackendState::Active)
         .count()
 }
 

@@ -1,6 +1,7 @@
 //! End-to-end tests of `ebbtide backend` and `ebbtide load`: real processes on 127.0.0.1, every
 //! child killed when its guard drops, every load bounded in time.
 
+use ebbtide_balancer::api::{BackendInfo, BackendState, Origin};
 use ebbtide_config::rng::Rng;
 use ebbtide_config::service_time::ServiceTime;
 use ebbtide_sim::load::schedule::{ArrivalProcess, Arrivals, Profile, Source};
@@ -554,7 +555,7 @@ fn a_stalled_target_raises_measured_latency() {
 }
 
 /// A tiny admin API stand-in: answers every request with this body.
-fn fake_admin(body: &'static str) -> SocketAddr {
+fn fake_admin(body: String) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -576,9 +577,31 @@ fn fake_admin(body: &'static str) -> SocketAddr {
 #[test]
 fn json_csv_and_plot_are_written_and_parse() {
     let (_b, addr) = backend(&["--service-time", "exp:2ms", "--workers", "8"]);
-    let admin = fake_admin(
-        r#"[{"id":"a","state":"active"},{"id":"b","state":"starting"},{"id":"c","state":"active"}]"#,
-    );
+    // The real wire format (api::BackendInfo), so that the stand-in cannot drift from it.
+    let listed: Vec<BackendInfo> = [
+        BackendState::Active,
+        BackendState::Starting,
+        BackendState::Active,
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, state)| BackendInfo {
+        id: i as u64,
+        address: format!("127.0.0.1:{}", 9000 + i),
+        state,
+        in_flight: 0,
+        capacity: None,
+        learnt_limit: None,
+        weight: 1,
+        cost_per_hour: 0.0,
+        origin: Origin::Api,
+        ewma_latency_ms: 0.0,
+        lease_remaining_seconds: None,
+        requests: 0,
+        failures: 0,
+    })
+    .collect();
+    let admin = fake_admin(serde_json::to_string(&listed).unwrap());
     let (json, csv, svg) = (
         temp_path("report.json"),
         temp_path("report.csv"),

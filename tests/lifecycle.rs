@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use ebbtide_balancer::api::BackendState;
 use http::{Request, StatusCode};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,16 +15,11 @@ fn url(addr: SocketAddr, path: &str) -> String {
     format!("http://{addr}{path}")
 }
 
-async fn backend_states(admin: SocketAddr) -> Vec<(String, String)> {
-    let (_, _, body) = get(&url(admin, "/api/v1/backends")).await;
-    let list: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
-    list.iter()
-        .map(|b| {
-            (
-                b["address"].as_str().unwrap().to_string(),
-                b["state"].as_str().unwrap().to_string(),
-            )
-        })
+async fn backend_states(admin: SocketAddr) -> Vec<(String, BackendState)> {
+    admin_backends(admin)
+        .await
+        .into_iter()
+        .map(|b| (b.address, b.state))
         .collect()
 }
 
@@ -54,7 +50,7 @@ async fn kill_9_of_one_backend_under_load_fails_no_request() {
         (backend_states(lb.admin)
             .await
             .iter()
-            .filter(|(_, s)| s == "active")
+            .filter(|(_, s)| *s == BackendState::Active)
             .count()
             == 3)
             .then_some(())
@@ -106,7 +102,7 @@ async fn kill_9_of_one_backend_under_load_fails_no_request() {
             backend_states(lb.admin)
                 .await
                 .iter()
-                .any(|(a, s)| *a == victim_addr && s == "ejected")
+                .any(|(a, s)| *a == victim_addr && *s == BackendState::Ejected)
                 .then(|| killed_at.elapsed())
         },
     )
@@ -147,14 +143,12 @@ async fn draining_lets_slow_requests_finish_and_sends_no_new_ones() {
         (a.stats.in_flight.load(Ordering::SeqCst) == 3).then_some(())
     })
     .await;
-    let (_, _, body) = get(&url(lb.admin, "/api/v1/backends")).await;
-    let list: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
-    let id = list
+    let id = admin_backends(lb.admin)
+        .await
         .iter()
-        .find(|v| v["address"] == a.addr.to_string())
-        .unwrap()["id"]
-        .as_u64()
-        .unwrap();
+        .find(|b| b.address == a.addr.to_string())
+        .unwrap()
+        .id;
     let (status, _, _) = send(
         Request::delete(url(lb.admin, &format!("/api/v1/backends/{id}")))
             .body(empty())
@@ -174,7 +168,7 @@ async fn draining_lets_slow_requests_finish_and_sends_no_new_ones() {
     assert!(backend_states(lb.admin)
         .await
         .iter()
-        .any(|(ad, s)| *ad == a.addr.to_string() && s == "draining"));
+        .any(|(ad, s)| *ad == a.addr.to_string() && *s == BackendState::Draining));
     for t in slow {
         assert_eq!(t.await.unwrap(), StatusCode::OK);
     }

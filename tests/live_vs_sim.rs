@@ -40,9 +40,11 @@ fn url(addr: SocketAddr, path: &str) -> String {
 }
 
 async fn active_backends(admin: SocketAddr) -> usize {
-    let (_, _, body) = get(&url(admin, "/api/v1/backends")).await;
-    let list: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap_or_default();
-    list.iter().filter(|b| b["state"] == "active").count()
+    admin_backends(admin)
+        .await
+        .iter()
+        .filter(|b| b.state == ebbtide_balancer::api::BackendState::Active)
+        .count()
 }
 
 fn read_json(path: &Path) -> serde_json::Value {

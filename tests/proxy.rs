@@ -278,11 +278,7 @@ async fn clients_that_leave_while_queued_never_leak_a_slot() {
     eventually(
         "every slot to come back",
         Duration::from_secs(5),
-        || async {
-            let (_, _, body) = get(&url(lb.admin, "/api/v1/backends")).await;
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            (v[0]["in_flight"] == 0).then_some(())
-        },
+        || async { (admin_backends(lb.admin).await[0].in_flight == 0).then_some(()) },
     )
     .await;
     let answered = tokio::time::timeout(Duration::from_secs(5), get(&url(lb.addr, "/")))
@@ -309,9 +305,7 @@ async fn a_full_queue_and_a_queue_timeout_both_shed_with_retry_after() {
         (r, start.elapsed())
     });
     eventually("a request to queue", Duration::from_secs(5), || async {
-        let (_, _, body) = get(&url(lb.admin, "/api/v1/signals")).await;
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        (v["queue_depth"] == 1).then_some(())
+        (admin_signals(lb.admin).await.queue_depth == 1).then_some(())
     })
     .await;
     // ...so the next finds the queue full and is shed at once.

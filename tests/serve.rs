@@ -46,12 +46,8 @@ async fn the_embedded_default_answers_on_8080_and_stops_its_backends() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    let (_, _, body) = get(&url(admin, "/api/v1/backends")).await;
-    let list: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
-    let addrs: Vec<String> = list
-        .iter()
-        .map(|b| b["address"].as_str().unwrap().to_string())
-        .collect();
+    let list = admin_backends(admin).await;
+    let addrs: Vec<String> = list.iter().map(|b| b.address.clone()).collect();
     assert_eq!(addrs.len(), 2, "{list:?}");
     assert!(addrs.iter().all(|a| listening(a)));
 
@@ -117,11 +113,7 @@ async fn sighup_swaps_the_policy_without_dropping_connections() {
     assert_eq!(resp.status(), StatusCode::OK);
     resp.into_body().collect().await.unwrap();
 
-    let policy = |admin| async move {
-        let (_, _, body) = get(&url(admin, "/api/v1/signals")).await;
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        v["policy"].as_str().unwrap().to_string()
-    };
+    let policy = |admin| async move { admin_signals(admin).await.policy };
     assert_eq!(policy(lb.admin).await, "round_robin");
     let after = before.replace(
         "\"round_robin\"",

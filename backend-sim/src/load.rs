@@ -466,20 +466,16 @@ async fn poll_admin(
     token: Option<String>,
     finished: Arc<AtomicBool>,
 ) {
-    let url = format!("{}/api/v1/backends", admin.trim_end_matches('/'));
+    let client = ebbtide_balancer::api::client::AdminClient::new(token, Duration::from_millis(900));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     while !finished.load(Ordering::SeqCst) {
         tick.tick().await;
-        let Ok(body) = client::get_once(&url, token.as_deref(), Duration::from_millis(900)).await
-        else {
+        let Ok(backends) = client.backends(&admin).await else {
             continue;
         };
-        let Ok(serde_json::Value::Array(items)) = serde_json::from_slice(&body) else {
-            continue;
-        };
-        let active = items
+        let active = backends
             .iter()
-            .filter(|b| b.get("state").and_then(|s| s.as_str()) == Some("active"))
+            .filter(|b| b.state == ebbtide_balancer::api::BackendState::Active)
             .count() as u32;
         let s = run.second_of(Instant::now());
         run.recorder

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 use bytes::Bytes;
+use ebbtide_balancer::api::client::{AdminClient, CallError};
+use ebbtide_balancer::api::{BackendInfo, Signals};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
@@ -319,6 +321,29 @@ pub async fn send(req: Request<TestBody>) -> (StatusCode, http::HeaderMap, Bytes
         .map(|c| c.to_bytes())
         .unwrap_or_default();
     (parts.status, parts.headers, bytes)
+}
+
+/// The admin API's typed client, as `ebbtide autoscale` uses it (no token, 5 s per call).
+pub fn admin_client() -> AdminClient {
+    AdminClient::new(None, Duration::from_secs(5))
+}
+
+/// `GET /api/v1/backends` of the balancer at `admin`, typed; empty when it does not answer (yet,
+/// or any more). An answer that is not the wire format panics, naming what does not match.
+pub async fn admin_backends(admin: SocketAddr) -> Vec<BackendInfo> {
+    match admin_client().backends(&admin.to_string()).await {
+        Ok(list) => list,
+        Err(CallError::Transport(_)) => Vec::new(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// `GET /api/v1/signals` of the balancer at `admin`, typed.
+pub async fn admin_signals(admin: SocketAddr) -> Signals {
+    admin_client()
+        .signals(&admin.to_string())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub fn empty() -> TestBody {

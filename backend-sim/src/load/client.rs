@@ -9,7 +9,6 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::time::Duration;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::report::ErrorKind;
@@ -186,41 +185,4 @@ impl Pool {
         }
         Ok(Answer { status, bytes })
     }
-}
-
-/// One GET with its own connection, for occasional calls such as polling the admin API.
-pub async fn get_once(url: &str, bearer: Option<&str>, timeout: Duration) -> Result<Bytes, String> {
-    let fut = async {
-        let target = Target::resolve(url).await?;
-        let stream = tokio::net::TcpStream::connect(target.addr)
-            .await
-            .map_err(|e| format!("connect {}: {e}", target.addr))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut req = Request::get(target.path.clone())
-            .header(http::header::HOST, target.host.clone())
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
-        if let Some(token) = bearer {
-            let v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| e.to_string())?;
-            req.headers_mut().insert(http::header::AUTHORIZATION, v);
-        }
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        if !resp.status().is_success() {
-            return Err(format!("{url}: status {}", resp.status()));
-        }
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(body.to_bytes())
-    };
-    tokio::time::timeout(timeout, fut)
-        .await
-        .map_err(|_| format!("{url}: timed out"))?
 }

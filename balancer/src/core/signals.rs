@@ -53,7 +53,7 @@
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 use ebbtide_config::time::{Nanos, NANOS_PER_SEC};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Number of time slots in the ring. 20 slots make the window slide in 5% steps (0.5 s for the
 /// default 10 s) while keeping a snapshot cheap (20 x [`BUCKETS`] loads).
@@ -193,17 +193,19 @@ impl std::fmt::Debug for SignalWindow {
 
 /// Latency percentiles and mean over the window, in milliseconds. All four are `0.0` when the
 /// window holds no completion (check [`WindowSnapshot::completions`]): a plain number keeps the
-/// JSON and the deciders simple, and "no traffic" is visible from the counts.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+/// JSON and the deciders simple, and "no traffic" is visible from the counts. Part of the admin
+/// API's wire format ([`crate::api::Signals`]); the fields are in alphabetical order, the order
+/// they had on the wire when it was assembled as a `serde_json` map.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LatencySummary {
+    /// Exact mean (from the sum of latencies, not from the buckets).
+    pub mean: f64,
     /// Median, within the histogram's precision (±3.2% above 1 µs).
     pub p50: f64,
     /// 90th percentile, same precision.
     pub p90: f64,
     /// 99th percentile, same precision.
     pub p99: f64,
-    /// Exact mean (from the sum of latencies, not from the buckets).
-    pub mean: f64,
 }
 
 /// What the window held at one instant: plain data for `/api/v1/signals` and the deciders.

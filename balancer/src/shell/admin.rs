@@ -1,14 +1,15 @@
 //! The admin API: metrics, signals, the backend registry, events, health. Loopback by default;
 //! with a token configured every endpoint but `/healthz` needs `Authorization: Bearer TOKEN`.
 
+use crate::api;
 use crate::metrics::{self, MetricsSource};
 use crate::proxy::Proxy;
 use crate::registry::{BackendSpec, BackendState, Origin};
 use bytes::Bytes;
+use ebbtide_config::time::Nanos;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use serde::Deserialize;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -29,23 +30,6 @@ pub struct Admin {
     initial_state: BackendState,
     metrics: Mutex<Vec<Arc<dyn MetricsSource>>>,
     events: Mutex<Option<Arc<dyn EventSource>>>,
-}
-
-/// `POST /api/v1/backends` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Register {
-    address: String,
-    capacity: Option<u32>,
-    #[serde(default = "one")]
-    weight: u32,
-    lease_seconds: Option<f64>,
-    #[serde(default)]
-    cost_per_hour: f64,
-}
-
-fn one() -> u32 {
-    1
 }
 
 type AdminResponse = Response<Full<Bytes>>;
@@ -148,10 +132,13 @@ impl Admin {
                 );
                 r
             }
-            (Method::GET, "/api/v1/signals") => json(StatusCode::OK, &self.signals()),
-            (Method::GET, "/api/v1/backends") => {
+            (Method::GET, api::paths::SIGNALS) => {
                 let now = self.proxy.clock.now();
-                let list: Vec<_> = self
+                json(StatusCode::OK, &signals_snapshot(&self.proxy, now))
+            }
+            (Method::GET, api::paths::BACKENDS) => {
+                let now = self.proxy.clock.now();
+                let list: Vec<api::BackendInfo> = self
                     .proxy
                     .registry
                     .snapshot()
@@ -161,7 +148,7 @@ impl Admin {
                     .collect();
                 json(StatusCode::OK, &list)
             }
-            (Method::POST, "/api/v1/backends") => self.register(req).await,
+            (Method::POST, api::paths::BACKENDS) => self.register(req).await,
             (Method::DELETE, p) if p.starts_with("/api/v1/backends/") => {
                 let id = &p["/api/v1/backends/".len()..];
                 let Ok(id) = id.parse::<u64>() else {
@@ -218,7 +205,7 @@ impl Admin {
                 )
             }
         };
-        let reg: Register = match serde_json::from_slice(&body) {
+        let reg: api::Register = match serde_json::from_slice(&body) {
             Ok(r) => r,
             Err(e) => {
                 return text(
@@ -282,37 +269,30 @@ impl Admin {
             Err(e) => text(StatusCode::BAD_REQUEST, format!("400 Bad Request: {e}\n")),
         }
     }
+}
 
-    /// The JSON of `GET /api/v1/signals`.
-    pub fn signals(&self) -> serde_json::Value {
-        let p = &self.proxy;
-        let now = p.clock.now();
-        let mut v = serde_json::to_value(p.signals.snapshot(now)).unwrap_or_default();
-        let snap = p.registry.snapshot();
-        let in_flight: u64 = snap.backends.iter().map(|b| b.in_flight() as u64).sum();
-        let counts = p.registry.count_by_state();
-        let by_state: serde_json::Map<String, serde_json::Value> = BackendState::ALL
-            .iter()
-            .map(|s| (s.name().to_string(), counts[*s as usize].into()))
-            .collect();
-        let shed_total = p.counters.shed_queue_full.load(Ordering::Relaxed)
-            + p.counters.shed_queue_timeout.load(Ordering::Relaxed);
-        if let Some(obj) = v.as_object_mut() {
-            // Cumulative, so a remote autoscaler can take rates over its own interval.
-            obj.insert(
-                "arrivals_total".into(),
-                p.counters.arrivals.load(Ordering::Relaxed).into(),
-            );
-            obj.insert(
-                "completions_total".into(),
-                p.counters.completions.load(Ordering::Relaxed).into(),
-            );
-            obj.insert("in_flight".into(), in_flight.into());
-            obj.insert("queue_depth".into(), p.dispatcher.queue_depth().into());
-            obj.insert("shed_total".into(), shed_total.into());
-            obj.insert("backends".into(), by_state.into());
-            obj.insert("policy".into(), p.dispatcher.policy().name().into());
-        }
-        v
+/// The answer of `GET /api/v1/signals` for `proxy` at `now`: the signal window plus the
+/// cumulative counters and current gauges. The in-process autoscaler reads the same snapshot.
+pub fn signals_snapshot(proxy: &Proxy, now: Nanos) -> api::Signals {
+    let window = proxy.signals.snapshot(now);
+    let snap = proxy.registry.snapshot();
+    let c = &proxy.counters;
+    api::Signals {
+        arrival_rate: window.arrival_rate,
+        arrivals: window.arrivals,
+        arrivals_total: c.arrivals.load(Ordering::Relaxed),
+        backends: api::BackendCounts::from_array(proxy.registry.count_by_state()),
+        completion_rate: window.completion_rate,
+        completions: window.completions,
+        completions_total: c.completions.load(Ordering::Relaxed),
+        in_flight: snap.backends.iter().map(|b| b.in_flight() as u64).sum(),
+        latency_ms: window.latency_ms,
+        policy: proxy.dispatcher.policy().name().to_string(),
+        queue_depth: proxy.dispatcher.queue_depth() as u64,
+        shed: window.shed,
+        shed_total: c.shed_queue_full.load(Ordering::Relaxed)
+            + c.shed_queue_timeout.load(Ordering::Relaxed),
+        span_seconds: window.span_seconds,
+        window_seconds: window.window_seconds,
     }
 }

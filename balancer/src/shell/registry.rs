@@ -2,6 +2,7 @@
 //! policies read. Membership changes (rare) swap an immutable snapshot; per-request counters are
 //! atomics inside each backend, so the hot path takes no lock beyond a read of the snapshot.
 
+pub use crate::api::BackendInfo;
 use crate::clock::Clock;
 use crate::ewma::PeakEwma;
 use crate::limit::AdaptiveLimit;
@@ -9,7 +10,7 @@ use crate::outlier::{Ejection, OutlierDetector};
 use crate::policy::{BackendView, Candidates};
 use crate::pool::{Pool, PoolConfig};
 use ebbtide_config::time::Nanos;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -17,7 +18,7 @@ pub use crate::lifecycle::BackendState;
 use crate::lifecycle::Event;
 
 /// How a backend came to be in the fleet; the admin API may remove any of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
     /// `[[backends]]` in the config file.
@@ -288,37 +289,6 @@ impl Backend {
             failures: self.failures.load(Ordering::Relaxed),
         }
     }
-}
-
-/// One backend as `GET /api/v1/backends` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct BackendInfo {
-    /// Stable id, for `DELETE /api/v1/backends/{id}`.
-    pub id: u64,
-    /// host:port.
-    pub address: String,
-    /// starting, active, draining or ejected.
-    pub state: BackendState,
-    /// Requests in flight.
-    pub in_flight: u32,
-    /// Concurrent requests it serves, when configured.
-    pub capacity: Option<u32>,
-    /// The concurrency limit learnt from latency, when no capacity is configured.
-    pub learnt_limit: Option<u32>,
-    /// Weight.
-    pub weight: u32,
-    /// Price per hour.
-    pub cost_per_hour: f64,
-    /// static, api or provider.
-    pub origin: Origin,
-    /// Current peak-EWMA latency estimate.
-    pub ewma_latency_ms: f64,
-    /// Seconds until the lease runs out, when it has one.
-    pub lease_remaining_seconds: Option<f64>,
-    /// Responses received from it.
-    pub requests: u64,
-    /// Requests that got no response from it.
-    pub failures: u64,
 }
 
 /// An immutable list of the fleet, swapped whole when membership changes.
