@@ -57,7 +57,7 @@ impl Membership for InProcess {
         };
         match self
             .proxy
-            .registry
+            .registry()
             .add_or_renew(spec, BackendState::Starting)
         {
             Ok((b, _)) => {
@@ -73,7 +73,7 @@ impl Membership for InProcess {
         if let Some(b) = self.table().get(&instance.id) {
             b.apply(Event::ProviderReady);
         }
-        self.proxy.dispatcher.dispatch();
+        self.proxy.dispatcher().dispatch();
         Box::pin(async {})
     }
 
@@ -89,7 +89,7 @@ impl Membership for InProcess {
 
     fn remove<'a>(&'a self, instance: &'a Instance) -> ProviderFuture<'a, ()> {
         if let Some(b) = self.table().remove(&instance.id) {
-            self.proxy.registry.remove(b.id);
+            self.proxy.registry().remove(b.id);
         }
         Box::pin(async {})
     }
@@ -98,7 +98,7 @@ impl Membership for InProcess {
         let (configured, timeout) = self.queue;
         let max_queue = action.queue_limit(configured);
         tracing::info!(?action, max_queue, "queue bound for the overload action");
-        self.proxy.dispatcher.set_queue_limits(max_queue, timeout);
+        self.proxy.dispatcher().set_queue_limits(max_queue, timeout);
     }
 }
 
@@ -114,6 +114,6 @@ impl SignalSource for Signals {
 
 /// The in-process balancer's signals: the snapshot `/api/v1/signals` gives, without the round trip.
 pub(crate) fn read(proxy: &Proxy) -> Reading {
-    let snapshot = ebbtide_balancer::admin::signals_snapshot(proxy, proxy.clock.now());
+    let snapshot = ebbtide_balancer::admin::signals_snapshot(proxy, proxy.clock().now());
     crate::reading::from_signals(&snapshot)
 }

@@ -31,13 +31,13 @@ pub async fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         Some(p) => {
             let provider =
                 ebbtide_autoscaler::providers::build(p, crate::health_probe(&cfg.health))?;
-            let membership = Arc::new(InProcess::new(server.proxy.clone(), &cfg, p));
-            let clock = server.proxy.clock;
+            let membership = Arc::new(InProcess::new(server.proxy().clone(), &cfg, p));
+            let clock = server.proxy().clock();
             let now: Now = Arc::new(move || clock.now());
             let (step, interval, source) = match &cfg.autoscaler {
                 Some(a) => {
                     let signals: Box<dyn SignalSource> =
-                        Box::new(in_process::Signals(server.proxy.clone()));
+                        Box::new(in_process::Signals(server.proxy().clone()));
                     (
                         ControlStep::new(a, crate::admin_view::EVENTS_SHOWN),
                         a.interval.0,
@@ -54,8 +54,8 @@ pub async fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
             let driver = Driver::new(step, provider, membership, now, interval);
             if cfg.autoscaler.is_some() {
                 let view = Arc::new(AutoscalerView(driver.shared()));
-                server.admin.set_events(view.clone());
-                server.admin.add_metrics(view);
+                server.admin().set_events(view.clone());
+                server.admin().add_metrics(view);
             }
             let (d, stop) = (driver.clone(), stop_rx.clone());
             tasks.push(tokio::spawn(async move { d.run(source, stop).await }));
@@ -89,17 +89,7 @@ async fn reload_on_sighup(server: Arc<Server>, path: PathBuf) {
         return;
     };
     while hup.recv().await.is_some() {
-        match Config::from_file(&path) {
-            Ok(cfg) => server.reload(&cfg),
-            Err(errors) => {
-                server
-                    .proxy
-                    .counters
-                    .reloads_failed
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::error!("config reload refused; keeping the running config:\n{errors}")
-            }
-        }
+        server.reload_file(&path);
     }
 }
 

@@ -6,14 +6,10 @@
 
 use crate::admin_view::{AutoscalerView, EVENTS_SHOWN};
 use crate::remote::{Balancers, RemoteSignals};
-use bytes::Bytes;
 use ebbtide_autoscaler::{ControlStep, Driver};
-use ebbtide_balancer::admin::EventSource;
+use ebbtide_balancer::admin::AdminBase;
 use ebbtide_balancer::clock::Clock;
-use ebbtide_balancer::metrics::MetricsSource;
 use ebbtide_config::{Config, ConfigError};
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -107,74 +103,30 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     Ok(())
 }
 
-/// The autoscaler's own admin API: events, metrics and a liveness check.
+/// The autoscaler's own admin API: events, metrics and a liveness check, on the same skeleton
+/// as the balancer's (`AdminBase`: token check, shared routes).
 async fn serve_admin(
     listener: tokio::net::TcpListener,
-    state: Arc<AutoscalerView>,
+    view: Arc<AutoscalerView>,
     token: Option<String>,
     stop: watch::Receiver<bool>,
 ) {
+    let base = AdminBase::new(token);
+    base.add_metrics(view.clone());
+    base.set_events(view);
+    let base = Arc::new(base);
     let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
         hyper_util::rt::TokioExecutor::new(),
     ));
     let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
     ebbtide_balancer::serve::accept_loop(listener, builder, graceful, stop, move |_peer| {
-        let (state, token) = (state.clone(), token.clone());
+        let base = base.clone();
         hyper::service::service_fn(move |req| {
-            let resp = answer(&state, token.as_deref(), &req);
+            let resp = base
+                .answer(&req, &[])
+                .expect("with no routes of its own, every answer is the base's");
             async move { Ok::<_, std::convert::Infallible>(resp) }
         })
     })
     .await;
-}
-
-fn answer<B>(
-    state: &AutoscalerView,
-    token: Option<&str>,
-    req: &Request<B>,
-) -> Response<Full<Bytes>> {
-    let reply = |status: StatusCode, kind: &str, body: String| {
-        Response::builder()
-            .status(status)
-            .header(http::header::CONTENT_TYPE, kind)
-            .body(Full::new(Bytes::from(body)))
-            .expect("static response parts")
-    };
-    let text = "text/plain; charset=utf-8";
-    let path = req.uri().path();
-    if path != "/healthz" {
-        if let Some(t) = token {
-            let given = req
-                .headers()
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
-            if given != Some(t) {
-                return reply(
-                    StatusCode::UNAUTHORIZED,
-                    text,
-                    "401 Unauthorized: send Authorization: Bearer <admin.token>\n".into(),
-                );
-            }
-        }
-    }
-    match (req.method(), path) {
-        (&Method::GET, "/healthz") => reply(StatusCode::OK, text, "ok\n".into()),
-        (&Method::GET, "/metrics") => {
-            let mut out = String::new();
-            state.render(&mut out);
-            reply(StatusCode::OK, "text/plain; version=0.0.4", out)
-        }
-        (&Method::GET, "/api/v1/events") => reply(
-            StatusCode::OK,
-            "application/json",
-            serde_json::Value::Array(state.events()).to_string(),
-        ),
-        (_, "/healthz" | "/metrics" | "/api/v1/events") => reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            text,
-            "405 Method Not Allowed\n".into(),
-        ),
-        _ => reply(StatusCode::NOT_FOUND, text, "404 Not Found\n".into()),
-    }
 }

@@ -1,8 +1,12 @@
 //! The admin API: metrics, signals, the backend registry, events, health. Loopback by default;
 //! with a token configured every endpoint but `/healthz` needs `Authorization: Bearer TOKEN`.
+//!
+//! [`AdminBase`] is what every admin listener of ebbtide answers, whoever serves it (the
+//! balancer of `ebbtide serve`, `ebbtide autoscale`): one skeleton, so the two cannot drift
+//! apart on authentication or on the shared routes.
 
 use crate::api;
-use crate::metrics::{self, MetricsSource};
+use crate::metrics::MetricsSource;
 use crate::proxy::Proxy;
 use crate::registry::{BackendSpec, BackendState, Origin};
 use bytes::Bytes;
@@ -25,14 +29,120 @@ pub trait EventSource: Send + Sync {
 /// The admin API's state.
 pub struct Admin {
     proxy: Arc<Proxy>,
-    token: Option<String>,
+    base: AdminBase,
     drain_timeout: std::time::Duration,
     initial_state: BackendState,
+}
+
+/// An admin API answer.
+pub type AdminResponse = Response<Full<Bytes>>;
+
+/// What every admin listener answers: `/healthz` without a token; with a token configured, 401
+/// for anything else that does not carry it (compared in constant time); `GET /metrics` from
+/// its sources; `GET /api/v1/events`; 405 on those paths for other methods.
+pub struct AdminBase {
+    token: Option<String>,
     metrics: Mutex<Vec<Arc<dyn MetricsSource>>>,
     events: Mutex<Option<Arc<dyn EventSource>>>,
 }
 
-type AdminResponse = Response<Full<Bytes>>;
+impl AdminBase {
+    /// A base requiring `token` (when set) on every route but `/healthz`.
+    pub fn new(token: Option<String>) -> AdminBase {
+        AdminBase {
+            token,
+            metrics: Mutex::new(Vec::new()),
+            events: Mutex::new(None),
+        }
+    }
+
+    /// Adds lines to `/metrics`, after the sources added before.
+    pub fn add_metrics(&self, source: Arc<dyn MetricsSource>) {
+        self.metrics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(source);
+    }
+
+    /// Sets what `/api/v1/events` shows.
+    pub fn set_events(&self, source: Arc<dyn EventSource>) {
+        *self.events.lock().unwrap_or_else(|e| e.into_inner()) = Some(source);
+    }
+
+    fn authorized<B>(&self, req: &Request<B>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| same_secret(t.trim().as_bytes(), token.as_bytes()))
+    }
+
+    /// The answer to `req` when it is a shared route or not authorized; `None` when it is the
+    /// caller's own route to answer (authorized already). `own` lists the caller's own paths,
+    /// for 405 on a wrong method.
+    pub fn answer<B>(&self, req: &Request<B>, own: &[&str]) -> Option<AdminResponse> {
+        let path = req.uri().path();
+        if path == "/healthz" {
+            return Some(match *req.method() {
+                Method::GET | Method::HEAD => text(StatusCode::OK, "ok\n"),
+                _ => text(StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed\n"),
+            });
+        }
+        if !self.authorized(req) {
+            let mut r = text(
+                StatusCode::UNAUTHORIZED,
+                "401 Unauthorized: send Authorization: Bearer TOKEN\n",
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, "Bearer".parse().unwrap());
+            return Some(r);
+        }
+        match (req.method(), path) {
+            (&Method::GET, "/metrics") => {
+                let sources = self
+                    .metrics
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                let mut out = String::with_capacity(4096);
+                for source in sources {
+                    source.render(&mut out);
+                }
+                let mut r = text(StatusCode::OK, out);
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8".parse().unwrap(),
+                );
+                Some(r)
+            }
+            (&Method::GET, "/api/v1/events") => {
+                let events = self
+                    .events
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .map(|s| s.events())
+                    .unwrap_or_default();
+                Some(json(StatusCode::OK, &events))
+            }
+            (_, "/metrics" | "/api/v1/events") => Some(text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "405 Method Not Allowed\n",
+            )),
+            (_, p)
+                if own
+                    .iter()
+                    .any(|o| p == *o || p.starts_with(&format!("{o}/"))) =>
+            {
+                None
+            }
+            _ => Some(text(StatusCode::NOT_FOUND, "404 Not Found\n")),
+        }
+    }
+}
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> AdminResponse {
     let mut r = Response::new(Full::new(body.into()));
@@ -68,70 +178,35 @@ impl Admin {
         drain_timeout: std::time::Duration,
         initial_state: BackendState,
     ) -> Self {
+        let base = AdminBase::new(token);
+        base.add_metrics(proxy.clone());
         Admin {
             proxy,
-            token,
+            base,
             drain_timeout,
             initial_state,
-            metrics: Mutex::new(Vec::new()),
-            events: Mutex::new(None),
         }
     }
 
-    /// Adds lines to `/metrics`.
+    /// Adds lines to `/metrics`, after the proxy's.
     pub fn add_metrics(&self, source: Arc<dyn MetricsSource>) {
-        self.metrics
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(source);
+        self.base.add_metrics(source);
     }
 
     /// Sets what `/api/v1/events` shows.
     pub fn set_events(&self, source: Arc<dyn EventSource>) {
-        *self.events.lock().unwrap_or_else(|e| e.into_inner()) = Some(source);
-    }
-
-    fn authorized(&self, req: &Request<Incoming>) -> bool {
-        let Some(token) = &self.token else {
-            return true;
-        };
-        req.headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| same_secret(t.trim().as_bytes(), token.as_bytes()))
+        self.base.set_events(source);
     }
 
     /// Answers one admin request.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> AdminResponse {
-        let path = req.uri().path().to_string();
-        if path == "/healthz" {
-            return text(StatusCode::OK, "ok\n");
-        }
-        if !self.authorized(&req) {
-            let mut r = text(
-                StatusCode::UNAUTHORIZED,
-                "401 Unauthorized: send Authorization: Bearer TOKEN\n",
-            );
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, "Bearer".parse().unwrap());
+        const OWN: &[&str] = &[api::paths::SIGNALS, api::paths::BACKENDS];
+        if let Some(r) = self.base.answer(&req, OWN) {
             return r;
         }
+        let path = req.uri().path().to_string();
         let method = req.method().clone();
         match (method, path.as_str()) {
-            (Method::GET, "/metrics") => {
-                let extra = self
-                    .metrics
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                let mut r = text(StatusCode::OK, metrics::render(&self.proxy, &extra));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    "text/plain; version=0.0.4; charset=utf-8".parse().unwrap(),
-                );
-                r
-            }
             (Method::GET, api::paths::SIGNALS) => {
                 let now = self.proxy.clock.now();
                 json(StatusCode::OK, &signals_snapshot(&self.proxy, now))
@@ -178,17 +253,7 @@ impl Admin {
                     ),
                 }
             }
-            (Method::GET, "/api/v1/events") => {
-                let events = self
-                    .events
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .as_ref()
-                    .map(|s| s.events())
-                    .unwrap_or_default();
-                json(StatusCode::OK, &events)
-            }
-            (_, "/metrics" | "/api/v1/signals" | "/api/v1/backends" | "/api/v1/events") => {
+            (_, "/api/v1/signals" | "/api/v1/backends") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed\n")
             }
             _ => text(StatusCode::NOT_FOUND, "404 Not Found\n"),

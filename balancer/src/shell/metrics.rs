@@ -17,12 +17,17 @@ pub fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-/// Renders every metric of the proxy, then the `extra` sources.
-pub fn render(proxy: &Proxy, extra: &[std::sync::Arc<dyn MetricsSource>]) -> String {
-    let mut out = String::with_capacity(4096);
+impl MetricsSource for Proxy {
+    /// Every metric of the proxy.
+    fn render(&self, out: &mut String) {
+        render_proxy(self, out)
+    }
+}
+
+fn render_proxy(proxy: &Proxy, out: &mut String) {
     let snap = proxy.registry.snapshot();
 
-    family(&mut out, "ebbtide_requests_total", "counter", "Responses sent to clients, by backend and status code (backend=\"none\": answered by ebbtide itself).");
+    family(out, "ebbtide_requests_total", "counter", "Responses sent to clients, by backend and status code (backend=\"none\": answered by ebbtide itself).");
     for b in &snap.backends {
         for (code, n) in b.response_counts() {
             let _ = writeln!(
@@ -42,11 +47,11 @@ pub fn render(proxy: &Proxy, extra: &[std::sync::Arc<dyn MetricsSource>]) -> Str
     proxy.duration.render(
         "ebbtide_request_duration_seconds",
         "Time from a request's arrival to the end of its response, as the client sees it.",
-        &mut out,
+        out,
     );
 
     family(
-        &mut out,
+        out,
         "ebbtide_queue_depth",
         "gauge",
         "Requests waiting in the balancer for a backend slot.",
@@ -58,7 +63,7 @@ pub fn render(proxy: &Proxy, extra: &[std::sync::Arc<dyn MetricsSource>]) -> Str
     );
 
     family(
-        &mut out,
+        out,
         "ebbtide_backend_in_flight",
         "gauge",
         "Requests sent to a backend and not yet finished.",
@@ -72,7 +77,7 @@ pub fn render(proxy: &Proxy, extra: &[std::sync::Arc<dyn MetricsSource>]) -> Str
         );
     }
 
-    family(&mut out, "ebbtide_backends", "gauge", "Backends by state.");
+    family(out, "ebbtide_backends", "gauge", "Backends by state.");
     let counts = proxy.registry.count_by_state();
     for s in BackendState::ALL {
         let _ = writeln!(
@@ -84,7 +89,7 @@ pub fn render(proxy: &Proxy, extra: &[std::sync::Arc<dyn MetricsSource>]) -> Str
     }
 
     family(
-        &mut out,
+        out,
         "ebbtide_shed_total",
         "counter",
         "Requests refused with 503 without reaching a backend, by reason.",
@@ -102,7 +107,7 @@ pub fn render(proxy: &Proxy, extra: &[std::sync::Arc<dyn MetricsSource>]) -> Str
     );
 
     family(
-        &mut out,
+        out,
         "ebbtide_retries_total",
         "counter",
         "Requests sent again to another backend.",
@@ -114,7 +119,7 @@ pub fn render(proxy: &Proxy, extra: &[std::sync::Arc<dyn MetricsSource>]) -> Str
     );
 
     family(
-        &mut out,
+        out,
         "ebbtide_retries_refused_total",
         "counter",
         "Retries the retry budget did not allow.",
@@ -126,7 +131,7 @@ pub fn render(proxy: &Proxy, extra: &[std::sync::Arc<dyn MetricsSource>]) -> Str
     );
 
     family(
-        &mut out,
+        out,
         "ebbtide_idempotent_replays_total",
         "counter",
         "Responses replayed for a duplicate Idempotency-Key.",
@@ -138,7 +143,7 @@ pub fn render(proxy: &Proxy, extra: &[std::sync::Arc<dyn MetricsSource>]) -> Str
     );
 
     family(
-        &mut out,
+        out,
         "ebbtide_backend_concurrency_limit",
         "gauge",
         "Concurrency a backend may be given: its capacity, or the limit learnt from latency.",
@@ -154,7 +159,7 @@ pub fn render(proxy: &Proxy, extra: &[std::sync::Arc<dyn MetricsSource>]) -> Str
     }
 
     family(
-        &mut out,
+        out,
         "ebbtide_config_reloads_total",
         "counter",
         "Config reloads (SIGHUP), applied or refused.",
@@ -169,9 +174,4 @@ pub fn render(proxy: &Proxy, extra: &[std::sync::Arc<dyn MetricsSource>]) -> Str
         "ebbtide_config_reloads_total{{result=\"error\"}} {}",
         c.reloads_failed.load(Ordering::Relaxed)
     );
-
-    for source in extra {
-        source.render(&mut out);
-    }
-    out
 }

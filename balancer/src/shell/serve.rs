@@ -24,10 +24,8 @@ use tokio::sync::watch;
 
 /// A bound, ready-to-run balancer.
 pub struct Server {
-    /// The proxy and everything it shares.
-    pub proxy: Arc<Proxy>,
-    /// The admin API.
-    pub admin: Arc<Admin>,
+    proxy: Arc<Proxy>,
+    admin: Arc<Admin>,
     listener: std::sync::Mutex<Option<TcpListener>>,
     admin_listener: std::sync::Mutex<Option<TcpListener>>,
     local_addr: SocketAddr,
@@ -181,6 +179,31 @@ async fn bind(what: &str, address: &str) -> Result<TcpListener, String> {
 }
 
 impl Server {
+    /// The proxy and everything it shares.
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    /// The admin API, for the sources the wiring adds (the autoscaler's events and metrics).
+    pub fn admin(&self) -> &Arc<Admin> {
+        &self.admin
+    }
+
+    /// Reads `path` and reloads it (see [`Server::reload`]); an invalid file is refused, counted
+    /// in `ebbtide_config_reloads_total{result="error"}`, and the running config kept.
+    pub fn reload_file(&self, path: &std::path::Path) {
+        match Config::from_file(path) {
+            Ok(cfg) => self.reload(&cfg),
+            Err(errors) => {
+                self.proxy
+                    .counters
+                    .reloads_failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!("config reload refused; keeping the running config:\n{errors}")
+            }
+        }
+    }
+
     /// Builds everything from `cfg` and binds both listeners (an address with port 0 gets a free
     /// port; [`Server::local_addr`] tells which).
     pub async fn bind(cfg: &Config) -> Result<Server, String> {

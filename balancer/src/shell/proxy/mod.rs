@@ -56,19 +56,19 @@ use std::sync::{Arc, RwLock};
 /// Everything a request needs, shared by all connections.
 pub struct Proxy {
     /// The fleet.
-    pub registry: Arc<Registry>,
+    pub(crate) registry: Arc<Registry>,
     /// Slots and the wait queue.
-    pub dispatcher: Arc<Dispatcher>,
+    pub(crate) dispatcher: Arc<Dispatcher>,
     /// The sliding window behind `/api/v1/signals`.
-    pub signals: SignalWindow,
+    pub(crate) signals: SignalWindow,
     /// `ebbtide_request_duration_seconds`.
-    pub duration: LatencyHistogram,
+    pub(crate) duration: LatencyHistogram,
     /// Counters of requests that ended in the balancer.
-    pub counters: ProxyCounters,
+    pub(crate) counters: ProxyCounters,
     /// The proxy's clock.
-    pub clock: Clock,
+    pub(crate) clock: Clock,
     /// Keys of `Idempotency-Key` requests.
-    pub idempotency: IdempotencyCache,
+    pub(crate) idempotency: IdempotencyCache,
     live: RwLock<Arc<Live>>,
 }
 
@@ -80,6 +80,21 @@ struct Live {
 }
 
 impl Proxy {
+    /// The fleet.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Slots and the wait queue.
+    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.dispatcher
+    }
+
+    /// The proxy's clock: core time, as its signals are stamped.
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
     /// A proxy over `registry` and `dispatcher`.
     pub fn new(
         registry: Arc<Registry>,
