@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine as on a used one: installs and starts what the tests
+# need (they never skip because a tool is absent), then runs every test of the workspace.
+# Usage: bash scripts/test.sh [extra cargo test arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+have() { command -v "$1" >/dev/null 2>&1; }
+# The Docker provider's tests run real containers.
+have docker || need_apt+=(docker.io)
+have docker-compose || need_apt+=(docker-compose)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "== installing ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# The Docker Engine must answer before the container tests start.
+if ! docker info >/dev/null 2>&1; then
+  echo "== starting the Docker daemon"
+  if have service; then service docker start >/dev/null 2>&1 || true; fi
+  if ! docker info >/dev/null 2>&1; then
+    (dockerd >/tmp/ebbtide-dockerd.log 2>&1 &)
+  fi
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || { echo "the Docker daemon did not start (see /tmp/ebbtide-dockerd.log)" >&2; exit 1; }
+fi
+
+echo "== cargo test --workspace"
+cargo test --workspace "$@"
