@@ -361,3 +361,87 @@ pub fn signals_snapshot(proxy: &Proxy, now: Nanos) -> api::Signals {
         window_seconds: window.window_seconds,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Lines(&'static str);
+
+    impl MetricsSource for Lines {
+        fn render(&self, out: &mut String) {
+            out.push_str(self.0);
+        }
+    }
+
+    fn get(path: &str, token: Option<&str>) -> Request<()> {
+        let mut b = Request::get(path);
+        if let Some(t) = token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        b.body(()).unwrap()
+    }
+
+    fn status(r: Option<AdminResponse>) -> Option<u16> {
+        r.map(|r| r.status().as_u16())
+    }
+
+    #[test]
+    fn the_base_checks_the_token_on_everything_but_healthz() {
+        let base = AdminBase::new(Some("s3cret".into()));
+        base.add_metrics(Arc::new(Lines("a 1\n")));
+        base.add_metrics(Arc::new(Lines("b 2\n")));
+        let own = &["/api/v1/signals"];
+        assert_eq!(status(base.answer(&get("/healthz", None), own)), Some(200));
+        assert_eq!(status(base.answer(&get("/metrics", None), own)), Some(401));
+        assert_eq!(
+            status(base.answer(&get("/metrics", Some("s3cre")), own)),
+            Some(401),
+            "a prefix of the token is not the token"
+        );
+        assert_eq!(
+            status(base.answer(&get("/api/v1/signals", Some("nope")), own)),
+            Some(401),
+            "the caller's own routes are behind the token too"
+        );
+        let r = base.answer(&get("/metrics", Some("s3cret")), own).unwrap();
+        assert_eq!(r.status(), 200);
+        let body = futures_body(r);
+        assert_eq!(body, "a 1\nb 2\n", "every source, in the order added");
+        assert!(
+            base.answer(&get("/api/v1/signals", Some("s3cret")), own)
+                .is_none(),
+            "the caller's own route is the caller's to answer"
+        );
+        assert_eq!(
+            status(base.answer(&get("/nowhere", Some("s3cret")), own)),
+            Some(404)
+        );
+        let post = Request::post("/metrics")
+            .header(header::AUTHORIZATION, "Bearer s3cret")
+            .body(())
+            .unwrap();
+        assert_eq!(status(base.answer(&post, own)), Some(405));
+    }
+
+    #[test]
+    fn without_a_token_everything_is_open_and_events_are_empty() {
+        let base = AdminBase::new(None);
+        let r = base.answer(&get("/api/v1/events", None), &[]).unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(futures_body(r).trim(), "[]");
+    }
+
+    fn futures_body(r: AdminResponse) -> String {
+        use http_body::Body;
+        let mut body = std::pin::pin!(r.into_body());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut out = Vec::new();
+        while let std::task::Poll::Ready(Some(Ok(frame))) = body.as_mut().poll_frame(&mut cx) {
+            if let Ok(data) = frame.into_data() {
+                out.extend_from_slice(&data);
+            }
+        }
+        String::from_utf8(out).unwrap()
+    }
+}
