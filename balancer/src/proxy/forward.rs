@@ -9,7 +9,7 @@ use super::local::LocalAnswer;
 use super::retry::{self, is_idempotent, Attempt, TryOutcome, Verdict};
 use super::{Live, Peer, Proxy};
 use crate::body::ProxyBody;
-use crate::dispatch::Shed;
+use crate::dispatch::{Shed, Tried};
 use crate::pool::UpstreamBody;
 use crate::registry::Backend;
 use crate::retry_budget::RetryBudget;
@@ -72,7 +72,7 @@ impl Proxy {
         };
         let deadline = (!retries.deadline.0.is_zero()).then(|| start + retries.deadline.as_nanos());
         let budget = &live.budget;
-        let mut avoid = None;
+        let mut tried = Tried::new();
         let mut attempt = 0;
         let mut reached = false;
         let mut kept = None;
@@ -88,7 +88,7 @@ impl Proxy {
                 max_attempts,
                 deadline_passed,
             };
-            let slot = match self.dispatcher.acquire(key, avoid).await {
+            let slot = match self.dispatcher.acquire(key, tried).await {
                 Ok(s) => s,
                 Err(shed) => {
                     let resp = self.shed(start, shed);
@@ -181,7 +181,8 @@ impl Proxy {
             let deadline_passed = deadline.is_some_and(|d| now >= d);
             let verdict = match retry::verdict(outcome, facts(deadline_passed)) {
                 Verdict::Retry if self.budget_allows(budget, now) => {
-                    avoid = Some(backend.id);
+                    tried.insert(backend.id);
+                    tracing::debug!(backend = %backend.address, attempt, ?outcome, "retrying on another backend");
                     continue;
                 }
                 Verdict::Retry => retry::without_retry(outcome),
