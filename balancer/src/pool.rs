@@ -10,6 +10,7 @@
 //! once to learn whether the backend closed it meanwhile.
 
 use crate::clock::Clock;
+use crate::proxy::{ClientBody, ClientBodyError};
 use bytes::Bytes;
 use ebbtide_config::time::Nanos;
 use http_body::{Body, Frame, SizeHint};
@@ -32,7 +33,7 @@ pub enum UpstreamBody {
     /// A body read whole, so the request can be sent again.
     Full(Option<Bytes>),
     /// The client's body, streamed through.
-    Stream(Incoming),
+    Stream(ClientBody),
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -58,12 +59,12 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
             UpstreamBody::Empty => Poll::Ready(None),
             UpstreamBody::Full(b) => Poll::Ready(

@@ -44,6 +44,12 @@ fn settings(cfg: &Config) -> ProxySettings {
         retries: cfg.retries.clone(),
         idempotency: cfg.idempotency.clone(),
         outlier: cfg.outlier.clone(),
+        request_buffer: cfg.listener.request_buffer,
+        body_limits: crate::proxy::BodyLimits {
+            timeout: cfg.listener.body_read_timeout.0,
+            min_rate: cfg.listener.min_body_rate,
+        },
+        max_uri_bytes: cfg.listener.max_uri_bytes,
     }
 }
 

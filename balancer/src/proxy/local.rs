@@ -44,6 +44,13 @@ local_answers! {
     /// A body to be kept for retries ended early or ran past its `Content-Length`.
     BodyCutOff => BAD_REQUEST,
         "400 Bad Request: the request body was cut off or longer than its Content-Length\n";
+    /// The client's body broke off or was badly framed (an invalid chunk size, a reset): the
+    /// client's fault, not the backend's.
+    BadBody => BAD_REQUEST,
+        "400 Bad Request: the request body was cut off or badly framed\n";
+    /// The client's body stalled past `body_read_timeout` or fell below `min_body_rate`.
+    BodyTimeout => REQUEST_TIMEOUT,
+        "408 Request Timeout: the request body did not arrive in time\n";
     /// Every backend busy and the wait queue full (sent with `Retry-After`).
     QueueFull => SERVICE_UNAVAILABLE,
         "503 Service Unavailable: every backend is busy and the queue is full\n";
@@ -79,6 +86,15 @@ impl LocalAnswer {
     /// Its status, which is also its `code` label in `/metrics`.
     pub(crate) const fn status(self) -> StatusCode {
         self.row().0
+    }
+
+    /// Whether it answers something the client did wrong with its body: such requests are
+    /// left out of the signals' latency (a slow upload is not a slow fleet).
+    pub(crate) const fn is_client_fault(self) -> bool {
+        matches!(
+            self,
+            LocalAnswer::BadBody | LocalAnswer::BodyTimeout | LocalAnswer::BodyCutOff
+        )
     }
 
     /// Its body: the status line's words, then why, on one line.
@@ -151,7 +167,7 @@ mod tests {
 
     #[test]
     fn codes_are_those_metrics_always_listed() {
-        assert_eq!(CODES, [400, 405, 409, 413, 422, 502, 503, 504]);
+        assert_eq!(CODES, [400, 405, 408, 409, 413, 422, 502, 503, 504]);
     }
 
     #[test]

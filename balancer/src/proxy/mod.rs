@@ -17,6 +17,7 @@
 //! One concern per file:
 //! - `settings`: what a config reload may change;
 //! - `counters`: what `/metrics` and the signals count beyond a backend's answer;
+//! - `client_body`: the client's request body, bounded in time, its faults told from a backend's;
 //! - `completion`: the guard that ends a request when its response ends;
 //! - `headers`: header hygiene, `X-Forwarded-*`, the hash key;
 //! - `forward`: the try loop;
@@ -24,6 +25,7 @@
 //! - `local`: ebbtide's own answers, each with its status and text;
 //! - `idempotent`: at-most-once execution for `Idempotency-Key`.
 
+mod client_body;
 mod completion;
 mod counters;
 mod forward;
@@ -33,6 +35,7 @@ mod local;
 mod retry;
 mod settings;
 
+pub use client_body::{BodyLimits, BodyWatch, ClientBody, ClientBodyError, ClientFault};
 pub use completion::{Body, Completion};
 pub use counters::ProxyCounters;
 pub use headers::Peer;
@@ -177,6 +180,12 @@ impl Proxy {
         answer: LocalAnswer,
     ) -> Response<Body> {
         self.counters.count_local(answer);
-        answer.response(Some(self.guard(start, slot)))
+        let guard = self.guard(start, slot);
+        let guard = if answer.is_client_fault() {
+            guard.client_fault()
+        } else {
+            guard
+        };
+        answer.response(Some(guard))
     }
 }
