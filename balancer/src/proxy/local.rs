@@ -39,6 +39,8 @@ local_answers! {
     /// An `Idempotency-Key` that is empty, too long or not visible ASCII.
     BadIdempotencyKey => BAD_REQUEST,
         "400 Bad Request: Idempotency-Key must be 1 to 255 visible ASCII characters\n";
+    /// A request target longer than `[listener] max_uri_bytes`.
+    UriTooLong => URI_TOO_LONG, "414 URI Too Long: the request target is too long\n";
     /// No `Host` header and no authority in the target.
     NoHost => BAD_REQUEST, "400 Bad Request: the request has no Host\n";
     /// A body to be kept for retries ended early or ran past its `Content-Length`.
@@ -167,7 +169,7 @@ mod tests {
 
     #[test]
     fn codes_are_those_metrics_always_listed() {
-        assert_eq!(CODES, [400, 405, 408, 409, 413, 422, 502, 503, 504]);
+        assert_eq!(CODES, [400, 405, 408, 409, 413, 414, 422, 502, 503, 504]);
     }
 
     #[test]

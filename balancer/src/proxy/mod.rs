@@ -152,6 +152,11 @@ impl Proxy {
         self.counters.arrivals.fetch_add(1, Ordering::Relaxed);
         let live = self.live();
         live.budget.deposit(start);
+        let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
+            + req.uri().authority().map_or(0, |a| a.as_str().len());
+        if target_len > live.settings.max_uri_bytes {
+            return self.local(start, None, LocalAnswer::UriTooLong);
+        }
         if req.method() == Method::CONNECT {
             return self.local(start, None, LocalAnswer::ConnectNotSupported);
         }
