@@ -177,3 +177,157 @@ async fn connections_per_client_are_limited() {
     )
     .await;
 }
+
+/// What ebbtide must do with a request of the corpus.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Verdict {
+    /// Answer with this status (and then maybe close).
+    Status(u16),
+    /// Close without a response, or answer 400: either refuses the request.
+    Refuse,
+    /// Forward it: 200 from the backend, whose echo of the request must contain every `+`
+    /// string and none of the `-` ones.
+    Forward(&'static [&'static str], &'static [&'static str]),
+}
+
+use Verdict::*;
+
+/// The malformed-request corpus: (name, raw request, verdict). Each request ends with
+/// `Connection: close` where it gets that far, so one response is read per connection.
+const CORPUS: &[(&str, &str, Verdict)] = &[
+    ("valid GET", "GET /echo HTTP/1.1\r\nHost: lb.test\r\nConnection: close\r\n\r\n",
+        Forward(&["\"host\":\"lb.test\""], &[])),
+    // Host (RFC 9112 3.2)
+    ("no Host", "GET /echo HTTP/1.1\r\nConnection: close\r\n\r\n", Status(400)),
+    ("two Host headers", "GET /echo HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\nConnection: close\r\n\r\n", Status(400)),
+    ("Host list", "GET /echo HTTP/1.1\r\nHost: a, b\r\nConnection: close\r\n\r\n", Status(400)),
+    ("Host with path and query", "GET /echo HTTP/1.1\r\nHost: a/b?c\r\nConnection: close\r\n\r\n", Status(400)),
+    ("empty Host", "GET /echo HTTP/1.1\r\nHost: \r\nConnection: close\r\n\r\n", Status(400)),
+    ("Host with userinfo", "GET /echo HTTP/1.1\r\nHost: user@a.test\r\nConnection: close\r\n\r\n", Status(400)),
+    ("Host with a bad port", "GET /echo HTTP/1.1\r\nHost: a.test:8x\r\nConnection: close\r\n\r\n", Status(400)),
+    ("Host with a port", "GET /echo HTTP/1.1\r\nHost: a.test:8080\r\nConnection: close\r\n\r\n",
+        Forward(&["\"host\":\"a.test:8080\""], &[])),
+    ("Host IPv6 literal", "GET /echo HTTP/1.1\r\nHost: [2001:db8::1]:80\r\nConnection: close\r\n\r\n",
+        Forward(&["\"host\":\"[2001:db8::1]:80\""], &[])),
+    // Targets
+    ("absolute-form target replaces Host", "GET http://target.test/echo HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n",
+        Forward(&["\"host\":\"target.test\"", "\"path\":\"/echo\""], &["other.test"])),
+    ("CONNECT", "CONNECT target.test:443 HTTP/1.1\r\nHost: target.test:443\r\nConnection: close\r\n\r\n", Status(405)),
+    ("target without a slash", "GET echo HTTP/1.1\r\nHost: lb.test\r\nConnection: close\r\n\r\n", Refuse),
+    ("asterisk-form GET", "GET * HTTP/1.1\r\nHost: lb.test\r\nConnection: close\r\n\r\n", Refuse),
+    // Framing and smuggling (RFC 9112 6)
+    // hyper drops the Content-Length, reads the body as chunked and closes the connection
+    // after the response (RFC 9112 6.1; as HAProxy does): a request smuggled behind the body
+    // is never read.
+    ("Content-Length and Transfer-Encoding", "POST /upload HTTP/1.1\r\nHost: lb.test\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /echo HTTP/1.1\r\nHost: smuggled.test\r\n\r\n",
+        Forward(&["5"], &["smuggled"])),
+    ("two different Content-Lengths", "POST /upload HTTP/1.1\r\nHost: lb.test\r\nContent-Length: 5\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhello!", Refuse),
+    ("Content-Length list", "POST /upload HTTP/1.1\r\nHost: lb.test\r\nContent-Length: 5, 6\r\nConnection: close\r\n\r\nhello!", Refuse),
+    ("negative Content-Length", "POST /upload HTTP/1.1\r\nHost: lb.test\r\nContent-Length: -1\r\nConnection: close\r\n\r\n", Refuse),
+    ("Content-Length with a sign", "POST /upload HTTP/1.1\r\nHost: lb.test\r\nContent-Length: +5\r\nConnection: close\r\n\r\nhello", Refuse),
+    ("Transfer-Encoding gzip, chunked", "POST /upload HTTP/1.1\r\nHost: lb.test\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n", Status(501)),
+    ("Transfer-Encoding identity, chunked", "POST /upload HTTP/1.1\r\nHost: lb.test\r\nTransfer-Encoding: identity, chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n", Status(501)),
+    ("Transfer-Encoding split over two headers", "POST /upload HTTP/1.1\r\nHost: lb.test\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n", Status(501)),
+    ("Transfer-Encoding not ending in chunked", "POST /upload HTTP/1.1\r\nHost: lb.test\r\nTransfer-Encoding: chunked, gzip\r\nConnection: close\r\n\r\n", Refuse),
+    ("Transfer-Encoding chunked (valid)", "POST /upload HTTP/1.1\r\nHost: lb.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        Forward(&["5"], &[])),
+    ("invalid chunk size", "POST /upload HTTP/1.1\r\nHost: lb.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nG\r\nhello\r\n0\r\n\r\n", Status(400)),
+    ("chunk size overflow", "POST /upload HTTP/1.1\r\nHost: lb.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nFFFFFFFFFFFFFFFFFFFF\r\nhello\r\n0\r\n\r\n", Status(400)),
+    ("chunk without its CRLF", "POST /upload HTTP/1.1\r\nHost: lb.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhelloXX0\r\n\r\n", Status(400)),
+    ("chunk size ended by a bare LF", "POST /upload HTTP/1.1\r\nHost: lb.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\nhello\r\n0\r\n\r\n", Status(400)),
+    // Header syntax (RFC 9110 5, RFC 9112 5)
+    ("obs-fold", "GET /echo HTTP/1.1\r\nHost: lb.test\r\nX-A: b\r\n c\r\nConnection: close\r\n\r\n", Refuse),
+    ("whitespace before the colon", "GET /echo HTTP/1.1\r\nHost : lb.test\r\nConnection: close\r\n\r\n", Refuse),
+    ("invalid header name", "GET /echo HTTP/1.1\r\nHost: lb.test\r\nX@A: b\r\nConnection: close\r\n\r\n", Refuse),
+    ("invalid method", "G@T /echo HTTP/1.1\r\nHost: lb.test\r\nConnection: close\r\n\r\n", Refuse),
+    ("bare CR in a value", "GET /echo HTTP/1.1\r\nHost: lb.test\r\nX-A: b\rc\r\nConnection: close\r\n\r\n", Refuse),
+    ("NUL in a value", "GET /echo HTTP/1.1\r\nHost: lb.test\r\nX-A: b\0c\r\nConnection: close\r\n\r\n", Refuse),
+    ("bare CR as a line end", "GET /echo HTTP/1.1\rHost: lb.test\r\nConnection: close\r\n\r\n", Refuse),
+    ("header name with an underscore is dropped", "GET /echo HTTP/1.1\r\nHost: lb.test\r\nX_Forwarded_For: 6.6.6.6\r\nX_Custom: 1\r\nConnection: close\r\n\r\n",
+        Forward(&["\"x-forwarded-for\":\"127.0.0.1\""], &["6.6.6.6", "x_custom"])),
+    ("unknown HTTP version", "GET /echo HTTP/1.2\r\nHost: lb.test\r\nConnection: close\r\n\r\n", Refuse),
+    ("HTTP/2 version on HTTP/1", "GET /echo HTTP/2.0\r\nHost: lb.test\r\nConnection: close\r\n\r\n", Refuse),
+    // Hop-by-hop and upgrades
+    ("h2c upgrade is not tunnelled", "GET /echo HTTP/1.1\r\nHost: lb.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+        Forward(&[], &["upgrade", "http2-settings"])),
+    ("Connection-named header stripped", "GET /echo HTTP/1.1\r\nHost: lb.test\r\nConnection: close, X-Secret\r\nX-Secret: s\r\n\r\n",
+        Forward(&[], &["x-secret"])),
+    ("oversized header", "", Status(431)),
+];
+
+/// The corpus, each request on its own connection, with its verdict; prints the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_request_corpus() {
+    let b = test_backend("b1").await;
+    let lb = start_ebbtide(&config("", b.addr));
+    let oversized = format!(
+        "GET /echo HTTP/1.1\r\nHost: lb.test\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let mut wrong = Vec::new();
+    for &(name, raw, want) in CORPUS {
+        let raw = if raw.is_empty() {
+            oversized.as_str()
+        } else {
+            raw
+        };
+        let (status, buf) = exchange(lb.addr, raw.as_bytes()).await;
+        let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+        let ok = match want {
+            Status(s) => status == Some(s),
+            Refuse => status.is_none() || status == Some(400),
+            Forward(has, hasnt) => {
+                status == Some(200)
+                    && has.iter().all(|h| body.contains(&h.to_ascii_lowercase()))
+                    && hasnt
+                        .iter()
+                        .all(|h| !body.contains(&h.to_ascii_lowercase()))
+            }
+        };
+        println!(
+            "{:<42} want {:<12} got {:<6} {}",
+            name,
+            match want {
+                Status(s) => s.to_string(),
+                Refuse => "400/close".into(),
+                Forward(..) => "forward".into(),
+            },
+            status.map_or("close".into(), |s| s.to_string()),
+            if ok { "ok" } else { "WRONG" }
+        );
+        if !ok {
+            wrong.push(format!(
+                "{name}: got {status:?}, want {want:?}; body {body:?}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// Over HTTP/2 a `host` header that differs from `:authority` loses: `:authority` is the
+/// request's host (RFC 9113 8.3.1), and header names with `_` are dropped there too.
+#[tokio::test]
+async fn http2_authority_wins_over_a_host_header() {
+    let b = test_backend("b1").await;
+    let lb = start_ebbtide(&config("", b.addr));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    // :authority is the balancer's address (hyper's client sends the URI's authority there).
+    let req = http::Request::get(format!("http://{}/echo", lb.addr))
+        .header("host", "evil.test")
+        .header("x_forwarded_for", "6.6.6.6")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["headers"]["host"], lb.addr.to_string(), "{v}");
+    assert!(v["headers"].get("x_forwarded_for").is_none(), "{v}");
+    assert_eq!(v["headers"]["x-forwarded-for"], "127.0.0.1", "{v}");
+}

@@ -43,6 +43,19 @@ local_answers! {
     UriTooLong => URI_TOO_LONG, "414 URI Too Long: the request target is too long\n";
     /// No `Host` header and no authority in the target.
     NoHost => BAD_REQUEST, "400 Bad Request: the request has no Host\n";
+    /// Two `Host` headers, or an invalid one (a list, a path, userinfo, empty), or an invalid
+    /// authority in the target.
+    BadHost => BAD_REQUEST, "400 Bad Request: the Host is repeated or invalid\n";
+    /// A request target in a form its method does not allow (`*` but for OPTIONS, an
+    /// authority alone but for CONNECT).
+    BadTarget => BAD_REQUEST, "400 Bad Request: invalid request target\n";
+    /// `Content-Length` and `Transfer-Encoding` together, or `Transfer-Encoding` in HTTP/1.0:
+    /// framing that two hops could read differently (request smuggling).
+    AmbiguousFraming => BAD_REQUEST,
+        "400 Bad Request: ambiguous request framing (Content-Length with Transfer-Encoding)\n";
+    /// A `Transfer-Encoding` other than `chunked` alone.
+    TransferCodingNotImplemented => NOT_IMPLEMENTED,
+        "501 Not Implemented: only Transfer-Encoding: chunked is supported\n";
     /// A body to be kept for retries ended early or ran past its `Content-Length`.
     BodyCutOff => BAD_REQUEST,
         "400 Bad Request: the request body was cut off or longer than its Content-Length\n";
@@ -90,6 +103,19 @@ impl LocalAnswer {
         self.row().0
     }
 
+    /// Whether the connection must close after it: the request's body was not read, or its
+    /// framing cannot be trusted, so the next bytes on the connection are not a request.
+    pub(crate) const fn closes_connection(self) -> bool {
+        matches!(
+            self,
+            LocalAnswer::AmbiguousFraming
+                | LocalAnswer::TransferCodingNotImplemented
+                | LocalAnswer::BadBody
+                | LocalAnswer::BodyTimeout
+                | LocalAnswer::BodyCutOff
+        )
+    }
+
     /// Whether it answers something the client did wrong with its body: such requests are
     /// left out of the signals' latency (a slow upload is not a slow fleet).
     pub(crate) const fn is_client_fault(self) -> bool {
@@ -108,6 +134,10 @@ impl LocalAnswer {
     pub(crate) fn response<G: OnEnd>(self, guard: Option<G>) -> Response<ProxyBody<G>> {
         let mut resp = Response::new(ProxyBody::full(self.text(), guard));
         *resp.status_mut() = self.status();
+        if self.closes_connection() {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -169,7 +199,10 @@ mod tests {
 
     #[test]
     fn codes_are_those_metrics_always_listed() {
-        assert_eq!(CODES, [400, 405, 408, 409, 413, 414, 422, 502, 503, 504]);
+        assert_eq!(
+            CODES,
+            [400, 405, 408, 409, 413, 414, 422, 501, 502, 503, 504]
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! - `headers`: header hygiene, `X-Forwarded-*`, the hash key;
 //! - `forward`: the try loop;
 //! - `retry`: when a request may be sent again (pure: no I/O, no clock);
+//! - `strict`: what a request head must be to be forwarded (target, Host, framing);
 //! - `local`: ebbtide's own answers, each with its status and text;
 //! - `idempotent`: at-most-once execution for `Idempotency-Key`.
 
@@ -34,6 +35,7 @@ mod idempotent;
 mod local;
 mod retry;
 mod settings;
+mod strict;
 
 pub use client_body::{BodyLimits, BodyWatch, ClientBody, ClientBodyError, ClientFault};
 pub use completion::{Body, Completion};
@@ -159,6 +161,9 @@ impl Proxy {
         }
         if req.method() == Method::CONNECT {
             return self.local(start, None, LocalAnswer::ConnectNotSupported);
+        }
+        if let Err(answer) = strict::check(req.method(), req.uri(), req.version(), req.headers()) {
+            return self.local(start, None, answer);
         }
         if live.settings.idempotency.enabled {
             if let Some(key) = req.headers().get(&IDEMPOTENCY_KEY) {
