@@ -1,10 +1,13 @@
-//! Backend faults under steady load, end to end: real `ebbtide backend` processes behind the
-//! real `ebbtide serve`, on 127.0.0.1. Under every policy, a backend killed with SIGKILL mid-load
-//! costs no idempotent request: each try that fails on it is retried on a backend the request
-//! has not been sent to yet.
+//! Faults under steady load, end to end, on 127.0.0.1, with the real `ebbtide serve`.
 //!
-//! Each run prints one row of the fault table (fault, policy, sent, failed, retried); run with
-//! `--nocapture` to see it.
+//! Backend faults (real `ebbtide backend` processes killed with SIGKILL or stopped with SIGSTOP;
+//! in-process backends switched to answering only 503 or to closing connections without a
+//! response; a backend removed by scale-in), under every policy: no idempotent request fails,
+//! since each try that fails is retried on a backend the request has not been sent to yet, and
+//! the retry budget holds. Each run prints one row of the fault table (fault, policy, sent,
+//! failed, retried); run with `--nocapture` to see it.
+//!
+//! Client faults (aborted, reset, malformed and slow uploads) cost the backends nothing.
 
 mod common;
 
@@ -84,51 +87,186 @@ fn load(
         .collect()
 }
 
-/// Three backends behind `policy`; steady load; `kill -9` of one; more load.
-async fn kill_one_under_load(policy: PolicyKind) -> Tally {
-    let mut backends = Vec::new();
-    for _ in 0..3 {
-        backends.push(sim_backend(&["--service-time", "const:2ms", "--workers", "64"]).await);
+/// A backend fault, injected into one of three backends under steady load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// `kill -9` of an `ebbtide backend` process.
+    Kill9,
+    /// `SIGSTOP`: the process hangs, its sockets still accept.
+    Stop,
+    /// Every answer is 503 from then on.
+    Only503,
+    /// Every request from then on gets its connection closed without a response.
+    Reset,
+    /// Removed by scale-in: `DELETE /api/v1/backends/{id}` (drain, then remove).
+    ScaleIn,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Kill9 => "kill -9",
+            Fault::Stop => "SIGSTOP",
+            Fault::Only503 => "503 only",
+            Fault::Reset => "reset",
+            Fault::ScaleIn => "scale-in",
+        }
     }
-    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+}
+
+/// How an in-process backend answers.
+const NORMAL: u8 = 0;
+const UNAVAILABLE: u8 = 1;
+const RESET: u8 = 2;
+
+/// An in-process HTTP/1.1 backend whose behaviour can be switched: 200 after 2 ms, 503, or the
+/// connection closed without a response.
+async fn switchable_backend() -> (SocketAddr, Arc<std::sync::atomic::AtomicU8>) {
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mode = Arc::new(std::sync::atomic::AtomicU8::new(NORMAL));
+    let m = mode.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let m = m.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+                    let m = m.clone();
+                    async move {
+                        match m.load(Ordering::SeqCst) {
+                            UNAVAILABLE => Ok(http::Response::builder()
+                                .status(503)
+                                .body(http_body_util::Full::new(bytes::Bytes::from("busy")))
+                                .unwrap()),
+                            RESET => Err("reset"),
+                            _ => {
+                                tokio::time::sleep(Duration::from_millis(2)).await;
+                                Ok(http::Response::new(http_body_util::Full::new(
+                                    bytes::Bytes::from("ok"),
+                                )))
+                            }
+                        }
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, mode)
+}
+
+/// Runs one heavy test at a time: the fault runs measure retries under steady load, and two at
+/// once on two shared cores would measure each other.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Three backends behind `policy`; steady load; `fault` injected into one; more load.
+async fn fault_under_load(fault: Fault, policy: PolicyKind) -> Tally {
+    let mut procs = Vec::new();
+    let mut modes = Vec::new();
+    let addrs: Vec<SocketAddr> = if matches!(fault, Fault::Only503 | Fault::Reset) {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            let (a, m) = switchable_backend().await;
+            v.push(a);
+            modes.push(m);
+        }
+        v
+    } else {
+        for _ in 0..3 {
+            procs.push(sim_backend(&["--service-time", "const:2ms", "--workers", "64"]).await);
+        }
+        procs.iter().map(|b| b.addr).collect()
+    };
     // central_queue needs capacities; the others run on the adaptive limit, as by default.
     let capacity = (policy == PolicyKind::CentralQueue).then_some(32);
+    // A hung backend is given up on after 500 ms (the default is 30 s); a backend that answers
+    // only 503 is ejected like one that fails (count_5xx), or every third request would need a
+    // retry for ever, past any retry budget.
     let config = base_config(&format!(
-        "[balancer]\npolicy = \"{}\"\n{}",
+        "[balancer]\npolicy = \"{}\"\n[retries]\nper_try_timeout = \"500ms\"\n[outlier]\ncount_5xx = {}\n{}",
         policy.name(),
+        fault == Fault::Only503,
         backends_toml(&addrs, capacity)
     ));
     let lb = start_ebbtide(&config);
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
+    let started = std::time::Instant::now();
     let tasks = load(lb.addr, stop.clone(), sent.clone());
     tokio::time::sleep(BEFORE).await;
-    // The first backend, which the first requests' keys and ties favour: SIGKILL, no goodbye.
-    let mut victim = backends.remove(0);
-    victim.child.kill().unwrap();
-    victim.child.wait().unwrap();
+    // The first backend, which the first requests' keys and ties favour.
+    match fault {
+        Fault::Kill9 => {
+            let victim = &mut procs[0];
+            victim.child.kill().unwrap();
+            victim.child.wait().unwrap();
+        }
+        Fault::Stop => unsafe {
+            libc::kill(procs[0].child.id() as i32, libc::SIGSTOP);
+        },
+        Fault::Only503 => modes[0].store(UNAVAILABLE, Ordering::SeqCst),
+        Fault::Reset => modes[0].store(RESET, Ordering::SeqCst),
+        Fault::ScaleIn => {
+            let (_, _, body) = get(&format!("http://{}/api/v1/backends", lb.admin)).await;
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let id = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|b| b["address"] == addrs[0].to_string())
+                .unwrap()["id"]
+                .as_u64()
+                .unwrap();
+            let req = Request::delete(format!("http://{}/api/v1/backends/{id}", lb.admin))
+                .body(empty())
+                .unwrap();
+            let (status, _, _) = send(req).await;
+            assert!(status.is_success(), "DELETE: {status}");
+        }
+    }
     tokio::time::sleep(AFTER).await;
     stop.store(true, Ordering::Relaxed);
     let mut failures = Vec::new();
     for t in tasks {
         failures.extend(t.await.unwrap());
     }
+    let secs = started.elapsed().as_secs_f64();
+    if fault == Fault::Stop {
+        unsafe {
+            libc::kill(procs[0].child.id() as i32, libc::SIGCONT);
+        }
+    }
     let sent = sent.load(Ordering::Relaxed).min(MAX_REQUESTS);
+    let retried = retries_total(lb.admin).await;
+    // The retry budget: 20% of requests plus 10 a second (the defaults).
+    let budget = (0.2 * sent as f64 + 10.0 * secs.ceil()) as u64;
+    assert!(
+        retried <= budget,
+        "{} {}: {retried} retries past the budget of {budget}",
+        fault.name(),
+        policy.name()
+    );
     Tally {
         sent,
         failed: failures.len() as u64,
-        retried: retries_total(lb.admin).await,
+        retried,
         failures,
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_of_one_backend_fails_no_idempotent_request_under_any_policy() {
+/// `fault` under every policy: no idempotent request fails; prints the fault table's rows.
+async fn no_failures_under_any_policy(fault: Fault) {
+    let _one_at_a_time = SERIAL.lock().await;
     let mut bad = Vec::new();
     for policy in PolicyKind::ALL {
-        let t = kill_one_under_load(policy).await;
+        let t = fault_under_load(fault, policy).await;
         println!(
-            "fault=kill-9 policy={:<20} sent={:>6} failed={:>3} retried={:>4}",
+            "| {:<9} | {:<20} | {:>6} | {:>3} | {:>4} |",
+            fault.name(),
             policy.name(),
             t.sent,
             t.failed,
@@ -141,7 +279,8 @@ async fn kill_9_of_one_backend_fails_no_idempotent_request_under_any_policy() {
         );
         if t.failed > 0 {
             bad.push(format!(
-                "{}: {} of {} failed, e.g. {:?}",
+                "{} {}: {} of {} failed, e.g. {:?}",
+                fault.name(),
                 policy.name(),
                 t.failed,
                 t.sent,
@@ -150,6 +289,31 @@ async fn kill_9_of_one_backend_fails_no_idempotent_request_under_any_policy() {
         }
     }
     assert!(bad.is_empty(), "{bad:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_one_backend_fails_no_idempotent_request_under_any_policy() {
+    no_failures_under_any_policy(Fault::Kill9).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_backend_fails_no_idempotent_request_under_any_policy() {
+    no_failures_under_any_policy(Fault::Stop).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_answering_only_503_fails_no_idempotent_request_under_any_policy() {
+    no_failures_under_any_policy(Fault::Only503).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_resetting_connections_fails_no_idempotent_request_under_any_policy() {
+    no_failures_under_any_policy(Fault::Reset).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_in_under_load_fails_no_request_under_any_policy() {
+    no_failures_under_any_policy(Fault::ScaleIn).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -257,6 +421,7 @@ async fn hostile_upload(lb: SocketAddr, method: &str, chunked: bool, abort: Abor
 /// gets 400 (the client's fault), not 502.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aborted_reset_and_malformed_uploads_cost_the_backends_nothing() {
+    let _one_at_a_time = SERIAL.lock().await;
     let b1 = test_backend("b1").await;
     let b2 = test_backend("b2").await;
     let lb = start_ebbtide(&base_config(&format!(
@@ -321,6 +486,7 @@ async fn aborted_reset_and_malformed_uploads_cost_the_backends_nothing() {
 /// them, and the limiter never sees their time).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_uploads_leave_normal_requests_answered() {
+    let _one_at_a_time = SERIAL.lock().await;
     const SLOW: usize = 300;
     let b1 = test_backend("b1").await;
     let b2 = test_backend("b2").await;
@@ -395,6 +561,7 @@ async fn slow_uploads_leave_normal_requests_answered() {
 /// the backend: failures, state and learnt limit unchanged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_and_slow_streamed_bodies_are_the_clients_time() {
+    let _one_at_a_time = SERIAL.lock().await;
     let b1 = test_backend("b1").await;
     let lb = start_ebbtide(&listener_config(
         "request_buffer = 0\nbody_read_timeout = \"1s\"\nmin_body_rate = 0",
