@@ -124,7 +124,11 @@ impl Proxy {
             // One try: how it ended, when, and the backend's response if it answered.
             let (outcome, now, answered) = match backend.pool.checkout().await {
                 Err(e) => {
-                    self.on_failure(&backend, None);
+                    // Out of file descriptors or ports here is ebbtide's trouble, not the
+                    // backend's: no ejection for it.
+                    if !e.is_local() {
+                        self.on_failure(&backend, None);
+                    }
                     tracing::warn!(backend = %backend.address, error = %e, attempt, "no connection to the backend");
                     (TryOutcome::NoConnection, self.clock.now(), None)
                 }
