@@ -481,7 +481,7 @@ async fn aborted_reset_and_malformed_uploads_cost_the_backends_nothing() {
     );
 }
 
-/// 300 clients uploading a small body a byte a second, for up to 10 s: normal requests are
+/// 300 clients uploading a small body a byte a second (half of them chunked), for up to 10 s: normal requests are
 /// still answered (the bodies are read before a backend slot is taken, so no backend waits on
 /// them, and the limiter never sees their time).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -508,19 +508,26 @@ async fn slow_uploads_leave_normal_requests_answered() {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let mut slow = Vec::new();
-    for _ in 0..SLOW {
+    for i in 0..SLOW {
         let stop = stop.clone();
         let lb = lb.addr;
+        // Half with a Content-Length, half chunked.
+        let chunked = i % 2 == 1;
         slow.push(tokio::spawn(async move {
             let Ok(mut s) = TcpStream::connect(lb).await else {
                 return;
             };
-            let head = "POST /upload HTTP/1.1\r\nHost: lb.test\r\nContent-Length: 100\r\n\r\n";
+            let head = if chunked {
+                "POST /upload HTTP/1.1\r\nHost: lb.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+            } else {
+                "POST /upload HTTP/1.1\r\nHost: lb.test\r\nContent-Length: 100\r\n\r\n"
+            };
             if s.write_all(head.as_bytes()).await.is_err() {
                 return;
             }
+            let drip: &[u8] = if chunked { b"1\r\nx\r\n" } else { b"x" };
             for _ in 0..10 {
-                if stop.load(Ordering::Relaxed) || s.write_all(b"x").await.is_err() {
+                if stop.load(Ordering::Relaxed) || s.write_all(drip).await.is_err() {
                     return;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -594,4 +601,39 @@ async fn stalled_and_slow_streamed_bodies_are_the_clients_time() {
     assert_eq!(after[0].1, "active");
     assert_eq!(after[0].2, before[0].2, "failures: {after:?} vs {before:?}");
     assert_eq!(after[0].3, before[0].3, "limit: {after:?} vs {before:?}");
+}
+
+/// A chunked body longer than `request_buffer` is read ahead up to the buffer, then streamed
+/// with the rest: the backend gets every byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_bodies_longer_than_the_buffer_reach_the_backend_whole() {
+    let b1 = test_backend("b1").await;
+    let lb = start_ebbtide(&listener_config(
+        "request_buffer = 65536",
+        &backends_toml(&[b1.addr], None),
+    ));
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: lb.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let chunk = vec![b'x'; 50_000];
+    for _ in 0..5 {
+        s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .await
+            .unwrap();
+        s.write_all(&chunk).await.unwrap();
+        s.write_all(b"\r\n").await.unwrap();
+    }
+    s.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("250000"), "{text}");
+    assert_eq!(b1.stats.body_bytes.load(Ordering::SeqCst), 250_000);
 }

@@ -52,9 +52,9 @@ pub struct Listener {
     /// connection, the whole HTTP/2 preface and first request too); an HTTP/1 keep-alive
     /// connection that sends no new request for this long is closed too.
     pub header_read_timeout: HumanDuration,
-    /// Request bodies with a `Content-Length` up to this many bytes are read whole before a
-    /// backend slot is taken (as NGINX's request buffering), so a slow upload holds no backend;
-    /// 0 streams every body.
+    /// Request bodies up to this many bytes are read whole before a backend slot is taken (as
+    /// NGINX's request buffering), so a slow upload holds no backend; a longer body without a
+    /// `Content-Length` is read ahead this far, then streamed. 0 streams every body.
     pub request_buffer: usize,
     /// Longest silence between two reads of a request body; the request then gets 408.
     pub body_read_timeout: HumanDuration,

@@ -127,6 +127,8 @@ impl std::error::Error for ClientBodyError {
 /// to wait, so a body that is already buffered costs no timer.
 pub struct ClientBody {
     inner: Incoming,
+    /// Bytes read ahead by [`ClientBody::read_prefix`], sent before the rest.
+    prefix: bytes::BytesMut,
     limits: BodyLimits,
     start: Instant,
     last: Instant,
@@ -148,6 +150,7 @@ impl ClientBody {
         let now = Instant::now();
         ClientBody {
             inner,
+            prefix: bytes::BytesMut::new(),
             limits,
             start: now,
             last: now,
@@ -159,33 +162,35 @@ impl ClientBody {
         }
     }
 
-    fn end(&mut self) {
-        if !self.done {
-            self.done = true;
-            if let Some(w) = &self.watch {
-                w.ended_at.store(self.clock.now().max(1), Ordering::Release);
+    /// Reads ahead until the body ends (`Ok(true)`) or more than `limit` bytes were read
+    /// (`Ok(false)`); what was read is sent first when the body is then polled, or taken whole
+    /// with [`ClientBody::take_prefix`]. Trailers are dropped.
+    pub async fn read_prefix(&mut self, limit: usize) -> Result<bool, ClientBodyError> {
+        while self.prefix.len() <= limit {
+            match std::future::poll_fn(|cx| self.poll_client(cx)).await {
+                None => return Ok(true),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(f)) => {
+                    if let Ok(d) = f.into_data() {
+                        self.prefix.extend_from_slice(&d);
+                    }
+                }
             }
         }
+        Ok(false)
     }
 
-    fn fail(&mut self, e: ClientBodyError) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
-        self.done = true;
-        if let Some(w) = &self.watch {
-            w.set_fault(e.fault());
-        }
-        Poll::Ready(Some(Err(e)))
+    /// The bytes [`ClientBody::read_prefix`] read.
+    pub fn take_prefix(&mut self) -> Bytes {
+        std::mem::take(&mut self.prefix).freeze()
     }
-}
 
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = ClientBodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
+    /// The next frame from the client (not from the prefix read ahead), within the limits.
+    fn poll_client(
+        &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
-        let this = self.get_mut();
+        let this = self;
         if this.done {
             return Poll::Ready(None);
         }
@@ -226,12 +231,52 @@ impl Body for ClientBody {
         }
     }
 
+    fn end(&mut self) {
+        if !self.done {
+            self.done = true;
+            if let Some(w) = &self.watch {
+                w.ended_at.store(self.clock.now().max(1), Ordering::Release);
+            }
+        }
+    }
+
+    fn fail(&mut self, e: ClientBodyError) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        self.done = true;
+        if let Some(w) = &self.watch {
+            w.set_fault(e.fault());
+        }
+        Poll::Ready(Some(Err(e)))
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let prefix = std::mem::take(&mut this.prefix).freeze();
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        this.poll_client(cx)
+    }
+
     fn is_end_stream(&self) -> bool {
-        self.done || self.inner.is_end_stream()
+        self.prefix.is_empty() && (self.done || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let mut h = self.inner.size_hint();
+        let p = self.prefix.len() as u64;
+        h.set_lower(h.lower() + p);
+        if let Some(u) = h.upper() {
+            h.set_upper(u + p);
+        }
+        h
     }
 }
 

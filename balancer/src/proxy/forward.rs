@@ -79,10 +79,30 @@ impl Proxy {
             }
         } else {
             let w = Arc::new(BodyWatch::default());
-            let client =
+            let mut client =
                 ClientBody::new(incoming, settings.body_limits, Some(w.clone()), self.clock);
-            watch = Some(w);
-            UpstreamBody::Stream(client)
+            // No Content-Length (chunked, or HTTP/2 without one): read up to request_buffer
+            // before taking a slot; a body that ends within it is sent whole, a longer one is
+            // streamed after what was read.
+            if length.is_none() && settings.request_buffer > 0 {
+                match client.read_prefix(settings.request_buffer).await {
+                    Ok(true) => UpstreamBody::Full(Some(client.take_prefix())),
+                    Ok(false) => {
+                        watch = Some(w);
+                        UpstreamBody::Stream(client)
+                    }
+                    Err(e) => {
+                        let answer = match e {
+                            ClientBodyError::TooSlow => LocalAnswer::BodyTimeout,
+                            ClientBodyError::Read(_) => LocalAnswer::BadBody,
+                        };
+                        return self.not_reached(start, answer);
+                    }
+                }
+            } else {
+                watch = Some(w);
+                UpstreamBody::Stream(client)
+            }
         };
         let ready = self.clock.now();
         let watch = watch.as_deref();
