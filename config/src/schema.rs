@@ -86,7 +86,7 @@ impl Default for Listener {
             max_header_bytes: 32 * 1024,
             max_headers: 100,
             max_uri_bytes: 8 * 1024,
-            max_connections_per_client: 256,
+            max_connections_per_client: 1024,
             max_streams_per_connection: 100,
         }
     }
