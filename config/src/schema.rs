@@ -48,9 +48,31 @@ pub struct Config {
 pub struct Listener {
     /// Socket address clients connect to.
     pub address: String,
-    /// A client must send a request's headers within this time; an HTTP/1 keep-alive connection
-    /// that sends no new request for this long is closed too.
+    /// A client must send a request's headers within this time, counted from accept (for a new
+    /// connection, the whole HTTP/2 preface and first request too); an HTTP/1 keep-alive
+    /// connection that sends no new request for this long is closed too.
     pub header_read_timeout: HumanDuration,
+    /// Request bodies up to this many bytes are read whole before a backend slot is taken (as
+    /// NGINX's request buffering), so a slow upload holds no backend; a longer body without a
+    /// `Content-Length` is read ahead this far, then streamed. 0 streams every body.
+    pub request_buffer: usize,
+    /// Longest silence between two reads of a request body; the request then gets 408.
+    pub body_read_timeout: HumanDuration,
+    /// After `body_read_timeout` from its start, a request body must keep arriving at this many
+    /// bytes per second on average (one more second allowed per `min_body_rate` bytes
+    /// received, as Apache's mod_reqtimeout); 0: no rate limit.
+    pub min_body_rate: u64,
+    /// Largest request head (request line and headers) in bytes; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Most header fields in a request; more gets 431.
+    pub max_headers: usize,
+    /// Longest request target (URI) in bytes; longer gets 414.
+    pub max_uri_bytes: usize,
+    /// Most connections open at once from one client IP address; more are closed at accept.
+    /// 0: no limit.
+    pub max_connections_per_client: u32,
+    /// Most concurrent HTTP/2 streams on one client connection.
+    pub max_streams_per_connection: u32,
 }
 
 impl Default for Listener {
@@ -58,6 +80,14 @@ impl Default for Listener {
         Listener {
             address: "127.0.0.1:8080".into(),
             header_read_timeout: HumanDuration::from_secs(10),
+            request_buffer: 64 * 1024,
+            body_read_timeout: HumanDuration::from_secs(10),
+            min_body_rate: 1024,
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
+            max_connections_per_client: 1024,
+            max_streams_per_connection: 100,
         }
     }
 }

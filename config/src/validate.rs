@@ -694,11 +694,46 @@ fn positive(key: &str, d: Duration, out: &mut Problems) {
 }
 
 fn check_listener_timeouts(cfg: &Config, out: &mut Problems) {
-    positive(
-        "listener.header_read_timeout",
-        cfg.listener.header_read_timeout.0,
-        out,
-    );
+    let l = &cfg.listener;
+    positive("listener.header_read_timeout", l.header_read_timeout.0, out);
+    positive("listener.body_read_timeout", l.body_read_timeout.0, out);
+    if l.request_buffer > 64 * 1024 * 1024 {
+        out.add(
+            "listener.request_buffer",
+            format!(
+                "is {}; must be at most 67108864 (64 MiB): a buffered body is held in memory",
+                l.request_buffer
+            ),
+        );
+    }
+    // hyper refuses a read buffer under 8 KiB.
+    if !(8192..=1024 * 1024).contains(&l.max_header_bytes) {
+        out.add(
+            "listener.max_header_bytes",
+            format!(
+                "is {}; must be from 8192 to 1048576 (request line and headers, in bytes)",
+                l.max_header_bytes
+            ),
+        );
+    }
+    if !(1..=1000).contains(&l.max_headers) {
+        out.add(
+            "listener.max_headers",
+            format!("is {}; must be from 1 to 1000", l.max_headers),
+        );
+    }
+    if !(64..=65534).contains(&l.max_uri_bytes) {
+        out.add(
+            "listener.max_uri_bytes",
+            format!("is {}; must be from 64 to 65534", l.max_uri_bytes),
+        );
+    }
+    if l.max_streams_per_connection == 0 {
+        out.add(
+            "listener.max_streams_per_connection",
+            "is 0; must be at least 1",
+        );
+    }
 }
 
 fn check_runtime_worker_threads(cfg: &Config, out: &mut Problems) {

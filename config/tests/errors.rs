@@ -74,7 +74,8 @@ fn unknown_key_lists_the_allowed_keys() {
         "unknown key `adress`",
     );
     assert!(
-        e.message.contains("`address` or `header_read_timeout`"),
+        e.message
+            .contains("`address`, `header_read_timeout`, `request_buffer`"),
         "{e}"
     );
     assert_eq!(e.col, 1);
@@ -619,5 +620,39 @@ fn registration_lease_must_outlast_the_interval() {
         "autoscaler.registration_lease",
         4,
         "must outlast one",
+    );
+}
+
+#[test]
+fn listener_limits_are_checked_with_key_and_line() {
+    one(
+        "[listener]\naddress = \"127.0.0.1:1\"\nmax_header_bytes = 100\n",
+        "listener.max_header_bytes",
+        3,
+        "must be from 8192",
+    );
+    one(
+        "[listener]\nbody_read_timeout = \"0s\"\n",
+        "listener.body_read_timeout",
+        2,
+        "",
+    );
+    one(
+        "[listener]\n\nmax_uri_bytes = 10\n",
+        "listener.max_uri_bytes",
+        3,
+        "must be from 64",
+    );
+    one(
+        "[listener]\nmax_headers = 0\n",
+        "listener.max_headers",
+        2,
+        "must be from 1",
+    );
+    one(
+        "[listener]\nmax_streams_per_connection = 0\n",
+        "listener.max_streams_per_connection",
+        2,
+        "at least 1",
     );
 }

@@ -6,7 +6,7 @@
 //! await. Every slot released, and every fleet change, dispatches queued requests in order.
 
 use crate::clock::Clock;
-use crate::policy::Policy;
+use crate::policy::{BackendView, Candidates, Policy};
 use crate::queue::{Head, WaitQueue};
 use crate::registry::{Backend, Registry};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -35,7 +35,98 @@ impl Shed {
 
 struct Waiter {
     key: Option<u64>,
+    tried: Tried,
     tx: oneshot::Sender<Grant>,
+}
+
+/// Most backends a [`Tried`] set remembers: `retries.max_attempts` is at most 10.
+const MAX_TRIED: usize = 10;
+
+/// The backends one request has been sent to already, so that a retry goes to another one
+/// (HAProxy's `redispatch`, Envoy's previous-hosts predicate). A fixed array of backend ids: no
+/// allocation, and ids (never reused in a process) stay right when the fleet changes between
+/// tries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tried {
+    ids: [u64; MAX_TRIED],
+    len: u8,
+}
+
+impl Tried {
+    /// No backend tried yet.
+    pub const fn new() -> Self {
+        Tried {
+            ids: [0; MAX_TRIED],
+            len: 0,
+        }
+    }
+
+    /// Remembers backend `id` (beyond [`MAX_TRIED`] distinct ids, later ones are not kept).
+    pub fn insert(&mut self, id: u64) {
+        if !self.contains(id) && (self.len as usize) < MAX_TRIED {
+            self.ids[self.len as usize] = id;
+            self.len += 1;
+        }
+    }
+
+    /// Whether backend `id` was tried.
+    pub fn contains(&self, id: u64) -> bool {
+        self.ids[..self.len as usize].contains(&id)
+    }
+
+    /// Whether no backend was tried.
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The fleet with the backends already tried shown as not accepting, so that every policy
+/// passes over them (a consistent-hash key whose owner was tried goes to the next backend on
+/// the ring, as when the owner is down).
+struct Untried<'a> {
+    fleet: &'a dyn Candidates,
+    tried: &'a Tried,
+}
+
+impl Candidates for Untried<'_> {
+    fn len(&self) -> usize {
+        self.fleet.len()
+    }
+    fn view(&self, i: usize) -> BackendView {
+        let mut v = self.fleet.view(i);
+        if self.tried.contains(v.id) {
+            v.accepting = false;
+        }
+        v
+    }
+    fn generation(&self) -> u64 {
+        self.fleet.generation()
+    }
+}
+
+/// Where a request may go: the pick over the backends not yet tried while any of them is
+/// accepting (it waits for one of them when they are all full, rather than go back to one that
+/// just failed it); over every backend once all were tried. `None`: no free slot where it may go.
+fn pick_untried(
+    policy: &dyn Policy,
+    fleet: &dyn Candidates,
+    key: Option<u64>,
+    tried: &Tried,
+    now: ebbtide_config::time::Nanos,
+) -> Option<usize> {
+    if tried.is_empty() {
+        return policy.pick(fleet, key, now);
+    }
+    let untried = Untried { fleet, tried };
+    if let Some(i) = policy.pick(&untried, key, now) {
+        return Some(i);
+    }
+    let any_untried = (0..untried.len()).any(|i| untried.view(i).accepting);
+    if any_untried {
+        None
+    } else {
+        policy.pick(fleet, key, now)
+    }
 }
 
 /// A slot handed to a queued request, on its way through the waiter's channel. If the request
@@ -196,16 +287,13 @@ impl Dispatcher {
         ((ahead / rate).ceil() as u64).clamp(1, 60)
     }
 
-    /// A slot for a request with hash `key`, waiting in the queue when every backend is full.
-    /// A retry passes the backend that just failed as `avoid`: it is passed over when another
-    /// one has a free slot.
-    pub async fn acquire(
-        self: &Arc<Self>,
-        key: Option<u64>,
-        avoid: Option<u64>,
-    ) -> Result<Slot, Shed> {
+    /// A slot for a request with hash `key`, waiting in the queue when every backend it may go
+    /// to is full. A retry passes the backends it was sent to already as `tried`: it goes to one
+    /// not yet tried while any of those is accepting, and may reuse a tried one only once every
+    /// accepting backend was tried.
+    pub async fn acquire(self: &Arc<Self>, key: Option<u64>, tried: Tried) -> Result<Slot, Shed> {
         if self.queued.load(Ordering::SeqCst) == 0 {
-            if let Some(backend) = self.try_pick(key, avoid) {
+            if let Some(backend) = self.try_pick(key, &tried) {
                 return Ok(self.slot(backend));
             }
         }
@@ -213,7 +301,7 @@ impl Dispatcher {
         let ticket = {
             let mut q = self.lock_queue();
             let ticket = q
-                .push(Waiter { key, tx }, self.clock.now())
+                .push(Waiter { key, tried, tx }, self.clock.now())
                 .map_err(|_| Shed::QueueFull)?;
             self.queued.store(q.len(), Ordering::SeqCst);
             // A slot may have freed between the failed pick and the push; look again now that the
@@ -250,25 +338,18 @@ impl Dispatcher {
 
     /// A pick plus a slot, without queueing. A pick can lose a race for a backend's last slot;
     /// then it picks again, a bounded number of times.
-    fn try_pick(&self, key: Option<u64>, avoid: Option<u64>) -> Option<Arc<Backend>> {
+    fn try_pick(&self, key: Option<u64>, tried: &Tried) -> Option<Arc<Backend>> {
         let snap = self.registry.snapshot();
         let policy = self.policy();
         let now = self.clock.now();
-        let mut fallback = None;
         for _ in 0..4 {
-            let i = policy.pick(&snap.at(now), key, now)?;
+            let i = pick_untried(&*policy, &snap.at(now), key, tried, now)?;
             let b = &snap.backends[i];
-            if avoid == Some(b.id) && fallback.is_none() {
-                fallback = Some(i);
-                continue;
-            }
             if b.try_acquire() {
                 return Some(b.clone());
             }
         }
-        // Only the backend to avoid had a free slot: better it than waiting.
-        let b = &snap.backends[fallback?];
-        b.try_acquire().then(|| b.clone())
+        None
     }
 
     /// Hands free slots to queued requests, oldest first. Called when a slot is released, when the
@@ -287,7 +368,7 @@ impl Dispatcher {
                 if w.tx.is_closed() {
                     return Head::Discard;
                 }
-                let Some(i) = policy.pick(&snap.at(now), w.key, now) else {
+                let Some(i) = pick_untried(&*policy, &snap.at(now), w.key, &w.tried, now) else {
                     return Head::Stop;
                 };
                 let b = &snap.backends[i];
@@ -311,7 +392,7 @@ impl Dispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policies::CentralQueue;
+    use crate::policies::{CentralQueue, LeastOutstanding};
     use crate::registry::{BackendSpec, BackendState, Origin, RegistryConfig};
     use std::future::Future;
     use std::pin::pin;
@@ -344,6 +425,129 @@ mod tests {
         (Arc::new(d), backend)
     }
 
+    /// A dispatcher with `policy` over `n` active backends of `capacity` slots each.
+    fn fleet(
+        n: usize,
+        capacity: Option<u32>,
+        policy: Arc<dyn Policy>,
+    ) -> (Arc<Dispatcher>, Vec<Arc<Backend>>) {
+        let clock = Clock::new();
+        let registry = Arc::new(Registry::new(RegistryConfig::defaults(), clock));
+        let backends = (0..n)
+            .map(|i| {
+                registry
+                    .add_or_renew(
+                        BackendSpec {
+                            address: format!("127.0.0.1:{}", 9000 + i),
+                            capacity,
+                            weight: 1,
+                            cost_per_hour: 0.0,
+                            origin: Origin::Static,
+                            lease_until: None,
+                        },
+                        BackendState::Active,
+                    )
+                    .unwrap()
+                    .0
+            })
+            .collect();
+        let d = Dispatcher::new(registry, policy, 16, Duration::from_secs(60), clock);
+        (Arc::new(d), backends)
+    }
+
+    /// Every policy, as `[balancer] policy` builds it.
+    fn every_policy() -> Vec<Arc<dyn Policy>> {
+        ebbtide_config::PolicyKind::ALL
+            .iter()
+            .map(|&policy| {
+                let cfg = ebbtide_config::Balancer {
+                    policy,
+                    ..Default::default()
+                };
+                Arc::from(crate::policies::build(&cfg))
+            })
+            .collect()
+    }
+
+    /// A retry never goes back to a backend it was sent to while an untried one has a free
+    /// slot, whatever the policy, with or without a hash key (the key's owner may be the one
+    /// that failed), and even when the tried one looks least loaded (a dead backend has nothing
+    /// in flight).
+    #[tokio::test]
+    async fn a_retry_goes_to_a_backend_not_yet_tried() {
+        for policy in every_policy() {
+            let name = policy.name();
+            let (d, backends) = fleet(3, None, policy);
+            for key in [None, Some(1), Some(2), Some(3), Some(0xdead_beef)] {
+                for _ in 0..50 {
+                    let first = d.acquire(key, Tried::new()).await.unwrap();
+                    let mut tried = Tried::new();
+                    tried.insert(first.backend().id);
+                    // The first backend is idle again, as a dead one would be.
+                    drop(first);
+                    let second = d.acquire(key, tried).await.unwrap();
+                    assert!(!tried.contains(second.backend().id), "{name} {key:?}");
+                    tried.insert(second.backend().id);
+                    drop(second);
+                    let third = d.acquire(key, tried).await.unwrap();
+                    assert!(!tried.contains(third.backend().id), "{name} {key:?}");
+                    tried.insert(third.backend().id);
+                    drop(third);
+                    // Every backend tried: one of them is reused rather than nothing.
+                    let fourth = d.acquire(key, tried).await.unwrap();
+                    assert!(tried.contains(fourth.backend().id), "{name} {key:?}");
+                }
+            }
+            assert!(backends.iter().all(|b| b.in_flight() == 0), "{name}");
+        }
+    }
+
+    /// When the untried backends are full, a retry waits for one of their slots instead of
+    /// going back to the tried one that is free.
+    #[tokio::test]
+    async fn a_retry_waits_for_an_untried_backend_rather_than_reuse_a_tried_one() {
+        let (d, backends) = fleet(2, Some(1), Arc::new(CentralQueue::new()));
+        let busy = d.acquire(None, Tried::new()).await.unwrap();
+        let mut tried = Tried::new();
+        let other = backends.iter().find(|b| b.id != busy.backend().id).unwrap();
+        tried.insert(other.id);
+        let mut retry = pin!(d.acquire(None, tried));
+        assert!(poll_once(retry.as_mut()).is_pending());
+        assert_eq!(other.in_flight(), 0, "the tried backend is not reused");
+        let busy_id = busy.backend().id;
+        drop(busy);
+        let Poll::Ready(Ok(slot)) = poll_once(retry.as_mut()) else {
+            panic!("the freed slot of the untried backend went to the retry");
+        };
+        assert_eq!(slot.backend().id, busy_id);
+    }
+
+    /// A tried backend that left the fleet does not hold a retry back.
+    #[tokio::test]
+    async fn tried_backends_that_are_not_accepting_do_not_count() {
+        let (d, backends) = fleet(2, None, Arc::new(LeastOutstanding::new()));
+        assert!(
+            backends[1].eject(u64::MAX),
+            "active backends can be ejected"
+        );
+        let mut tried = Tried::new();
+        tried.insert(backends[0].id);
+        let slot = d.acquire(None, tried).await.unwrap();
+        assert_eq!(slot.backend().id, backends[0].id);
+    }
+
+    #[test]
+    fn tried_keeps_distinct_ids_up_to_its_bound() {
+        let mut t = Tried::new();
+        assert!(t.is_empty());
+        for id in 0..20 {
+            t.insert(id);
+            t.insert(id);
+        }
+        assert!((0..MAX_TRIED as u64).all(|id| t.contains(id)));
+        assert!(!t.contains(MAX_TRIED as u64));
+    }
+
     /// Polls once, outside any runtime's wake-ups: these tests decide the interleaving.
     fn poll_once<F: Future>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
         f.poll(&mut Context::from_waker(Waker::noop()))
@@ -352,8 +556,8 @@ mod tests {
     #[tokio::test]
     async fn a_waiter_gets_the_slot_its_predecessor_frees() {
         let (d, backend) = one_backend(1);
-        let first = d.acquire(None, None).await.unwrap();
-        let mut second = pin!(d.acquire(None, None));
+        let first = d.acquire(None, Tried::new()).await.unwrap();
+        let mut second = pin!(d.acquire(None, Tried::new()));
         assert!(poll_once(second.as_mut()).is_pending());
         assert_eq!(d.queue_depth(), 1);
         drop(first);
@@ -372,23 +576,23 @@ mod tests {
     #[tokio::test]
     async fn a_waiter_that_leaves_after_its_grant_gives_the_slot_back() {
         let (d, backend) = one_backend(1);
-        let first = d.acquire(None, None).await.unwrap();
-        let mut second = Box::pin(d.acquire(None, None));
+        let first = d.acquire(None, Tried::new()).await.unwrap();
+        let mut second = Box::pin(d.acquire(None, Tried::new()));
         assert!(poll_once(second.as_mut()).is_pending());
         drop(first);
         assert_eq!(backend.in_flight(), 1, "granted to the waiter");
         drop(second);
         assert_eq!(backend.in_flight(), 0, "given back when the waiter left");
-        assert!(d.acquire(None, None).await.is_ok());
+        assert!(d.acquire(None, Tried::new()).await.is_ok());
     }
 
     /// Same, with a third request queued behind: the slot the leaver was granted goes on to it.
     #[tokio::test]
     async fn a_slot_given_back_by_a_leaver_goes_to_the_next_waiter() {
         let (d, backend) = one_backend(1);
-        let first = d.acquire(None, None).await.unwrap();
-        let mut second = Box::pin(d.acquire(None, None));
-        let mut third = pin!(d.acquire(None, None));
+        let first = d.acquire(None, Tried::new()).await.unwrap();
+        let mut second = Box::pin(d.acquire(None, Tried::new()));
+        let mut third = pin!(d.acquire(None, Tried::new()));
         assert!(poll_once(second.as_mut()).is_pending());
         assert!(poll_once(third.as_mut()).is_pending());
         drop(first);
@@ -406,8 +610,8 @@ mod tests {
     #[tokio::test]
     async fn a_waiter_that_leaves_before_a_grant_leaves_the_queue() {
         let (d, backend) = one_backend(1);
-        let first = d.acquire(None, None).await.unwrap();
-        let mut second = Box::pin(d.acquire(None, None));
+        let first = d.acquire(None, Tried::new()).await.unwrap();
+        let mut second = Box::pin(d.acquire(None, Tried::new()));
         assert!(poll_once(second.as_mut()).is_pending());
         drop(second);
         assert_eq!(d.queue_depth(), 0);

@@ -10,6 +10,7 @@
 //! once to learn whether the backend closed it meanwhile.
 
 use crate::clock::Clock;
+use crate::proxy::{ClientBody, ClientBodyError};
 use bytes::Bytes;
 use ebbtide_config::time::Nanos;
 use http_body::{Body, Frame, SizeHint};
@@ -32,7 +33,7 @@ pub enum UpstreamBody {
     /// A body read whole, so the request can be sent again.
     Full(Option<Bytes>),
     /// The client's body, streamed through.
-    Stream(Incoming),
+    Stream(ClientBody),
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -58,12 +59,12 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
             UpstreamBody::Empty => Poll::Ready(None),
             UpstreamBody::Full(b) => Poll::Ready(
@@ -99,13 +100,43 @@ pub enum ConnectError {
     Timeout,
     /// The connect or the HTTP/1 handshake failed.
     Failed(String),
+    /// The balancer itself could not connect: out of file descriptors, memory, buffers or
+    /// local ports. Not the backend's failure: it must not be ejected for it.
+    Local(String),
+}
+
+impl ConnectError {
+    /// Whether the failure was the balancer's own, not the backend's.
+    pub fn is_local(&self) -> bool {
+        matches!(self, ConnectError::Local(_))
+    }
+
+    /// The error for a failed `connect` to `address`.
+    fn from_connect(address: &str, e: std::io::Error) -> Self {
+        let text = format!("connect to {address}: {e}");
+        let local = matches!(
+            e.kind(),
+            std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::OutOfMemory
+        ) || out_of_descriptors(&e);
+        if local {
+            ConnectError::Local(text)
+        } else {
+            ConnectError::Failed(text)
+        }
+    }
+}
+
+/// Whether `e` says this process (or the system) ran out of file descriptors or socket
+/// buffers: EMFILE, ENFILE, ENOBUFS (Linux numbers; the balancer has no `libc` dependency).
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    cfg!(target_os = "linux") && matches!(e.raw_os_error(), Some(23 | 24 | 105))
 }
 
 impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConnectError::Timeout => write!(f, "connect timed out"),
-            ConnectError::Failed(e) => write!(f, "{e}"),
+            ConnectError::Failed(e) | ConnectError::Local(e) => write!(f, "{e}"),
         }
     }
 }
@@ -240,7 +271,7 @@ impl Pool {
             tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(&self.address))
                 .await
                 .map_err(|_| ConnectError::Timeout)?
-                .map_err(|e| ConnectError::Failed(format!("connect to {}: {e}", self.address)))?;
+                .map_err(|e| ConnectError::from_connect(&self.address, e))?;
         let _ = stream.set_nodelay(true);
         let (sender, driver) = http1::handshake(TokioIo::new(stream))
             .await
@@ -314,6 +345,20 @@ pub(crate) mod test_support {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_balancers_own_exhaustion_is_not_the_backends_failure() {
+        use super::ConnectError;
+        use std::io::{Error, ErrorKind};
+        let refused = Error::from(ErrorKind::ConnectionRefused);
+        assert!(!ConnectError::from_connect("b:1", refused).is_local());
+        let no_port = Error::from(ErrorKind::AddrNotAvailable);
+        assert!(ConnectError::from_connect("b:1", no_port).is_local());
+        if cfg!(target_os = "linux") {
+            let emfile = Error::from_raw_os_error(24);
+            assert!(ConnectError::from_connect("b:1", emfile).is_local());
+        }
+    }
+
     use super::test_support::Checkin;
     use super::*;
     use crate::body::ProxyBody;

@@ -45,6 +45,12 @@ fn settings(cfg: &Config) -> ProxySettings {
         retries: cfg.retries.clone(),
         idempotency: cfg.idempotency.clone(),
         outlier: cfg.outlier.clone(),
+        request_buffer: cfg.listener.request_buffer,
+        body_limits: crate::proxy::BodyLimits {
+            timeout: cfg.listener.body_read_timeout.0,
+            min_rate: cfg.listener.min_body_rate,
+        },
+        max_uri_bytes: cfg.listener.max_uri_bytes,
     }
 }
 
@@ -334,23 +340,42 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let graceful = Arc::new(GracefulShutdown::new());
 
+        let l = &self.started.listener;
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.started.listener.header_read_timeout.0);
+            .header_read_timeout(l.header_read_timeout.0)
+            // The read buffer bounds the request head: a larger one gets 431.
+            .max_buf_size(l.max_header_bytes.max(8192));
+        if l.max_headers != 100 {
+            // hyper's default is 100 on the stack; any other number costs a heap allocation
+            // per request, so it is set only when asked for.
+            builder.http1().max_headers(l.max_headers);
+        }
         builder
             .http2()
             .timer(TokioTimer::new())
-            .keep_alive_interval(Some(Duration::from_secs(30)));
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .max_concurrent_streams(l.max_streams_per_connection)
+            .max_header_list_size(l.max_header_bytes as u32);
         let builder = Arc::new(builder);
+        let client_limits = ConnLimits {
+            first_request_timeout: Some(l.header_read_timeout.0),
+            max_per_client: l.max_connections_per_client,
+        };
+        let admin_limits = ConnLimits {
+            first_request_timeout: Some(l.header_read_timeout.0),
+            max_per_client: 0,
+        };
 
         let proxy = self.proxy.clone();
-        let clients = tokio::spawn(accept_loop(
+        let clients = tokio::spawn(accept_loop_with(
             listener,
             builder.clone(),
             graceful.clone(),
             stop_rx.clone(),
+            client_limits,
             move |peer| {
                 let proxy = proxy.clone();
                 let peer = Peer::new(peer);
@@ -362,11 +387,12 @@ impl Server {
             },
         ));
         let admin = self.admin.clone();
-        let admin_task = tokio::spawn(accept_loop(
+        let admin_task = tokio::spawn(accept_loop_with(
             admin_listener,
             builder,
             graceful.clone(),
             stop_rx.clone(),
+            admin_limits,
             move |_peer| {
                 let admin = admin.clone();
                 service_fn(move |req| {
@@ -408,14 +434,92 @@ impl Server {
     }
 }
 
-/// Accepts connections until `stop`; each is served by `make_service(peer)`. Shared by the
-/// proxy, its admin API and `ebbtide autoscale`'s admin API, so all back off alike when accept
-/// fails (out of file descriptors) instead of spinning.
+/// What a listener allows each connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// A new connection must have sent its first request's headers (and, for HTTP/2, its
+    /// preface) this long after accept, or it is closed. hyper's own header timeout starts only
+    /// with the first byte; a connection that sends nothing would be kept for ever.
+    pub first_request_timeout: Option<Duration>,
+    /// Most connections open at once from one client IP address; 0: no limit.
+    pub max_per_client: u32,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            first_request_timeout: Some(Duration::from_secs(10)),
+            max_per_client: 0,
+        }
+    }
+}
+
+/// Connections open per client IP address, for [`ConnLimits::max_per_client`].
+struct PerClient {
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
+    max: u32,
+}
+
+/// One connection counted in [`PerClient`]; uncounted when dropped.
+struct ClientConn {
+    table: Arc<PerClient>,
+    ip: std::net::IpAddr,
+}
+
+impl PerClient {
+    /// Counts a connection from `ip`, or `None` when `ip` has `max` open already.
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<ClientConn> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientConn {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientConn {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A service that notes its first call: the connection has sent a whole request head.
+struct NoteFirst<S> {
+    inner: S,
+    seen: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<S, R> hyper::service::Service<R> for NoteFirst<S>
+where
+    S: hyper::service::Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, req: R) -> Self::Future {
+        self.seen.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.inner.call(req)
+    }
+}
+
+/// [`accept_loop_with`] with the default [`ConnLimits`].
 pub async fn accept_loop<F, S, B>(
     listener: TcpListener,
     builder: Arc<auto::Builder<TokioExecutor>>,
     graceful: Arc<GracefulShutdown>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     make_service: F,
 ) where
     F: Fn(SocketAddr) -> S,
@@ -429,26 +533,106 @@ pub async fn accept_loop<F, S, B>(
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    accept_loop_with(
+        listener,
+        builder,
+        graceful,
+        stop,
+        ConnLimits::default(),
+        make_service,
+    )
+    .await
+}
+
+/// Accepts connections until `stop`; each is served by `make_service(peer)` within `limits`.
+/// Shared by the proxy, its admin API and `ebbtide autoscale`'s admin API, so all back off alike
+/// when accept fails (out of file descriptors) instead of spinning.
+pub async fn accept_loop_with<F, S, B>(
+    listener: TcpListener,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+    limits: ConnLimits,
+    make_service: F,
+) where
+    F: Fn(SocketAddr) -> S,
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let per_client = (limits.max_per_client > 0).then(|| {
+        Arc::new(PerClient {
+            open: Default::default(),
+            max: limits.max_per_client,
+        })
+    });
+    let mut last_warning: Option<std::time::Instant> = None;
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    // Out of file descriptors and the like: back off instead of spinning, and
+                    // say so once a second, not at every try.
+                    if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!(error = %e, "accept failed");
+                        last_warning = Some(std::time::Instant::now());
+                    }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
             },
             _ = stop.changed() => break,
         };
+        let counted = match &per_client {
+            Some(table) => match table.enter(peer.ip()) {
+                Some(c) => Some(c),
+                None => {
+                    tracing::debug!(%peer, "too many connections from this client; closed");
+                    continue;
+                }
+            },
+            None => None,
+        };
         let _ = stream.set_nodelay(true);
+        let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let service = NoteFirst {
+            inner: make_service(peer),
+            seen: seen.clone(),
+        };
         let conn = builder
-            .serve_connection(TokioIo::new(stream), make_service(peer))
+            .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);
+        let first_request_timeout = limits.first_request_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let _counted = counted;
+            let mut conn = std::pin::pin!(conn);
+            let result = match first_request_timeout {
+                None => conn.await,
+                Some(limit) => {
+                    let ended = tokio::select! {
+                        r = conn.as_mut() => Some(r),
+                        () = tokio::time::sleep(limit) => None,
+                    };
+                    match ended {
+                        Some(r) => r,
+                        // A request arrived in time: hyper's own timeouts take over.
+                        None if seen.load(std::sync::atomic::Ordering::Relaxed) => conn.await,
+                        None => {
+                            tracing::debug!(%peer, "no request within header_read_timeout of accept; closed");
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
         });

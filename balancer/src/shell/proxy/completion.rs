@@ -13,6 +13,10 @@ use std::sync::Arc;
 pub struct Completion {
     proxy: Arc<Proxy>,
     start: Nanos,
+    /// When the request was whole in the balancer (its body read, when it was buffered): the
+    /// signals' latency counts from here, so a slow upload is not read as a slow fleet. `None`:
+    /// a client fault, left out of the signals.
+    ready: Option<Nanos>,
     slot: Option<Slot>,
     conn: Option<Conn>,
 }
@@ -32,9 +36,22 @@ impl Completion {
         Completion {
             proxy,
             start,
+            ready: Some(start),
             slot,
             conn,
         }
+    }
+
+    /// Counts the signals' latency from `ready` (the request's body was read by then).
+    pub(super) fn ready_at(mut self, ready: Nanos) -> Self {
+        self.ready = Some(ready);
+        self
+    }
+
+    /// Leaves the request out of the signals: the client's doing, not the fleet's.
+    pub(super) fn client_fault(mut self) -> Self {
+        self.ready = None;
+        self
     }
 }
 
@@ -56,7 +73,11 @@ impl Drop for Completion {
     fn drop(&mut self) {
         let now = self.proxy.clock.now();
         let latency = now.saturating_sub(self.start);
-        self.proxy.signals.record_completion(latency, now);
+        if let Some(ready) = self.ready {
+            self.proxy
+                .signals
+                .record_completion(now.saturating_sub(ready), now);
+        }
         self.proxy
             .counters
             .completions

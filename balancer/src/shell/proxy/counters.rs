@@ -59,7 +59,7 @@ mod tests {
         let zeros: Vec<_> = c.local_counts().collect();
         assert_eq!(
             zeros,
-            [400, 405, 409, 413, 422, 502, 503, 504].map(|code| (code, 0))
+            [400, 405, 408, 409, 413, 414, 422, 501, 502, 503, 504].map(|code| (code, 0))
         );
         c.count_local(LocalAnswer::NoConnection);
         c.count_local(LocalAnswer::ClosedWithoutResponse);
@@ -74,9 +74,12 @@ mod tests {
             [
                 (400, 3),
                 (405, 0),
+                (408, 0),
                 (409, 0),
                 (413, 0),
+                (414, 0),
                 (422, 0),
+                (501, 0),
                 (502, 2),
                 (503, 1),
                 (504, 1)

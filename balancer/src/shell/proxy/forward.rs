@@ -1,6 +1,7 @@
 //! The try loop: a backend slot, a connection, the request sent, and another try where the
 //! retry rule and the retry budget allow.
 
+use super::client_body::{BodyWatch, ClientBody, ClientBodyError, ClientFault};
 use super::completion::{Body, Completion};
 use super::headers::{
     content_length, keep_headers, prepare_head, rebuild_headers, request_key, strip_hop_by_hop,
@@ -9,7 +10,7 @@ use super::local::LocalAnswer;
 use super::retry::{self, is_idempotent, Attempt, TryOutcome, Verdict};
 use super::{Live, Peer, Proxy};
 use crate::body::ProxyBody;
-use crate::dispatch::Shed;
+use crate::dispatch::{Shed, Tried};
 use crate::pool::UpstreamBody;
 use crate::registry::Backend;
 use crate::retry_budget::RetryBudget;
@@ -51,19 +52,60 @@ impl Proxy {
         let retries = &settings.retries;
         let max_attempts = retries.max_attempts.max(1);
         let idempotent = is_idempotent(&head.method);
+        // A small body (or one kept for retries) is read whole before a backend slot is taken,
+        // so a slow upload holds no backend; a larger one streams, watched so that what the
+        // client does to it is not blamed on the backend.
+        let length = content_length(&head.headers);
+        let keep_for_retry = idempotent && max_attempts > 1 && retries.buffer_limit > 0;
+        let read_whole = length.is_some_and(|n| {
+            n <= settings.request_buffer as u64
+                || (keep_for_retry && n <= retries.buffer_limit as u64)
+        });
+        let mut watch = None;
         let mut body = if incoming.is_end_stream() {
             UpstreamBody::Empty
-        } else if idempotent
-            && max_attempts > 1
-            && content_length(&head.headers).is_some_and(|n| n <= retries.buffer_limit as u64)
-        {
-            match Limited::new(incoming, retries.buffer_limit).collect().await {
+        } else if read_whole {
+            let limit = settings.request_buffer.max(retries.buffer_limit);
+            let client = ClientBody::new(incoming, settings.body_limits, None, self.clock);
+            match Limited::new(client, limit).collect().await {
                 Ok(c) => UpstreamBody::Full(Some(c.to_bytes())),
-                Err(_) => return self.not_reached(start, LocalAnswer::BodyCutOff),
+                Err(e) => {
+                    let answer = match e.downcast_ref::<ClientBodyError>() {
+                        Some(ClientBodyError::TooSlow) => LocalAnswer::BodyTimeout,
+                        _ => LocalAnswer::BodyCutOff,
+                    };
+                    return self.not_reached(start, answer);
+                }
             }
         } else {
-            UpstreamBody::Stream(incoming)
+            let w = Arc::new(BodyWatch::default());
+            let mut client =
+                ClientBody::new(incoming, settings.body_limits, Some(w.clone()), self.clock);
+            // No Content-Length (chunked, or HTTP/2 without one): read up to request_buffer
+            // before taking a slot; a body that ends within it is sent whole, a longer one is
+            // streamed after what was read.
+            if length.is_none() && settings.request_buffer > 0 {
+                match client.read_prefix(settings.request_buffer).await {
+                    Ok(true) => UpstreamBody::Full(Some(client.take_prefix())),
+                    Ok(false) => {
+                        watch = Some(w);
+                        UpstreamBody::Stream(client)
+                    }
+                    Err(e) => {
+                        let answer = match e {
+                            ClientBodyError::TooSlow => LocalAnswer::BodyTimeout,
+                            ClientBodyError::Read(_) => LocalAnswer::BadBody,
+                        };
+                        return self.not_reached(start, answer);
+                    }
+                }
+            } else {
+                watch = Some(w);
+                UpstreamBody::Stream(client)
+            }
         };
+        let ready = self.clock.now();
+        let watch = watch.as_deref();
         let replayable = body.replay().is_some();
         let per_try = if retries.per_try_timeout.0.is_zero() {
             settings.response_timeout
@@ -72,7 +114,7 @@ impl Proxy {
         };
         let deadline = (!retries.deadline.0.is_zero()).then(|| start + retries.deadline.as_nanos());
         let budget = &live.budget;
-        let mut avoid = None;
+        let mut tried = Tried::new();
         let mut attempt = 0;
         let mut reached = false;
         let mut kept = None;
@@ -88,7 +130,7 @@ impl Proxy {
                 max_attempts,
                 deadline_passed,
             };
-            let slot = match self.dispatcher.acquire(key, avoid).await {
+            let slot = match self.dispatcher.acquire(key, tried).await {
                 Ok(s) => s,
                 Err(shed) => {
                     let resp = self.shed(start, shed);
@@ -102,7 +144,11 @@ impl Proxy {
             // One try: how it ended, when, and the backend's response if it answered.
             let (outcome, now, answered) = match backend.pool.checkout().await {
                 Err(e) => {
-                    self.on_failure(&backend, None);
+                    // Out of file descriptors or ports here is ebbtide's trouble, not the
+                    // backend's: no ejection for it.
+                    if !e.is_local() {
+                        self.on_failure(&backend, None);
+                    }
                     tracing::warn!(backend = %backend.address, error = %e, attempt, "no connection to the backend");
                     (TryOutcome::NoConnection, self.clock.now(), None)
                 }
@@ -132,11 +178,12 @@ impl Proxy {
                         Some(d) => per_try.min(Duration::from_nanos(d.saturating_sub(sent_at))),
                         None => per_try,
                     };
-                    match tokio::time::timeout(limit, conn.send(up)).await {
+                    match send_within(limit, watch, self.clock, conn.send(up)).await {
                         Ok(Ok(resp)) => {
                             reached = true;
                             let now = self.clock.now();
-                            let rtt = now.saturating_sub(sent_at);
+                            // The backend's time: from when it had the whole request.
+                            let rtt = now.saturating_sub(backend_start(sent_at, watch));
                             let status = resp.status();
                             backend.count_response(status.as_u16());
                             if status.is_server_error() && settings.outlier.count_5xx {
@@ -149,8 +196,24 @@ impl Proxy {
                             };
                             (outcome, now, Some((resp, conn)))
                         }
+                        Ok(Err(e)) if watch.and_then(BodyWatch::fault).is_some() => {
+                            // The client's body broke off or stalled: its doing, not the
+                            // backend's (no failure, no latency sample, no retry).
+                            reached = true;
+                            let too_slow =
+                                watch.and_then(BodyWatch::fault) == Some(ClientFault::TooSlow);
+                            tracing::debug!(backend = %backend.address, error = %error_chain(e.error()), "client request body failed");
+                            (
+                                TryOutcome::ClientBodyFailed { too_slow },
+                                self.clock.now(),
+                                None,
+                            )
+                        }
                         Ok(Err(mut e)) => {
-                            self.on_failure(&backend, Some((sent_at, in_flight)));
+                            self.on_failure(
+                                &backend,
+                                Some((backend_start(sent_at, watch), in_flight)),
+                            );
                             if let Some(unsent) = e.take_message() {
                                 // Handed back unsent: it never reached the backend.
                                 let (p, b) = unsent.into_parts();
@@ -170,7 +233,10 @@ impl Proxy {
                         }
                         Err(_) => {
                             reached = true;
-                            self.on_failure(&backend, Some((sent_at, in_flight)));
+                            self.on_failure(
+                                &backend,
+                                Some((backend_start(sent_at, watch), in_flight)),
+                            );
                             tracing::warn!(backend = %backend.address, timeout = ?limit, "backend did not answer in time");
                             (TryOutcome::TryTimedOut, self.clock.now(), None)
                         }
@@ -181,7 +247,8 @@ impl Proxy {
             let deadline_passed = deadline.is_some_and(|d| now >= d);
             let verdict = match retry::verdict(outcome, facts(deadline_passed)) {
                 Verdict::Retry if self.budget_allows(budget, now) => {
-                    avoid = Some(backend.id);
+                    tried.insert(backend.id);
+                    tracing::debug!(backend = %backend.address, attempt, ?outcome, "retrying on another backend");
                     continue;
                 }
                 Verdict::Retry => retry::without_retry(outcome),
@@ -191,7 +258,8 @@ impl Proxy {
                 (Verdict::PassThrough, Some((mut resp, conn))) => {
                     strip_hop_by_hop(resp.headers_mut());
                     *resp.version_mut() = Version::default();
-                    let guard = Completion::new(self.clone(), start, Some(slot), Some(conn));
+                    let guard = Completion::new(self.clone(), start, Some(slot), Some(conn))
+                        .ready_at(ready);
                     resp.map(|b| ProxyBody::upstream(b, guard))
                 }
                 (Verdict::Answer(answer), _) => self.local(start, Some(slot), answer),
@@ -272,6 +340,52 @@ impl Proxy {
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         resp
+    }
+}
+
+/// When the backend had the whole request: when it was sent, or, for a streamed body, when the
+/// client's last byte was read (a slow upload is the client's time, not the backend's).
+fn backend_start(sent_at: Nanos, watch: Option<&BodyWatch>) -> Nanos {
+    watch
+        .and_then(BodyWatch::ended_at)
+        .map_or(sent_at, |t| t.max(sent_at))
+}
+
+/// `send` within `limit` of the backend having the whole request. With a streamed body the
+/// limit counts from the body's end: while the client is still sending (its pace bounded by
+/// `body_read_timeout` and `min_body_rate`), the backend is not late. `Err(())`: timed out.
+async fn send_within<F: std::future::Future>(
+    limit: Duration,
+    watch: Option<&BodyWatch>,
+    clock: crate::clock::Clock,
+    send: F,
+) -> Result<F::Output, ()> {
+    let Some(watch) = watch else {
+        return tokio::time::timeout(limit, send).await.map_err(|_| ());
+    };
+    let mut send = std::pin::pin!(send);
+    let sleep = tokio::time::sleep(limit);
+    let mut sleep = std::pin::pin!(sleep);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut send => return Ok(out),
+            () = &mut sleep => {
+                let now = clock.now();
+                let next = match (watch.fault(), watch.ended_at()) {
+                    // Still coming, or broken (hyper is failing the send): not the backend's time.
+                    (Some(_), _) | (None, None) => limit,
+                    (None, Some(ended)) => {
+                        let due = ended.saturating_add(limit.as_nanos() as u64);
+                        if due <= now {
+                            return Err(());
+                        }
+                        Duration::from_nanos(due - now)
+                    }
+                };
+                sleep.as_mut().reset(tokio::time::Instant::now() + next);
+            }
+        }
     }
 }
 

@@ -134,6 +134,24 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Drops headers whose names hold `_` (NGINX's `underscores_in_headers off`): CGI and WSGI
+/// backends read `X_Forwarded_For` and `X-Forwarded-For` as the same variable, so a client
+/// could pass one beside ebbtide's own. Most requests have none: one pass over the names finds
+/// that out first.
+fn drop_underscored(headers: &mut HeaderMap) {
+    if !headers.keys().any(|k| k.as_str().contains('_')) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -154,16 +172,18 @@ pub(super) fn prepare_head(parts: http::request::Parts, peer: &Peer) -> Result<H
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let target = Uri::from(path);
     strip_hop_by_hop(&mut headers);
-    if !headers.contains_key(header::HOST) {
-        match uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            Some(v) => {
+    drop_underscored(&mut headers);
+    // The target's authority (absolute-form, or HTTP/2's `:authority`) is the request's host:
+    // it replaces `Host` (RFC 9112 3.2.2, RFC 9113 8.3.1).
+    if let Some(a) = uri.authority() {
+        match HeaderValue::from_str(a.as_str()) {
+            Ok(v) => {
                 headers.insert(header::HOST, v);
             }
-            None => return Err(LocalAnswer::NoHost),
+            Err(_) => return Err(LocalAnswer::BadHost),
         }
+    } else if !headers.contains_key(header::HOST) {
+        return Err(LocalAnswer::NoHost);
     }
     let host = headers.get(header::HOST).cloned();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {

@@ -39,11 +39,33 @@ local_answers! {
     /// An `Idempotency-Key` that is empty, too long or not visible ASCII.
     BadIdempotencyKey => BAD_REQUEST,
         "400 Bad Request: Idempotency-Key must be 1 to 255 visible ASCII characters\n";
+    /// A request target longer than `[listener] max_uri_bytes`.
+    UriTooLong => URI_TOO_LONG, "414 URI Too Long: the request target is too long\n";
     /// No `Host` header and no authority in the target.
     NoHost => BAD_REQUEST, "400 Bad Request: the request has no Host\n";
+    /// Two `Host` headers, or an invalid one (a list, a path, userinfo, empty), or an invalid
+    /// authority in the target.
+    BadHost => BAD_REQUEST, "400 Bad Request: the Host is repeated or invalid\n";
+    /// A request target in a form its method does not allow (`*` but for OPTIONS, an
+    /// authority alone but for CONNECT).
+    BadTarget => BAD_REQUEST, "400 Bad Request: invalid request target\n";
+    /// `Content-Length` and `Transfer-Encoding` together, or `Transfer-Encoding` in HTTP/1.0:
+    /// framing that two hops could read differently (request smuggling).
+    AmbiguousFraming => BAD_REQUEST,
+        "400 Bad Request: ambiguous request framing (Content-Length with Transfer-Encoding)\n";
+    /// A `Transfer-Encoding` other than `chunked` alone.
+    TransferCodingNotImplemented => NOT_IMPLEMENTED,
+        "501 Not Implemented: only Transfer-Encoding: chunked is supported\n";
     /// A body to be kept for retries ended early or ran past its `Content-Length`.
     BodyCutOff => BAD_REQUEST,
         "400 Bad Request: the request body was cut off or longer than its Content-Length\n";
+    /// The client's body broke off or was badly framed (an invalid chunk size, a reset): the
+    /// client's fault, not the backend's.
+    BadBody => BAD_REQUEST,
+        "400 Bad Request: the request body was cut off or badly framed\n";
+    /// The client's body stalled past `body_read_timeout` or fell below `min_body_rate`.
+    BodyTimeout => REQUEST_TIMEOUT,
+        "408 Request Timeout: the request body did not arrive in time\n";
     /// Every backend busy and the wait queue full (sent with `Retry-After`).
     QueueFull => SERVICE_UNAVAILABLE,
         "503 Service Unavailable: every backend is busy and the queue is full\n";
@@ -81,6 +103,28 @@ impl LocalAnswer {
         self.row().0
     }
 
+    /// Whether the connection must close after it: the request's body was not read, or its
+    /// framing cannot be trusted, so the next bytes on the connection are not a request.
+    pub(crate) const fn closes_connection(self) -> bool {
+        matches!(
+            self,
+            LocalAnswer::AmbiguousFraming
+                | LocalAnswer::TransferCodingNotImplemented
+                | LocalAnswer::BadBody
+                | LocalAnswer::BodyTimeout
+                | LocalAnswer::BodyCutOff
+        )
+    }
+
+    /// Whether it answers something the client did wrong with its body: such requests are
+    /// left out of the signals' latency (a slow upload is not a slow fleet).
+    pub(crate) const fn is_client_fault(self) -> bool {
+        matches!(
+            self,
+            LocalAnswer::BadBody | LocalAnswer::BodyTimeout | LocalAnswer::BodyCutOff
+        )
+    }
+
     /// Its body: the status line's words, then why, on one line.
     pub(crate) const fn text(self) -> &'static str {
         self.row().1
@@ -90,6 +134,10 @@ impl LocalAnswer {
     pub(crate) fn response<G: OnEnd>(self, guard: Option<G>) -> Response<ProxyBody<G>> {
         let mut resp = Response::new(ProxyBody::full(self.text(), guard));
         *resp.status_mut() = self.status();
+        if self.closes_connection() {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -151,7 +199,10 @@ mod tests {
 
     #[test]
     fn codes_are_those_metrics_always_listed() {
-        assert_eq!(CODES, [400, 405, 409, 413, 422, 502, 503, 504]);
+        assert_eq!(
+            CODES,
+            [400, 405, 408, 409, 413, 414, 422, 501, 502, 503, 504]
+        );
     }
 
     #[test]

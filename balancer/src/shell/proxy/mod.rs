@@ -17,13 +17,16 @@
 //! One concern per file:
 //! - `settings`: what a config reload may change;
 //! - `counters`: what `/metrics` and the signals count beyond a backend's answer;
+//! - `client_body`: the client's request body, bounded in time, its faults told from a backend's;
 //! - `completion`: the guard that ends a request when its response ends;
 //! - `headers`: header hygiene, `X-Forwarded-*`, the hash key;
 //! - `forward`: the try loop;
 //! - `retry`: when a request may be sent again (pure: no I/O, no clock);
+//! - `strict`: what a request head must be to be forwarded (target, Host, framing);
 //! - `local`: ebbtide's own answers, each with its status and text;
 //! - `idempotent`: at-most-once execution for `Idempotency-Key`.
 
+mod client_body;
 mod completion;
 mod counters;
 mod forward;
@@ -32,7 +35,9 @@ mod idempotent;
 mod local;
 mod retry;
 mod settings;
+mod strict;
 
+pub use client_body::{BodyLimits, BodyWatch, ClientBody, ClientBodyError, ClientFault};
 pub use completion::{Body, Completion};
 pub use counters::ProxyCounters;
 pub use headers::Peer;
@@ -164,8 +169,16 @@ impl Proxy {
         self.counters.arrivals.fetch_add(1, Ordering::Relaxed);
         let live = self.live();
         live.budget.deposit(start);
+        let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
+            + req.uri().authority().map_or(0, |a| a.as_str().len());
+        if target_len > live.settings.max_uri_bytes {
+            return self.local(start, None, LocalAnswer::UriTooLong);
+        }
         if req.method() == Method::CONNECT {
             return self.local(start, None, LocalAnswer::ConnectNotSupported);
+        }
+        if let Err(answer) = strict::check(req.method(), req.uri(), req.version(), req.headers()) {
+            return self.local(start, None, answer);
         }
         if live.settings.idempotency.enabled {
             if let Some(key) = req.headers().get(&IDEMPOTENCY_KEY) {
@@ -192,6 +205,12 @@ impl Proxy {
         answer: LocalAnswer,
     ) -> Response<Body> {
         self.counters.count_local(answer);
-        answer.response(Some(self.guard(start, slot)))
+        let guard = self.guard(start, slot);
+        let guard = if answer.is_client_fault() {
+            guard.client_fault()
+        } else {
+            guard
+        };
+        answer.response(Some(guard))
     }
 }

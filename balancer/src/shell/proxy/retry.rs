@@ -38,6 +38,12 @@ pub(crate) enum TryOutcome {
     ClosedBeforeHeaders,
     /// No response headers within the try's time limit: the backend may be acting on it.
     TryTimedOut,
+    /// The client's body went wrong while it was being sent (cut off, reset, badly framed, too
+    /// slow): the client's doing, never retried, and not the backend's failure.
+    ClientBodyFailed {
+        /// Too slow (408) rather than broken (400).
+        too_slow: bool,
+    },
     /// The backend answered with this status.
     Answered {
         /// The response status.
@@ -97,6 +103,10 @@ pub(crate) const fn without_retry(outcome: TryOutcome) -> Verdict {
         TryOutcome::ConnectionUnusableUnsent => Verdict::Answer(LocalAnswer::NotSent),
         TryOutcome::ClosedBeforeHeaders => Verdict::Answer(LocalAnswer::ClosedWithoutResponse),
         TryOutcome::TryTimedOut => Verdict::Answer(LocalAnswer::Timeout),
+        TryOutcome::ClientBodyFailed { too_slow: false } => Verdict::Answer(LocalAnswer::BadBody),
+        TryOutcome::ClientBodyFailed { too_slow: true } => {
+            Verdict::Answer(LocalAnswer::BodyTimeout)
+        }
         TryOutcome::Answered { .. } => Verdict::PassThrough,
     }
 }
@@ -115,7 +125,7 @@ const fn would_retry(outcome: TryOutcome, attempt: Attempt) -> bool {
         // 502/503: this backend could not serve it (a gateway or an overloaded backend behind
         // it); another one may.
         | TryOutcome::Answered { status: 502 | 503 } => attempt.may_retry_if_sent(),
-        TryOutcome::Answered { .. } => false,
+        TryOutcome::Answered { .. } | TryOutcome::ClientBodyFailed { .. } => false,
     }
 }
 
@@ -130,6 +140,10 @@ mod tests {
     const UNSENT: Verdict = Verdict::Answer(LocalAnswer::NotSent);
     const CLOSED: Verdict = Verdict::Answer(LocalAnswer::ClosedWithoutResponse);
     const TIMEOUT: Verdict = Verdict::Answer(LocalAnswer::Timeout);
+    const BAD_BODY: Verdict = Verdict::Answer(LocalAnswer::BadBody);
+    const SLOW_BODY: Verdict = Verdict::Answer(LocalAnswer::BodyTimeout);
+    const BROKEN: TryOutcome = ClientBodyFailed { too_slow: false };
+    const SLOW: TryOutcome = ClientBodyFailed { too_slow: true };
     const fn answered(status: u16) -> TryOutcome {
         Answered { status }
     }
@@ -151,6 +165,10 @@ mod tests {
         (ClosedBeforeHeaders,      true,  [CLOSED,   CLOSED,     CLOSED,    CLOSED]),
         (TryTimedOut,              false, [R,        TIMEOUT,    TIMEOUT,   TIMEOUT]),
         (TryTimedOut,              true,  [TIMEOUT,  TIMEOUT,    TIMEOUT,   TIMEOUT]),
+        (BROKEN,                   false, [BAD_BODY, BAD_BODY,   BAD_BODY,  BAD_BODY]),
+        (BROKEN,                   true,  [BAD_BODY, BAD_BODY,   BAD_BODY,  BAD_BODY]),
+        (SLOW,                     false, [SLOW_BODY, SLOW_BODY, SLOW_BODY, SLOW_BODY]),
+        (SLOW,                     true,  [SLOW_BODY, SLOW_BODY, SLOW_BODY, SLOW_BODY]),
         (answered(502),            false, [R,        P,          P,         P]),
         (answered(502),            true,  [P,        P,          P,         P]),
         (answered(503),            false, [R,        P,          P,         P]),

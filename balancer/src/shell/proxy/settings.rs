@@ -1,5 +1,6 @@
 //! The settings of the proxy that a config reload may change.
 
+use super::client_body::BodyLimits;
 use ebbtide_config::HashKey;
 use std::time::Duration;
 
@@ -16,6 +17,13 @@ pub struct ProxySettings {
     pub idempotency: ebbtide_config::Idempotency,
     /// Passive outlier detection.
     pub outlier: ebbtide_config::Outlier,
+    /// Bodies with a `Content-Length` up to this many bytes are read whole before a backend
+    /// slot is taken (`[listener] request_buffer`).
+    pub request_buffer: usize,
+    /// How long a request body may take (`[listener] body_read_timeout`, `min_body_rate`).
+    pub body_limits: BodyLimits,
+    /// Longest request target (`[listener] max_uri_bytes`); longer gets 414.
+    pub max_uri_bytes: usize,
 }
 
 impl ProxySettings {
@@ -27,6 +35,12 @@ impl ProxySettings {
             retries: Default::default(),
             idempotency: Default::default(),
             outlier: Default::default(),
+            request_buffer: 64 * 1024,
+            body_limits: BodyLimits {
+                timeout: Duration::from_secs(10),
+                min_rate: 1024,
+            },
+            max_uri_bytes: 8 * 1024,
         }
     }
 }
