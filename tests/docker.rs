@@ -737,3 +737,43 @@ async fn docker_compose_up_answers_through_the_balancer_and_scales() {
         "the network is gone"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_launches_say_why_and_leave_no_container() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    ready();
+    let owned = Owned::new("fail");
+    // An image that is not on the host: nothing is pulled, and the error says so.
+    let config = docker_config(&owned.owner, "count = 1")
+        .replace(BACKEND_IMAGE, "ebbtide-no-such-image:none");
+    let mut lb = Serve::start(&config);
+    eventually_sync(
+        "the missing image reported",
+        Duration::from_secs(20),
+        || lb.log_has("ebbtide does not pull").then_some(()),
+    );
+    assert!(lb.stop(Duration::from_secs(30)));
+    assert_eq!(owned.containers(), Vec::<String>::new());
+    // A backend that exits at once (a bad flag): the launch fails fast, well before
+    // boot_timeout, and the container is removed.
+    let config = docker_config(&owned.owner, "count = 1")
+        .replace("\"--workers\", \"4\"", "\"--no-such-flag\"");
+    let started = Instant::now();
+    let mut lb = Serve::start(&config);
+    eventually_sync("the exit reported", Duration::from_secs(20), || {
+        lb.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| {
+                (l.contains("could not start a backend") || l.contains("did not become healthy"))
+                    && (l.contains("exit") || l.contains("Exited"))
+            })
+            .cloned()
+    });
+    let failed_after = started.elapsed();
+    eprintln!("a backend that exits at once failed its launch after {failed_after:?}");
+    assert!(failed_after < Duration::from_secs(20));
+    assert!(lb.stop(Duration::from_secs(30)));
+    assert_eq!(owned.containers(), Vec::<String>::new());
+}
