@@ -395,8 +395,8 @@ pub struct Provider {
     /// `docker`: labels added to each container (names starting `ebbtide.` are ebbtide's own).
     pub labels: std::collections::BTreeMap<String, String>,
     /// `docker`: the `ebbtide.owner` label of this ebbtide's containers. Containers with the same
-    /// owner that a previous run left are removed at start. Default: `admin.address`, which no
-    /// two ebbtide processes on one machine share.
+    /// owner that a previous run left are removed at start. Default: `admin-` + `admin.address`,
+    /// which no two ebbtide processes on one machine share (required when its port is 0).
     pub owner: Option<String>,
 }
 

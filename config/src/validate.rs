@@ -1104,6 +1104,13 @@ fn check_provider_docker(cfg: &Config, out: &mut Problems) {
             );
         }
     }
+    if p.owner.is_none() && cfg.admin.address.ends_with(":0") {
+        out.add(
+            "provider.owner",
+            "is required when admin.address has port 0: the default owner is the admin address, \
+             which would not tell two such ebbtide processes (and their containers) apart",
+        );
+    }
     if let Some(o) = &p.owner {
         if o.trim().is_empty() {
             out.add(

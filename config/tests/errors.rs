@@ -536,6 +536,15 @@ fn docker_provider_limits_are_checked_where_written() {
 }
 
 #[test]
+fn docker_provider_needs_an_owner_when_the_admin_port_is_0() {
+    let text = "[admin]\naddress = \"127.0.0.1:0\"\n[provider]\nkind = \"docker\"\n\
+                image = \"b:dev\"\nport = 8080\n";
+    one(text, "provider.owner", 3, "admin.address has port 0");
+    let cfg = ok(&format!("{text}owner = \"t1\"\n"));
+    assert_eq!(cfg.provider.unwrap().owner.as_deref(), Some("t1"));
+}
+
+#[test]
 fn docker_keys_belong_to_the_docker_provider() {
     one(
         "[provider]\ncommand = [\"s\", \"{port}\"]\nimage = \"b:dev\"\n",
