@@ -2,9 +2,9 @@
 //! of `ebbtide-backend:dev` (the static ebbtide binary in a scratch image), the balancer is the
 //! freshly built `ebbtide serve` on 127.0.0.1, load comes from `ebbtide load`.
 //!
-//! The images are built once by deploy/build-images.sh when they are missing (a static release
-//! build into target/static, then `docker build` of deploy/Dockerfile.scratch); set
-//! EBBTIDE_REBUILD_IMAGES=1 to rebuild them from the current sources. Without a Docker daemon
+//! The images are built by deploy/build-images.sh (a static release build into target/static,
+//! then `docker build` of deploy/Dockerfile.scratch) when they are missing or a source file is
+//! newer than that static binary, and reused otherwise; EBBTIDE_REBUILD_IMAGES=1 forces it. Without a Docker daemon
 //! these tests fail, saying so: they never skip.
 //!
 //! Every container a test makes carries its own `ebbtide.owner`; a guard removes whatever is
@@ -59,7 +59,8 @@ fn ready() {
         eprintln!("docker: daemon API {}", out.trim());
         let missing = |image: &str| !docker(&["image", "inspect", image]).0;
         let rebuild = std::env::var_os("EBBTIDE_REBUILD_IMAGES").is_some_and(|v| v == "1");
-        if rebuild || missing(BACKEND_IMAGE) || missing(EBBTIDE_IMAGE) {
+        let stale = static_binary_is_stale();
+        if rebuild || stale || missing(BACKEND_IMAGE) || missing(EBBTIDE_IMAGE) {
             let started = Instant::now();
             let status = Command::new("sh")
                 .arg(repo().join("deploy/build-images.sh"))
@@ -71,6 +72,45 @@ fn ready() {
         }
         assert!(!missing(BACKEND_IMAGE) && !missing(EBBTIDE_IMAGE));
     });
+}
+
+/// Whether the static binary the images hold is missing or older than a source file (so the
+/// images would not run the code under test); when fresh, the images are reused as they are.
+fn static_binary_is_stale() -> bool {
+    let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    let bin = repo().join(format!("target/static/{triple}/release/ebbtide"));
+    let Ok(built) = std::fs::metadata(&bin).and_then(|m| m.modified()) else {
+        return true;
+    };
+    fn newer(dir: &Path, than: std::time::SystemTime) -> bool {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return false;
+        };
+        entries.flatten().any(|e| {
+            let p = e.path();
+            let name = e.file_name();
+            if p.is_dir() {
+                name != "target" && name != ".git" && newer(&p, than)
+            } else {
+                let source = p.extension().is_some_and(|x| x == "rs")
+                    || name == "Cargo.toml"
+                    || name == "Cargo.lock";
+                source
+                    && e.metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|m| m > than)
+            }
+        })
+    }
+    let root = repo();
+    let lock = std::fs::metadata(root.join("Cargo.lock")).and_then(|m| m.modified());
+    lock.is_ok_and(|m| m > built)
+        || std::fs::metadata(root.join("Cargo.toml"))
+            .and_then(|m| m.modified())
+            .is_ok_and(|m| m > built)
+        || ["src", "config", "balancer", "autoscaler", "backend-sim"]
+            .iter()
+            .any(|d| newer(&root.join(d), built))
 }
 
 /// A name no other test or run uses.
