@@ -28,3 +28,5 @@ for stage in ebbtide backend; do
     DOCKER_BUILDKIT=0 docker build -q -f deploy/Dockerfile.scratch --target "$stage" -t "$name" "$ctx"
     echo "build-images: built $name"
 done
+# The images a rebuild replaced (now untagged), and nothing else.
+docker image prune -f --filter label=ebbtide.build=scratch >/dev/null
