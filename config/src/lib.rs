@@ -6,6 +6,7 @@
 
 pub mod autoscaler;
 mod backend_state;
+pub mod container;
 pub mod lifecycle;
 pub mod rng;
 mod schema;
@@ -25,7 +26,21 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../examples/default.toml");
 impl Config {
     /// Parses and validates TOML text; `file` is only used in error messages.
     pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigErrors> {
-        validate::load(text, file)
+        let mut cfg = validate::load(text, file)?;
+        cfg.fill_owner();
+        Ok(cfg)
+    }
+
+    /// A docker provider without `owner` labels its containers with the admin address: two
+    /// ebbtide processes on one machine cannot share it, and a restart keeps it, so the next
+    /// run finds (and removes) what a killed run left.
+    fn fill_owner(&mut self) {
+        let admin = self.admin.address.clone();
+        if let Some(p) = self.provider.as_mut() {
+            if p.kind == ProviderKind::Docker && p.owner.is_none() {
+                p.owner = Some(format!("admin-{admin}"));
+            }
+        }
     }
 
     /// Reads, parses and validates a file.

@@ -363,6 +363,8 @@ pub enum ProviderKind {
     /// The user's own launch and terminate scripts, which print JSON: for clouds and schedulers
     /// without a native provider.
     Command,
+    /// Containers on a Docker Engine, from `image`, with CPU and memory limits.
+    Docker,
 }
 
 impl ProviderKind {
@@ -371,6 +373,7 @@ impl ProviderKind {
         match self {
             ProviderKind::Local => "local",
             ProviderKind::Command => "command",
+            ProviderKind::Docker => "docker",
         }
     }
 }
@@ -382,7 +385,8 @@ pub struct Provider {
     /// How backends are started.
     pub kind: ProviderKind,
     /// The command line of one backend; `{port}` is replaced by a free loopback port. When the
-    /// first word is `ebbtide`, the running executable is used.
+    /// first word is `ebbtide`, the running executable is used. With `docker`: the container's
+    /// command (the image's CMD when left out), `{port}` replaced by `port`.
     pub command: Vec<String>,
     /// How many to start when no autoscaler decides the count.
     pub count: u32,
@@ -403,6 +407,39 @@ pub struct Provider {
     /// `command`: how long a terminate script may run before it is killed and the stop counted
     /// as failed.
     pub terminate_timeout: HumanDuration,
+    /// `docker`: the image each backend runs (required; it must be on the Docker host already:
+    /// nothing is pulled).
+    pub image: Option<String>,
+    /// `docker`: the container port the backend listens on (required). Published on
+    /// 127.0.0.1 at a free host port, unless `network` is set.
+    pub port: Option<u16>,
+    /// `docker`: a Docker network to attach each container to; the backend is then reached at
+    /// the container's address on it (for ebbtide running in a container on the same network).
+    pub network: Option<String>,
+    /// `docker`: CPUs each container may use (0.5 = half a core), enforced by its cgroup.
+    pub cpus: Option<f64>,
+    /// `docker`: memory each container may use ("64MiB"), enforced by its cgroup.
+    pub memory: Option<crate::container::ByteSize>,
+    /// `docker`: environment variables, `{ NAME = "value" }` or `["NAME=value"]`.
+    pub env: crate::container::EnvVars,
+    /// `docker`: labels added to each container (names starting `ebbtide.` are ebbtide's own).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `docker`: the `ebbtide.owner` label of this ebbtide's containers. Containers with the same
+    /// owner that a previous run left are removed at start. Default: `admin-` + `admin.address`,
+    /// which no two ebbtide processes on one machine share (required when its port is 0).
+    pub owner: Option<String>,
+}
+
+impl Provider {
+    /// The container's command for `docker`: `command`, or none (the image's CMD) when
+    /// `command` was left at the local provider's default.
+    pub fn container_command(&self) -> &[String] {
+        if self.command == Provider::default().command {
+            &[]
+        } else {
+            &self.command
+        }
+    }
 }
 
 impl Default for Provider {
@@ -431,6 +468,14 @@ impl Default for Provider {
             launch: Vec::new(),
             terminate: Vec::new(),
             terminate_timeout: HumanDuration::from_secs(60),
+            image: None,
+            port: None,
+            network: None,
+            cpus: None,
+            memory: None,
+            env: Default::default(),
+            labels: Default::default(),
+            owner: None,
         }
     }
 }

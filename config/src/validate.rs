@@ -187,7 +187,7 @@ fn serde_error(text: &str, file: &str, e: &toml::de::Error) -> ConfigError {
 /// and arrays rather than maps and sequences, ranges rather than Rust integer types; one line.
 fn reword(message: &str, key: &str) -> String {
     let mut m = message.trim().replace('\n', "; ");
-    const REWRITES: [(&str, &str); 12] = [
+    const REWRITES: [(&str, &str); 13] = [
         ("unknown field", "unknown key"),
         ("missing field", "missing required key"),
         ("unknown variant", "unknown value"),
@@ -201,6 +201,7 @@ fn reword(message: &str, key: &str) -> String {
             "expected an integer from 0 to 9223372036854775807",
         ),
         ("expected usize", "expected a non-negative integer"),
+        ("expected u16", "expected an integer from 0 to 65535"),
         ("expected f64", "expected a number"),
         ("there are no fields", "this table has no keys"),
     ];
@@ -473,6 +474,7 @@ const CHECKS: &[Check] = &[
     check_provider_capacity,
     check_provider_cost,
     check_provider_boot_timeout,
+    check_provider_docker,
     check_central_queue_capacities,
     check_health,
     check_outlier,
@@ -923,7 +925,12 @@ fn check_backend_cost(cfg: &Config, out: &mut Problems) {
 fn check_provider_scripts(cfg: &Config, out: &mut Problems) {
     let Some(p) = &cfg.provider else { return };
     match p.kind {
-        ProviderKind::Local => {
+        ProviderKind::Local | ProviderKind::Docker => {
+            let runs = if p.kind == ProviderKind::Local {
+                "\"local\", which runs provider.command"
+            } else {
+                "\"docker\", which runs provider.image"
+            };
             for (key, words) in [
                 ("provider.launch", &p.launch),
                 ("provider.terminate", &p.terminate),
@@ -931,8 +938,9 @@ fn check_provider_scripts(cfg: &Config, out: &mut Problems) {
                 if !words.is_empty() {
                     out.add(
                         key,
-                        "is only used with provider.kind = \"command\"; this provider is \"local\", \
-                         which runs provider.command",
+                        format!(
+                            "is only used with provider.kind = \"command\"; this provider is {runs}"
+                        ),
                     );
                 }
             }
@@ -1026,6 +1034,134 @@ fn check_provider_cost(cfg: &Config, out: &mut Problems) {
 fn check_provider_boot_timeout(cfg: &Config, out: &mut Problems) {
     let Some(p) = &cfg.provider else { return };
     positive("provider.boot_timeout", p.boot_timeout.0, out);
+}
+
+/// The smallest memory limit the Docker Engine accepts.
+const DOCKER_MIN_MEMORY: u64 = 6 * 1024 * 1024;
+
+fn check_provider_docker(cfg: &Config, out: &mut Problems) {
+    let Some(p) = &cfg.provider else { return };
+    if p.kind != ProviderKind::Docker {
+        let set = [
+            ("provider.image", p.image.is_some()),
+            ("provider.port", p.port.is_some()),
+            ("provider.network", p.network.is_some()),
+            ("provider.cpus", p.cpus.is_some()),
+            ("provider.memory", p.memory.is_some()),
+            ("provider.env", !p.env.is_empty()),
+            ("provider.labels", !p.labels.is_empty()),
+            ("provider.owner", p.owner.is_some()),
+        ];
+        for (key, is_set) in set {
+            if is_set {
+                out.add(
+                    key,
+                    format!(
+                        "is only used with provider.kind = \"docker\"; this provider is \"{}\"",
+                        p.kind.name()
+                    ),
+                );
+            }
+        }
+        return;
+    }
+    match &p.image {
+        None => out.add(
+            "provider.image",
+            "is required because provider.kind is \"docker\"; give the image each backend runs, \
+             e.g. \"ebbtide-backend:dev\" (it must be on the Docker host: nothing is pulled)",
+        ),
+        Some(i) if i.trim().is_empty() || i.chars().any(char::is_whitespace) => out.add(
+            "provider.image",
+            format!("`{i}` is not an image name such as \"ebbtide-backend:dev\""),
+        ),
+        Some(_) => {}
+    }
+    match p.port {
+        None => out.add(
+            "provider.port",
+            "is required because provider.kind is \"docker\"; give the container port the \
+             backend listens on, e.g. 8080",
+        ),
+        Some(0) => out.add("provider.port", "is 0; must be from 1 to 65535"),
+        Some(_) => {}
+    }
+    if let Some(n) = &p.network {
+        if n.trim().is_empty() || n.chars().any(char::is_whitespace) {
+            out.add(
+                "provider.network",
+                format!("`{n}` is not a Docker network name; leave it out to publish on 127.0.0.1"),
+            );
+        } else if matches!(n.as_str(), "host" | "none") {
+            out.add(
+                "provider.network",
+                format!(
+                    "is \"{n}\"; give a user-defined network (docker network create NAME), or \
+                     leave it out to publish on 127.0.0.1"
+                ),
+            );
+        }
+    }
+    if let Some(c) = p.cpus {
+        if !c.is_finite() || c < 0.01 {
+            out.add(
+                "provider.cpus",
+                format!("is {c}; must be at least 0.01 (CPUs per container, e.g. 0.5)"),
+            );
+        }
+    }
+    if let Some(m) = p.memory {
+        if m.0 < DOCKER_MIN_MEMORY {
+            out.add(
+                "provider.memory",
+                format!("is {m}; Docker's smallest memory limit is 6MiB (e.g. \"64MiB\")"),
+            );
+        }
+    }
+    for name in p.env.0.keys() {
+        if name.is_empty() || name.contains('=') || name.chars().any(char::is_whitespace) {
+            out.add(
+                "provider.env",
+                format!(
+                    "has a variable named `{name}`; names are non-empty, without `=` or spaces"
+                ),
+            );
+        }
+    }
+    for name in p.labels.keys() {
+        if name.starts_with("ebbtide.") {
+            out.add(
+                "provider.labels",
+                format!(
+                    "has `{name}`, a label ebbtide sets itself (ebbtide.managed, ebbtide.owner, \
+                     ebbtide.instance); choose another name"
+                ),
+            );
+        }
+    }
+    if p.owner.is_none() && cfg.admin.address.ends_with(":0") {
+        out.add(
+            "provider.owner",
+            "is required when admin.address has port 0: the default owner is the admin address, \
+             which would not tell two such ebbtide processes (and their containers) apart",
+        );
+    }
+    if let Some(o) = &p.owner {
+        if o.trim().is_empty() {
+            out.add(
+                "provider.owner",
+                "is empty; leave it out (the admin address is used) or give a name",
+            );
+        }
+    }
+    if let Some(w) = p.command.first() {
+        if w.trim().is_empty() {
+            out.add(
+                "provider.command",
+                "starts with an empty word; the first word must name the program to run",
+            );
+        }
+    }
 }
 
 fn check_central_queue_capacities(cfg: &Config, out: &mut Problems) {

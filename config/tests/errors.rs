@@ -457,6 +457,105 @@ fn provider_command_needs_words_and_a_port() {
 }
 
 #[test]
+fn docker_provider_needs_an_image_and_a_port() {
+    let errs = errors("[provider]\nkind = \"docker\"\ncapacity = 2\n");
+    let keys: Vec<_> = errs.iter().map(|e| (e.key.as_str(), e.line)).collect();
+    assert_eq!(
+        keys,
+        [("provider.image", 1), ("provider.port", 1)],
+        "{errs:#?}"
+    );
+    assert!(errs[0].message.contains("nothing is pulled"), "{}", errs[0]);
+    let cfg = ok("[provider]\nkind = \"docker\"\nimage = \"b:dev\"\nport = 8080\n");
+    let p = cfg.provider.unwrap();
+    assert!(
+        p.container_command().is_empty(),
+        "left out: the image's CMD"
+    );
+    assert_eq!(p.owner.as_deref(), Some("admin-127.0.0.1:9901"));
+}
+
+#[test]
+fn docker_provider_limits_are_checked_where_written() {
+    let head = "[provider]\nkind = \"docker\"\nimage = \"b:dev\"\nport = 8080\n";
+    one(
+        &format!("{head}cpus = 0\n"),
+        "provider.cpus",
+        5,
+        "at least 0.01",
+    );
+    one(
+        &format!("{head}memory = \"1MiB\"\n"),
+        "provider.memory",
+        5,
+        "smallest memory limit is 6MiB",
+    );
+    one(
+        &format!("{head}memory = \"64 parsecs\"\n"),
+        "provider.memory",
+        5,
+        "unknown unit",
+    );
+    one(
+        "[provider]\nkind = \"docker\"\nimage = \"b:dev\"\nport = 70000\n",
+        "provider.port",
+        4,
+        "from 0 to 65535",
+    );
+    one(
+        &format!("{head}network = \"host\"\n"),
+        "provider.network",
+        5,
+        "user-defined network",
+    );
+    one(
+        &format!("{head}env = [\"RUST_LOG\"]\n"),
+        "provider.env",
+        5,
+        "not NAME=value",
+    );
+    one(
+        &format!("{head}labels = {{ \"ebbtide.owner\" = \"x\" }}\n"),
+        "provider.labels",
+        5,
+        "ebbtide sets itself",
+    );
+    one(
+        &format!("{head}launch = [\"a.sh\"]\n"),
+        "provider.launch",
+        5,
+        "only used with provider.kind = \"command\"",
+    );
+    let cfg = ok(&format!(
+        "{head}cpus = 0.5\nmemory = \"64MiB\"\nenv = [\"A=1\"]\nowner = \"web\"\n\
+         command = [\"backend\", \"--listen\", \"0.0.0.0:{{port}}\"]\n"
+    ));
+    let p = cfg.provider.unwrap();
+    assert_eq!(p.memory.unwrap().0, 64 << 20);
+    assert_eq!(p.owner.as_deref(), Some("web"));
+    assert_eq!(p.container_command().len(), 3);
+}
+
+#[test]
+fn docker_provider_needs_an_owner_when_the_admin_port_is_0() {
+    let text = "[admin]\naddress = \"127.0.0.1:0\"\n[provider]\nkind = \"docker\"\n\
+                image = \"b:dev\"\nport = 8080\n";
+    one(text, "provider.owner", 3, "admin.address has port 0");
+    let cfg = ok(&format!("{text}owner = \"t1\"\n"));
+    assert_eq!(cfg.provider.unwrap().owner.as_deref(), Some("t1"));
+}
+
+#[test]
+fn docker_keys_belong_to_the_docker_provider() {
+    one(
+        "[provider]\ncommand = [\"s\", \"{port}\"]\nimage = \"b:dev\"\n",
+        "provider.image",
+        3,
+        "only used with provider.kind = \"docker\"; this provider is \"local\"",
+    );
+}
+
+#[test]
 fn provider_count_at_most_1000() {
     one(
         "[provider]\ncount = 1001\n",

@@ -33,6 +33,7 @@ fn every_example_loads_without_error() {
         "central-queue.toml",
         "consistent-hash.toml",
         "default.toml",
+        "docker.toml",
         "reference.toml",
         "static-backends.toml",
     ] {
@@ -87,6 +88,17 @@ fn examples_mean_what_their_names_say() {
         r.autoscaler.as_ref().unwrap().balancers,
         vec!["http://127.0.0.1:9901".to_string()]
     );
+    let d = example("docker.toml");
+    let p = d.provider.as_ref().unwrap();
+    assert_eq!(p.kind, ProviderKind::Docker);
+    assert_eq!(p.image.as_deref(), Some("ebbtide-backend:dev"));
+    assert_eq!((p.port, p.cpus), (Some(8080), Some(0.5)));
+    assert_eq!(p.memory.map(|m| m.0), Some(64 << 20));
+    assert_eq!(p.container_command()[0], "backend");
+    assert_eq!(p.env.to_list(), ["RUST_LOG=info"]);
+    // No owner written: the admin address names this ebbtide's containers.
+    assert_eq!(p.owner.as_deref(), Some("admin-127.0.0.1:9901"));
+
     let h = example("consistent-hash.toml");
     assert_eq!(h.balancer.policy, PolicyKind::ConsistentHash);
     assert_eq!(h.balancer.hash_key, HashKey::Header("x-user".into()));
@@ -147,7 +159,18 @@ fn reference_lists_every_key() {
     full.health.path = Some("/healthz".into());
     full.autoscaler.as_mut().unwrap().overload_max_queue = Some(100);
     full.backends[0].capacity = Some(1);
-    full.provider.as_mut().unwrap().capacity = Some(1);
+    {
+        let p = full.provider.as_mut().unwrap();
+        p.capacity = Some(1);
+        p.image = Some("i".into());
+        p.port = Some(1);
+        p.network = Some("n".into());
+        p.cpus = Some(1.0);
+        p.memory = Some(ebbtide_config::container::ByteSize(1 << 20));
+        p.env.0.insert("RUST_LOG".into(), "info".into());
+        p.labels.insert("team".into(), "web".into());
+        p.owner = Some("o".into());
+    }
     full.autoscaler.as_mut().unwrap().balancer_token = Some("t".into());
     let mut schema = BTreeSet::new();
     leaf_keys("", &toml::Value::try_from(&full).unwrap(), &mut schema);

@@ -9,9 +9,11 @@
 //! endpoints that vanished without being asked to; `list` is the endpoints.
 
 pub mod command;
+pub mod docker;
 pub mod local;
 
 pub use command::CommandProvider;
+pub use docker::DockerProvider;
 pub use local::LocalProvider;
 
 use std::future::Future;
@@ -34,7 +36,7 @@ pub type ProviderFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Starts and stops backends. Implementations keep their own table of what they started.
 pub trait Provider: Send + Sync {
-    /// The config name of this kind (`local`, `command`), for logs.
+    /// The config name of this kind (`local`, `command`, `docker`), for logs.
     fn kind(&self) -> &'static str;
 
     /// Starts one backend and returns once it has an address; it may still be booting.
@@ -58,6 +60,12 @@ pub trait Provider: Send + Sync {
 
     /// Stops every instance, for the end of the run.
     fn shutdown(&self) -> ProviderFuture<'_, ()>;
+
+    /// Measured launch-to-healthy times of recent launches, oldest first, for the cost rules'
+    /// look-ahead in place of a configured guess. Providers that do not measure return none.
+    fn boot_times(&self) -> Vec<Duration> {
+        Vec::new()
+    }
 }
 
 /// Whether the backend at an address answers its health check now. The wiring hands in the
@@ -72,6 +80,7 @@ pub fn build(cfg: &ebbtide_config::Provider, probe: Probe) -> Result<Box<dyn Pro
             Box::new(LocalProvider::new(&cfg.command, cfg.boot_timeout.0, probe)?)
         }
         ebbtide_config::ProviderKind::Command => Box::new(CommandProvider::new(cfg, probe)?),
+        ebbtide_config::ProviderKind::Docker => Box::new(DockerProvider::new(cfg, probe)?),
     })
 }
 
