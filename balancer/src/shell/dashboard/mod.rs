@@ -1,0 +1,306 @@
+//! The live dashboard of every admin listener: the page (`GET /`, one HTML file compiled into
+//! the binary: no build step, no CDN, works offline) and the Server-Sent Events it reads
+//! (`GET /api/v1/stream`), each event one [`api::Snapshot`].
+//!
+//! A stream is its response body, and nothing else: no task is spawned per client. The body
+//! wakes on its own timer, takes a snapshot when polled and yields it when something changed, or
+//! a keep-alive comment when nothing did for a while; when the client goes away hyper drops the
+//! body and the stream is gone with it. [`LiveStreams`] counts the bodies alive
+//! (`ebbtide_admin_streams` in `/metrics`), which is how the tests see that none leaks.
+
+use crate::admin::EventSource;
+use crate::api;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use std::collections::hash_map::DefaultHasher;
+use std::convert::Infallible;
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The page, as served at `GET /`.
+pub const PAGE: &str = include_str!("index.html");
+
+/// How often a stream looks for a change (it pushes at most this often).
+pub const CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// A comment line (`: keep-alive`) after this long without an event, so that proxies and
+/// browsers keep an idle stream open. `?keepalive_ms=N` on the stream URL overrides it (100 ms
+/// to 60 s), for tests that cannot wait.
+pub const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// What the stream shows of the fleet: the balancer's own registry and signals (`ebbtide
+/// serve`), or the balancers an autoscaler manages (`ebbtide autoscale`).
+pub trait FleetSource: Send + Sync {
+    /// The signals now; `None` when unknown (no balancer answered).
+    fn signals(&self) -> Option<api::Signals>;
+    /// The backends now.
+    fn backends(&self) -> Vec<api::BackendInfo>;
+    /// Retries since start (0 where unknown).
+    fn retries_total(&self) -> u64 {
+        0
+    }
+}
+
+/// The number of streams alive, shared by an admin listener and its streams' bodies.
+#[derive(Debug, Default, Clone)]
+pub struct LiveStreams(Arc<AtomicUsize>);
+
+impl LiveStreams {
+    /// Streams open now.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn enter(&self) -> LiveGuard {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        LiveGuard(self.0.clone())
+    }
+}
+
+struct LiveGuard(Arc<AtomicUsize>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a stream reads its snapshots from.
+#[derive(Clone)]
+pub struct Feed {
+    /// The fleet, when the listener has one.
+    pub fleet: Option<Arc<dyn FleetSource>>,
+    /// The autoscaler, when there is one.
+    pub events: Option<Arc<dyn EventSource>>,
+}
+
+impl Feed {
+    /// The snapshot now, with the events whose `last_at` is after `cursor` (all of them for
+    /// `None`); also the new cursor and the newest event's `at` (a new decision, as opposed
+    /// to one more hold in a run of them).
+    pub fn snapshot(&self, cursor: Option<u64>) -> (api::Snapshot, Option<u64>, u64) {
+        let mut cursor = cursor;
+        let mut newest = 0;
+        let backends = self
+            .fleet
+            .as_ref()
+            .map(|f| f.backends())
+            .unwrap_or_default();
+        let mut events = Vec::new();
+        let mut autoscaler = None;
+        if let Some(src) = &self.events {
+            // Newest first from the source; oldest first on the wire.
+            let seen = cursor;
+            for e in src.events().into_iter().rev() {
+                let last = e.get("last_at").and_then(|v| v.as_u64()).unwrap_or(0);
+                newest = newest.max(e.get("at").and_then(|v| v.as_u64()).unwrap_or(0));
+                if seen.is_none_or(|c| last > c) {
+                    events.push(e);
+                    cursor = Some(cursor.map_or(last, |c| c.max(last)));
+                }
+            }
+            autoscaler = src.summary().map(|mut s| {
+                s.cost_per_hour = backends
+                    .iter()
+                    .filter(|b| b.state != api::BackendState::Ejected || b.in_flight > 0)
+                    .map(|b| b.cost_per_hour)
+                    .sum();
+                s
+            });
+        }
+        let snapshot = api::Snapshot {
+            unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            signals: self.fleet.as_ref().and_then(|f| f.signals()),
+            retries_total: self.fleet.as_ref().map_or(0, |f| f.retries_total()),
+            backends,
+            events,
+            autoscaler,
+        };
+        (snapshot, cursor.or(Some(0)), newest)
+    }
+}
+
+/// What changes when something happens (not the clock alone, nor one more hold in a run of
+/// them): a push is due when this does.
+fn fingerprint(s: &api::Snapshot, newest_event: u64) -> u64 {
+    let mut h = DefaultHasher::new();
+    if let Some(sig) = &s.signals {
+        (
+            sig.arrivals_total,
+            sig.completions_total,
+            sig.arrivals,
+            sig.completions,
+            sig.in_flight,
+            sig.queue_depth,
+            sig.shed_total,
+            sig.shed,
+        )
+            .hash(&mut h);
+        (
+            sig.backends.active,
+            sig.backends.starting,
+            sig.backends.draining,
+            sig.backends.ejected,
+        )
+            .hash(&mut h);
+    }
+    s.retries_total.hash(&mut h);
+    for b in &s.backends {
+        (b.id, &b.address, b.in_flight, b.requests, b.failures).hash(&mut h);
+        (b.state as u8, b.capacity, b.learnt_limit).hash(&mut h);
+    }
+    newest_event.hash(&mut h);
+    if let Some(a) = &s.autoscaler {
+        (&a.decider, &a.mode, a.desired).hash(&mut h);
+    }
+    h.finish()
+}
+
+/// The body of one `GET /api/v1/stream` response.
+pub struct SseBody {
+    feed: Feed,
+    tick: tokio::time::Interval,
+    keepalive: Duration,
+    last_sent: Instant,
+    last_print: Option<u64>,
+    cursor: Option<u64>,
+    _live: LiveGuard,
+}
+
+impl SseBody {
+    /// A stream of `feed`'s snapshots, counted in `live` while it exists.
+    pub fn new(feed: Feed, keepalive: Duration, live: &LiveStreams) -> SseBody {
+        let mut tick = tokio::time::interval(CHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        SseBody {
+            feed,
+            tick,
+            keepalive,
+            last_sent: Instant::now(),
+            last_print: None,
+            cursor: None,
+            _live: live.enter(),
+        }
+    }
+
+    /// The next thing to send, if any is due now.
+    fn due(&mut self) -> Option<Bytes> {
+        let (snap, cursor, newest) = self.feed.snapshot(self.cursor);
+        let print = fingerprint(&snap, newest);
+        if self.last_print != Some(print) {
+            self.last_print = Some(print);
+            self.cursor = cursor;
+            self.last_sent = Instant::now();
+            let json = serde_json::to_string(&snap).unwrap_or_default();
+            return Some(Bytes::from(format!("event: snapshot\ndata: {json}\n\n")));
+        }
+        if self.last_sent.elapsed() >= self.keepalive {
+            self.last_sent = Instant::now();
+            return Some(Bytes::from_static(b": keep-alive\n\n"));
+        }
+        None
+    }
+}
+
+impl Body for SseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        loop {
+            if this.tick.poll_tick(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if let Some(bytes) = this.due() {
+                return Poll::Ready(Some(Ok(Frame::data(bytes))));
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        false
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// The keep-alive interval a stream URL asks for (`keepalive_ms=N`), else [`KEEPALIVE`].
+pub fn keepalive_from_query(query: Option<&str>) -> Duration {
+    query_param(query, "keepalive_ms")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|ms| Duration::from_millis(ms.clamp(100, 60_000)))
+        .unwrap_or(KEEPALIVE)
+}
+
+/// The percent-decoded value of `name` in a query string.
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_are_decoded() {
+        let q = Some("a=1&token=s%3Dx%2By+z&keepalive_ms=250");
+        assert_eq!(query_param(q, "token").as_deref(), Some("s=x+y z"));
+        assert_eq!(query_param(q, "nope"), None);
+        assert_eq!(keepalive_from_query(q), Duration::from_millis(250));
+        assert_eq!(
+            keepalive_from_query(Some("keepalive_ms=1")),
+            Duration::from_millis(100)
+        );
+        assert_eq!(keepalive_from_query(None), KEEPALIVE);
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("%41"), "A");
+    }
+
+    #[test]
+    fn the_page_is_small_and_self_contained() {
+        assert!(PAGE.len() < 40 * 1024, "{} bytes", PAGE.len());
+        for external in ["src=\"http", "href=\"http", "@import", "url(http"] {
+            assert!(!PAGE.contains(external), "the page loads {external}");
+        }
+    }
+}
