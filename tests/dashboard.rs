@@ -290,7 +290,8 @@ async fn the_page_shows_the_fleet_and_charts_live_in_chromium() {
     // Load: the rate chart gains points as the stream pushes.
     let mut load = Command::new(ebbtide_bin())
         .args(["load", "--target", &format!("http://{}/", lb.addr)])
-        .args(["--rate", "40", "--duration", "8s"])
+        // 0.2 of the two backends' capacity, then a burst over it: a scale-up to draw.
+        .args(["--profile", "steps:40@5s,400@5s"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -344,8 +345,26 @@ async fn the_page_shows_the_fleet_and_charts_live_in_chromium() {
 
     let _ = load.wait();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let markers = browser
+        .js("return document.querySelectorAll('#svg-fleetc line[stroke-width=\"1.5\"]').length")
+        .await;
+    eprintln!("decision markers on the backends chart: {markers}");
     let shot = browser.screenshot("dashboard.png").await;
     eprintln!("screenshot: {}", shot.display());
+    // The dark scheme, as a browser set to prefer it shows the page.
+    browser
+        .call(
+            "POST",
+            "/goog/cdp/execute",
+            Some(json!({"cmd": "Emulation.setEmulatedMedia", "params": {
+                "features": [{"name": "prefers-color-scheme", "value": "dark"}]}})),
+        )
+        .await;
+    let bg = browser
+        .js("return getComputedStyle(document.body).backgroundColor")
+        .await;
+    assert_eq!(bg, json!("rgb(17, 20, 24)"), "the dark background");
+    browser.screenshot("dashboard-dark.png").await;
     let errors = browser.severe_log().await;
     assert!(errors.is_empty(), "console errors: {errors:#?}");
     browser.quit().await;
