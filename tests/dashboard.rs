@@ -365,6 +365,22 @@ async fn the_page_shows_the_fleet_and_charts_live_in_chromium() {
         .await;
     assert_eq!(bg, json!("rgb(17, 20, 24)"), "the dark background");
     browser.screenshot("dashboard-dark.png").await;
+    // A page opened now starts with the last minutes already drawn (the server's history).
+    browser
+        .call(
+            "POST",
+            "/goog/cdp/execute",
+            Some(json!({"cmd": "Emulation.setEmulatedMedia", "params": {"features": []}})),
+        )
+        .await;
+    browser.goto(&format!("http://{}/", lb.admin)).await;
+    browser
+        .until(
+            "a chart full of history on a fresh page",
+            Duration::from_secs(3),
+            &format!("{points} >= 10"),
+        )
+        .await;
     let errors = browser.severe_log().await;
     assert!(errors.is_empty(), "console errors: {errors:#?}");
     browser.quit().await;

@@ -98,6 +98,8 @@ async fn an_idle_stream_keeps_alive_pushes_changes_and_leaves_nothing_when_dropp
     assert_eq!(first.backends.len(), 1);
     assert_eq!(first.backends[0].address, backend.addr.to_string());
     assert!(first.signals.is_some());
+    // The first push carries the last minutes (one point a second since the start).
+    assert!(!first.history.is_empty(), "no history in the first push");
     assert_eq!(streams_open(lb.admin).await, 1);
 
     // Idle: nothing happens, so only comments come, and the stream stays open.
@@ -124,6 +126,7 @@ async fn an_idle_stream_keeps_alive_pushes_changes_and_leaves_nothing_when_dropp
     loop {
         let msg = stream.next(Duration::from_secs(2)).await.expect("no push");
         if let Some(s) = snapshot(&msg) {
+            assert!(s.history.is_empty(), "history again after the first push");
             if s.signals.unwrap().completions_total >= 1 {
                 break;
             }

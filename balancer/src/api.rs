@@ -164,6 +164,37 @@ pub struct Snapshot {
     pub events: Vec<serde_json::Value>,
     /// The autoscaler, when there is one.
     pub autoscaler: Option<AutoscalerSummary>,
+    /// In the first push of a stream only: the last minutes, one point a second, oldest
+    /// first, so that the charts start full.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryPoint>,
+}
+
+/// One second of the dashboard's charts, in [`Snapshot::history`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryPoint {
+    /// When, in milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// Arrivals per second over the signal window.
+    pub arrival_rate: f64,
+    /// Completions per second over the signal window.
+    pub completion_rate: f64,
+    /// Median latency over the window, ms (`None` when nothing completed in it).
+    pub p50_ms: Option<f64>,
+    /// 99th percentile latency over the window, ms (`None` when nothing completed in it).
+    pub p99_ms: Option<f64>,
+    /// Requests waiting in the balancer.
+    pub queue_depth: u64,
+    /// Requests shed since start.
+    pub shed_total: u64,
+    /// Retries since start.
+    pub retries_total: u64,
+    /// Backends by state.
+    pub backends: BackendCounts,
+    /// Backends the autoscaler wanted, when there is one.
+    pub desired: Option<u32>,
+    /// The decider's p99 target, when it has one.
+    pub slo_p99_ms: Option<f64>,
 }
 
 /// The autoscaler at a glance, in a [`Snapshot`].

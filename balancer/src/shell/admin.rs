@@ -12,7 +12,7 @@ use crate::api;
 use crate::metrics::{family, MetricsSource};
 use crate::proxy::Proxy;
 use crate::registry::{BackendSpec, BackendState, Origin};
-use crate::shell::dashboard::{self, Feed, FleetSource, LiveStreams, SseBody};
+use crate::shell::dashboard::{self, FleetSource, LiveStreams, Sources, SseBody};
 use bytes::Bytes;
 use ebbtide_config::time::Nanos;
 use http::{header, Method, Request, Response, StatusCode};
@@ -57,8 +57,7 @@ pub type AdminResponse = Response<UnsyncBoxBody<Bytes, Infallible>>;
 pub struct AdminBase {
     token: Option<String>,
     metrics: Mutex<Vec<Arc<dyn MetricsSource>>>,
-    events: Mutex<Option<Arc<dyn EventSource>>>,
-    fleet: Mutex<Option<Arc<dyn FleetSource>>>,
+    sources: Arc<Sources>,
     streams: LiveStreams,
 }
 
@@ -68,15 +67,15 @@ impl AdminBase {
         AdminBase {
             token,
             metrics: Mutex::new(Vec::new()),
-            events: Mutex::new(None),
-            fleet: Mutex::new(None),
+            sources: Arc::new(Sources::default()),
             streams: LiveStreams::default(),
         }
     }
 
-    /// Sets the fleet the dashboard's stream shows.
+    /// Sets the fleet the dashboard's stream shows, and starts keeping the last minutes of
+    /// it for the charts (when called within a tokio runtime).
     pub fn set_fleet(&self, source: Arc<dyn FleetSource>) {
-        *self.fleet.lock().unwrap_or_else(|e| e.into_inner()) = Some(source);
+        self.sources.set_fleet(source);
     }
 
     /// The dashboard streams open now (also `ebbtide_admin_streams` in `/metrics`).
@@ -94,7 +93,7 @@ impl AdminBase {
 
     /// Sets what `/api/v1/events` shows.
     pub fn set_events(&self, source: Arc<dyn EventSource>) {
-        *self.events.lock().unwrap_or_else(|e| e.into_inner()) = Some(source);
+        self.sources.set_events(source);
     }
 
     fn authorized<B>(&self, req: &Request<B>) -> bool {
@@ -115,16 +114,8 @@ impl AdminBase {
     }
 
     fn stream(&self, req_query: Option<&str>) -> AdminResponse {
-        let feed = Feed {
-            fleet: self.fleet.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            events: self
-                .events
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        };
         let body = SseBody::new(
-            feed,
+            self.sources.clone(),
             dashboard::keepalive_from_query(req_query),
             &self.streams,
         );
@@ -188,10 +179,8 @@ impl AdminBase {
             }
             (&Method::GET, "/api/v1/events") => {
                 let events = self
-                    .events
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .as_ref()
+                    .sources
+                    .events()
                     .map(|s| s.events())
                     .unwrap_or_default();
                 Some(json(StatusCode::OK, &events))

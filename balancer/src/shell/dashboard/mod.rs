@@ -13,11 +13,12 @@ use crate::api;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::collections::hash_map::DefaultHasher;
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -26,6 +27,10 @@ pub const PAGE: &str = include_str!("index.html");
 
 /// How often a stream looks for a change (it pushes at most this often).
 pub const CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// How often the history takes a point, and how many it keeps (5 minutes).
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+const HISTORY_POINTS: usize = 300;
 
 /// A comment line (`: keep-alive`) after this long without an event, so that proxies and
 /// browsers keep an idle stream open. `?keepalive_ms=N` on the stream URL overrides it (100 ms
@@ -69,30 +74,99 @@ impl Drop for LiveGuard {
     }
 }
 
-/// What a stream reads its snapshots from.
-#[derive(Clone)]
-pub struct Feed {
-    /// The fleet, when the listener has one.
-    pub fleet: Option<Arc<dyn FleetSource>>,
-    /// The autoscaler, when there is one.
-    pub events: Option<Arc<dyn EventSource>>,
+/// What a listener's dashboard reads, set by the wiring and shared by its streams and the
+/// sampler that keeps the last minutes (one point a second) for the charts of a page opened
+/// later. The sampler is a task that holds this weakly: it ends within a second of the
+/// listener's end.
+#[derive(Default)]
+pub struct Sources {
+    fleet: Mutex<Option<Arc<dyn FleetSource>>>,
+    events: Mutex<Option<Arc<dyn EventSource>>>,
+    history: Mutex<VecDeque<api::HistoryPoint>>,
+    sampling: AtomicBool,
 }
 
-impl Feed {
+impl Sources {
+    /// Sets the fleet the stream shows, and starts keeping its history (when called within a
+    /// tokio runtime).
+    pub fn set_fleet(self: &Arc<Self>, source: Arc<dyn FleetSource>) {
+        *lock(&self.fleet) = Some(source);
+        if !self.sampling.swap(true, Ordering::Relaxed) {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let weak = Arc::downgrade(self);
+                rt.spawn(async move {
+                    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tick.tick().await;
+                        match weak.upgrade() {
+                            Some(sources) => sources.sample(),
+                            None => return,
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    /// Sets the autoscaler whose decisions and summary the stream shows.
+    pub fn set_events(&self, source: Arc<dyn EventSource>) {
+        *lock(&self.events) = Some(source);
+    }
+
+    /// The autoscaler, when set.
+    pub fn events(&self) -> Option<Arc<dyn EventSource>> {
+        lock(&self.events).clone()
+    }
+
+    fn fleet(&self) -> Option<Arc<dyn FleetSource>> {
+        lock(&self.fleet).clone()
+    }
+
+    /// The kept history, oldest first.
+    pub fn history(&self) -> Vec<api::HistoryPoint> {
+        lock(&self.history).iter().cloned().collect()
+    }
+
+    /// Keeps one point of history now.
+    fn sample(&self) {
+        let Some(signals) = self.fleet().and_then(|f| f.signals()) else {
+            return;
+        };
+        let retries_total = self.fleet().map_or(0, |f| f.retries_total());
+        let summary = self.events().and_then(|e| e.summary());
+        let seen = signals.completions > 0;
+        let point = api::HistoryPoint {
+            unix_ms: unix_ms(),
+            arrival_rate: signals.arrival_rate,
+            completion_rate: signals.completion_rate,
+            p50_ms: seen.then_some(signals.latency_ms.p50),
+            p99_ms: seen.then_some(signals.latency_ms.p99),
+            queue_depth: signals.queue_depth,
+            shed_total: signals.shed_total,
+            retries_total,
+            backends: signals.backends,
+            desired: summary.as_ref().map(|s| s.desired),
+            slo_p99_ms: summary.and_then(|s| s.slo_p99_ms),
+        };
+        let mut h = lock(&self.history);
+        h.push_back(point);
+        while h.len() > HISTORY_POINTS {
+            h.pop_front();
+        }
+    }
+
     /// The snapshot now, with the events whose `last_at` is after `cursor` (all of them for
     /// `None`); also the new cursor and the newest event's `at` (a new decision, as opposed
     /// to one more hold in a run of them).
     pub fn snapshot(&self, cursor: Option<u64>) -> (api::Snapshot, Option<u64>, u64) {
         let mut cursor = cursor;
         let mut newest = 0;
-        let backends = self
-            .fleet
-            .as_ref()
-            .map(|f| f.backends())
-            .unwrap_or_default();
+        let fleet = self.fleet();
+        let backends = fleet.as_ref().map(|f| f.backends()).unwrap_or_default();
         let mut events = Vec::new();
         let mut autoscaler = None;
-        if let Some(src) = &self.events {
+        if let Some(src) = self.events() {
             // Newest first from the source; oldest first on the wire.
             let seen = cursor;
             for e in src.events().into_iter().rev() {
@@ -104,26 +178,31 @@ impl Feed {
                 }
             }
             autoscaler = src.summary().map(|mut s| {
-                s.cost_per_hour = backends
-                    .iter()
-                    .filter(|b| b.state != api::BackendState::Ejected || b.in_flight > 0)
-                    .map(|b| b.cost_per_hour)
-                    .sum();
+                s.cost_per_hour = backends.iter().map(|b| b.cost_per_hour).sum();
                 s
             });
         }
         let snapshot = api::Snapshot {
-            unix_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-            signals: self.fleet.as_ref().and_then(|f| f.signals()),
-            retries_total: self.fleet.as_ref().map_or(0, |f| f.retries_total()),
+            unix_ms: unix_ms(),
+            signals: fleet.as_ref().and_then(|f| f.signals()),
+            retries_total: fleet.as_ref().map_or(0, |f| f.retries_total()),
             backends,
             events,
             autoscaler,
+            history: Vec::new(),
         };
         (snapshot, cursor.or(Some(0)), newest)
     }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What changes when something happens (not the clock alone, nor one more hold in a run of
@@ -164,7 +243,7 @@ fn fingerprint(s: &api::Snapshot, newest_event: u64) -> u64 {
 
 /// The body of one `GET /api/v1/stream` response.
 pub struct SseBody {
-    feed: Feed,
+    feed: Arc<Sources>,
     tick: tokio::time::Interval,
     keepalive: Duration,
     last_sent: Instant,
@@ -175,7 +254,7 @@ pub struct SseBody {
 
 impl SseBody {
     /// A stream of `feed`'s snapshots, counted in `live` while it exists.
-    pub fn new(feed: Feed, keepalive: Duration, live: &LiveStreams) -> SseBody {
+    pub fn new(feed: Arc<Sources>, keepalive: Duration, live: &LiveStreams) -> SseBody {
         let mut tick = tokio::time::interval(CHECK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         SseBody {
@@ -191,9 +270,12 @@ impl SseBody {
 
     /// The next thing to send, if any is due now.
     fn due(&mut self) -> Option<Bytes> {
-        let (snap, cursor, newest) = self.feed.snapshot(self.cursor);
+        let (mut snap, cursor, newest) = self.feed.snapshot(self.cursor);
         let print = fingerprint(&snap, newest);
         if self.last_print != Some(print) {
+            if self.cursor.is_none() {
+                snap.history = self.feed.history();
+            }
             self.last_print = Some(print);
             self.cursor = cursor;
             self.last_sent = Instant::now();
