@@ -1,7 +1,7 @@
 //! The dashboard's Server-Sent Events (`GET /api/v1/stream`) from the real binary: snapshots
 //! on change, keep-alive comments while idle, no stream left behind by a client that went away,
 //! the token (header, or `?token=` on the stream URL only), and the same stream from
-//! `ebbtide autoscale` for the balancers it manages.
+//! `ebbtide autoscale` for the balancers it manages, and no stream holding up a shutdown.
 
 mod common;
 
@@ -261,4 +261,35 @@ min = 2
     drop(stream);
     sigterm(child.id());
     assert!(child.wait().unwrap().success());
+}
+
+#[tokio::test]
+async fn an_open_stream_does_not_hold_up_shutdown() {
+    let backend = sim_backend(&["--service-time", "const:1ms"]).await;
+    let mut lb = start_ebbtide(&base_config(&backends_toml(&[backend.addr], None)));
+    let mut stream = Stream::open(&format!("http://{}/api/v1/stream", lb.admin)).await;
+    assert!(snapshot(&stream.next(Duration::from_secs(2)).await.unwrap()).is_some());
+    let start = Instant::now();
+    sigterm(lb.child.id());
+    // The stream ends (a clean end of body, not a cut connection) ...
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.body.frame().await {
+                None => return Ok(()),
+                Some(Err(e)) => return Err(e.to_string()),
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .expect("the stream was still open 5 s after SIGTERM");
+    assert_eq!(end, Ok(()));
+    // ... and ebbtide exits long before its 30 s drain timeout.
+    let exit = lb.child.wait().unwrap();
+    assert!(exit.success(), "{exit}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?} with a stream open",
+        start.elapsed()
+    );
 }

@@ -83,6 +83,12 @@ impl AdminBase {
         self.streams.get()
     }
 
+    /// Ends the dashboard's streams (within half a second), which would otherwise never
+    /// finish: call it when shutting down, before waiting for connections to drain.
+    pub fn close_streams(&self) {
+        self.sources.close();
+    }
+
     /// Adds lines to `/metrics`, after the sources added before.
     pub fn add_metrics(&self, source: Arc<dyn MetricsSource>) {
         self.metrics
@@ -294,6 +300,11 @@ impl Admin {
     /// The dashboard streams open now.
     pub fn live_streams(&self) -> usize {
         self.base.live_streams()
+    }
+
+    /// Ends the dashboard's streams: see [`AdminBase::close_streams`].
+    pub fn close_streams(&self) {
+        self.base.close_streams();
     }
 
     /// Answers one admin request.

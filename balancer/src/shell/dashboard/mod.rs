@@ -84,6 +84,7 @@ pub struct Sources {
     events: Mutex<Option<Arc<dyn EventSource>>>,
     history: Mutex<VecDeque<api::HistoryPoint>>,
     sampling: AtomicBool,
+    closed: AtomicBool,
 }
 
 impl Sources {
@@ -107,6 +108,12 @@ impl Sources {
                 });
             }
         }
+    }
+
+    /// Ends every stream (within [`CHECK_EVERY`]) and every one opened later: on shutdown, so
+    /// that an open dashboard does not hold the graceful drain up.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
     }
 
     /// Sets the autoscaler whose decisions and summary the stream shows.
@@ -300,6 +307,9 @@ impl Body for SseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
         loop {
+            if this.feed.closed.load(Ordering::Relaxed) {
+                return Poll::Ready(None);
+            }
             if this.tick.poll_tick(cx).is_pending() {
                 return Poll::Pending;
             }
@@ -310,7 +320,7 @@ impl Body for SseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        false
+        self.feed.closed.load(Ordering::Relaxed)
     }
 
     fn size_hint(&self) -> SizeHint {
