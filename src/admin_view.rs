@@ -26,6 +26,23 @@ impl EventSource for AutoscalerView {
         }
     }
 
+    /// Only the entries after `after` are serialized: the log is in `last_at` order (only its
+    /// newest entry, a run of holds, ever changes).
+    fn events_after(&self, after: Option<u64>) -> (Vec<serde_json::Value>, u64) {
+        let step = self.0.lock();
+        let Some(log) = step.events() else {
+            return (Vec::new(), 0);
+        };
+        let recent = log.recent(EVENTS_SHOWN);
+        let newest = recent.first().map_or(0, |e| e.at);
+        let fresh = recent
+            .into_iter()
+            .take_while(|e| after.is_none_or(|c| e.last_at > c))
+            .filter_map(|e| serde_json::to_value(e).ok())
+            .collect();
+        (fresh, newest)
+    }
+
     fn summary(&self) -> Option<AutoscalerSummary> {
         let now = self.0.now();
         let step = self.0.lock();

@@ -32,6 +32,20 @@ pub trait EventSource: Send + Sync {
     /// The recent events, newest first, as JSON values (each with `at` and `last_at`).
     fn events(&self) -> Vec<serde_json::Value>;
 
+    /// The events whose `last_at` is after `after` (all of them for `None`), newest first,
+    /// and the newest event's `at` (0 for none): what the dashboard's stream sends each push.
+    /// Sources that can stop early, without serializing every event, override it.
+    fn events_after(&self, after: Option<u64>) -> (Vec<serde_json::Value>, u64) {
+        let all = self.events();
+        let field = |e: &serde_json::Value, k: &str| e.get(k).and_then(|v| v.as_u64());
+        let newest = all.iter().filter_map(|e| field(e, "at")).max().unwrap_or(0);
+        let fresh = all
+            .into_iter()
+            .filter(|e| after.is_none_or(|c| field(e, "last_at").unwrap_or(0) > c))
+            .collect();
+        (fresh, newest)
+    }
+
     /// The autoscaler at a glance, for the dashboard (`cost_per_hour` is filled in from the
     /// backends listed).
     fn summary(&self) -> Option<api::AutoscalerSummary> {

@@ -175,14 +175,12 @@ impl Sources {
         let mut autoscaler = None;
         if let Some(src) = self.events() {
             // Newest first from the source; oldest first on the wire.
-            let seen = cursor;
-            for e in src.events().into_iter().rev() {
+            let (fresh, newest_at) = src.events_after(cursor);
+            newest = newest_at;
+            for e in fresh.into_iter().rev() {
                 let last = e.get("last_at").and_then(|v| v.as_u64()).unwrap_or(0);
-                newest = newest.max(e.get("at").and_then(|v| v.as_u64()).unwrap_or(0));
-                if seen.is_none_or(|c| last > c) {
-                    events.push(e);
-                    cursor = Some(cursor.map_or(last, |c| c.max(last)));
-                }
+                cursor = Some(cursor.map_or(last, |c| c.max(last)));
+                events.push(e);
             }
             autoscaler = src.summary().map(|mut s| {
                 s.cost_per_hour = backends.iter().map(|b| b.cost_per_hour).sum();
@@ -386,6 +384,34 @@ mod tests {
         assert_eq!(keepalive_from_query(None), KEEPALIVE);
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
         assert_eq!(percent_decode("%41"), "A");
+    }
+
+    struct Log(Vec<serde_json::Value>);
+
+    impl EventSource for Log {
+        fn events(&self) -> Vec<serde_json::Value> {
+            self.0.clone()
+        }
+    }
+
+    #[test]
+    fn a_stream_sends_each_event_once_and_a_grown_run_of_holds_again() {
+        let ev = |at: u64, last_at: u64| serde_json::json!({"at": at, "last_at": last_at});
+        let sources = Sources::default();
+        sources.set_events(Arc::new(Log(vec![ev(30, 50), ev(20, 20), ev(10, 10)])));
+        let (first, cursor, newest) = sources.snapshot(None);
+        assert_eq!(
+            first.events,
+            [ev(10, 10), ev(20, 20), ev(30, 50)],
+            "oldest first"
+        );
+        assert_eq!((cursor, newest), (Some(50), 30));
+        let (again, cursor, _) = sources.snapshot(cursor);
+        assert!(again.events.is_empty());
+        sources.set_events(Arc::new(Log(vec![ev(30, 60), ev(20, 20), ev(10, 10)])));
+        let (grown, cursor, newest) = sources.snapshot(cursor);
+        assert_eq!(grown.events, [ev(30, 60)]);
+        assert_eq!((cursor, newest), (Some(60), 30));
     }
 
     #[test]
