@@ -10,12 +10,29 @@ have() { command -v "$1" >/dev/null 2>&1; }
 # The Docker provider's tests run real containers.
 have docker || need_apt+=(docker.io)
 have docker-compose || need_apt+=(docker-compose)
+# A real Prometheus (and promtool) for deploy/prometheus and the metrics test.
+{ have prometheus && have promtool; } || need_apt+=(prometheus)
+# Headless Chromium and its WebDriver for the dashboard test.
+have chromium || need_apt+=(chromium)
+have chromedriver || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  # The package starts a Prometheus service of its own; the tests start theirs.
+  if [[ " ${need_apt[*]} " == *" prometheus "* ]]; then
+    systemctl stop prometheus >/dev/null 2>&1 || service prometheus stop >/dev/null 2>&1 || true
+  fi
 fi
+for t in prometheus promtool chromium chromedriver; do
+  have "$t" || { echo "$t is still missing after the install; the tests that need it would fail" >&2; exit 1; }
+done
+
+# The alerting rules' own unit tests, also run by tests/prometheus.rs.
+echo "== promtool test rules deploy/prometheus/rules_test.yml"
+promtool check config deploy/prometheus/prometheus.yml >/dev/null
+promtool test rules deploy/prometheus/rules_test.yml
 
 # The Docker Engine must answer before the container tests start.
 if ! docker info >/dev/null 2>&1; then

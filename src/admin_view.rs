@@ -1,10 +1,11 @@
 //! The autoscaler as the balancer's admin API shows it: its recent decisions at
-//! `/api/v1/events` and its gauges and counters in `/metrics`, read from the control step the
-//! driver shares.
+//! `/api/v1/events`, its gauges and counters in `/metrics`, and its summary in the dashboard's
+//! stream, read from the control step the driver shares.
 
 use ebbtide_autoscaler::control::Shared;
 use ebbtide_autoscaler::Direction;
 use ebbtide_balancer::admin::EventSource;
+use ebbtide_balancer::api::AutoscalerSummary;
 use ebbtide_balancer::metrics::{family, MetricsSource};
 use std::fmt::Write;
 use std::sync::Arc;
@@ -23,6 +24,46 @@ impl EventSource for AutoscalerView {
             Some(other) => vec![other],
             None => Vec::new(),
         }
+    }
+
+    /// Only the entries after `after` are serialized: the log is in `last_at` order (only its
+    /// newest entry, a run of holds, ever changes).
+    fn events_after(&self, after: Option<u64>) -> (Vec<serde_json::Value>, u64) {
+        let step = self.0.lock();
+        let Some(log) = step.events() else {
+            return (Vec::new(), 0);
+        };
+        let recent = log.recent(EVENTS_SHOWN);
+        let newest = recent.first().map_or(0, |e| e.at);
+        let fresh = recent
+            .into_iter()
+            .take_while(|e| after.is_none_or(|c| e.last_at > c))
+            .filter_map(|e| serde_json::to_value(e).ok())
+            .collect();
+        (fresh, newest)
+    }
+
+    fn summary(&self) -> Option<AutoscalerSummary> {
+        let now = self.0.now();
+        let step = self.0.lock();
+        let last = step
+            .events()
+            .and_then(|log| log.recent(1).first().map(|e| e.decision.clone()));
+        Some(AutoscalerSummary {
+            decider: step.decider_name().map(str::to_string),
+            mode: if last.as_ref().is_some_and(|d| d.panic) {
+                "panic"
+            } else {
+                "stable"
+            }
+            .into(),
+            desired: step.desired(),
+            cost_total: step.meter().cost(now),
+            cost_per_hour: 0.0,
+            backend_seconds: step.meter().backend_seconds(now),
+            slo_p99_ms: last.and_then(|d| d.inputs.get("slo_p99_ms").copied()),
+            now_ns: now,
+        })
     }
 }
 

@@ -1,17 +1,21 @@
 //! `ebbtide autoscale`: the autoscaler alone, for balancers in other processes (or machines).
 //! It reads their signals and registers its provider's backends through their admin APIs, and
 //! serves its own decisions and cost on `[admin] address` (`/api/v1/events`, `/metrics`,
-//! `/healthz`). On SIGTERM or ctrl-c it drains its backends from every balancer, stops them,
-//! and exits 0.
+//! `/healthz`), and the dashboard (`/`, `/api/v1/stream`) for the fleet it manages: the signals
+//! summed over its balancers and the union of their backends, read every second. On SIGTERM or
+//! ctrl-c it drains its backends from every balancer, stops them, and exits 0.
 
 use crate::admin_view::{AutoscalerView, EVENTS_SHOWN};
 use crate::remote::{Balancers, RemoteSignals};
 use ebbtide_autoscaler::{ControlStep, Driver};
 use ebbtide_balancer::admin::AdminBase;
+use ebbtide_balancer::api::{self, client::AdminClient};
 use ebbtide_balancer::clock::Clock;
+use ebbtide_balancer::shell::dashboard::FleetSource;
 use ebbtide_config::{Config, ConfigError};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// Checks what only `ebbtide autoscale` needs, as `file:line:col: key: message`.
@@ -46,11 +50,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     let (Some(a), Some(p)) = (cfg.autoscaler.clone(), cfg.provider.clone()) else {
         return Err("the config needs [autoscaler] and [provider]".into());
     };
-    let admins = a
-        .balancers
-        .iter()
-        .map(|u| ebbtide_config::autoscaler::parse_admin_url(u))
-        .collect::<Result<Vec<_>, _>>()?;
+    let admins = admins_of(&a)?;
     let listener = tokio::net::TcpListener::bind(&cfg.admin.address)
         .await
         .map_err(|e| format!("cannot listen on admin.address {}: {e}", cfg.admin.address))?;
@@ -80,9 +80,17 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     );
     let view = Arc::new(AutoscalerView(driver.shared()));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let fleet = Arc::new(RemoteFleet::default());
+    let fleet_reader = tokio::spawn(read_fleet(
+        fleet.clone(),
+        admins_of(&a)?,
+        AdminClient::new(a.balancer_token.clone(), Duration::from_secs(2)),
+        stop_rx.clone(),
+    ));
     let admin = tokio::spawn(serve_admin(
         listener,
         view,
+        fleet,
         cfg.admin.token.clone(),
         stop_rx.clone(),
     ));
@@ -99,21 +107,81 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     let _ = control.await;
     driver.shutdown(true).await;
     let _ = admin.await;
+    let _ = fleet_reader.await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// The autoscaler's own admin API: events, metrics and a liveness check, on the same skeleton
-/// as the balancer's (`AdminBase`: token check, shared routes).
+fn admins_of(a: &ebbtide_config::autoscaler::Autoscaler) -> Result<Vec<String>, String> {
+    a.balancers
+        .iter()
+        .map(|u| ebbtide_config::autoscaler::parse_admin_url(u))
+        .collect::<Result<Vec<_>, _>>()
+}
+
+/// The balancers' fleet as last read, for the dashboard.
+#[derive(Default)]
+struct RemoteFleet(Mutex<(Option<api::Signals>, Vec<api::BackendInfo>)>);
+
+impl FleetSource for RemoteFleet {
+    fn signals(&self) -> Option<api::Signals> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).0.clone()
+    }
+
+    fn backends(&self) -> Vec<api::BackendInfo> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).1.clone()
+    }
+}
+
+/// Every second until `stop`: every balancer's signals (summed, see [`api::Signals::merged`])
+/// and backends (one row per address: in-flight, requests and failures summed over the
+/// balancers, the state of the first that lists it).
+async fn read_fleet(
+    fleet: Arc<RemoteFleet>,
+    admins: Vec<String>,
+    client: AdminClient,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let mut signals = Vec::new();
+        let mut backends: Vec<api::BackendInfo> = Vec::new();
+        for admin in &admins {
+            if let Ok(s) = client.signals(admin).await {
+                signals.push(s);
+            }
+            for b in client.backends(admin).await.unwrap_or_default() {
+                match backends.iter_mut().find(|x| x.address == b.address) {
+                    Some(x) => {
+                        x.in_flight += b.in_flight;
+                        x.requests += b.requests;
+                        x.failures += b.failures;
+                    }
+                    None => backends.push(b),
+                }
+            }
+        }
+        *fleet.0.lock().unwrap_or_else(|e| e.into_inner()) =
+            (api::Signals::merged(&signals), backends);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// The autoscaler's own admin API: events, metrics, a liveness check and the dashboard, on the
+/// same skeleton as the balancer's (`AdminBase`: token check, shared routes).
 async fn serve_admin(
     listener: tokio::net::TcpListener,
     view: Arc<AutoscalerView>,
+    fleet: Arc<RemoteFleet>,
     token: Option<String>,
     stop: watch::Receiver<bool>,
 ) {
     let base = AdminBase::new(token);
     base.add_metrics(view.clone());
     base.set_events(view);
+    base.set_fleet(fleet);
     let base = Arc::new(base);
     let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
         hyper_util::rt::TokioExecutor::new(),

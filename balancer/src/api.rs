@@ -143,12 +143,123 @@ fn one() -> u32 {
     1
 }
 
+/// One push of `GET /api/v1/stream` (the `data:` of each `snapshot` event): everything the
+/// dashboard draws, so that it never has to poll.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// When it was taken, in milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// The signals (for `ebbtide autoscale`: summed over the balancers that answered; `None`
+    /// when none did).
+    pub signals: Option<Signals>,
+    /// Every backend, as `GET /api/v1/backends` lists them (for `ebbtide autoscale`: the union
+    /// over its balancers, by address).
+    pub backends: Vec<BackendInfo>,
+    /// Retries since the balancer started (0 where unknown).
+    #[serde(default)]
+    pub retries_total: u64,
+    /// The autoscaler's decisions new or updated since the previous push of this stream (all
+    /// of them in the first push), oldest first, as `GET /api/v1/events` shows them; an entry
+    /// for a run of holds comes again, with the same `at`, when the run grows.
+    pub events: Vec<serde_json::Value>,
+    /// The autoscaler, when there is one.
+    pub autoscaler: Option<AutoscalerSummary>,
+    /// In the first push of a stream only: the last minutes, one point a second, oldest
+    /// first, so that the charts start full.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryPoint>,
+}
+
+/// One second of the dashboard's charts, in [`Snapshot::history`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryPoint {
+    /// When, in milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// Arrivals per second over the signal window.
+    pub arrival_rate: f64,
+    /// Completions per second over the signal window.
+    pub completion_rate: f64,
+    /// Median latency over the window, ms (`None` when nothing completed in it).
+    pub p50_ms: Option<f64>,
+    /// 99th percentile latency over the window, ms (`None` when nothing completed in it).
+    pub p99_ms: Option<f64>,
+    /// Requests waiting in the balancer.
+    pub queue_depth: u64,
+    /// Requests shed since start.
+    pub shed_total: u64,
+    /// Retries since start.
+    pub retries_total: u64,
+    /// Backends by state.
+    pub backends: BackendCounts,
+    /// Backends the autoscaler wanted, when there is one.
+    pub desired: Option<u32>,
+    /// The decider's p99 target, when it has one.
+    pub slo_p99_ms: Option<f64>,
+}
+
+/// The autoscaler at a glance, in a [`Snapshot`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AutoscalerSummary {
+    /// The decider's config name (`None` for a fixed fleet).
+    pub decider: Option<String>,
+    /// `stable` or `panic` (the latest decision's mode).
+    pub mode: String,
+    /// Backends wanted now.
+    pub desired: u32,
+    /// Accumulated cost so far (whole billing periods).
+    pub cost_total: f64,
+    /// What the backends listed cost per hour now.
+    pub cost_per_hour: f64,
+    /// Backend-seconds run so far.
+    pub backend_seconds: f64,
+    /// The p99 target the decider aims at, when it has one.
+    pub slo_p99_ms: Option<f64>,
+    /// The autoscaler's clock now (the time base of the events' `at`), in nanoseconds.
+    pub now_ns: u64,
+}
+
+impl Signals {
+    /// Several balancers' signals as one fleet's: counts, rates and gauges summed, latencies
+    /// the worst, the window the widest; `None` for an empty list.
+    pub fn merged(list: &[Signals]) -> Option<Signals> {
+        let (first, rest) = list.split_first()?;
+        let mut out = first.clone();
+        for s in rest {
+            out.arrival_rate += s.arrival_rate;
+            out.arrivals += s.arrivals;
+            out.arrivals_total += s.arrivals_total;
+            out.backends.active += s.backends.active;
+            out.backends.draining += s.backends.draining;
+            out.backends.ejected += s.backends.ejected;
+            out.backends.starting += s.backends.starting;
+            out.completion_rate += s.completion_rate;
+            out.completions += s.completions;
+            out.completions_total += s.completions_total;
+            out.in_flight += s.in_flight;
+            out.latency_ms.mean = out.latency_ms.mean.max(s.latency_ms.mean);
+            out.latency_ms.p50 = out.latency_ms.p50.max(s.latency_ms.p50);
+            out.latency_ms.p90 = out.latency_ms.p90.max(s.latency_ms.p90);
+            out.latency_ms.p99 = out.latency_ms.p99.max(s.latency_ms.p99);
+            out.queue_depth += s.queue_depth;
+            out.shed += s.shed;
+            out.shed_total += s.shed_total;
+            out.span_seconds = out.span_seconds.max(s.span_seconds);
+            out.window_seconds = out.window_seconds.max(s.window_seconds);
+        }
+        Some(out)
+    }
+}
+
 /// The paths of the admin API's JSON endpoints.
 pub mod paths {
     /// `GET`: [`super::Signals`].
     pub const SIGNALS: &str = "/api/v1/signals";
     /// `GET`: a list of [`super::BackendInfo`]; `POST` a [`super::Register`]: one.
     pub const BACKENDS: &str = "/api/v1/backends";
+    /// `GET`: Server-Sent Events, each a [`super::Snapshot`] (`event: snapshot`).
+    pub const STREAM: &str = "/api/v1/stream";
+    /// `GET`: the autoscaler's recent decisions, newest first.
+    pub const EVENTS: &str = "/api/v1/events";
 
     /// `DELETE`: drains backend `id`; answers its [`super::BackendInfo`].
     pub fn backend(id: u64) -> String {
@@ -196,6 +307,20 @@ mod tests {
         );
         let back: Signals = serde_json::from_str(&got).unwrap();
         assert_eq!(back, signals());
+    }
+
+    #[test]
+    fn merged_signals_sum_counts_and_take_the_worst_latency() {
+        let mut b = signals();
+        b.latency_ms.p99 = 200.0;
+        b.queue_depth = 1;
+        let m = Signals::merged(&[signals(), b]).unwrap();
+        assert_eq!(m.arrivals_total, 240);
+        assert_eq!(m.queue_depth, 4);
+        assert_eq!(m.backends.active, 8);
+        assert_eq!(m.latency_ms.p99, 200.0);
+        assert_eq!(m.latency_ms.p50, 18.0);
+        assert!(Signals::merged(&[]).is_none());
     }
 
     #[test]

@@ -1,19 +1,26 @@
-//! The admin API: metrics, signals, the backend registry, events, health. Loopback by default;
-//! with a token configured every endpoint but `/healthz` needs `Authorization: Bearer TOKEN`.
+//! The admin API: metrics, signals, the backend registry, events, health, and the live
+//! dashboard (`GET /`, fed by the Server-Sent Events of `GET /api/v1/stream`). Loopback by
+//! default; with a token configured every endpoint but `/healthz` and the page itself needs
+//! `Authorization: Bearer TOKEN` (the stream, which browsers open with `EventSource` and so
+//! without headers, also takes `?token=TOKEN`; compared in constant time like the header).
 //!
 //! [`AdminBase`] is what every admin listener of ebbtide answers, whoever serves it (the
 //! balancer of `ebbtide serve`, `ebbtide autoscale`): one skeleton, so the two cannot drift
 //! apart on authentication or on the shared routes.
 
 use crate::api;
-use crate::metrics::MetricsSource;
+use crate::metrics::{family, MetricsSource};
 use crate::proxy::Proxy;
 use crate::registry::{BackendSpec, BackendState, Origin};
+use crate::shell::dashboard::{self, FleetSource, LiveStreams, Sources, SseBody};
 use bytes::Bytes;
 use ebbtide_config::time::Nanos;
 use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -22,8 +29,28 @@ const MAX_BODY: usize = 64 * 1024;
 
 /// Something that reports recent decisions for `GET /api/v1/events` (the autoscaler).
 pub trait EventSource: Send + Sync {
-    /// The recent events, newest last, as JSON values.
+    /// The recent events, newest first, as JSON values (each with `at` and `last_at`).
     fn events(&self) -> Vec<serde_json::Value>;
+
+    /// The events whose `last_at` is after `after` (all of them for `None`), newest first,
+    /// and the newest event's `at` (0 for none): what the dashboard's stream sends each push.
+    /// Sources that can stop early, without serializing every event, override it.
+    fn events_after(&self, after: Option<u64>) -> (Vec<serde_json::Value>, u64) {
+        let all = self.events();
+        let field = |e: &serde_json::Value, k: &str| e.get(k).and_then(|v| v.as_u64());
+        let newest = all.iter().filter_map(|e| field(e, "at")).max().unwrap_or(0);
+        let fresh = all
+            .into_iter()
+            .filter(|e| after.is_none_or(|c| field(e, "last_at").unwrap_or(0) > c))
+            .collect();
+        (fresh, newest)
+    }
+
+    /// The autoscaler at a glance, for the dashboard (`cost_per_hour` is filled in from the
+    /// backends listed).
+    fn summary(&self) -> Option<api::AutoscalerSummary> {
+        None
+    }
 }
 
 /// The admin API's state.
@@ -35,15 +62,17 @@ pub struct Admin {
 }
 
 /// An admin API answer.
-pub type AdminResponse = Response<Full<Bytes>>;
+pub type AdminResponse = Response<UnsyncBoxBody<Bytes, Infallible>>;
 
 /// What every admin listener answers: `/healthz` without a token; with a token configured, 401
 /// for anything else that does not carry it (compared in constant time); `GET /metrics` from
-/// its sources; `GET /api/v1/events`; 405 on those paths for other methods.
+/// its sources; `GET /api/v1/events`; the dashboard (`GET /`, without a token: it holds no
+/// data) and its stream (`GET /api/v1/stream`); 405 on those paths for other methods.
 pub struct AdminBase {
     token: Option<String>,
     metrics: Mutex<Vec<Arc<dyn MetricsSource>>>,
-    events: Mutex<Option<Arc<dyn EventSource>>>,
+    sources: Arc<Sources>,
+    streams: LiveStreams,
 }
 
 impl AdminBase {
@@ -52,8 +81,26 @@ impl AdminBase {
         AdminBase {
             token,
             metrics: Mutex::new(Vec::new()),
-            events: Mutex::new(None),
+            sources: Arc::new(Sources::default()),
+            streams: LiveStreams::default(),
         }
+    }
+
+    /// Sets the fleet the dashboard's stream shows, and starts keeping the last minutes of
+    /// it for the charts (when called within a tokio runtime).
+    pub fn set_fleet(&self, source: Arc<dyn FleetSource>) {
+        self.sources.set_fleet(source);
+    }
+
+    /// The dashboard streams open now (also `ebbtide_admin_streams` in `/metrics`).
+    pub fn live_streams(&self) -> usize {
+        self.streams.get()
+    }
+
+    /// Ends the dashboard's streams (within half a second), which would otherwise never
+    /// finish: call it when shutting down, before waiting for connections to drain.
+    pub fn close_streams(&self) {
+        self.sources.close();
     }
 
     /// Adds lines to `/metrics`, after the sources added before.
@@ -66,18 +113,37 @@ impl AdminBase {
 
     /// Sets what `/api/v1/events` shows.
     pub fn set_events(&self, source: Arc<dyn EventSource>) {
-        *self.events.lock().unwrap_or_else(|e| e.into_inner()) = Some(source);
+        self.sources.set_events(source);
     }
 
     fn authorized<B>(&self, req: &Request<B>) -> bool {
         let Some(token) = &self.token else {
             return true;
         };
-        req.headers()
+        let header_ok = req
+            .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| same_secret(t.trim().as_bytes(), token.as_bytes()))
+            .is_some_and(|t| same_secret(t.trim().as_bytes(), token.as_bytes()));
+        // EventSource cannot send headers: the stream alone also takes the token in its URL.
+        header_ok
+            || (req.uri().path() == api::paths::STREAM
+                && dashboard::query_param(req.uri().query(), "token")
+                    .is_some_and(|t| same_secret(t.as_bytes(), token.as_bytes())))
+    }
+
+    fn stream(&self, req_query: Option<&str>) -> AdminResponse {
+        let body = SseBody::new(
+            self.sources.clone(),
+            dashboard::keepalive_from_query(req_query),
+            &self.streams,
+        );
+        let mut r = Response::new(body.boxed_unsync());
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_TYPE, "text/event-stream".parse().unwrap());
+        h.insert(header::CACHE_CONTROL, "no-cache".parse().unwrap());
+        r
     }
 
     /// The answer to `req` when it is a shared route or not authorized; `None` when it is the
@@ -88,6 +154,12 @@ impl AdminBase {
         if path == "/healthz" {
             return Some(match *req.method() {
                 Method::GET | Method::HEAD => text(StatusCode::OK, "ok\n"),
+                _ => text(StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed\n"),
+            });
+        }
+        if path == "/" {
+            return Some(match *req.method() {
+                Method::GET | Method::HEAD => page(self.token.is_some()),
                 _ => text(StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed\n"),
             });
         }
@@ -111,6 +183,13 @@ impl AdminBase {
                 for source in sources {
                     source.render(&mut out);
                 }
+                family(
+                    &mut out,
+                    "ebbtide_admin_streams",
+                    "gauge",
+                    "Dashboard streams (GET /api/v1/stream) open now.",
+                );
+                let _ = writeln!(out, "ebbtide_admin_streams {}", self.streams.get());
                 let mut r = text(StatusCode::OK, out);
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -120,15 +199,14 @@ impl AdminBase {
             }
             (&Method::GET, "/api/v1/events") => {
                 let events = self
-                    .events
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .as_ref()
+                    .sources
+                    .events()
                     .map(|s| s.events())
                     .unwrap_or_default();
                 Some(json(StatusCode::OK, &events))
             }
-            (_, "/metrics" | "/api/v1/events") => Some(text(
+            (&Method::GET, api::paths::STREAM) => Some(self.stream(req.uri().query())),
+            (_, "/metrics" | "/api/v1/events" | api::paths::STREAM) => Some(text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "405 Method Not Allowed\n",
             )),
@@ -144,8 +222,42 @@ impl AdminBase {
     }
 }
 
+fn full(body: impl Into<Bytes>) -> UnsyncBoxBody<Bytes, Infallible> {
+    Full::new(body.into()).boxed_unsync()
+}
+
+/// The dashboard page; told whether to ask for the token. Its script and style are inline, and
+/// the policy allows nothing else (no other origin, no plugin, no frame).
+fn page(token_required: bool) -> AdminResponse {
+    let body = if token_required {
+        Bytes::from(dashboard::PAGE.replacen(
+            "<body data-auth=\"\">",
+            "<body data-auth=\"required\">",
+            1,
+        ))
+    } else {
+        Bytes::from_static(dashboard::PAGE.as_bytes())
+    };
+    let mut r = Response::new(full(body));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        "text/html; charset=utf-8".parse().unwrap(),
+    );
+    h.insert(header::CACHE_CONTROL, "no-cache".parse().unwrap());
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+         connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
+         frame-ancestors 'none'"
+            .parse()
+            .unwrap(),
+    );
+    r
+}
+
 fn text(status: StatusCode, body: impl Into<Bytes>) -> AdminResponse {
-    let mut r = Response::new(Full::new(body.into()));
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -157,7 +269,7 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> AdminResponse {
 fn json(status: StatusCode, value: &impl serde::Serialize) -> AdminResponse {
     let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
     body.push(b'\n');
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
@@ -180,6 +292,7 @@ impl Admin {
     ) -> Self {
         let base = AdminBase::new(token);
         base.add_metrics(proxy.clone());
+        base.set_fleet(Arc::new(ProxyFleet(proxy.clone())));
         Admin {
             proxy,
             base,
@@ -196,6 +309,16 @@ impl Admin {
     /// Sets what `/api/v1/events` shows.
     pub fn set_events(&self, source: Arc<dyn EventSource>) {
         self.base.set_events(source);
+    }
+
+    /// The dashboard streams open now.
+    pub fn live_streams(&self) -> usize {
+        self.base.live_streams()
+    }
+
+    /// Ends the dashboard's streams: see [`AdminBase::close_streams`].
+    pub fn close_streams(&self) {
+        self.base.close_streams();
     }
 
     /// Answers one admin request.
@@ -359,6 +482,30 @@ pub fn signals_snapshot(proxy: &Proxy, now: Nanos) -> api::Signals {
             + c.shed_queue_timeout.load(Ordering::Relaxed),
         span_seconds: window.span_seconds,
         window_seconds: window.window_seconds,
+    }
+}
+
+/// The balancer of this process as the dashboard shows it.
+struct ProxyFleet(Arc<Proxy>);
+
+impl FleetSource for ProxyFleet {
+    fn signals(&self) -> Option<api::Signals> {
+        Some(signals_snapshot(&self.0, self.0.clock.now()))
+    }
+
+    fn backends(&self) -> Vec<api::BackendInfo> {
+        let now = self.0.clock.now();
+        self.0
+            .registry
+            .snapshot()
+            .backends
+            .iter()
+            .map(|b| b.info(now))
+            .collect()
+    }
+
+    fn retries_total(&self) -> u64 {
+        self.0.counters.retries.load(Ordering::Relaxed)
     }
 }
 

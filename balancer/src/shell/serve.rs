@@ -415,6 +415,8 @@ impl Server {
 
         shutdown.await;
         tracing::info!("shutting down: no new connections; finishing requests in flight");
+        // Dashboard streams never finish on their own: end them, or they hold the drain up.
+        self.admin.close_streams();
         let _ = stop_tx.send(true);
         let _ = clients.await;
         let _ = admin_task.await;
