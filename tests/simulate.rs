@@ -175,16 +175,27 @@ fn compare_prints_every_decider_and_the_oracle() {
     let json = dir.file("cmp.json");
     let out = simulate(&config, &["--compare", "--json", json.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    for name in ["target_tracking", "concurrency", "queueing_model", "oracle"] {
+    for name in [
+        "target_tracking",
+        "concurrency",
+        "queueing_model",
+        "oracle",
+        "oracle_boot",
+    ] {
         assert!(stdout.contains(name), "{name} missing:\n{stdout}");
     }
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let rows = v["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 4);
-    assert_eq!(rows[3]["decider"], "oracle");
-    assert!(rows[3]["cost"].as_f64().unwrap() > 0.0);
-    for r in &rows[..3] {
+    let deciders = rows.len() - 2;
+    assert!(deciders >= 3);
+    assert_eq!(rows[deciders]["decider"], "oracle");
+    assert_eq!(rows[deciders + 1]["decider"], "oracle_boot");
+    let instant = rows[deciders]["cost"].as_f64().unwrap();
+    assert!(instant > 0.0);
+    // Boots and whole billing periods only add to what perfect foresight pays.
+    assert!(rows[deciders + 1]["billed"].as_f64().unwrap() >= instant);
+    for r in &rows[..deciders] {
         // Every decider really ran the scenario (the oracle only sizes it).
         assert!(r["simulated_requests"].as_u64().unwrap() > 70_000, "{r}");
         assert!(r["cost"].as_f64().unwrap() > 0.0, "{r}");
