@@ -290,6 +290,16 @@ pub fn parse_admin_url(url: &str) -> Result<String, String> {
 pub const MAX_BACKENDS: u32 = 100_000;
 
 impl Autoscaler {
+    /// This section as TOML, `[autoscaler]` and `[autoscaler.cost]` with every key, ready to
+    /// paste into a config (what `ebbtide tune --out` writes).
+    pub fn to_toml_section(&self) -> String {
+        #[derive(Serialize)]
+        struct Section<'a> {
+            autoscaler: &'a Autoscaler,
+        }
+        toml::to_string(&Section { autoscaler: self }).expect("the autoscaler section serializes")
+    }
+
     /// Semantic checks serde cannot express, as (key path, message) pairs, all of them at once:
     /// the config loader turns each into `file:line:col: key: message`.
     pub fn validate(&self) -> Vec<(String, String)> {
