@@ -14,13 +14,13 @@
 //!            backlog hides it)
 //! backlog  = requests queued in the balancer now
 //!          + (newest arrival rate - ready x mu)+ x boot_time   (what queues while new ones boot)
-//! burst    = 1 + the burst_quantile of the past rises over one reaction (boot_time + interval):
-//!            (rate over the next reaction / rate over the last one) - 1 - 3 sd of Poisson noise,
+//! burst    = the burst_quantile of the past rises over one reaction (boot_time + interval):
+//!            rate over the next reaction - rate over the last one - 3 sd of Poisson noise,
 //!            over the last burst_window of arrival rates, leaving above it at least the
-//!            windows one event spans (so one step or spike alone sets nothing); at least 1,
-//!            at most 10
+//!            windows one event spans (so one step or spike alone sets nothing); at least 0.
+//!            Absolute (requests/s), so traffic that switches on from nothing counts too
 //! n        = the smallest fleet with p99(M/M/(n x workers)) <= slo_p99 at the offered rate
-//!            lambda x burst + backlog / drain_time
+//!            lambda + burst + backlog / drain_time
 //! ```
 //!
 //! Erlang C on both: the backlog is offered to the model as extra arrivals spread over
@@ -48,9 +48,6 @@ use ebbtide_config::autoscaler::Autoscaler;
 use ebbtide_config::time::Nanos;
 use std::collections::VecDeque;
 
-/// The most the burst headroom multiplies the arrival rate by.
-pub const MAX_BURST_FACTOR: f64 = 10.0;
-
 /// Standard deviations of Poisson noise a rise must exceed to count as a burst.
 pub const NOISE_SDS: f64 = 3.0;
 
@@ -76,8 +73,8 @@ pub struct Backlog {
 /// The learnt burst headroom.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BurstHeadroom {
-    /// What the arrival rate is multiplied by (1: no headroom).
-    pub factor: f64,
+    /// Requests/s added to the arrival rate (0: no headroom).
+    pub rate: f64,
     /// Reaction windows it was learnt from.
     pub windows: usize,
     /// Length of one reaction window, samples.
@@ -122,7 +119,7 @@ impl Backlog {
             .ceil()
             .max(1.0) as usize;
         let none = BurstHeadroom {
-            factor: 1.0,
+            rate: 0.0,
             windows: 0,
             samples_per_window: k,
         };
@@ -140,12 +137,10 @@ impl Backlog {
         for i in k..=rates.len() - k {
             let before = (prefix[i] - prefix[i - k]) / k as f64;
             let after = (prefix[i + k] - prefix[i]) / k as f64;
-            // At least a request expected in the window, or the ratio is all noise.
-            if before * span < 1.0 {
-                continue;
-            }
-            let noise = (2.0 / (before * span)).sqrt();
-            rises.push(after / before - 1.0 - NOISE_SDS * noise);
+            // The difference of two Poisson counts over `span` has variance (before + after) x
+            // span: rises within NOISE_SDS of it are noise.
+            let noise = ((before + after) / span).sqrt();
+            rises.push(after - before - NOISE_SDS * noise);
         }
         if rises.len() < MIN_BURST_WINDOWS {
             return BurstHeadroom {
@@ -160,7 +155,7 @@ impl Backlog {
             .min(rises.len().saturating_sub(k + 1))
             .max(1);
         BurstHeadroom {
-            factor: (1.0 + rises[rank - 1].max(0.0)).min(MAX_BURST_FACTOR),
+            rate: rises[rank - 1].max(0.0),
             windows: rises.len(),
             samples_per_window: k,
         }
@@ -211,7 +206,7 @@ impl Decider for Backlog {
         let growth = (latest.arrival_rate - fleet.ready as f64 * mu).max(0.0) * self.boot;
         let backlog = queued + growth;
         let burst = self.burst_headroom();
-        let offered = lambda * burst.factor + backlog / self.drain_time;
+        let offered = lambda + burst.rate + backlog / self.drain_time;
         let model = FleetModel {
             arrival_rate: offered,
             service_rate_per_backend: mu,
@@ -225,13 +220,13 @@ impl Decider for Backlog {
         let desired = fleet.clamp(wanted);
         let at_desired = model.predict(desired);
         let reason = format!(
-            "arrival {lambda:.1}/s (panic window {}s) x burst headroom {:.2} (the {:.0}% quantile of \
-             rises over {} reaction windows of {}s) + backlog {backlog:.0} ({queued:.0} queued, \
+            "arrival {lambda:.1}/s (panic window {}s) + burst headroom {:.1}/s (the {:.0}% quantile \
+             of rises over {} reaction windows of {}s) + backlog {backlog:.0} ({queued:.0} queued, \
              {growth:.0} more while booting) drained in {}s: {offered:.1}/s offered at \
              {mu:.1}/s per backend of {} workers; {wanted} backends give predicted p99 \
              {:.1}ms <= SLO {:.0}ms; desired {desired}",
             secs(panic.covered()),
-            burst.factor,
+            burst.rate,
             self.quantile * 100.0,
             burst.windows,
             burst.samples_per_window as f64 * self.interval as f64 / 1e9,
@@ -242,7 +237,7 @@ impl Decider for Backlog {
         );
         Decision::new(desired, wanted, reason)
             .input("arrival_rate", lambda)
-            .input("burst_factor", burst.factor)
+            .input("burst_headroom", burst.rate)
             .input("backlog", backlog)
             .input("queue_depth", queued)
             .input("offered_rate", offered)
@@ -287,7 +282,7 @@ mod tests {
     }
 
     /// Feeds `seconds` one-second observations of `rate(t)`.
-    fn feed(d: &mut Backlog, w: &mut Windows, seconds: u64, rate: impl Fn(u64) -> f64) {
+    fn feed(d: &mut Backlog, w: &mut Windows, seconds: u64, mut rate: impl FnMut(u64) -> f64) {
         for t in 0..seconds {
             w.observe(Observation {
                 at: t * S,
@@ -307,7 +302,7 @@ mod tests {
         let mut w = Windows::from_config(&c);
         feed(&mut d, &mut w, 120, |_| 1000.0);
         let dec = d.decide(&w, &FleetView::counts(8, 0, 1, 1000), 119 * S);
-        assert_eq!(dec.inputs["burst_factor"], 1.0, "{}", dec.reason);
+        assert_eq!(dec.inputs["burst_headroom"], 0.0, "{}", dec.reason);
         assert_eq!(
             dec.desired,
             model(1000.0).smallest_meeting_slo().unwrap().backends,
@@ -376,7 +371,7 @@ mod tests {
         let mut smooth = Backlog::new(&c);
         let mut w = Windows::from_config(&c);
         feed(&mut smooth, &mut w, 300, |t| 1000.0 + t as f64);
-        assert_eq!(smooth.burst_headroom().factor, 1.0);
+        assert_eq!(smooth.burst_headroom().rate, 0.0);
         // Bursts of 3x for 3 s every 20 s: headroom near 3x.
         let mut bursty = Backlog::new(&c);
         let mut w = Windows::from_config(&c);
@@ -388,7 +383,7 @@ mod tests {
             }
         });
         let f3 = bursty.burst_headroom();
-        assert!(f3.factor > 2.5 && f3.factor <= 3.0, "{f3:?}");
+        assert!(f3.rate > 1500.0 && f3.rate <= 2000.0, "{f3:?}");
         // Bursts of 1.5x: less headroom.
         let mut mild = Backlog::new(&c);
         let mut w = Windows::from_config(&c);
@@ -400,7 +395,19 @@ mod tests {
             }
         });
         let f15 = mild.burst_headroom();
-        assert!(f15.factor > 1.3 && f15.factor <= 1.5, "{f15:?}");
+        assert!(f15.rate > 350.0 && f15.rate <= 500.0, "{f15:?}");
+        // Traffic that switches on from nothing for 3 s every 20 s: the on rate.
+        let mut on_off = Backlog::new(&c);
+        let mut w = Windows::from_config(&c);
+        feed(&mut on_off, &mut w, 300, |t| {
+            if t % 20 < 3 {
+                2000.0
+            } else {
+                0.0
+            }
+        });
+        let f = on_off.burst_headroom();
+        assert!(f.rate > 1500.0 && f.rate <= 2000.0, "{f:?}");
         // One step in 600 s is a few windows in hundreds: no lasting headroom.
         let mut step = Backlog::new(&c);
         let mut w = Windows::from_config(&c);
@@ -411,16 +418,17 @@ mod tests {
                 5000.0
             }
         });
-        assert_eq!(step.burst_headroom().factor, 1.0);
+        assert_eq!(step.burst_headroom().rate, 0.0);
         // The headroom sizes the fleet: bursty traffic at the same base rate gets more.
         let dec = bursty.decide(&w, &FleetView::counts(8, 0, 1, 1000), 299 * S);
-        assert!(dec.inputs["burst_factor"] > 2.5);
+        assert!(dec.inputs["burst_headroom"] > 1500.0);
+        assert!(dec.desired >= model(3000.0).smallest_meeting_slo().unwrap().backends);
         // And zero quantile turns it off.
         let off = Backlog::new(&Autoscaler {
             burst_quantile: 0.0,
             ..c
         });
-        assert_eq!(off.burst_headroom().factor, 1.0);
+        assert_eq!(off.burst_headroom().rate, 0.0);
     }
 
     #[test]
