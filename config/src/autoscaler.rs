@@ -209,7 +209,7 @@ impl Default for Autoscaler {
             slo_p99: HumanDuration::from_millis(200),
             workers: 4,
             drain_time: HumanDuration::from_secs(2),
-            burst_quantile: 0.99,
+            burst_quantile: 0.999,
             burst_window: HumanDuration::from_secs(600),
             boot_time: HumanDuration::from_secs(1),
             overload: OverloadMode::Queue,

@@ -15,7 +15,8 @@
 //! backlog  = requests queued in the balancer now
 //!          + (newest arrival rate - ready x mu)+ x boot_time   (what queues while new ones boot)
 //! burst    = the burst_quantile of the past rises over one reaction (boot_time + interval):
-//!            rate over the next reaction - rate over the last one - 3 sd of Poisson noise,
+//!            highest sample over the next reaction - mean rate over the last one - 3 sd of
+//!            Poisson noise,
 //!            over the last burst_window of arrival rates, leaving above it at least the
 //!            windows one event spans (so one step or spike alone sets nothing); at least 0.
 //!            Absolute (requests/s), so traffic that switches on from nothing counts too
@@ -135,11 +136,13 @@ impl Backlog {
         let span = k as f64 * interval_s;
         let mut rises: Vec<f64> = Vec::new();
         for i in k..=rates.len() - k {
+            // The mean over the last reaction against the highest sample of the next: what the
+            // fleet sized on the past had to meet before a backend ordered then was ready.
             let before = (prefix[i] - prefix[i - k]) / k as f64;
-            let after = (prefix[i + k] - prefix[i]) / k as f64;
-            // The difference of two Poisson counts over `span` has variance (before + after) x
-            // span: rises within NOISE_SDS of it are noise.
-            let noise = ((before + after) / span).sqrt();
+            let after = rates[i..i + k].iter().copied().fold(0.0, f64::max);
+            // A Poisson count over one interval has variance rate x interval, the mean before
+            // over the reaction rate x span: rises within NOISE_SDS of their sum are noise.
+            let noise = (after / interval_s + before / span).sqrt();
             rises.push(after - before - NOISE_SDS * noise);
         }
         if rises.len() < MIN_BURST_WINDOWS {

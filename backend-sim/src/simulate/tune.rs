@@ -206,7 +206,7 @@ pub fn candidates(base: &Autoscaler, seed: u64) -> Vec<Candidate> {
         }
     }
     for drain in [0.25, 0.5, 1.0, 2.0, 5.0] {
-        for quantile in [0.0, 0.9, 0.99] {
+        for quantile in [0.0, 0.9, 0.99, 0.999] {
             for interval in [0.5, 1.0] {
                 grid.push(with(
                     format!(
