@@ -4,8 +4,8 @@
 //!
 //! - **Candidates**: the config's own `[autoscaler]` first (the baseline), then a grid per
 //!   decider over the parameters that matter most for it (targets and utilisation for the
-//!   threshold rules, windows for `queueing_model`, drain time, burst quantile and interval for
-//!   `backlog`), in a fixed order shuffled by the seed. Every other key (min, max, SLO, workers,
+//!   threshold rules, windows for `queueing_model`, drain time, burst quantile, interval and the
+//!   price of an SLO miss for `backlog`), in a fixed order shuffled by the seed. Every other key (min, max, SLO, workers,
 //!   boot time, cost) is the config's.
 //! - **Tuning and held-back traffic**: a trace is cut in two, the first two thirds to tune on and
 //!   the last third held back; a rate profile is tuned on the scenario's seed and held back on
@@ -206,20 +206,31 @@ pub fn candidates(base: &Autoscaler, seed: u64) -> Vec<Candidate> {
         }
     }
     for drain in [0.25, 0.5, 1.0, 2.0, 5.0] {
-        for quantile in [0.0, 0.9, 0.99, 0.999] {
+        for quantile in [0.0, 0.99, 0.999] {
             for interval in [0.5, 1.0] {
-                grid.push(with(
-                    format!(
-                        "backlog drain_time={drain}s burst_quantile={quantile} \
-                         interval={interval}s"
-                    ),
-                    &|a: &mut Autoscaler| {
-                        a.decider = DeciderKind::Backlog;
-                        a.drain_time = s(drain);
-                        a.burst_quantile = quantile;
-                        a.interval = s(interval);
-                    },
-                ));
+                for violation in [base.cost.slo_violation_cost, 0.0] {
+                    if violation == 0.0 && base.cost.slo_violation_cost == 0.0 {
+                        continue;
+                    }
+                    let priced = if violation == base.cost.slo_violation_cost {
+                        String::new()
+                    } else {
+                        format!(" slo_violation_cost={violation}")
+                    };
+                    grid.push(with(
+                        format!(
+                            "backlog drain_time={drain}s burst_quantile={quantile} \
+                             interval={interval}s{priced}"
+                        ),
+                        &|a: &mut Autoscaler| {
+                            a.decider = DeciderKind::Backlog;
+                            a.drain_time = s(drain);
+                            a.burst_quantile = quantile;
+                            a.interval = s(interval);
+                            a.cost.slo_violation_cost = violation;
+                        },
+                    ));
+                }
             }
         }
     }
@@ -429,13 +440,13 @@ impl TuneReport {
         );
         let _ = writeln!(
             out,
-            "{:>4}  {:<58} {:>9} {:>8} {:>8} {:>8}",
+            "{:>4}  {:<84} {:>9} {:>8} {:>8} {:>8}",
             "rank", "candidate", "billed", ">SLO %", "shed", "actions"
         );
         for (k, r) in self.ranking.iter().enumerate().take(20) {
             let _ = writeln!(
                 out,
-                "{:>4}  {:<58} {:>9.4} {:>8.3} {:>8} {:>8}{}",
+                "{:>4}  {:<84} {:>9.4} {:>8.3} {:>8} {:>8}{}",
                 k + 1,
                 r.label,
                 r.tuning.cost,
