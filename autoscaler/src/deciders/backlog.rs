@@ -16,10 +16,10 @@
 //!          + (newest arrival rate - ready x mu)+ x boot_time   (what queues while new ones boot)
 //! burst    = the burst_quantile of the past rises over one reaction (boot_time + interval):
 //!            highest sample over the next reaction - mean rate over the last one - 3 sd of
-//!            Poisson noise,
-//!            over the last burst_window of arrival rates, leaving above it at least the
-//!            windows one event spans (so one step or spike alone sets nothing); at least 0.
-//!            Absolute (requests/s), so traffic that switches on from nothing counts too
+//!            Poisson noise, over the last burst_window of arrival rates, leaving above it at
+//!            least the windows one event spans (so one step or spike alone sets nothing);
+//!            at least 0. Absolute (requests/s), so traffic that switches on from nothing
+//!            counts too
 //! n        = the smallest fleet with p99(M/M/(n x workers)) <= slo_p99 at the offered rate
 //!            lambda + burst + backlog / drain_time
 //! ```
@@ -30,10 +30,12 @@
 //! release the extra backends at the end of their paid period.
 //!
 //! The burst headroom is learnt, not a fixed factor: on smooth load (Poisson or a slow trend) the
-//! rises over a few seconds are within noise and the headroom is 1; on traffic whose bursts come
-//! often (a trace whose load arrives in bursts of a few seconds) it is the rise that
-//! `burst_quantile` of the recent reaction windows did not exceed. A single step or flash crowd
-//! is one window in hundreds: it does not inflate the fleet afterwards.
+//! rises over a few seconds are within noise and the headroom is 0; on traffic whose bursts come
+//! back (a trace whose load arrives in bursts of a few seconds, a burst every minute) it is the
+//! rise that `burst_quantile` of the recent reaction windows did not exceed. A single step or
+//! flash crowd is a few windows in hundreds: it does not inflate the fleet afterwards (and the
+//! first two bursts of a repeating pattern are not covered: the second is the first that shows
+//! the pattern).
 //!
 //! A separate decider rather than an option of `queueing_model`, so that rule (and the tables
 //! measured with it) stays as it is for comparison, and because this one keeps state (the rate
