@@ -160,6 +160,10 @@ pub struct Autoscaler {
     pub burst_quantile: f64,
     /// `backlog`: how much arrival-rate history the burst headroom is learnt from.
     pub burst_window: HumanDuration,
+    /// `backlog`: the traffic's season (e.g. "24h", "168h"); when set, the arrival rate one season
+    /// ago, one reaction ahead, scaled by how today's level compares with that day's, is a
+    /// forecast the fleet is sized for ahead of a predictable rise; "0s" = reactive only.
+    pub season: HumanDuration,
     /// Expected time from launch to ready of a new backend: scale-out looks this far ahead,
     /// scale-in keeps what would be bought back within it; "0s" = instant.
     pub boot_time: HumanDuration,
@@ -211,6 +215,7 @@ impl Default for Autoscaler {
             drain_time: HumanDuration::from_secs(2),
             burst_quantile: 0.999,
             burst_window: HumanDuration::from_secs(600),
+            season: HumanDuration::from_secs(0),
             boot_time: HumanDuration::from_secs(1),
             overload: OverloadMode::Queue,
             overload_max_queue: None,

@@ -37,6 +37,12 @@
 //! first two bursts of a repeating pattern are not covered: the second is the first that shows
 //! the pattern).
 //!
+//! Predictive option (`season`, e.g. "24h"): the highest rate one season ago over the next
+//! reaction (boot + interval), times today's level over that season's (panic window against the same
+//! window one season ago), is a floor on lambda, so a rise that happened at this time yesterday
+//! is met a boot ahead. It falls back to the reactive rule (no floor) without a season of
+//! history and when today's level is more than 2x off that season's; it never lowers lambda.
+//!
 //! A separate decider rather than an option of `queueing_model`, so that rule (and the tables
 //! measured with it) stays as it is for comparison, and because this one keeps state (the rate
 //! history and the last measured service rate) that `queueing_model` does not need.
@@ -71,7 +77,24 @@ pub struct Backlog {
     history: VecDeque<(Nanos, f64)>,
     /// The last measured service rate per backend.
     last_mu: Option<f64>,
+    /// The season of the predictive option (0: off).
+    season: Nanos,
+    /// (time, arrival rate) over the last season and a bit, for the forecast.
+    seasonal: VecDeque<(Nanos, f64)>,
 }
+
+/// A forecast from one season ago.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Forecast {
+    /// The arrival rate expected over the next reaction, requests/s.
+    pub rate: f64,
+    /// Today's level over the same time of the last season (panic window against panic window).
+    pub level: f64,
+}
+
+/// The forecast is used only while today's level is within this factor of last season's:
+/// beyond it the season says little about today, and the rule is reactive.
+pub const MAX_LEVEL_CHANGE: f64 = 2.0;
 
 /// The learnt burst headroom.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -97,7 +120,49 @@ impl Backlog {
             history_length: cfg.burst_window.as_nanos(),
             history: VecDeque::new(),
             last_mu: None,
+            season: cfg.season.as_nanos(),
+            seasonal: VecDeque::new(),
         }
+    }
+
+    /// The mean (or the highest) rate one season ago over [from, to) (times of today), from the
+    /// seasonal history; `None` when the history does not reach back that far.
+    fn seasonal(&self, from: Nanos, to: Nanos, highest: bool) -> Option<f64> {
+        let (from, to) = (from.checked_sub(self.season)?, to.checked_sub(self.season)?);
+        if self.seasonal.front().is_none_or(|&(at, _)| at > from) {
+            return None;
+        }
+        let (sum, top, n) = self
+            .seasonal
+            .iter()
+            .filter(|&&(at, _)| at >= from && at < to.max(from + 1))
+            .fold((0.0, 0.0f64, 0usize), |(s, m, n), &(_, r)| {
+                (s + r, m.max(r), n + 1)
+            });
+        (n > 0).then(|| if highest { top } else { sum / n as f64 })
+    }
+
+    /// The same-time-last-season forecast: the highest rate over the next reaction (boot +
+    /// interval) one season ago, scaled by
+    /// today's level against that season's; `None` when off, without a season of history, or
+    /// when today's level is more than [`MAX_LEVEL_CHANGE`] off (the forecast is not trusted).
+    pub fn forecast(&self, windows: &Windows, now: Nanos) -> Option<Forecast> {
+        if self.season == 0 {
+            return None;
+        }
+        let panic = windows.panic(now);
+        let today = panic.arrival_rate?;
+        let then = self.seasonal(panic.from, panic.to, false)?;
+        let reaction = (self.boot * 1e9) as Nanos + self.interval;
+        let ahead = self.seasonal(panic.to, panic.to + reaction, true)?;
+        let level = if then > 0.0 { today / then } else { 1.0 };
+        if !(level <= MAX_LEVEL_CHANGE && level >= 1.0 / MAX_LEVEL_CHANGE) {
+            return None;
+        }
+        Some(Forecast {
+            rate: ahead * level,
+            level,
+        })
     }
 
     fn record(&mut self, windows: &Windows) {
@@ -112,6 +177,16 @@ impl Backlog {
         let horizon = obs.at.saturating_sub(self.history_length);
         while self.history.front().is_some_and(|&(at, _)| at < horizon) {
             self.history.pop_front();
+        }
+        if self.season > 0 {
+            self.seasonal.push_back((obs.at, obs.arrival_rate.max(0.0)));
+            // A season back, less the panic window, plus one reaction ahead: keep a season and
+            // a stable window's worth.
+            let keep = self.season + windows.stable_length();
+            let horizon = obs.at.saturating_sub(keep);
+            while self.seasonal.front().is_some_and(|&(at, _)| at < horizon) {
+                self.seasonal.pop_front();
+            }
         }
     }
 
@@ -207,6 +282,10 @@ impl Decider for Backlog {
         } else {
             lambda
         };
+        // Predictive: the rate one season ago over the next reaction, at today's level, when
+        // it is higher (a predictable rise is launched for a boot ahead); never lower.
+        let forecast = self.forecast(windows, now);
+        let lambda = forecast.map_or(lambda, |f| lambda.max(f.rate));
         let queued = latest.queue_depth.max(0.0);
         let growth = (latest.arrival_rate - fleet.ready as f64 * mu).max(0.0) * self.boot;
         let backlog = queued + growth;
@@ -240,7 +319,18 @@ impl Decider for Backlog {
             model.predict(wanted).sojourn_quantile * 1000.0,
             self.slo * 1000.0,
         );
-        Decision::new(desired, wanted, reason)
+        let mut reason = reason;
+        if let Some(f) = forecast {
+            reason.push_str(&format!(
+                "; forecast {:.1}/s (one season ago, one reaction ahead, x{:.2} today's level)",
+                f.rate, f.level
+            ));
+        }
+        let decision = match forecast {
+            Some(f) => Decision::new(desired, wanted, reason).input("forecast_rate", f.rate),
+            None => Decision::new(desired, wanted, reason),
+        };
+        decision
             .input("arrival_rate", lambda)
             .input("burst_headroom", burst.rate)
             .input("backlog", backlog)
@@ -472,5 +562,47 @@ mod tests {
             "{backlog_fleet} vs {need}"
         );
         assert!(qm_fleet.abs_diff(need) <= 1);
+    }
+
+    #[test]
+    fn a_season_of_history_launches_ahead_of_a_predictable_rise_and_falls_back_when_wrong() {
+        let c = Autoscaler {
+            season: HumanDuration::from_secs(300),
+            boot_time: HumanDuration::from_secs(30),
+            ..cfg()
+        };
+        let sine = |t: u64, level: f64| {
+            level * (1000.0 - 800.0 * (std::f64::consts::TAU * t as f64 / 300.0).cos())
+        };
+        // Two seasons alike: at the steepest rise of the second, the forecast is the rate
+        // half a minute ahead (boot + interval), above what the windows show now.
+        let mut d = Backlog::new(&c);
+        let mut w = Windows::from_config(&c);
+        feed(&mut d, &mut w, 376, |t| sine(t, 1.0));
+        let f = d.forecast(&w, 375 * S).expect("a season of history");
+        assert!((f.level - 1.0).abs() < 0.1, "{f:?}");
+        assert!(f.rate > 1300.0 && f.rate < 1700.0, "{f:?}");
+        let dec = d.decide(&w, &FleetView::counts(8, 0, 1, 1000), 375 * S);
+        assert_eq!(dec.inputs["arrival_rate"], f.rate, "{}", dec.reason);
+        assert!(dec.reason.contains("forecast"), "{}", dec.reason);
+        // Without the option (or before a season of history): reactive.
+        let mut reactive = Backlog::new(&cfg());
+        let mut w2 = Windows::from_config(&c);
+        feed(&mut reactive, &mut w2, 376, |t| sine(t, 1.0));
+        assert_eq!(reactive.forecast(&w2, 375 * S), None);
+        let r = reactive.decide(&w2, &FleetView::counts(8, 0, 1, 1000), 375 * S);
+        assert!(r.inputs["arrival_rate"] < f.rate);
+        assert!(r.desired < dec.desired, "{} vs {}", r.desired, dec.desired);
+        let mut early = Backlog::new(&c);
+        let mut w3 = Windows::from_config(&c);
+        feed(&mut early, &mut w3, 200, |t| sine(t, 1.0));
+        assert_eq!(early.forecast(&w3, 199 * S), None);
+        // Today at 3x yesterday's level: the season says little, no forecast.
+        let mut changed = Backlog::new(&c);
+        let mut w4 = Windows::from_config(&c);
+        feed(&mut changed, &mut w4, 376, |t| {
+            sine(t, if t < 300 { 1.0 } else { 3.0 })
+        });
+        assert_eq!(changed.forecast(&w4, 375 * S), None);
     }
 }
