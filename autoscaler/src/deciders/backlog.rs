@@ -156,7 +156,7 @@ impl Backlog {
         let reaction = (self.boot * 1e9) as Nanos + self.interval;
         let ahead = self.seasonal(panic.to, panic.to + reaction, true)?;
         let level = if then > 0.0 { today / then } else { 1.0 };
-        if !(level <= MAX_LEVEL_CHANGE && level >= 1.0 / MAX_LEVEL_CHANGE) {
+        if !(1.0 / MAX_LEVEL_CHANGE..=MAX_LEVEL_CHANGE).contains(&level) {
             return None;
         }
         Some(Forecast {
