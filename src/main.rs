@@ -29,6 +29,9 @@ enum Command {
     Load(ebbtide_sim::load::LoadArgs),
     /// Run the discrete-event simulator: the same policies and deciders in virtual time.
     Simulate(ebbtide_sim::simulate::SimulateArgs),
+    /// Search the decider and its parameters in the simulator for the cheapest `[autoscaler]`
+    /// within a share of requests over the SLO; writes the winning section.
+    Tune(ebbtide_sim::simulate::tune::TuneArgs),
     /// Run the autoscaler alone, for balancers in other processes: reads their signals and
     /// registers its backends through their admin APIs (`[autoscaler] balancers`).
     Autoscale {
@@ -114,6 +117,13 @@ fn main() -> ExitCode {
             Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
             Err(e) => {
                 eprintln!("ebbtide simulate: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Tune(args) => match ebbtide_sim::simulate::tune::run(args) {
+            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => {
+                eprintln!("ebbtide tune: {e}");
                 ExitCode::FAILURE
             }
         },

@@ -17,14 +17,18 @@ pub enum DeciderKind {
     Concurrency,
     /// The smallest fleet whose Erlang C (M/M/c) predicted p99 meets `slo_p99`.
     QueueingModel,
+    /// Erlang C on the arrival rate plus the balancer's backlog drained within `drain_time`,
+    /// with headroom for the rise one boot time can bring, learnt from recent burstiness.
+    Backlog,
 }
 
 impl DeciderKind {
     /// Every decider, for error messages, comparisons and benchmarks.
-    pub const ALL: [DeciderKind; 3] = [
+    pub const ALL: [DeciderKind; 4] = [
         DeciderKind::TargetTracking,
         DeciderKind::Concurrency,
         DeciderKind::QueueingModel,
+        DeciderKind::Backlog,
     ];
 
     /// The name used in config, events and metrics.
@@ -33,6 +37,7 @@ impl DeciderKind {
             DeciderKind::TargetTracking => "target_tracking",
             DeciderKind::Concurrency => "concurrency",
             DeciderKind::QueueingModel => "queueing_model",
+            DeciderKind::Backlog => "backlog",
         }
     }
 }
@@ -147,6 +152,18 @@ pub struct Autoscaler {
     pub slo_p99: HumanDuration,
     /// Servers per backend (concurrent requests each serves), for the queueing model.
     pub workers: u32,
+    /// `backlog`: what is queued in the balancer is to be drained within this long (served on
+    /// top of the arrival rate by the fleet it sizes).
+    pub drain_time: HumanDuration,
+    /// `backlog`: the share of past boot-time windows whose rise in arrival rate (beyond
+    /// Poisson noise) the headroom covers, e.g. 0.99; 0 = no burst headroom.
+    pub burst_quantile: f64,
+    /// `backlog`: how much arrival-rate history the burst headroom is learnt from.
+    pub burst_window: HumanDuration,
+    /// `backlog`: the traffic's season (e.g. "24h", "168h"); when set, the arrival rate one season
+    /// ago, one reaction ahead, scaled by how today's level compares with that day's, is a
+    /// forecast the fleet is sized for ahead of a predictable rise; "0s" = reactive only.
+    pub season: HumanDuration,
     /// Expected time from launch to ready of a new backend: scale-out looks this far ahead,
     /// scale-in keeps what would be bought back within it; "0s" = instant.
     pub boot_time: HumanDuration,
@@ -195,6 +212,10 @@ impl Default for Autoscaler {
             boot_aware_panic: true,
             slo_p99: HumanDuration::from_millis(200),
             workers: 4,
+            drain_time: HumanDuration::from_secs(2),
+            burst_quantile: 0.999,
+            burst_window: HumanDuration::from_secs(600),
+            season: HumanDuration::from_secs(0),
             boot_time: HumanDuration::from_secs(1),
             overload: OverloadMode::Queue,
             overload_max_queue: None,
@@ -274,6 +295,16 @@ pub fn parse_admin_url(url: &str) -> Result<String, String> {
 pub const MAX_BACKENDS: u32 = 100_000;
 
 impl Autoscaler {
+    /// This section as TOML, `[autoscaler]` and `[autoscaler.cost]` with every key, ready to
+    /// paste into a config (what `ebbtide tune --out` writes).
+    pub fn to_toml_section(&self) -> String {
+        #[derive(Serialize)]
+        struct Section<'a> {
+            autoscaler: &'a Autoscaler,
+        }
+        toml::to_string(&Section { autoscaler: self }).expect("the autoscaler section serializes")
+    }
+
     /// Semantic checks serde cannot express, as (key path, message) pairs, all of them at once:
     /// the config loader turns each into `file:line:col: key: message`.
     pub fn validate(&self) -> Vec<(String, String)> {
@@ -297,8 +328,10 @@ impl Autoscaler {
                 ),
             );
         }
-        let positive: [(&str, HumanDuration); 8] = [
+        let positive: [(&str, HumanDuration); 10] = [
             ("interval", self.interval),
+            ("drain_time", self.drain_time),
+            ("burst_window", self.burst_window),
             ("stable_window", self.stable_window),
             ("panic_window", self.panic_window),
             ("metric_window", self.metric_window),
@@ -381,6 +414,15 @@ impl Autoscaler {
             if !(r.is_finite() && r > 1.0) {
                 add(key, format!("is {r}; must be a finite number above 1"));
             }
+        }
+        if !(self.burst_quantile.is_finite() && (0.0..1.0).contains(&self.burst_quantile)) {
+            add(
+                "burst_quantile",
+                format!(
+                    "is {}; must be at least 0 and below 1 (e.g. 0.99)",
+                    self.burst_quantile
+                ),
+            );
         }
         if self.workers < 1 {
             add(

@@ -2,11 +2,13 @@
 //! file per rule, chosen by `autoscaler.decider`; [`build`] wraps the chosen one in the cost
 //! rules, which is what the control loop and the simulator run.
 
+pub mod backlog;
 pub mod concurrency;
 pub mod cost_rules;
 pub mod queueing_model;
 pub mod target_tracking;
 
+pub use backlog::Backlog;
 pub use concurrency::Concurrency;
 pub use cost_rules::CostRules;
 pub use queueing_model::QueueingModel;
@@ -46,6 +48,7 @@ pub fn build_decider(cfg: &Autoscaler) -> Box<dyn Decider> {
         DeciderKind::TargetTracking => Box::new(TargetTracking::new(cfg)),
         DeciderKind::Concurrency => Box::new(Concurrency::new(cfg)),
         DeciderKind::QueueingModel => Box::new(QueueingModel::new(cfg)),
+        DeciderKind::Backlog => Box::new(Backlog::new(cfg)),
     }
 }
 

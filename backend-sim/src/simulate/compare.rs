@@ -8,7 +8,7 @@ use super::scenario::Scenario;
 use ebbtide_autoscaler::deciders::queueing_model::SLO_QUANTILE;
 use ebbtide_autoscaler::erlang::FleetModel;
 use ebbtide_config::autoscaler::{Autoscaler, DeciderKind};
-use ebbtide_config::time::NANOS_PER_SEC;
+use ebbtide_config::time::{Nanos, NANOS_PER_SEC};
 use ebbtide_config::PolicyKind;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -112,6 +112,7 @@ pub fn compare_deciders(sc: &Scenario, threads: usize) -> DeciderComparison {
         })
         .collect();
     rows.push(oracle(sc, &base));
+    rows.push(oracle_boot(sc, &base));
     DeciderComparison {
         schedule: sc.schedule.clone(),
         slo_ms: sc.slo() as f64 / 1e6,
@@ -119,35 +120,44 @@ pub fn compare_deciders(sc: &Scenario, threads: usize) -> DeciderComparison {
     }
 }
 
-/// A lower bound on cost: perfect knowledge of the arrival rate in every autoscaler interval and
-/// zero boot time, so each interval runs the smallest fleet that meets the SLO by Erlang C
-/// (M/M/(n x workers), the pooled fleet a central queue makes), within `min` and the cap (`max`
-/// and the budget), billed by the second.
-pub fn oracle(sc: &Scenario, a: &Autoscaler) -> DeciderRow {
+/// The fleet the oracles run in each autoscaler interval: the smallest whose Erlang C
+/// (M/M/(n x workers), the pooled fleet a central queue makes) p99 meets the SLO at that
+/// interval's arrival rate, within `min` and the cap (`max` and the budget).
+pub fn oracle_fleet(sc: &Scenario, a: &Autoscaler) -> Vec<u32> {
     let interval = a.interval.as_nanos().max(1);
-    let interval_s = interval as f64 / NANOS_PER_SEC as f64;
     let cap = a
         .cost
         .budget_cap()
         .map_or(a.max.max(a.min), |b| b.min(a.max.max(a.min)));
     let lower = a.min.min(cap);
-    let rates = sc.rates_per_interval(interval);
+    sc.rates_per_interval(interval)
+        .iter()
+        .map(|&rate| {
+            let model = FleetModel {
+                arrival_rate: rate,
+                service_rate_per_backend: sc.service_rate_per_backend(),
+                workers: sc.sim.workers,
+                slo: sc.slo() as f64 / NANOS_PER_SEC as f64,
+                quantile: SLO_QUANTILE,
+            };
+            model
+                .smallest_meeting_slo()
+                .map_or(cap, |p| p.backends)
+                .clamp(lower, cap)
+        })
+        .collect()
+}
+
+/// A lower bound on cost: perfect knowledge of the arrival rate in every autoscaler interval and
+/// zero boot time, so each interval runs [`oracle_fleet`], billed by the second.
+pub fn oracle(sc: &Scenario, a: &Autoscaler) -> DeciderRow {
+    let interval = a.interval.as_nanos().max(1);
+    let interval_s = interval as f64 / NANOS_PER_SEC as f64;
     let mut backend_seconds = 0.0;
     let mut peak = 0;
     let mut changes = 0;
     let mut last: Option<u32> = None;
-    for (k, &rate) in rates.iter().enumerate() {
-        let model = FleetModel {
-            arrival_rate: rate,
-            service_rate_per_backend: sc.service_rate_per_backend(),
-            workers: sc.sim.workers,
-            slo: sc.slo() as f64 / NANOS_PER_SEC as f64,
-            quantile: SLO_QUANTILE,
-        };
-        let n = model
-            .smallest_meeting_slo()
-            .map_or(cap, |p| p.backends)
-            .clamp(lower, cap);
+    for (k, &n) in oracle_fleet(sc, a).iter().enumerate() {
         let len = (sc.duration_s - k as f64 * interval_s).clamp(0.0, interval_s);
         backend_seconds += n as f64 * len;
         peak = peak.max(n);
@@ -169,6 +179,162 @@ pub fn oracle(sc: &Scenario, a: &Autoscaler) -> DeciderRow {
         peak_backends: peak,
         simulated_requests: 0,
     }
+}
+
+/// The boot-aware oracle: the same fleet per interval as [`oracle`] (perfect knowledge of the
+/// future), but every added backend is launched one boot time before it must serve and is paid
+/// from launch, and billing periods are paid whole (see [`boot_aware_plan`]).
+pub fn oracle_boot(sc: &Scenario, a: &Autoscaler) -> DeciderRow {
+    let plan = boot_aware_plan(
+        &oracle_fleet(sc, a),
+        a.interval.as_nanos().max(1),
+        sc.duration_ns(),
+        sc.boot,
+        a.cost.billing_period.as_nanos(),
+        sc.sim.backends,
+    );
+    let hours = |ns: u128| ns as f64 / NANOS_PER_SEC as f64 / 3600.0;
+    DeciderRow {
+        decider: "oracle_boot".into(),
+        cost: hours(plan.backend_nanos) * a.cost.backend_per_hour,
+        billed: hours(plan.billed_nanos) * a.cost.backend_per_hour,
+        backend_hours: hours(plan.backend_nanos),
+        over_slo_share: None,
+        seconds_p99_over_slo: None,
+        shed: None,
+        scaling_actions: plan.actions,
+        peak_backends: plan.peak,
+        simulated_requests: 0,
+    }
+}
+
+/// What the boot-aware oracle's plan costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BootAwarePlan {
+    /// Backend-nanoseconds paid for, from each launch (boot included) to its end.
+    pub backend_nanos: u128,
+    /// The same in whole billing periods per backend (at least one each).
+    pub billed_nanos: u128,
+    /// Launches plus removals before the end.
+    pub actions: u64,
+    /// Most backends paid for at once (booting ones included).
+    pub peak: u32,
+}
+
+/// The cheapest plan (in billed time) that has `fleet[k]` backends serving throughout interval
+/// k, when an added backend serves only `boot` after its launch and is paid from launch, in
+/// whole `period`s (0: by the second). The `initial` backends serve from time 0 without a boot
+/// (the simulator starts with them ready).
+///
+/// The demand is cut into levels: level j is wanted while the fleet is at least j. Each level is
+/// served by its own backends, and for each level a dynamic programme over its busy spans picks
+/// which consecutive spans one backend covers (kept through the gaps between them) and where to
+/// stop it and launch another (paying the boot again, and a part-used billing period). Billed
+/// by the second this is the exact optimum (any plan can be rearranged into levels without
+/// costing more); with whole billing periods it is the best plan that keeps to the levels, a
+/// near-optimum that an online decider cannot beat without luck.
+pub fn boot_aware_plan(
+    fleet: &[u32],
+    interval: Nanos,
+    duration: Nanos,
+    boot: Nanos,
+    period: Nanos,
+    initial: u32,
+) -> BootAwarePlan {
+    let billed = |life: u128| -> u128 {
+        if period == 0 {
+            life
+        } else {
+            let p = period as u128;
+            life.div_ceil(p).max(1) * p
+        }
+    };
+    let span_of = |k: usize| -> (u128, u128) {
+        let from = (k as u128 * interval as u128).min(duration as u128);
+        let to = ((k as u128 + 1) * interval as u128).min(duration as u128);
+        (from, to)
+    };
+    let top = fleet.iter().copied().max().unwrap_or(0);
+    let mut plan = BootAwarePlan::default();
+    // Lives as (start, end) in "nanoseconds + boot", so a launch before time 0 stays unsigned.
+    let shift = boot as u128;
+    let mut lives: Vec<(u128, u128, bool)> = Vec::new();
+    for level in 1..=top {
+        // Busy spans of this level: maximal runs of intervals where the fleet reaches it.
+        let mut spans: Vec<(u128, u128)> = Vec::new();
+        for (k, &n) in fleet.iter().enumerate() {
+            let (from, to) = span_of(k);
+            if n < level || to <= from {
+                continue;
+            }
+            match spans.last_mut() {
+                Some(last) if last.1 == from => last.1 = to,
+                _ => spans.push((from, to)),
+            }
+        }
+        if spans.is_empty() {
+            continue;
+        }
+        // A backend covering spans i..=m lives from its launch to the end of span m.
+        let launch = |i: usize| -> u128 {
+            if level <= initial && spans[i].0 == 0 {
+                shift
+            } else {
+                spans[i].0 // (start + boot) - boot
+            }
+        };
+        // best[m + 1]: the cheapest billed time covering spans 0..=m; first[m + 1]: where the
+        // last backend's spans start.
+        let mut best: Vec<u128> = vec![0; spans.len() + 1];
+        let mut first: Vec<usize> = vec![0; spans.len() + 1];
+        for m in 0..spans.len() {
+            let end = spans[m].1 + shift;
+            let mut b = u128::MAX;
+            for i in (0..=m).rev() {
+                let group = billed(end - launch(i));
+                if group >= b {
+                    break; // earlier starts only cost more for this backend
+                }
+                let total = best[i] + group;
+                if total < b {
+                    b = total;
+                    first[m + 1] = i;
+                }
+            }
+            best[m + 1] = b;
+        }
+        let mut m = spans.len();
+        while m > 0 {
+            let i = first[m];
+            lives.push((
+                launch(i),
+                spans[m - 1].1 + shift,
+                level <= initial && spans[i].0 == 0,
+            ));
+            m = i;
+        }
+        plan.billed_nanos += best[spans.len()];
+    }
+    let end = duration as u128 + shift;
+    let mut edges: Vec<(u128, i64)> = Vec::new();
+    for &(start, stop, was_initial) in &lives {
+        plan.backend_nanos += stop - start;
+        if !was_initial {
+            plan.actions += 1;
+        }
+        if stop < end {
+            plan.actions += 1;
+        }
+        edges.push((start, 1));
+        edges.push((stop, -1));
+    }
+    edges.sort();
+    let mut now = 0i64;
+    for (_, d) in edges {
+        now += d;
+        plan.peak = plan.peak.max(now.max(0) as u32);
+    }
+    plan
 }
 
 impl DeciderComparison {
@@ -212,7 +378,9 @@ impl DeciderComparison {
         let _ = writeln!(
             out,
             "cost = backend-hours x price; billed = whole billing periods; oracle = perfect \
-             knowledge of the rate per interval, zero boot time, Erlang C fleet per interval"
+             knowledge of the rate per interval, zero boot time, Erlang C fleet per interval; \
+             oracle_boot = the same fleet, each backend launched a boot time ahead and paid \
+             from launch in whole billing periods"
         );
         out
     }
@@ -381,5 +549,63 @@ impl PolicyComparison {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Nanos = NANOS_PER_SEC;
+
+    /// 10 s in 1 s intervals: one backend throughout (the initial one), two more in seconds
+    /// 2-3 and in second 8; boots take 2 s.
+    const FLEET: [u32; 10] = [1, 1, 3, 3, 1, 1, 1, 1, 3, 1];
+
+    #[test]
+    fn boot_aware_oracle_by_the_second_launches_a_boot_ahead_and_stops_in_long_gaps() {
+        let plan = boot_aware_plan(&FLEET, S, 10 * S, 2 * S, 0, 1);
+        // Level 1: the initial backend, 10 s. Levels 2 and 3, each: launched at 0 for [2, 4)
+        // (4 s paid), stopped, launched at 6 for [8, 9) (3 s): 7 s; keeping it through the
+        // 4 s gap would pay 9 s. 10 + 7 + 7 = 24 backend-seconds.
+        assert_eq!(plan.backend_nanos, 24 * S as u128);
+        assert_eq!(plan.billed_nanos, 24 * S as u128);
+        // Two levels x (launch, stop, launch, stop): 8 actions; the initial backend runs on.
+        assert_eq!(plan.actions, 8);
+        // Second 6-7: the initial backend and two booting.
+        assert_eq!(plan.peak, 3);
+    }
+
+    #[test]
+    fn boot_aware_oracle_keeps_a_backend_through_a_gap_its_billing_period_already_paid() {
+        // Billed in 10 s periods: stopping and relaunching pays two periods per level, keeping
+        // the backend from 0 to 9 pays one.
+        let plan = boot_aware_plan(&FLEET, S, 10 * S, 2 * S, 10 * S, 1);
+        assert_eq!(plan.billed_nanos, 30 * S as u128);
+        assert_eq!(plan.backend_nanos, (10 + 9 + 9) * S as u128);
+        assert_eq!(plan.actions, 4);
+        // In 4 s periods stopping wins again: apart 4 s + 3 s bill 4 + 4, together 9 s bills
+        // 12; the initial backend's 10 s bill 12.
+        let plan = boot_aware_plan(&FLEET, S, 10 * S, 2 * S, 4 * S, 1);
+        assert_eq!(plan.billed_nanos, (12 + 8 + 8) * S as u128);
+        assert_eq!(plan.backend_nanos, 24 * S as u128);
+    }
+
+    #[test]
+    fn boot_aware_oracle_costs_at_least_the_instant_one() {
+        let instant: u32 = FLEET.iter().sum();
+        for boot in [0, S, 5 * S] {
+            for period in [0, S, 60 * S] {
+                let plan = boot_aware_plan(&FLEET, S, 10 * S, boot, period, 1);
+                assert!(plan.billed_nanos >= plan.backend_nanos);
+                assert!(
+                    plan.backend_nanos >= instant as u128 * S as u128,
+                    "{plan:?}"
+                );
+            }
+        }
+        // Zero boot, by the second: exactly the instant oracle.
+        let plan = boot_aware_plan(&FLEET, S, 10 * S, 0, 0, 1);
+        assert_eq!(plan.backend_nanos, instant as u128 * S as u128);
     }
 }

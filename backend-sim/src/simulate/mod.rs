@@ -14,6 +14,7 @@ pub mod engine;
 pub mod fleet;
 pub mod report;
 pub mod scenario;
+pub mod tune;
 
 pub use engine::{run as simulate, ExactStats, RunResult};
 pub use report::SimReport;

@@ -1,0 +1,608 @@
+//! `backlog`: the smallest fleet that, by Erlang C, serves the arrival rate with headroom for the
+//! bursts one boot time can bring, and drains what is already queued within `drain_time`.
+//!
+//! `queueing_model` sizes the fleet for the arrival rate alone: after a step it reaches the
+//! right size for the new rate, but the requests that queued while it reacted drain only through
+//! the small spare capacity that square-root staffing leaves, and every request that arrives
+//! meanwhile waits behind them (on the 5x step, ~30 s of SLO misses). And it keeps no headroom
+//! for a burst that comes faster than a backend boots. This rule adds both:
+//!
+//! ```text
+//! lambda   = panic-window arrival rate, or the newest sample's where it is higher by more than
+//!            3 sd of Poisson noise (a step is seen at once, not over the panic window)
+//! mu       = measured service rate per backend (stable window; the last one measured while a
+//!            backlog hides it)
+//! backlog  = requests queued in the balancer now
+//!          + (newest arrival rate - ready x mu)+ x boot_time   (what queues while new ones boot)
+//! burst    = the burst_quantile of the past rises over one reaction (boot_time + interval):
+//!            highest sample over the next reaction - mean rate over the last one - 3 sd of
+//!            Poisson noise, over the last burst_window of arrival rates, leaving above it at
+//!            least the windows one event spans (so one step or spike alone sets nothing);
+//!            at least 0. Absolute (requests/s), so traffic that switches on from nothing
+//!            counts too
+//! n        = the smallest fleet with p99(M/M/(n x workers)) <= slo_p99 at the offered rate
+//!            lambda + burst + backlog / drain_time
+//! ```
+//!
+//! Erlang C on both: the backlog is offered to the model as extra arrivals spread over
+//! `drain_time`, so the fleet that serves arrivals plus the drain still keeps the queueing
+//! headroom of square-root staffing. Once the queue is gone the term vanishes and the cost rules
+//! release the extra backends at the end of their paid period.
+//!
+//! The burst headroom is learnt, not a fixed factor: on smooth load (Poisson or a slow trend) the
+//! rises over a few seconds are within noise and the headroom is 0; on traffic whose bursts come
+//! back (a trace whose load arrives in bursts of a few seconds, a burst every minute) it is the
+//! rise that `burst_quantile` of the recent reaction windows did not exceed. A single step or
+//! flash crowd is a few windows in hundreds: it does not inflate the fleet afterwards (and the
+//! first two bursts of a repeating pattern are not covered: the second is the first that shows
+//! the pattern).
+//!
+//! Predictive option (`season`, e.g. "24h"): the highest rate one season ago over the next
+//! reaction (boot + interval), times today's level over that season's (panic window against the same
+//! window one season ago), is a floor on lambda, so a rise that happened at this time yesterday
+//! is met a boot ahead. It falls back to the reactive rule (no floor) without a season of
+//! history and when today's level is more than 2x off that season's; it never lowers lambda.
+//!
+//! A separate decider rather than an option of `queueing_model`, so that rule (and the tables
+//! measured with it) stays as it is for comparison, and because this one keeps state (the rate
+//! history and the last measured service rate) that `queueing_model` does not need.
+
+use super::queueing_model::SLO_QUANTILE;
+use super::{secs, Decider};
+use crate::decision::Decision;
+use crate::erlang::FleetModel;
+use crate::fleet::FleetView;
+use crate::windows::Windows;
+use ebbtide_config::autoscaler::Autoscaler;
+use ebbtide_config::time::Nanos;
+use std::collections::VecDeque;
+
+/// Standard deviations of Poisson noise a rise must exceed to count as a burst.
+pub const NOISE_SDS: f64 = 3.0;
+
+/// Reaction windows needed before the burst headroom is trusted.
+const MIN_BURST_WINDOWS: usize = 20;
+
+/// The backlog-and-burst sizing rule; see the module notes.
+#[derive(Debug, Clone)]
+pub struct Backlog {
+    workers: u32,
+    slo: f64,
+    drain_time: f64,
+    boot: f64,
+    interval: Nanos,
+    quantile: f64,
+    history_length: Nanos,
+    /// (time, arrival rate) of every observation within `burst_window`.
+    history: VecDeque<(Nanos, f64)>,
+    /// The last measured service rate per backend.
+    last_mu: Option<f64>,
+    /// The season of the predictive option (0: off).
+    season: Nanos,
+    /// (time, arrival rate) over the last season and a bit, for the forecast.
+    seasonal: VecDeque<(Nanos, f64)>,
+}
+
+/// A forecast from one season ago.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Forecast {
+    /// The arrival rate expected over the next reaction, requests/s.
+    pub rate: f64,
+    /// Today's level over the same time of the last season (panic window against panic window).
+    pub level: f64,
+}
+
+/// The forecast is used only while today's level is within this factor of last season's:
+/// beyond it the season says little about today, and the rule is reactive.
+pub const MAX_LEVEL_CHANGE: f64 = 2.0;
+
+/// The learnt burst headroom.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BurstHeadroom {
+    /// Requests/s added to the arrival rate (0: no headroom).
+    pub rate: f64,
+    /// Reaction windows it was learnt from.
+    pub windows: usize,
+    /// Length of one reaction window, samples.
+    pub samples_per_window: usize,
+}
+
+impl Backlog {
+    /// The rule as `[autoscaler]` configures it.
+    pub fn new(cfg: &Autoscaler) -> Backlog {
+        Backlog {
+            workers: cfg.workers.max(1),
+            slo: cfg.slo_p99.0.as_secs_f64(),
+            drain_time: cfg.drain_time.0.as_secs_f64().max(1e-3),
+            boot: cfg.boot_time.0.as_secs_f64(),
+            interval: cfg.interval.as_nanos().max(1),
+            quantile: cfg.burst_quantile.clamp(0.0, 1.0),
+            history_length: cfg.burst_window.as_nanos(),
+            history: VecDeque::new(),
+            last_mu: None,
+            season: cfg.season.as_nanos(),
+            seasonal: VecDeque::new(),
+        }
+    }
+
+    /// The mean (or the highest) rate one season ago over [from, to) (times of today), from the
+    /// seasonal history; `None` when the history does not reach back that far.
+    fn seasonal(&self, from: Nanos, to: Nanos, highest: bool) -> Option<f64> {
+        let (from, to) = (from.checked_sub(self.season)?, to.checked_sub(self.season)?);
+        if self.seasonal.front().is_none_or(|&(at, _)| at > from) {
+            return None;
+        }
+        let (sum, top, n) = self
+            .seasonal
+            .iter()
+            .filter(|&&(at, _)| at >= from && at < to.max(from + 1))
+            .fold((0.0, 0.0f64, 0usize), |(s, m, n), &(_, r)| {
+                (s + r, m.max(r), n + 1)
+            });
+        (n > 0).then(|| if highest { top } else { sum / n as f64 })
+    }
+
+    /// The same-time-last-season forecast: the highest rate over the next reaction (boot +
+    /// interval) one season ago, scaled by
+    /// today's level against that season's; `None` when off, without a season of history, or
+    /// when today's level is more than [`MAX_LEVEL_CHANGE`] off (the forecast is not trusted).
+    pub fn forecast(&self, windows: &Windows, now: Nanos) -> Option<Forecast> {
+        if self.season == 0 {
+            return None;
+        }
+        let panic = windows.panic(now);
+        let today = panic.arrival_rate?;
+        let then = self.seasonal(panic.from, panic.to, false)?;
+        let reaction = (self.boot * 1e9) as Nanos + self.interval;
+        let ahead = self.seasonal(panic.to, panic.to + reaction, true)?;
+        let level = if then > 0.0 { today / then } else { 1.0 };
+        if !(1.0 / MAX_LEVEL_CHANGE..=MAX_LEVEL_CHANGE).contains(&level) {
+            return None;
+        }
+        Some(Forecast {
+            rate: ahead * level,
+            level,
+        })
+    }
+
+    fn record(&mut self, windows: &Windows) {
+        let Some(obs) = windows.latest() else {
+            return;
+        };
+        match self.history.back() {
+            Some(&(at, _)) if at >= obs.at => return,
+            _ => {}
+        }
+        self.history.push_back((obs.at, obs.arrival_rate.max(0.0)));
+        let horizon = obs.at.saturating_sub(self.history_length);
+        while self.history.front().is_some_and(|&(at, _)| at < horizon) {
+            self.history.pop_front();
+        }
+        if self.season > 0 {
+            self.seasonal.push_back((obs.at, obs.arrival_rate.max(0.0)));
+            // A season back, less the panic window, plus one reaction ahead: keep a season and
+            // a stable window's worth.
+            let keep = self.season + windows.stable_length();
+            let horizon = obs.at.saturating_sub(keep);
+            while self.seasonal.front().is_some_and(|&(at, _)| at < horizon) {
+                self.seasonal.pop_front();
+            }
+        }
+    }
+
+    /// The burst headroom learnt from the rate history so far.
+    pub fn burst_headroom(&self) -> BurstHeadroom {
+        let interval_s = self.interval as f64 / 1e9;
+        let k = ((self.boot + interval_s) / interval_s - 1e-9)
+            .ceil()
+            .max(1.0) as usize;
+        let none = BurstHeadroom {
+            rate: 0.0,
+            windows: 0,
+            samples_per_window: k,
+        };
+        if self.quantile <= 0.0 || self.history.len() < 2 * k {
+            return none;
+        }
+        let rates: Vec<f64> = self.history.iter().map(|&(_, r)| r).collect();
+        let mut prefix = Vec::with_capacity(rates.len() + 1);
+        prefix.push(0.0);
+        for r in &rates {
+            prefix.push(prefix.last().copied().unwrap_or(0.0) + r);
+        }
+        let span = k as f64 * interval_s;
+        let mut rises: Vec<f64> = Vec::new();
+        for i in k..=rates.len() - k {
+            // The mean over the last reaction against the highest sample of the next: what the
+            // fleet sized on the past had to meet before a backend ordered then was ready.
+            let before = (prefix[i] - prefix[i - k]) / k as f64;
+            let after = rates[i..i + k].iter().copied().fold(0.0, f64::max);
+            // A Poisson count over one interval has variance rate x interval, the mean before
+            // over the reaction rate x span: rises within NOISE_SDS of their sum are noise.
+            let noise = (after / interval_s + before / span).sqrt();
+            rises.push(after - before - NOISE_SDS * noise);
+        }
+        if rises.len() < MIN_BURST_WINDOWS {
+            return BurstHeadroom {
+                windows: rises.len(),
+                ..none
+            };
+        }
+        rises.sort_by(f64::total_cmp);
+        // One event (a step, a single spike) makes k + 1 overlapping windows rise: at least that
+        // many stay above the quantile, so one event alone never sets the headroom.
+        let rank = ((self.quantile * rises.len() as f64).ceil() as usize)
+            .min(rises.len().saturating_sub(k + 1))
+            .max(1);
+        BurstHeadroom {
+            rate: rises[rank - 1].max(0.0),
+            windows: rises.len(),
+            samples_per_window: k,
+        }
+    }
+}
+
+impl Decider for Backlog {
+    fn name(&self) -> &'static str {
+        "backlog"
+    }
+
+    fn decide(&mut self, windows: &Windows, fleet: &FleetView, now: Nanos) -> Decision {
+        self.record(windows);
+        let current = fleet.current();
+        let stable = windows.stable(now);
+        let panic = windows.panic(now);
+        if let Some(mu) = stable
+            .service_rate_per_backend
+            .or(panic.service_rate_per_backend)
+            .filter(|m| m.is_finite() && *m > 0.0)
+        {
+            self.last_mu = Some(mu);
+        }
+        let (Some(lambda), Some(mu), Some(latest)) =
+            (panic.arrival_rate, self.last_mu, windows.latest())
+        else {
+            let desired = fleet.clamp(current);
+            return Decision::new(
+                desired,
+                current,
+                format!(
+                    "no arrival rate or service rate per backend measured: no change from \
+                     {current}; desired {desired}"
+                ),
+            );
+        };
+        // The newest sample when it is above the panic window's average by more than Poisson
+        // noise: a step shows at once, not over the panic window.
+        let dt = secs(self.interval).max(1e-3);
+        let lambda = lambda.max(0.0);
+        let noise = NOISE_SDS * (lambda / dt).sqrt();
+        let lambda = if latest.arrival_rate > lambda + noise {
+            latest.arrival_rate
+        } else {
+            lambda
+        };
+        // Predictive: the rate one season ago over the next reaction, at today's level, when
+        // it is higher (a predictable rise is launched for a boot ahead); never lower.
+        let forecast = self.forecast(windows, now);
+        let lambda = forecast.map_or(lambda, |f| lambda.max(f.rate));
+        let queued = latest.queue_depth.max(0.0);
+        let growth = (latest.arrival_rate - fleet.ready as f64 * mu).max(0.0) * self.boot;
+        let backlog = queued + growth;
+        let burst = self.burst_headroom();
+        let offered = lambda + burst.rate + backlog / self.drain_time;
+        let model = FleetModel {
+            arrival_rate: offered,
+            service_rate_per_backend: mu,
+            workers: self.workers,
+            slo: self.slo,
+            quantile: SLO_QUANTILE,
+        };
+        let wanted = model
+            .smallest_meeting_slo()
+            .map_or(fleet.max, |p| p.backends);
+        let desired = fleet.clamp(wanted);
+        let at_desired = model.predict(desired);
+        let reason = format!(
+            "arrival {lambda:.1}/s (panic window {}s) + burst headroom {:.1}/s (the {:.0}% quantile \
+             of rises over {} reaction windows of {}s) + backlog {backlog:.0} ({queued:.0} queued, \
+             {growth:.0} more while booting) drained in {}s: {offered:.1}/s offered at \
+             {mu:.1}/s per backend of {} workers; {wanted} backends give predicted p99 \
+             {:.1}ms <= SLO {:.0}ms; desired {desired}",
+            secs(panic.covered()),
+            burst.rate,
+            self.quantile * 100.0,
+            burst.windows,
+            burst.samples_per_window as f64 * self.interval as f64 / 1e9,
+            self.drain_time,
+            self.workers,
+            model.predict(wanted).sojourn_quantile * 1000.0,
+            self.slo * 1000.0,
+        );
+        let mut reason = reason;
+        if let Some(f) = forecast {
+            reason.push_str(&format!(
+                "; forecast {:.1}/s (one season ago, one reaction ahead, x{:.2} today's level)",
+                f.rate, f.level
+            ));
+        }
+        let decision = match forecast {
+            Some(f) => Decision::new(desired, wanted, reason).input("forecast_rate", f.rate),
+            None => Decision::new(desired, wanted, reason),
+        };
+        decision
+            .input("arrival_rate", lambda)
+            .input("burst_headroom", burst.rate)
+            .input("backlog", backlog)
+            .input("queue_depth", queued)
+            .input("offered_rate", offered)
+            .input("service_rate_per_backend", mu)
+            .input("workers", self.workers as f64)
+            .input("slo_p99_ms", self.slo * 1000.0)
+            .input("predicted_p99_ms", at_desired.sojourn_quantile * 1000.0)
+            .input("ready", fleet.ready as f64)
+            .input("starting", fleet.starting as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deciders::QueueingModel;
+    use crate::testkit::{FluidFleet, S};
+    use crate::windows::Observation;
+    use ebbtide_config::autoscaler::DeciderKind;
+    use ebbtide_config::time::HumanDuration;
+
+    fn cfg() -> Autoscaler {
+        Autoscaler {
+            decider: DeciderKind::Backlog,
+            workers: 4,
+            slo_p99: HumanDuration::from_millis(200),
+            boot_time: HumanDuration::from_secs(1),
+            min: 1,
+            max: 1000,
+            ..Default::default()
+        }
+    }
+
+    fn model(rate: f64) -> FleetModel {
+        FleetModel {
+            arrival_rate: rate,
+            service_rate_per_backend: 200.0,
+            workers: 4,
+            slo: 0.2,
+            quantile: 0.99,
+        }
+    }
+
+    /// Feeds `seconds` one-second observations of `rate(t)`.
+    fn feed(d: &mut Backlog, w: &mut Windows, seconds: u64, mut rate: impl FnMut(u64) -> f64) {
+        for t in 0..seconds {
+            w.observe(Observation {
+                at: t * S,
+                arrival_rate: rate(t),
+                service_rate_per_backend: Some(200.0),
+                ready: 10,
+                ..Default::default()
+            });
+            d.record(w);
+        }
+    }
+
+    #[test]
+    fn without_backlog_or_bursts_it_is_the_erlang_c_fleet_for_the_rate() {
+        let c = cfg();
+        let mut d = Backlog::new(&c);
+        let mut w = Windows::from_config(&c);
+        feed(&mut d, &mut w, 120, |_| 1000.0);
+        let dec = d.decide(&w, &FleetView::counts(8, 0, 1, 1000), 119 * S);
+        assert_eq!(dec.inputs["burst_headroom"], 0.0, "{}", dec.reason);
+        assert_eq!(
+            dec.desired,
+            model(1000.0).smallest_meeting_slo().unwrap().backends,
+            "{}",
+            dec.reason
+        );
+    }
+
+    #[test]
+    fn a_backlog_is_sized_to_drain_within_the_drain_time() {
+        let c = cfg();
+        let mut d = Backlog::new(&c);
+        let mut w = Windows::from_config(&c);
+        feed(&mut d, &mut w, 30, |_| 1000.0);
+        // 2,000 queued, the ready fleet (10 x 200/s) keeps up with arrivals: no growth term.
+        w.observe(Observation {
+            at: 30 * S,
+            arrival_rate: 1000.0,
+            queue_depth: 2000.0,
+            service_rate_per_backend: None,
+            ready: 10,
+            ..Default::default()
+        });
+        let dec = d.decide(&w, &FleetView::counts(10, 0, 1, 1000), 30 * S);
+        assert_eq!(dec.inputs["backlog"], 2000.0);
+        // 1,000/s arriving + 2,000 in 2 s.
+        let expected = model(2000.0).smallest_meeting_slo().unwrap().backends;
+        assert_eq!(dec.desired, expected, "{}", dec.reason);
+        assert!(expected > model(1000.0).smallest_meeting_slo().unwrap().backends + 4);
+        // The service rate measured before the backlog is still used while it hides it.
+        assert_eq!(dec.inputs["service_rate_per_backend"], 200.0);
+    }
+
+    #[test]
+    fn what_queues_while_new_backends_boot_counts_as_backlog() {
+        let c = Autoscaler {
+            boot_time: HumanDuration::from_secs(30),
+            ..cfg()
+        };
+        let mut d = Backlog::new(&c);
+        let mut w = Windows::from_config(&c);
+        feed(&mut d, &mut w, 10, |_| 1000.0);
+        w.observe(Observation {
+            at: 10 * S,
+            arrival_rate: 5000.0,
+            service_rate_per_backend: Some(200.0),
+            ready: 7,
+            ..Default::default()
+        });
+        let dec = d.decide(&w, &FleetView::counts(7, 0, 1, 1000), 10 * S);
+        // (5000 - 7 x 200)/s for 30 s, to drain in 2 s on top of the arrivals.
+        assert_eq!(dec.inputs["backlog"], 3600.0 * 30.0);
+        let offered = dec.inputs["arrival_rate"] + 3600.0 * 30.0 / 2.0;
+        assert_eq!(
+            dec.desired,
+            model(offered).smallest_meeting_slo().unwrap().backends,
+            "{}",
+            dec.reason
+        );
+    }
+
+    #[test]
+    fn burst_headroom_is_learnt_from_the_traffic_not_fixed() {
+        let c = cfg();
+        // Smooth (including a slow ramp): within noise, no headroom.
+        let mut smooth = Backlog::new(&c);
+        let mut w = Windows::from_config(&c);
+        feed(&mut smooth, &mut w, 300, |t| 1000.0 + t as f64);
+        assert_eq!(smooth.burst_headroom().rate, 0.0);
+        // Bursts of 3x for 3 s every 20 s: headroom near 3x.
+        let mut bursty = Backlog::new(&c);
+        let mut w = Windows::from_config(&c);
+        feed(&mut bursty, &mut w, 300, |t| {
+            if t % 20 < 3 {
+                3000.0
+            } else {
+                1000.0
+            }
+        });
+        let f3 = bursty.burst_headroom();
+        assert!(f3.rate > 1500.0 && f3.rate <= 2000.0, "{f3:?}");
+        // Bursts of 1.5x: less headroom.
+        let mut mild = Backlog::new(&c);
+        let mut w = Windows::from_config(&c);
+        feed(&mut mild, &mut w, 300, |t| {
+            if t % 20 < 3 {
+                1500.0
+            } else {
+                1000.0
+            }
+        });
+        let f15 = mild.burst_headroom();
+        assert!(f15.rate > 350.0 && f15.rate <= 500.0, "{f15:?}");
+        // Traffic that switches on from nothing for 3 s every 20 s: the on rate.
+        let mut on_off = Backlog::new(&c);
+        let mut w = Windows::from_config(&c);
+        feed(&mut on_off, &mut w, 300, |t| {
+            if t % 20 < 3 {
+                2000.0
+            } else {
+                0.0
+            }
+        });
+        let f = on_off.burst_headroom();
+        assert!(f.rate > 1500.0 && f.rate <= 2000.0, "{f:?}");
+        // One step in 600 s is a few windows in hundreds: no lasting headroom.
+        let mut step = Backlog::new(&c);
+        let mut w = Windows::from_config(&c);
+        feed(&mut step, &mut w, 600, |t| {
+            if t < 300 {
+                1000.0
+            } else {
+                5000.0
+            }
+        });
+        assert_eq!(step.burst_headroom().rate, 0.0);
+        // The headroom sizes the fleet: bursty traffic at the same base rate gets more.
+        let dec = bursty.decide(&w, &FleetView::counts(8, 0, 1, 1000), 299 * S);
+        assert!(dec.inputs["burst_headroom"] > 1500.0);
+        assert!(dec.desired >= model(3000.0).smallest_meeting_slo().unwrap().backends);
+        // And zero quantile turns it off.
+        let off = Backlog::new(&Autoscaler {
+            burst_quantile: 0.0,
+            ..c
+        });
+        assert_eq!(off.burst_headroom().rate, 0.0);
+    }
+
+    #[test]
+    fn after_a_step_it_drains_the_backlog_sooner_than_queueing_model() {
+        let c = cfg();
+        let clear_at = |d: &mut dyn Decider| -> (Option<u64>, u32) {
+            let mut w = Windows::from_config(&c);
+            let mut fleet = FluidFleet::new(7, S, 0.02, 4);
+            fleet.max = 1000;
+            let mut last_queued = None;
+            for t in 1..=200u64 {
+                let obs = fleet.step(S, if t <= 100 { 1000.0 } else { 5000.0 });
+                w.observe(obs);
+                let dec = d.decide(&w, &fleet.view(), fleet.now);
+                fleet.apply(&dec);
+                if obs.queue_depth > 0.0 {
+                    last_queued = Some(t);
+                }
+            }
+            (last_queued, fleet.ready())
+        };
+        let (backlog_last, backlog_fleet) = clear_at(&mut Backlog::new(&c));
+        let (qm_last, qm_fleet) = clear_at(&mut QueueingModel::new(&c));
+        let backlog_last = backlog_last.expect("the step queues");
+        let qm_last = qm_last.expect("the step queues");
+        assert!(
+            backlog_last < qm_last,
+            "backlog queued until {backlog_last}, queueing_model until {qm_last}"
+        );
+        // Within a few seconds of the step (1 s boots, 2 s drain time).
+        assert!(backlog_last <= 106, "queued until {backlog_last}");
+        // And back to the fleet the rate needs once drained (within one backend).
+        let need = model(5000.0).smallest_meeting_slo().unwrap().backends;
+        assert!(
+            backlog_fleet.abs_diff(need) <= 1,
+            "{backlog_fleet} vs {need}"
+        );
+        assert!(qm_fleet.abs_diff(need) <= 1);
+    }
+
+    #[test]
+    fn a_season_of_history_launches_ahead_of_a_predictable_rise_and_falls_back_when_wrong() {
+        let c = Autoscaler {
+            season: HumanDuration::from_secs(300),
+            boot_time: HumanDuration::from_secs(30),
+            ..cfg()
+        };
+        let sine = |t: u64, level: f64| {
+            level * (1000.0 - 800.0 * (std::f64::consts::TAU * t as f64 / 300.0).cos())
+        };
+        // Two seasons alike: at the steepest rise of the second, the forecast is the rate
+        // half a minute ahead (boot + interval), above what the windows show now.
+        let mut d = Backlog::new(&c);
+        let mut w = Windows::from_config(&c);
+        feed(&mut d, &mut w, 376, |t| sine(t, 1.0));
+        let f = d.forecast(&w, 375 * S).expect("a season of history");
+        assert!((f.level - 1.0).abs() < 0.1, "{f:?}");
+        assert!(f.rate > 1300.0 && f.rate < 1700.0, "{f:?}");
+        let dec = d.decide(&w, &FleetView::counts(8, 0, 1, 1000), 375 * S);
+        assert_eq!(dec.inputs["arrival_rate"], f.rate, "{}", dec.reason);
+        assert!(dec.reason.contains("forecast"), "{}", dec.reason);
+        // Without the option (or before a season of history): reactive.
+        let mut reactive = Backlog::new(&cfg());
+        let mut w2 = Windows::from_config(&c);
+        feed(&mut reactive, &mut w2, 376, |t| sine(t, 1.0));
+        assert_eq!(reactive.forecast(&w2, 375 * S), None);
+        let r = reactive.decide(&w2, &FleetView::counts(8, 0, 1, 1000), 375 * S);
+        assert!(r.inputs["arrival_rate"] < f.rate);
+        assert!(r.desired < dec.desired, "{} vs {}", r.desired, dec.desired);
+        let mut early = Backlog::new(&c);
+        let mut w3 = Windows::from_config(&c);
+        feed(&mut early, &mut w3, 200, |t| sine(t, 1.0));
+        assert_eq!(early.forecast(&w3, 199 * S), None);
+        // Today at 3x yesterday's level: the season says little, no forecast.
+        let mut changed = Backlog::new(&c);
+        let mut w4 = Windows::from_config(&c);
+        feed(&mut changed, &mut w4, 376, |t| {
+            sine(t, if t < 300 { 1.0 } else { 3.0 })
+        });
+        assert_eq!(changed.forecast(&w4, 375 * S), None);
+    }
+}
