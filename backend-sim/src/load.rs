@@ -9,21 +9,25 @@
 //! A dedicated thread keeps the schedule with tens of microseconds of error (see [`crate::timer`]).
 
 pub mod client;
+mod engine;
 pub mod plot;
 pub mod report;
+mod requests;
 pub mod schedule;
 
 use crate::timer::Oversleep;
 use bytes::Bytes;
-use client::{Pool, RequestTemplate, Target};
+use client::{RequestTemplate, Target};
 use ebbtide_config::time::parse_duration;
+use engine::{Feed, Shared};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use report::{ErrorKind, Outcome, Recorder, Report, RunInfo};
+use report::{Recorder, Report, RunInfo, Threshold};
+use requests::Requests;
 use schedule::{ArrivalProcess, Arrivals, Profile, Source, Trace, PROFILE_HELP};
 use std::io::{IsTerminal, Write as _};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Options of `ebbtide load`.
@@ -62,10 +66,25 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 1.0)]
     pub rate_multiplier: f64,
 
-    /// Most connections (so requests) in flight at once; a request due when all are busy waits
-    /// for one and counts as late.
-    #[arg(long, default_value_t = 512)]
-    pub connections: usize,
+    /// Connections, so most requests in flight at once. Open loop: a request due when all are
+    /// busy waits for one and counts as late; each is opened on first use, so the default, 512,
+    /// opens only as many as the run needs. Closed loop: exactly this many, back to back;
+    /// default 64.
+    #[arg(long)]
+    pub connections: Option<usize>,
+
+    /// Closed loop, as wrk: every connection sends its next request as soon as the last answer
+    /// is read, for --duration (no --rate, profile or trace). Latency is then from each send.
+    #[arg(long)]
+    pub closed: bool,
+
+    /// Worker threads, each driving its share of the connections; default: one per core.
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// A new connection for every request (`Connection: close`), to load-test connection setup.
+    #[arg(long)]
+    pub no_keepalive: bool,
 
     /// Per-request limit, counted from the scheduled send time.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -108,10 +127,20 @@ pub struct LoadArgs {
     #[arg(long)]
     pub admin_token: Option<String>,
 
-    /// Exit with code 1 when errors / scheduled requests exceeds this. The default, 1.0, never
-    /// fails: a failing target is often what an experiment is about; set e.g. 0.01 in CI.
+    /// Threshold: exit with code 1 when errors / scheduled requests exceeds this. The default,
+    /// 1.0, never fails: a failing target is often what an experiment is about; set e.g. 0.001
+    /// in CI.
     #[arg(long, default_value_t = 1.0)]
     pub max_error_ratio: f64,
+
+    /// Threshold: exit with code 1 when the p99 latency exceeds this, e.g. 200ms.
+    #[arg(long, value_parser = parse_duration)]
+    pub max_p99: Option<Duration>,
+
+    /// Threshold: exit with code 1 when late / scheduled requests exceeds this (open loop), e.g.
+    /// 0.01: above it the generator, not the target, limited the run.
+    #[arg(long)]
+    pub max_late_ratio: Option<f64>,
 
     /// A request that starts this long after its scheduled time counts as late.
     #[arg(long, default_value = "5ms", value_parser = parse_duration)]
@@ -120,22 +149,6 @@ pub struct LoadArgs {
     /// Do not print the summary table.
     #[arg(long)]
     pub quiet: bool,
-}
-
-/// What every request task shares.
-struct Run {
-    pool: Pool,
-    template: RequestTemplate,
-    recorder: Mutex<Recorder>,
-    start: Instant,
-    timeout: Duration,
-    late_after: Duration,
-}
-
-impl Run {
-    fn second_of(&self, t: Instant) -> usize {
-        t.saturating_duration_since(self.start).as_secs() as usize
-    }
 }
 
 /// The arrivals of a run, its length and a description, from the options.
@@ -227,85 +240,146 @@ fn template(args: &LoadArgs) -> Result<RequestTemplate, String> {
     })
 }
 
-/// Runs the load and prints the report; the exit code says whether errors stayed under the limit.
+/// Connections when `--connections` is not given: open loop, as many as may be needed (each is
+/// opened on first use, so a light run opens few); closed loop, wrk-style 64.
+const OPEN_CONNECTIONS: usize = 512;
+const CLOSED_CONNECTIONS: usize = 64;
+
+/// Runs the load and prints the report; the exit code says whether the thresholds held.
 pub async fn run(args: LoadArgs) -> Result<i32, String> {
-    let (source, duration, what) = plan(&args)?;
-    let arrivals_name = match (&source, args.arrivals) {
-        (Source::Times(_), _) => "trace",
-        (_, ArrivalProcess::Poisson) => "poisson",
-        (_, ArrivalProcess::Uniform) => "uniform",
-    }
-    .to_string();
+    let (source, duration, what, arrivals_name) = if args.closed {
+        if args.rate.is_some() || args.profile.is_some() || args.trace.is_some() {
+            return Err(
+                "--closed sends as fast as answers come: drop --rate, --profile and --trace".into(),
+            );
+        }
+        let d = args
+            .duration
+            .ok_or("--closed needs --duration (e.g. 10s)")?
+            .as_secs_f64();
+        (None, d, "closed loop".to_string(), "closed".to_string())
+    } else {
+        let (source, duration, what) = plan(&args)?;
+        let name = match (&source, args.arrivals) {
+            (Source::Times(_), _) => "trace",
+            (_, ArrivalProcess::Poisson) => "poisson",
+            (_, ArrivalProcess::Uniform) => "uniform",
+        };
+        (Some(source), duration, what, name.to_string())
+    };
     let template = template(&args)?;
     let target = Target::resolve(&args.target).await?;
-    // A short lead, so that the first arrivals are not late because threads are still starting.
-    let start = Instant::now() + Duration::from_millis(50);
-    let run = Arc::new(Run {
-        pool: Pool::new(target, args.connections),
-        template,
-        recorder: Mutex::new(Recorder::new()),
+    let connections = args
+        .connections
+        .unwrap_or(if args.closed {
+            CLOSED_CONNECTIONS
+        } else {
+            OPEN_CONNECTIONS
+        })
+        .max(1);
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, connections);
+    // A short lead, so that the first arrivals are not late because threads are still starting
+    // (and closed-loop connections are open before the clock starts).
+    let start = Instant::now() + Duration::from_millis(if args.closed { 200 } else { 50 });
+    let shared = Arc::new(Shared::new(
+        threads,
         start,
-        timeout: args.timeout,
-        late_after: args.late_after,
-    });
-    let stop = Arc::new(AtomicBool::new(false));
+        args.timeout,
+        args.late_after,
+        target.addr,
+        !args.no_keepalive,
+        Requests::single(target, template),
+    ));
     let finished = Arc::new(AtomicBool::new(false));
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
 
-    let scheduler = {
-        let run = run.clone();
-        let stop = stop.clone();
-        let handle = tokio::runtime::Handle::current();
-        let arrivals = Arrivals::new(source, duration, args.seed);
-        std::thread::Builder::new()
-            .name("load-scheduler".into())
-            .spawn(move || schedule_loop(run, arrivals, stop, handle, done_tx))
-            .map_err(|e| format!("cannot start the scheduler thread: {e}"))?
+    let mut senders = Vec::new();
+    let mut workers = Vec::new();
+    for i in 0..threads {
+        // Connections spread evenly, the first workers taking the remainder.
+        let n = connections / threads + usize::from(i < connections % threads);
+        let feed = if args.closed {
+            Feed::Closed(start + Duration::from_secs_f64(duration))
+        } else {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            senders.push(tx);
+            Feed::Open(rx)
+        };
+        let shared = shared.clone();
+        workers.push(
+            std::thread::Builder::new()
+                .name(format!("load-worker-{i}"))
+                .spawn(move || engine::worker(shared, i, n, feed))
+                .map_err(|e| format!("cannot start a worker thread: {e}"))?,
+        );
+    }
+    let scheduler = match source {
+        Some(source) => {
+            let shared = shared.clone();
+            let arrivals = Arrivals::new(source, duration, args.seed);
+            Some(
+                std::thread::Builder::new()
+                    .name("load-scheduler".into())
+                    .spawn(move || schedule_loop(shared, arrivals, senders))
+                    .map_err(|e| format!("cannot start the scheduler thread: {e}"))?,
+            )
+        }
+        None => None,
     };
 
     if let Some(admin) = args.admin.clone() {
         tokio::spawn(poll_admin(
-            run.clone(),
+            shared.clone(),
             admin,
             args.admin_token.clone(),
             finished.clone(),
         ));
     }
     let progress = (std::io::stdout().is_terminal() && !args.quiet)
-        .then(|| tokio::spawn(progress_line(run.clone(), finished.clone())));
+        .then(|| tokio::spawn(progress_line(shared.clone(), finished.clone())));
     {
-        let stop = stop.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                stop.store(true, Ordering::SeqCst);
+                shared.stop.store(true, Ordering::SeqCst);
             }
         });
     }
 
-    // Every request task holds a sender; the channel closes when the schedule and all are done.
-    let _ = done_rx.recv().await;
+    // The workers end when their feed has ended and every request they took is finished.
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(s) = scheduler {
+            let _ = s.join();
+        }
+        for w in workers {
+            let _ = w.join();
+        }
+    })
+    .await;
     finished.store(true, Ordering::SeqCst);
-    let _ = tokio::task::spawn_blocking(move || scheduler.join()).await;
     if let Some(p) = progress {
         let _ = p.await;
     }
 
-    let report = {
-        let rec = run.recorder.lock().expect("recorder lock");
-        let elapsed = rec.last_done_s;
-        Report::build(
-            &rec,
-            RunInfo {
-                target: args.target.clone(),
-                method: args.method.to_ascii_uppercase(),
-                schedule: what,
-                arrivals: arrivals_name,
-                duration_s: duration,
-                elapsed_s: elapsed,
-                late_after_ms: args.late_after.as_secs_f64() * 1e3,
-            },
-        )
-    };
+    let rec = shared.merged();
+    let mut report = Report::build(
+        &rec,
+        RunInfo {
+            target: args.target.clone(),
+            method: args.method.to_ascii_uppercase(),
+            schedule: what,
+            arrivals: arrivals_name,
+            duration_s: duration,
+            elapsed_s: rec.last_done_s,
+            late_after_ms: args.late_after.as_secs_f64() * 1e3,
+        },
+    );
+    report.mode = if args.closed { "closed" } else { "open" }.to_string();
+    report.connections = connections;
+    report.threads = threads;
+    report.thresholds = thresholds(&args, &report);
     let write = |path: &PathBuf, text: String| {
         std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
     };
@@ -324,43 +398,65 @@ pub async fn run(args: LoadArgs) -> Result<i32, String> {
     if !args.quiet {
         print!("{}", report.table());
     }
-    Ok(if report.error_ratio > args.max_error_ratio {
-        1
-    } else {
-        0
-    })
+    Ok(exit_code(&report))
 }
 
-/// The scheduler thread: waits for each arrival's time and starts its request task then.
+/// The thresholds the options set, checked against a report (also written into it).
+fn thresholds(args: &LoadArgs, report: &Report) -> Vec<Threshold> {
+    let mut out = vec![Threshold::check(
+        "max-error-ratio",
+        args.max_error_ratio,
+        report.error_ratio,
+    )];
+    if let Some(d) = args.max_p99 {
+        out.push(Threshold::check(
+            "max-p99",
+            d.as_secs_f64() * 1e3,
+            report.latency_ms.p99,
+        ));
+    }
+    if let Some(r) = args.max_late_ratio {
+        let ratio = report.late as f64 / (report.scheduled.max(1)) as f64;
+        out.push(Threshold::check("max-late-ratio", r, ratio));
+    }
+    out
+}
+
+/// 1 when a threshold was breached (each one named on stderr), else 0.
+fn exit_code(report: &Report) -> i32 {
+    let mut code = 0;
+    for t in report.thresholds.iter().filter(|t| !t.ok) {
+        eprintln!(
+            "ebbtide load: threshold breached: --{} {}: measured {}",
+            t.name,
+            t.limit,
+            fmt_measured(t)
+        );
+        code = 1;
+    }
+    code
+}
+
+fn fmt_measured(t: &Threshold) -> String {
+    if t.name == "max-p99" {
+        format!("{:.3} ms (limit {} ms)", t.value, t.limit)
+    } else {
+        format!("{:.6}", t.value)
+    }
+}
+
+/// The scheduler thread: waits for each arrival's time and hands it then to the worker with the
+/// fewest requests outstanding. Dropping the senders at the end tells the workers to finish.
 fn schedule_loop(
-    run: Arc<Run>,
+    shared: Arc<Shared>,
     arrivals: Arrivals,
-    stop: Arc<AtomicBool>,
-    handle: tokio::runtime::Handle,
-    done: tokio::sync::mpsc::Sender<()>,
+    senders: Vec<tokio::sync::mpsc::UnboundedSender<Instant>>,
 ) {
     let mut oversleep = Oversleep::new();
-    // Scheduled counts are handed to the recorder in batches: one lock per arrival would make the
-    // recorder the scheduler's bottleneck at tens of thousands of requests per second.
-    let mut pending: Vec<usize> = Vec::with_capacity(64);
-    let flush = |pending: &mut Vec<usize>| {
-        if !pending.is_empty() {
-            let mut rec = run.recorder.lock().expect("recorder lock");
-            for s in pending.drain(..) {
-                rec.on_scheduled(s);
-            }
-        }
-    };
     for offset in arrivals {
-        let at = run.start + Duration::from_secs_f64(offset);
-        if pending.len() >= 64
-            || at.saturating_duration_since(Instant::now()) > Duration::from_millis(1)
-        {
-            flush(&mut pending);
-        }
+        let at = shared.start + Duration::from_secs_f64(offset);
         loop {
-            if stop.load(Ordering::SeqCst) {
-                flush(&mut pending);
+            if shared.stop.load(Ordering::Relaxed) {
                 return;
             }
             let left = at.saturating_duration_since(Instant::now());
@@ -372,82 +468,47 @@ fn schedule_loop(
                 break;
             }
         }
-        pending.push(run.second_of(at));
-        handle.spawn(one_request(run.clone(), at, done.clone()));
+        let w = shared.pick_worker();
+        let _ = senders[w].send(at);
     }
-    flush(&mut pending);
-}
-
-/// One request, due at `at`: waits for a connection if all are busy, sends, reads the answer, and
-/// records the outcome with its latency from `at`.
-async fn one_request(run: Arc<Run>, at: Instant, _done: tokio::sync::mpsc::Sender<()>) {
-    // Set when sending begins: whether it was late, and that it happened at all.
-    let started = AtomicBool::new(false);
-    let late = AtomicBool::new(false);
-    let exchange = async {
-        let slot = match run.pool.try_slot() {
-            Some(s) => s,
-            None => run.pool.slot().await,
-        };
-        late.store(
-            Instant::now().saturating_duration_since(at) > run.late_after,
-            Ordering::Relaxed,
-        );
-        started.store(true, Ordering::Relaxed);
-        let result = run.pool.send(&run.template).await;
-        drop(slot);
-        result
-    };
-    let result = tokio::time::timeout_at((at + run.timeout).into(), exchange).await;
-    let now = Instant::now();
-    let outcome = match result {
-        Ok(Ok(answer)) => Outcome::Answered {
-            status: answer.status,
-            latency_us: now.saturating_duration_since(at).as_micros() as u64,
-            bytes: answer.bytes,
-        },
-        Ok(Err(kind)) => Outcome::Failed(kind),
-        Err(_) => Outcome::Failed(ErrorKind::Timeout),
-    };
-    let sent = started.load(Ordering::Relaxed);
-    let mut rec = run.recorder.lock().expect("recorder lock");
-    rec.sent += u64::from(sent);
-    // A request that timed out waiting for a connection was never sent, so it is late too.
-    rec.late += u64::from(!sent || late.load(Ordering::Relaxed));
-    rec.on_outcome(run.second_of(at), run.second_of(now), outcome);
-    let done_s = now.saturating_duration_since(run.start).as_secs_f64();
-    rec.last_done_s = rec.last_done_s.max(done_s);
 }
 
 /// Prints `[ 12s] offered .. achieved .. p99 ..` over itself once a second while stdout is a TTY.
-async fn progress_line(run: Arc<Run>, finished: Arc<AtomicBool>) {
+async fn progress_line(shared: Arc<Shared>, finished: Arc<AtomicBool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     let (mut last_sched, mut last_ok) = (0u64, 0u64);
     let mut printed = false;
     while !finished.load(Ordering::SeqCst) {
         tick.tick().await;
-        let line = {
-            let mut rec = run.recorder.lock().expect("recorder lock");
-            let p99 = if rec.recent.is_empty() {
-                0.0
-            } else {
-                rec.recent.value_at_quantile(0.99) as f64 / 1000.0
-            };
-            rec.recent.reset();
-            let line = format!(
-                "\r[{:>5}s] offered {:>8.1}/s  achieved {:>8.1}/s  p99 {:>9.3} ms  errors {}  late {}   ",
-                run.start.elapsed().as_secs(),
-                (rec.scheduled - last_sched) as f64,
-                (rec.ok - last_ok) as f64,
-                p99,
-                rec.error_count(),
-                rec.late
-            );
-            last_sched = rec.scheduled;
-            last_ok = rec.ok;
-            line
+        let mut now = Recorder::new();
+        for r in &shared.recorders {
+            let mut r = r.lock().expect("recorder lock");
+            now.scheduled += r.scheduled;
+            now.ok += r.ok;
+            now.late += r.late;
+            for (k, v) in &r.errors {
+                *now.errors.entry(*k).or_default() += v;
+            }
+            let _ = now.recent.add(&r.recent);
+            r.recent.reset();
+        }
+        let p99 = if now.recent.is_empty() {
+            0.0
+        } else {
+            now.recent.value_at_quantile(0.99) as f64 / 1000.0
         };
+        let line = format!(
+            "\r[{:>5}s] offered {:>8.1}/s  achieved {:>8.1}/s  p99 {:>9.3} ms  errors {}  late {}   ",
+            shared.start.elapsed().as_secs(),
+            (now.scheduled - last_sched) as f64,
+            (now.ok - last_ok) as f64,
+            p99,
+            now.error_count(),
+            now.late
+        );
+        last_sched = now.scheduled;
+        last_ok = now.ok;
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(line.as_bytes());
         let _ = out.flush();
@@ -461,7 +522,7 @@ async fn progress_line(run: Arc<Run>, finished: Arc<AtomicBool>) {
 /// Polls `GET {admin}/api/v1/backends` once a second and records how many are active. A failing
 /// poll leaves that second without a count.
 async fn poll_admin(
-    run: Arc<Run>,
+    shared: Arc<Shared>,
     admin: String,
     token: Option<String>,
     finished: Arc<AtomicBool>,
@@ -481,8 +542,8 @@ async fn poll_admin(
             .iter()
             .filter(|b| b.get("state").and_then(|s| s.as_str()) == Some("active"))
             .count() as u32;
-        let s = run.second_of(Instant::now());
-        run.recorder
+        let s = shared.second_of(Instant::now());
+        shared.recorders[0]
             .lock()
             .expect("recorder lock")
             .second(s)

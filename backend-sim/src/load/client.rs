@@ -188,6 +188,94 @@ impl Pool {
     }
 }
 
+/// One connection of the engine, driven by one loop: opened on first use, reopened after it
+/// broke, one request at a time (HTTP/1.1, no pipelining).
+pub(crate) struct Conn {
+    addr: SocketAddr,
+    sender: Option<SendRequest<Full<Bytes>>>,
+    keepalive: bool,
+}
+
+impl Conn {
+    /// A connection to `addr`, not opened yet; with `keepalive` false each request gets its own.
+    pub(crate) fn new(addr: SocketAddr, keepalive: bool) -> Conn {
+        Conn {
+            addr,
+            sender: None,
+            keepalive,
+        }
+    }
+
+    /// Whether a connection is open now.
+    pub(crate) fn is_open(&self) -> bool {
+        self.sender.as_ref().is_some_and(|s| !s.is_closed())
+    }
+
+    /// Opens the connection if it is not open.
+    pub(crate) async fn open(&mut self) -> Result<(), ErrorKind> {
+        if self.is_open() {
+            return Ok(());
+        }
+        self.sender = None;
+        let stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .map_err(|_| ErrorKind::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| ErrorKind::Connect)?;
+        tokio::task::spawn_local(async move {
+            let _ = conn.await;
+        });
+        self.sender = Some(sender);
+        Ok(())
+    }
+
+    /// Forgets the connection (after a timeout left it mid-exchange).
+    pub(crate) fn reset(&mut self) {
+        self.sender = None;
+    }
+
+    /// Sends `req` and reads the whole answer, counting its body without keeping it. The caller
+    /// bounds the time; a connection left mid-exchange must be [`Conn::reset`].
+    pub(crate) async fn send(
+        &mut self,
+        mut req: Request<Full<Bytes>>,
+    ) -> Result<Answer, ErrorKind> {
+        self.open().await?;
+        if !self.keepalive {
+            req.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        let sender = self.sender.as_mut().expect("opened");
+        if sender.ready().await.is_err() {
+            self.sender = None;
+            return Err(ErrorKind::Other);
+        }
+        let result = async {
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|_| ErrorKind::Other)?;
+            let status = resp.status().as_u16();
+            let mut body = resp.into_body();
+            let mut bytes = 0u64;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|_| ErrorKind::Other)?;
+                if let Some(d) = frame.data_ref() {
+                    bytes += d.len() as u64;
+                }
+            }
+            Ok(Answer { status, bytes })
+        }
+        .await;
+        if result.is_err() || !self.keepalive {
+            self.sender = None;
+        }
+        result
+    }
+}
+
 /// One GET with its own connection, for occasional calls such as polling the admin API.
 pub async fn get_once(url: &str, bearer: Option<&str>, timeout: Duration) -> Result<Bytes, String> {
     let fut = async {

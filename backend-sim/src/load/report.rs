@@ -166,6 +166,38 @@ impl Recorder {
         self.second(now_s).errors += 1;
     }
 
+    /// Adds everything `other` recorded to this recorder (the workers' recorders at the end of a
+    /// run, or the runs of several generators).
+    pub fn merge(&mut self, other: &Recorder) {
+        let _ = self.latency.add(&other.latency);
+        let _ = self.recent.add(&other.recent);
+        self.scheduled += other.scheduled;
+        self.sent += other.sent;
+        self.completed += other.completed;
+        self.ok += other.ok;
+        self.late += other.late;
+        self.bytes += other.bytes;
+        for (k, v) in &other.errors {
+            *self.errors.entry(*k).or_default() += v;
+        }
+        for (k, v) in &other.statuses {
+            *self.statuses.entry(*k).or_default() += v;
+        }
+        for (i, o) in other.seconds.iter().enumerate() {
+            let s = self.second(i);
+            s.offered += o.offered;
+            s.achieved += o.achieved;
+            s.errors += o.errors;
+            if let Some(h) = &o.latency {
+                let _ = s.latency.get_or_insert_with(|| new_histogram(2)).add(h);
+            }
+            if o.backends.is_some() {
+                s.backends = s.backends.max(o.backends);
+            }
+        }
+        self.last_done_s = self.last_done_s.max(other.last_done_s);
+    }
+
     /// All errors of every kind.
     pub fn error_count(&self) -> u64 {
         self.errors.values().sum()
@@ -250,6 +282,12 @@ pub struct Report {
     pub target: String,
     /// Method used.
     pub method: String,
+    /// `open` (requests at scheduled times) or `closed` (back to back on each connection).
+    pub mode: String,
+    /// Connections of the engine (open loop: the most it could open); 0 when not a live run.
+    pub connections: usize,
+    /// Worker threads of the engine; 0 when not a live run.
+    pub threads: usize,
     /// How the arrivals were made: the profile or the trace.
     pub schedule: String,
     /// Poisson or uniform (rate profiles only).
@@ -288,6 +326,33 @@ pub struct Report {
     pub status_codes: BTreeMap<String, u64>,
     /// Per second.
     pub series: Vec<SeriesPoint>,
+    /// The thresholds given (`--max-p99`, `--max-error-ratio`, ...) and whether each held.
+    pub thresholds: Vec<Threshold>,
+}
+
+/// One pass/fail limit of a run, as k6's thresholds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Threshold {
+    /// The option's name, e.g. `max-p99`.
+    pub name: String,
+    /// The limit (milliseconds for latencies, a ratio otherwise).
+    pub limit: f64,
+    /// What the run measured, in the same unit.
+    pub value: f64,
+    /// Whether the value stayed at or under the limit.
+    pub ok: bool,
+}
+
+impl Threshold {
+    /// A limit checked against a value.
+    pub fn check(name: &str, limit: f64, value: f64) -> Threshold {
+        Threshold {
+            name: name.to_string(),
+            limit,
+            value,
+            ok: value <= limit,
+        }
+    }
 }
 
 /// What the report needs besides the recorder.
@@ -335,6 +400,9 @@ impl Report {
         Report {
             target: info.target,
             method: info.method,
+            mode: "open".into(),
+            connections: 0,
+            threads: 0,
             schedule: info.schedule,
             arrivals: info.arrivals,
             duration_s: info.duration_s,
@@ -370,6 +438,7 @@ impl Report {
                 .map(|(k, v)| (k.to_string(), *v))
                 .collect(),
             series,
+            thresholds: Vec::new(),
         }
     }
 

@@ -1,0 +1,336 @@
+//! End-to-end tests of `ebbtide load`'s engine: real `ebbtide backend` processes on 127.0.0.1,
+//! every run bounded in requests and time. The assertions are on what the engine must do
+//! (latency from the scheduled time, late counted, exit codes), with generous bounds, since the
+//! machine may be busy.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ebbtide");
+
+/// One load run at a time: they measure latency, and two at once on a small machine would
+/// measure each other.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A child process that is killed when the guard drops.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `ebbtide backend --listen 127.0.0.1:0 ARGS` and returns it with its address.
+fn backend(args: &[&str]) -> (Child, SocketAddr) {
+    let mut child = Command::new(BIN)
+        .args(["backend", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("EBBTIDE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ebbtide backend");
+    let stdout = child.stdout.take().expect("stdout");
+    let guard = Child(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(first)) = lines.next() {
+            let _ = tx.send(first);
+        }
+        for _ in lines {}
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("backend printed its address");
+    let addr = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .expect("an address");
+    (guard, addr)
+}
+
+fn temp_path(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ebbtide-load-engine-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir.join(name)
+}
+
+/// What a finished `ebbtide load` left: exit code, stdout, stderr.
+struct Finished {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `ebbtide load ARGS` to the end (at most `limit`).
+fn load(args: &[&str], limit: Duration) -> Finished {
+    let mut child = Child(
+        Command::new(BIN)
+            .arg("load")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ebbtide load"),
+    );
+    let mut out = child.0.stdout.take().expect("stdout");
+    let mut err = child.0.stderr.take().expect("stderr");
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let code = loop {
+        if let Ok(Some(status)) = child.0.try_wait() {
+            break status.code().expect("exit code");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ebbtide load {args:?} ran past {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Finished {
+        code,
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+    }
+}
+
+/// Runs `ebbtide load ARGS --quiet --json F` and returns the exit code and the report.
+fn load_json(args: &[&str], limit: Duration) -> (i32, Value) {
+    let json = temp_path(&format!("report-{}.json", nanos()));
+    let mut all: Vec<&str> = args.to_vec();
+    let j = json.to_str().unwrap().to_string();
+    all.extend(["--quiet", "--json", &j]);
+    let done = load(&all, limit);
+    let text = std::fs::read_to_string(&json)
+        .unwrap_or_else(|e| panic!("no report ({e}); stderr: {}", done.stderr));
+    (
+        done.code,
+        serde_json::from_str(&text).expect("report parses"),
+    )
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn f(v: &Value, path: &[&str]) -> f64 {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[*p];
+    }
+    cur.as_f64()
+        .unwrap_or_else(|| panic!("{path:?} is not a number in {v}"))
+}
+
+/// Open loop against a constant 20 ms service with room to spare: the median is the service
+/// time, measured from each request's scheduled send.
+#[test]
+fn open_loop_median_is_the_service_time() {
+    let _s = serial();
+    let (_b, addr) = backend(&["--service-time", "const:20ms", "--workers", "256"]);
+    let url = format!("http://{addr}/");
+    let (code, r) = load_json(
+        &[
+            "--target",
+            &url,
+            "--rate",
+            "200",
+            "--duration",
+            "3s",
+            "--seed",
+            "4",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["mode"], "open");
+    assert_eq!(r["errors"], 0, "{r}");
+    assert_eq!(r["sent"], r["scheduled"], "{r}");
+    assert_eq!(r["completed"], r["scheduled"], "{r}");
+    let p50 = f(&r, &["latency_ms", "p50"]);
+    assert!((19.5..=24.0).contains(&p50), "p50 {p50} ms: {r}");
+    assert!(
+        f(&r, &["latency_ms", "min"]) >= 19.5,
+        "nothing faster than the service: {r}"
+    );
+}
+
+/// Closed loop, wrk-style: N connections back to back against a constant 20 ms service give a
+/// median of 20 ms and at most N / 20 ms requests per second; nothing is ever late.
+#[test]
+fn closed_loop_median_is_the_service_time() {
+    let _s = serial();
+    let (_b, addr) = backend(&["--service-time", "const:20ms", "--workers", "256"]);
+    let url = format!("http://{addr}/");
+    let (code, r) = load_json(
+        &[
+            "--target",
+            &url,
+            "--closed",
+            "--connections",
+            "8",
+            "--threads",
+            "2",
+            "--duration",
+            "2s",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["mode"], "closed");
+    assert_eq!(r["connections"], 8);
+    assert_eq!(r["errors"], 0, "{r}");
+    assert_eq!(r["late"], 0, "{r}");
+    let p50 = f(&r, &["latency_ms", "p50"]);
+    assert!((19.5..=24.0).contains(&p50), "p50 {p50} ms: {r}");
+    // 8 connections x 2 s / 20 ms = 800 at most; a busy machine gets fewer.
+    let ok = f(&r, &["ok"]);
+    assert!((300.0..=808.0).contains(&ok), "ok {ok}: {r}");
+}
+
+/// Coordinated omission: the backend answers nothing for 1 s in the middle of the run. Every
+/// request scheduled during the stall waits for its end, so measured from the scheduled times
+/// about a fifth of the requests (1 s of 5) are slow, uniformly from 0 to 1 s: p90 near 500 ms and
+/// p99 near 950 ms. A closed-loop tool (or one measuring from the actual send) would see one slow
+/// request per connection. With few connections the same requests also count as late.
+#[test]
+fn a_stall_shows_in_every_request_scheduled_during_it() {
+    let _s = serial();
+    for connections in ["512", "4"] {
+        let (_b, addr) = backend(&[
+            "--service-time",
+            "const:2ms",
+            "--workers",
+            "1000",
+            "--stall-at",
+            "2s",
+            "--stall-for",
+            "1s",
+        ]);
+        let url = format!("http://{addr}/");
+        let (code, r) = load_json(
+            &[
+                "--target",
+                &url,
+                "--rate",
+                "200",
+                "--arrivals",
+                "uniform",
+                "--duration",
+                "5s",
+                "--connections",
+                connections,
+            ],
+            Duration::from_secs(60),
+        );
+        assert_eq!(code, 0, "{r}");
+        assert_eq!(r["errors"], 0, "{r}");
+        assert_eq!(r["sent"], r["scheduled"], "nothing skipped: {r}");
+        let (p50, p90, p99, max) = (
+            f(&r, &["latency_ms", "p50"]),
+            f(&r, &["latency_ms", "p90"]),
+            f(&r, &["latency_ms", "p99"]),
+            f(&r, &["latency_ms", "max"]),
+        );
+        assert!(p50 < 100.0, "most requests are outside the stall: {r}");
+        assert!((350.0..=700.0).contains(&p90), "p90 {p90}: {r}");
+        assert!((850.0..=1100.0).contains(&p99), "p99 {p99}: {r}");
+        assert!((950.0..=1200.0).contains(&max), "max {max}: {r}");
+        let late = f(&r, &["late"]);
+        if connections == "4" {
+            // Four connections are all held by the stall within 20 ms; the ~200 requests due
+            // meanwhile wait for one.
+            assert!(late >= 150.0, "requests due during the stall are late: {r}");
+        }
+    }
+}
+
+/// Thresholds set the exit code, and the message names the one breached.
+#[test]
+fn thresholds_set_the_exit_code() {
+    let _s = serial();
+    let (_b, addr) = backend(&[
+        "--service-time",
+        "const:30ms",
+        "--workers",
+        "64",
+        "--error-rate",
+        "0.1",
+        "--seed",
+        "9",
+    ]);
+    let url = format!("http://{addr}/");
+    let base = ["--target", &url, "--rate", "100", "--duration", "1s"];
+    let run = |extra: &[&str]| {
+        let mut args: Vec<&str> = base.to_vec();
+        args.extend_from_slice(extra);
+        load(&args, Duration::from_secs(60))
+    };
+
+    let passed = run(&["--max-p99", "2s", "--max-error-ratio", "0.5"]);
+    assert_eq!(passed.code, 0, "{}", passed.stderr);
+    assert!(
+        passed.stdout.contains("p99"),
+        "the table is printed: {}",
+        passed.stdout
+    );
+
+    let p99 = run(&["--max-p99", "10ms", "--max-error-ratio", "0.5"]);
+    assert_eq!(p99.code, 1, "{}", p99.stderr);
+    assert!(p99.stderr.contains("max-p99"), "{}", p99.stderr);
+    assert!(!p99.stderr.contains("max-error-ratio"), "{}", p99.stderr);
+
+    let errors = run(&["--max-p99", "2s", "--max-error-ratio", "0.001"]);
+    assert_eq!(errors.code, 1, "{}", errors.stderr);
+    assert!(
+        errors.stderr.contains("max-error-ratio"),
+        "{}",
+        errors.stderr
+    );
+    assert!(!errors.stderr.contains("max-p99"), "{}", errors.stderr);
+
+    // The JSON report says which held.
+    let (code, r) = load_json(
+        &[
+            "--target",
+            &url,
+            "--rate",
+            "100",
+            "--duration",
+            "1s",
+            "--max-p99",
+            "10ms",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 1);
+    let t = r["thresholds"].as_array().expect("thresholds");
+    let p99 = t.iter().find(|t| t["name"] == "max-p99").expect("max-p99");
+    assert_eq!(p99["ok"], false);
+    assert!(f(p99, &["value"]) >= 29.0, "{r}");
+}
