@@ -334,3 +334,153 @@ fn thresholds_set_the_exit_code() {
     assert_eq!(p99["ok"], false);
     assert!(f(p99, &["value"]) >= 29.0, "{r}");
 }
+
+/// Starts `ebbtide load ARGS --quiet --json F` in the background; `finish` waits for it.
+fn spawn_load(args: &[&str], json: &PathBuf) -> Child {
+    Child(
+        Command::new(BIN)
+            .arg("load")
+            .args(args)
+            .args(["--quiet", "--json"])
+            .arg(json)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn ebbtide load"),
+    )
+}
+
+fn finish(mut c: Child, json: &PathBuf, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(_)) = c.0.try_wait() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "load ran past {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    serde_json::from_str(&std::fs::read_to_string(json).expect("report")).expect("parses")
+}
+
+/// Two generators at half the rate, each writing an HdrHistogram log, merged by `ebbtide load
+/// merge`: the counts add up exactly, the merged histogram is the union (its extremes and mean are
+/// those of the union, each percentile lies between the two runs'), merging one log gives that
+/// run's own percentiles exactly, and the percentiles match one generator at the full rate within
+/// sampling noise.
+#[test]
+fn merged_half_rate_logs_are_one_full_rate_run() {
+    let _s = serial();
+    let (_b, addr) = backend(&["--service-time", "exp:10ms", "--workers", "1000"]);
+    let url = format!("http://{addr}/");
+    let path = |n: &str| temp_path(&format!("{n}-{}", nanos()));
+    let (ja, jb, jf, jm, jm1) = (
+        path("a.json"),
+        path("b.json"),
+        path("full.json"),
+        path("m.json"),
+        path("m1.json"),
+    );
+    let (la, lb) = (path("a.hlog"), path("b.hlog"));
+    let half = |seed: &'static str, log: &PathBuf, json: &PathBuf| {
+        spawn_load(
+            &[
+                "--target",
+                &url,
+                "--rate",
+                "200",
+                "--duration",
+                "3s",
+                "--seed",
+                seed,
+                "--threads",
+                "1",
+                "--hdr-log",
+                log.to_str().unwrap(),
+            ],
+            json,
+        )
+    };
+    let (a, b) = (half("1", &la, &ja), half("2", &lb, &jb));
+    let limit = Duration::from_secs(60);
+    let (a, b) = (finish(a, &ja, limit), finish(b, &jb, limit));
+    let full = finish(
+        spawn_load(
+            &[
+                "--target",
+                &url,
+                "--rate",
+                "400",
+                "--duration",
+                "3s",
+                "--seed",
+                "3",
+            ],
+            &jf,
+        ),
+        &jf,
+        limit,
+    );
+
+    let merged = load(
+        &[
+            "merge",
+            la.to_str().unwrap(),
+            lb.to_str().unwrap(),
+            "--json",
+            jm.to_str().unwrap(),
+        ],
+        limit,
+    );
+    assert_eq!(merged.code, 0, "{}", merged.stderr);
+    assert!(merged.stdout.contains("p99"), "{}", merged.stdout);
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&jm).unwrap()).unwrap();
+
+    for k in ["scheduled", "sent", "completed", "ok", "late", "errors"] {
+        assert_eq!(f(&m, &[k]), f(&a, &[k]) + f(&b, &[k]), "{k}: {m}");
+    }
+    let lat = |v: &Value, k: &str| f(v, &["latency_ms", k]);
+    assert_eq!(lat(&m, "max"), lat(&a, "max").max(lat(&b, "max")));
+    assert_eq!(lat(&m, "min"), lat(&a, "min").min(lat(&b, "min")));
+    let (na, nb) = (f(&a, &["ok"]), f(&b, &["ok"]));
+    let mean = (lat(&a, "mean") * na + lat(&b, "mean") * nb) / (na + nb);
+    assert!((lat(&m, "mean") - mean).abs() < 1e-6 * mean, "{m}");
+    for q in ["p50", "p90", "p99", "p999"] {
+        let (lo, hi) = (lat(&a, q).min(lat(&b, q)), lat(&a, q).max(lat(&b, q)));
+        assert!(lo <= lat(&m, q) && lat(&m, q) <= hi, "{q}: {m}");
+    }
+
+    // One log merged alone is that run, exactly.
+    let one = load(
+        &[
+            "merge",
+            la.to_str().unwrap(),
+            "--quiet",
+            "--json",
+            jm1.to_str().unwrap(),
+        ],
+        limit,
+    );
+    assert_eq!(one.code, 0, "{}", one.stderr);
+    let m1: Value = serde_json::from_str(&std::fs::read_to_string(&jm1).unwrap()).unwrap();
+    assert_eq!(m1["latency_ms"], a["latency_ms"]);
+
+    // Against one generator at the full rate: the same distribution (exp, mean 10 ms), within
+    // the sampling noise of ~1200 requests.
+    let near = |x: f64, y: f64, tol: f64| (x - y).abs() <= tol * y;
+    assert!(
+        near(lat(&m, "p50"), lat(&full, "p50"), 0.2),
+        "p50 {m} vs {full}"
+    );
+    assert!(
+        near(lat(&m, "p90"), lat(&full, "p90"), 0.25),
+        "p90 {m} vs {full}"
+    );
+    assert!(
+        near(lat(&m, "p99"), lat(&full, "p99"), 0.5),
+        "p99 {m} vs {full}"
+    );
+    assert!(
+        near(f(&m, &["scheduled"]), f(&full, &["scheduled"]), 0.1),
+        "{m}"
+    );
+}

@@ -10,6 +10,7 @@
 
 pub mod client;
 mod engine;
+mod hdrlog;
 pub mod plot;
 pub mod report;
 mod requests;
@@ -20,23 +21,28 @@ use bytes::Bytes;
 use client::{RequestTemplate, Target};
 use ebbtide_config::time::parse_duration;
 use engine::{Feed, Shared};
+use hdrlog::{HdrLog, Summary};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use report::{Recorder, Report, RunInfo, Threshold};
+use report::{new_histogram, Recorder, Report, RunInfo, Threshold};
 use requests::Requests;
 use schedule::{ArrivalProcess, Arrivals, Profile, Source, Trace, PROFILE_HELP};
 use std::io::{IsTerminal, Write as _};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Options of `ebbtide load`.
 #[derive(Debug, Clone, clap::Args)]
-#[command(after_help = PROFILE_HELP)]
+#[command(
+    after_help = PROFILE_HELP,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct LoadArgs {
     /// URL to send requests to (http:// only), e.g. http://127.0.0.1:8080/.
-    #[arg(long)]
-    pub target: String,
+    #[arg(long, required = true)]
+    pub target: Option<String>,
 
     /// Requests per second (the constant profile; not needed with a profile that gives rates).
     #[arg(long)]
@@ -106,6 +112,56 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 
+    /// ebbtide admin API base URL (e.g. http://127.0.0.1:9901): poll the active backend count
+    /// every second for the series and the plot.
+    #[arg(long)]
+    pub admin: Option<String>,
+
+    /// Bearer token for the admin API.
+    #[arg(long)]
+    pub admin_token: Option<String>,
+
+    /// A request that starts this long after its scheduled time counts as late.
+    #[arg(long, default_value = "5ms", value_parser = parse_duration)]
+    pub late_after: Duration,
+
+    /// Write an HdrHistogram interval log (one latency histogram per second, readable by
+    /// HdrHistogram's tools) to this file, for `ebbtide load merge`.
+    #[arg(long)]
+    pub hdr_log: Option<PathBuf>,
+
+    /// Reports and thresholds.
+    #[command(flatten)]
+    pub out: Outputs,
+
+    /// `merge`: add up the --hdr-log files of several runs.
+    #[command(subcommand)]
+    pub command: Option<LoadCommand>,
+}
+
+/// Subcommands of `ebbtide load`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum LoadCommand {
+    /// Add up the --hdr-log files of several generator runs (processes or machines) into one
+    /// exact report: the percentiles of the union of their requests.
+    Merge(MergeArgs),
+}
+
+/// Options of `ebbtide load merge`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MergeArgs {
+    /// HdrHistogram interval logs written by `ebbtide load --hdr-log`.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+
+    /// Reports and thresholds.
+    #[command(flatten)]
+    pub out: Outputs,
+}
+
+/// Where the report goes and the thresholds that set the exit code.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Outputs {
     /// Write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -117,15 +173,6 @@ pub struct LoadArgs {
     /// Write an SVG plot of rate and latency over time to this file.
     #[arg(long)]
     pub plot: Option<PathBuf>,
-
-    /// ebbtide admin API base URL (e.g. http://127.0.0.1:9901): poll the active backend count
-    /// every second for the series and the plot.
-    #[arg(long)]
-    pub admin: Option<String>,
-
-    /// Bearer token for the admin API.
-    #[arg(long)]
-    pub admin_token: Option<String>,
 
     /// Threshold: exit with code 1 when errors / scheduled requests exceeds this. The default,
     /// 1.0, never fails: a failing target is often what an experiment is about; set e.g. 0.001
@@ -141,10 +188,6 @@ pub struct LoadArgs {
     /// 0.01: above it the generator, not the target, limited the run.
     #[arg(long)]
     pub max_late_ratio: Option<f64>,
-
-    /// A request that starts this long after its scheduled time counts as late.
-    #[arg(long, default_value = "5ms", value_parser = parse_duration)]
-    pub late_after: Duration,
 
     /// Do not print the summary table.
     #[arg(long)]
@@ -247,6 +290,10 @@ const CLOSED_CONNECTIONS: usize = 64;
 
 /// Runs the load and prints the report; the exit code says whether the thresholds held.
 pub async fn run(args: LoadArgs) -> Result<i32, String> {
+    if let Some(LoadCommand::Merge(m)) = &args.command {
+        return merge(m);
+    }
+    let url = args.target.clone().ok_or("give --target URL")?;
     let (source, duration, what, arrivals_name) = if args.closed {
         if args.rate.is_some() || args.profile.is_some() || args.trace.is_some() {
             return Err(
@@ -268,7 +315,14 @@ pub async fn run(args: LoadArgs) -> Result<i32, String> {
         (Some(source), duration, what, name.to_string())
     };
     let template = template(&args)?;
-    let target = Target::resolve(&args.target).await?;
+    let target = Target::resolve(&url).await?;
+    let hdr_file = match &args.hdr_log {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
+        )),
+        None => None,
+    };
     let connections = args
         .connections
         .unwrap_or(if args.closed {
@@ -294,6 +348,15 @@ pub async fn run(args: LoadArgs) -> Result<i32, String> {
         Requests::single(target, template),
     ));
     let finished = Arc::new(AtomicBool::new(false));
+    let (hdr_done, hdr_wait) = tokio::sync::oneshot::channel::<()>();
+    let hdr_task = hdr_file.map(|file| {
+        let base = SystemTime::now() + start.saturating_duration_since(Instant::now());
+        tokio::spawn(hdr_logger(
+            shared.clone(),
+            HdrLog::new(file, base),
+            hdr_wait,
+        ))
+    });
 
     let mut senders = Vec::new();
     let mut workers = Vec::new();
@@ -337,7 +400,7 @@ pub async fn run(args: LoadArgs) -> Result<i32, String> {
             finished.clone(),
         ));
     }
-    let progress = (std::io::stdout().is_terminal() && !args.quiet)
+    let progress = (std::io::stdout().is_terminal() && !args.out.quiet)
         .then(|| tokio::spawn(progress_line(shared.clone(), finished.clone())));
     {
         let shared = shared.clone();
@@ -362,12 +425,26 @@ pub async fn run(args: LoadArgs) -> Result<i32, String> {
     if let Some(p) = progress {
         let _ = p.await;
     }
+    let _ = hdr_done.send(());
+    let log = match hdr_task {
+        Some(t) => Some(t.await.map_err(|e| e.to_string())??),
+        None => None,
+    };
 
     let rec = shared.merged();
+    if let Some(log) = log {
+        let mut summary = Summary::of(&rec);
+        summary.target = url.clone();
+        summary.method = args.method.to_ascii_uppercase();
+        summary.mode = if args.closed { "closed" } else { "open" }.to_string();
+        summary.duration_s = duration;
+        summary.late_after_ms = args.late_after.as_secs_f64() * 1e3;
+        log.finish(&summary)?;
+    }
     let mut report = Report::build(
         &rec,
         RunInfo {
-            target: args.target.clone(),
+            target: url,
             method: args.method.to_ascii_uppercase(),
             schedule: what,
             arrivals: arrivals_name,
@@ -379,30 +456,97 @@ pub async fn run(args: LoadArgs) -> Result<i32, String> {
     report.mode = if args.closed { "closed" } else { "open" }.to_string();
     report.connections = connections;
     report.threads = threads;
-    report.thresholds = thresholds(&args, &report);
+    report.thresholds = thresholds(&args.out, &report);
+    write_outputs(&report, &args.out)
+}
+
+/// Writes one interval to the log at every whole second of the run, and the last one when told
+/// the run is over.
+async fn hdr_logger(
+    shared: Arc<Shared>,
+    mut log: HdrLog<std::io::BufWriter<std::fs::File>>,
+    mut done: tokio::sync::oneshot::Receiver<()>,
+) -> Result<HdrLog<std::io::BufWriter<std::fs::File>>, String> {
+    let collect = |shared: &Shared| {
+        let mut h = new_histogram(3);
+        for r in &shared.recorders {
+            let mut r = r.lock().expect("recorder lock");
+            let _ = h.add(&r.interval);
+            r.interval.reset();
+        }
+        h
+    };
+    let mut tick = tokio::time::interval_at(
+        (shared.start + Duration::from_secs(1)).into(),
+        Duration::from_secs(1),
+    );
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let h = collect(&shared);
+                log.interval(&h, shared.start.elapsed())?;
+            }
+            _ = &mut done => {
+                let h = collect(&shared);
+                log.interval(&h, shared.start.elapsed())?;
+                return Ok(log);
+            }
+        }
+    }
+}
+
+/// `ebbtide load merge`: one report from the interval logs of several runs.
+fn merge(args: &MergeArgs) -> Result<i32, String> {
+    let mut logs = Vec::new();
+    for path in &args.files {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {name}: {e}"))?;
+        logs.push(hdrlog::read(&text, &name)?);
+    }
+    let (rec, all) = hdrlog::merge(&logs);
+    let mut report = Report::build(
+        &rec,
+        RunInfo {
+            target: all.target,
+            method: all.method,
+            schedule: format!("merge of {} logs", logs.len()),
+            arrivals: "merged".into(),
+            duration_s: all.duration_s,
+            elapsed_s: rec.last_done_s,
+            late_after_ms: all.late_after_ms,
+        },
+    );
+    report.mode = all.mode;
+    report.thresholds = thresholds(&args.out, &report);
+    write_outputs(&report, &args.out)
+}
+
+/// Writes the report where the options say, prints its table, and checks the thresholds: the
+/// exit code.
+fn write_outputs(report: &Report, out: &Outputs) -> Result<i32, String> {
     let write = |path: &PathBuf, text: String| {
         std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
     };
-    if let Some(path) = &args.json {
+    if let Some(path) = &out.json {
         write(
             path,
-            serde_json::to_string_pretty(&report).expect("report serializes") + "\n",
+            serde_json::to_string_pretty(report).expect("report serializes") + "\n",
         )?;
     }
-    if let Some(path) = &args.csv {
+    if let Some(path) = &out.csv {
         write(path, report.series_csv())?;
     }
-    if let Some(path) = &args.plot {
-        write(path, plot::svg(&report))?;
+    if let Some(path) = &out.plot {
+        write(path, plot::svg(report))?;
     }
-    if !args.quiet {
+    if !out.quiet {
         print!("{}", report.table());
     }
-    Ok(exit_code(&report))
+    Ok(exit_code(report))
 }
 
 /// The thresholds the options set, checked against a report (also written into it).
-fn thresholds(args: &LoadArgs, report: &Report) -> Vec<Threshold> {
+fn thresholds(args: &Outputs, report: &Report) -> Vec<Threshold> {
     let mut out = vec![Threshold::check(
         "max-error-ratio",
         args.max_error_ratio,

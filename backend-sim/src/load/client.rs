@@ -1,6 +1,6 @@
-//! The HTTP/1.1 client side of the load generator: a pool of keep-alive connections, at most
-//! `--connections` of them busy at once, one request per connection at a time (no pipelining).
-//! Built on hyper's connection API so that every connection and its failures are in plain view.
+//! The HTTP client side of the load generator: one connection per engine loop, one request at a
+//! time on it (no pipelining). Built on hyper's connection API so that every connection and its
+//! failures are in plain view.
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Uri};
@@ -8,9 +8,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::time::Duration;
-use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::report::ErrorKind;
 
@@ -76,116 +74,12 @@ pub struct RequestTemplate {
     pub body: Bytes,
 }
 
-/// Keep-alive connections to one target, at most `slots` in use at once.
-pub struct Pool {
-    target: Target,
-    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
-    slots: Semaphore,
-}
-
-/// A request's right to use one connection; returned to the pool on drop.
-pub struct Slot<'a> {
-    _permit: SemaphorePermit<'a>,
-}
-
 /// A successful exchange.
 pub struct Answer {
     /// The status code.
     pub status: u16,
     /// Body bytes received.
     pub bytes: u64,
-}
-
-impl Pool {
-    /// A pool for `target` with room for `connections` requests in flight.
-    pub fn new(target: Target, connections: usize) -> Pool {
-        Pool {
-            target,
-            idle: Mutex::new(Vec::new()),
-            slots: Semaphore::new(connections.max(1)),
-        }
-    }
-
-    /// A connection slot at once, if one is free.
-    pub fn try_slot(&self) -> Option<Slot<'_>> {
-        self.slots.try_acquire().ok().map(|p| Slot { _permit: p })
-    }
-
-    /// A connection slot, waiting in FIFO order for one to free up.
-    pub async fn slot(&self) -> Slot<'_> {
-        Slot {
-            _permit: self.slots.acquire().await.expect("never closed"),
-        }
-    }
-
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ErrorKind> {
-        let stream = tokio::net::TcpStream::connect(self.target.addr)
-            .await
-            .map_err(|_| ErrorKind::Connect)?;
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|_| ErrorKind::Connect)?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(sender)
-    }
-
-    /// A ready connection: an idle one if any is still open, else a new one.
-    async fn checkout(&self) -> Result<SendRequest<Full<Bytes>>, ErrorKind> {
-        loop {
-            let idle = self.idle.lock().expect("pool lock").pop();
-            match idle {
-                Some(mut s) => {
-                    if s.is_closed() {
-                        continue;
-                    }
-                    if s.ready().await.is_ok() {
-                        return Ok(s);
-                    }
-                }
-                None => {
-                    let mut s = self.connect().await?;
-                    s.ready().await.map_err(|_| ErrorKind::Connect)?;
-                    return Ok(s);
-                }
-            }
-        }
-    }
-
-    /// Sends one request on a connection of the pool (the caller holds a slot) and reads the whole
-    /// answer, counting its body without keeping it.
-    pub async fn send(&self, template: &RequestTemplate) -> Result<Answer, ErrorKind> {
-        let mut sender = self.checkout().await?;
-        let mut req = Request::builder()
-            .method(template.method.clone())
-            .uri(self.target.path.clone())
-            .body(Full::new(template.body.clone()))
-            .map_err(|_| ErrorKind::Other)?;
-        let headers = req.headers_mut();
-        headers.insert(http::header::HOST, self.target.host.clone());
-        for (k, v) in &template.headers {
-            headers.insert(k.clone(), v.clone());
-        }
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|_| ErrorKind::Other)?;
-        let status = resp.status().as_u16();
-        let mut body = resp.into_body();
-        let mut bytes = 0u64;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| ErrorKind::Other)?;
-            if let Some(d) = frame.data_ref() {
-                bytes += d.len() as u64;
-            }
-        }
-        if !sender.is_closed() {
-            self.idle.lock().expect("pool lock").push(sender);
-        }
-        Ok(Answer { status, bytes })
-    }
 }
 
 /// One connection of the engine, driven by one loop: opened on first use, reopened after it

@@ -59,6 +59,8 @@ pub struct Recorder {
     pub latency: Histogram<u64>,
     /// Latency since the last progress line, for its live p99.
     pub recent: Histogram<u64>,
+    /// Latency since the last `--hdr-log` interval, at full precision.
+    pub interval: Histogram<u64>,
     /// Requests scheduled.
     pub scheduled: u64,
     /// Requests for which sending began (a connection was had).
@@ -81,7 +83,8 @@ pub struct Recorder {
     pub last_done_s: f64,
 }
 
-fn new_histogram(sigfig: u8) -> Histogram<u64> {
+/// An auto-resizing histogram of microseconds with `sigfig` significant digits.
+pub(crate) fn new_histogram(sigfig: u8) -> Histogram<u64> {
     let mut h = Histogram::new(sigfig).expect("valid sigfig");
     h.auto(true);
     h
@@ -103,6 +106,7 @@ impl Recorder {
         Recorder {
             latency: new_histogram(3),
             recent: new_histogram(2),
+            interval: new_histogram(3),
             scheduled: 0,
             sent: 0,
             completed: 0,
@@ -146,6 +150,7 @@ impl Recorder {
                     let v = latency_us.max(1);
                     let _ = self.latency.record(v);
                     let _ = self.recent.record(v);
+                    let _ = self.interval.record(v);
                     self.second(now_s).achieved += 1;
                     let _ = self
                         .second(scheduled_s)
@@ -171,6 +176,7 @@ impl Recorder {
     pub fn merge(&mut self, other: &Recorder) {
         let _ = self.latency.add(&other.latency);
         let _ = self.recent.add(&other.recent);
+        let _ = self.interval.add(&other.interval);
         self.scheduled += other.scheduled;
         self.sent += other.sent;
         self.completed += other.completed;
