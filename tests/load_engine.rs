@@ -484,3 +484,82 @@ fn merged_half_rate_logs_are_one_full_rate_run() {
         "{m}"
     );
 }
+
+/// `GET /metrics` of a backend, raw.
+fn metrics(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// A request mix from a file (TOML, then the same as JSON lines): the weights show in the
+/// status codes the backend was told to answer, bodies arrive, variables render.
+#[test]
+fn a_request_mix_is_sent_by_weight() {
+    let _s = serial();
+    let toml = r#"
+[[request]]
+url = "/ok?c={{counter}}&id={{random_id}}"
+weight = 6
+
+[[request]]
+url = "/missing?status=404"
+weight = 2
+
+[[request]]
+url = "/orders?status=201"
+method = "POST"
+headers = { content-type = "application/json", idempotency-key = "{{random_id}}" }
+body = "0123456789"
+weight = 2
+"#;
+    let jsonl = r#"{"url": "/ok?c={{counter}}&id={{random_id}}", "weight": 6}
+{"url": "/missing?status=404", "weight": 2}
+{"url": "/orders?status=201", "method": "POST", "headers": {"idempotency-key": "{{random_id}}"}, "body": "0123456789", "weight": 2}
+"#;
+    for (ext, text) in [("toml", toml), ("jsonl", jsonl)] {
+        let (_b, addr) = backend(&["--workers", "64"]);
+        let file = temp_path(&format!("mix-{}.{ext}", nanos()));
+        std::fs::write(&file, text).unwrap();
+        let url = format!("http://{addr}/");
+        let (code, r) = load_json(
+            &[
+                "--target",
+                &url,
+                "--requests",
+                file.to_str().unwrap(),
+                "--rate",
+                "500",
+                "--duration",
+                "2s",
+            ],
+            Duration::from_secs(60),
+        );
+        assert_eq!(code, 0, "{r}");
+        let n = f(&r, &["scheduled"]);
+        let count = |code: &str| r["status_codes"][code].as_f64().unwrap_or(0.0);
+        let (ok, missing, created) = (count("200"), count("404"), count("201"));
+        assert_eq!(ok + missing + created, n, "{r}");
+        assert!((ok / n - 0.6).abs() < 0.08, "{r}");
+        assert!((missing / n - 0.2).abs() < 0.06, "{r}");
+        assert!((created / n - 0.2).abs() < 0.06, "{r}");
+        assert_eq!(f(&r, &["errors_by_kind", "status_4xx"]), missing, "{r}");
+        assert!(r["method"].as_str().unwrap().starts_with("mix of 3"), "{r}");
+        let m = metrics(addr);
+        let body_bytes: f64 = m
+            .lines()
+            .find(|l| l.starts_with("ebbtide_backend_request_body_bytes_total"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{m}"));
+        assert_eq!(body_bytes, created * 10.0, "every POST carried its body");
+    }
+}

@@ -41,8 +41,13 @@ use std::time::{Duration, Instant, SystemTime};
 )]
 pub struct LoadArgs {
     /// URL to send requests to (http:// only), e.g. http://127.0.0.1:8080/.
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "requests")]
     pub target: Option<String>,
+
+    /// A weighted mix of requests (urls, methods, headers, bodies, with {{counter}} and
+    /// {{random_id}}) from a TOML or JSON-lines file; see --help.
+    #[arg(long, long_help = requests::REQUESTS_HELP)]
+    pub requests: Option<PathBuf>,
 
     /// Requests per second (the constant profile; not needed with a profile that gives rates).
     #[arg(long)]
@@ -293,7 +298,22 @@ pub async fn run(args: LoadArgs) -> Result<i32, String> {
     if let Some(LoadCommand::Merge(m)) = &args.command {
         return merge(m);
     }
-    let url = args.target.clone().ok_or("give --target URL")?;
+    let mix = match &args.requests {
+        Some(path) => {
+            let name = path.display().to_string();
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("cannot read {name}: {e}"))?;
+            Some((text, name))
+        }
+        None => None,
+    };
+    let url = match (&args.target, &mix) {
+        (Some(t), _) => t.clone(),
+        (None, Some((text, name))) => Requests::first_origin(text, name)?.ok_or_else(|| {
+            format!("{name}: the first url is a path; give --target for its host")
+        })?,
+        (None, None) => return Err("give --target URL".into()),
+    };
     let (source, duration, what, arrivals_name) = if args.closed {
         if args.rate.is_some() || args.profile.is_some() || args.trace.is_some() {
             return Err(
@@ -316,6 +336,17 @@ pub async fn run(args: LoadArgs) -> Result<i32, String> {
     };
     let template = template(&args)?;
     let target = Target::resolve(&url).await?;
+    let (requests, method) = match &mix {
+        Some((text, name)) => {
+            let r = Requests::mix(text, name, &target, template.headers, args.seed)?;
+            let what = format!("mix of {} from {name}", r.kinds());
+            (r, what)
+        }
+        None => (
+            Requests::single(target.clone(), template),
+            args.method.to_ascii_uppercase(),
+        ),
+    };
     let hdr_file = match &args.hdr_log {
         Some(path) => Some(std::io::BufWriter::new(
             std::fs::File::create(path)
@@ -345,7 +376,7 @@ pub async fn run(args: LoadArgs) -> Result<i32, String> {
         args.late_after,
         target.addr,
         !args.no_keepalive,
-        Requests::single(target, template),
+        requests,
     ));
     let finished = Arc::new(AtomicBool::new(false));
     let (hdr_done, hdr_wait) = tokio::sync::oneshot::channel::<()>();
@@ -435,7 +466,7 @@ pub async fn run(args: LoadArgs) -> Result<i32, String> {
     if let Some(log) = log {
         let mut summary = Summary::of(&rec);
         summary.target = url.clone();
-        summary.method = args.method.to_ascii_uppercase();
+        summary.method = method.clone();
         summary.mode = if args.closed { "closed" } else { "open" }.to_string();
         summary.duration_s = duration;
         summary.late_after_ms = args.late_after.as_secs_f64() * 1e3;
@@ -445,7 +476,7 @@ pub async fn run(args: LoadArgs) -> Result<i32, String> {
         &rec,
         RunInfo {
             target: url,
-            method: args.method.to_ascii_uppercase(),
+            method,
             schedule: what,
             arrivals: arrivals_name,
             duration_s: duration,
