@@ -563,3 +563,78 @@ weight = 2
         assert_eq!(body_bytes, created * 10.0, "every POST carried its body");
     }
 }
+
+/// `--html`: one self-contained page (no script, nothing fetched from elsewhere) with the
+/// summary, thresholds, percentile table, both plots and errors by class; `merge --html` too.
+#[test]
+fn html_report_is_one_self_contained_page() {
+    let _s = serial();
+    let (_b, addr) = backend(&["--service-time", "const:5ms", "--error-rate", "0.1"]);
+    let url = format!("http://{addr}/");
+    let (page, log, merged) = (
+        temp_path(&format!("r-{}.html", nanos())),
+        temp_path(&format!("r-{}.hlog", nanos())),
+        temp_path(&format!("m-{}.html", nanos())),
+    );
+    let run = load(
+        &[
+            "--target",
+            &url,
+            "--rate",
+            "100",
+            "--duration",
+            "2s",
+            "--quiet",
+            "--max-p99",
+            "1s",
+            "--html",
+            page.to_str().unwrap(),
+            "--hdr-log",
+            log.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let merge = load(
+        &[
+            "merge",
+            log.to_str().unwrap(),
+            "--quiet",
+            "--html",
+            merged.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(merge.code, 0, "{}", merge.stderr);
+    for path in [&page, &merged] {
+        let html = std::fs::read_to_string(path).unwrap();
+        assert!(html.starts_with("<!DOCTYPE html>"), "{html}");
+        assert!(html.trim_end().ends_with("</html>"), "{html}");
+        assert_eq!(
+            html.matches("<svg").count(),
+            2,
+            "spectrum and timeline: {html}"
+        );
+        assert_eq!(html.matches("</svg>").count(), 2);
+        for banned in ["<script", " src=", " href=", "@import", "url("] {
+            assert!(!html.contains(banned), "{banned} in {html}");
+        }
+        for needed in [
+            "Summary",
+            "Latency distribution",
+            "<td>99.9</td>",
+            "Over time",
+            "Errors by class",
+            "status_5xx",
+            "Status codes",
+            "<polyline",
+        ] {
+            assert!(html.contains(needed), "{needed} missing: {html}");
+        }
+    }
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        html.contains("--max-p99") && html.contains("passed"),
+        "{html}"
+    );
+}

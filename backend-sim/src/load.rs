@@ -11,6 +11,7 @@
 pub mod client;
 mod engine;
 mod hdrlog;
+mod html;
 pub mod plot;
 pub mod report;
 mod requests;
@@ -178,6 +179,11 @@ pub struct Outputs {
     /// Write an SVG plot of rate and latency over time to this file.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+
+    /// Write the report as one self-contained HTML page (summary, thresholds, percentiles,
+    /// plots, errors by class) to this file.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
 
     /// Threshold: exit with code 1 when errors / scheduled requests exceeds this. The default,
     /// 1.0, never fails: a failing target is often what an experiment is about; set e.g. 0.001
@@ -570,6 +576,9 @@ fn write_outputs(report: &Report, out: &Outputs) -> Result<i32, String> {
     if let Some(path) = &out.plot {
         write(path, plot::svg(report))?;
     }
+    if let Some(path) = &out.html {
+        write(path, html::html(report))?;
+    }
     if !out.quiet {
         print!("{}", report.table());
     }
@@ -601,23 +610,15 @@ fn thresholds(args: &Outputs, report: &Report) -> Vec<Threshold> {
 fn exit_code(report: &Report) -> i32 {
     let mut code = 0;
     for t in report.thresholds.iter().filter(|t| !t.ok) {
-        eprintln!(
-            "ebbtide load: threshold breached: --{} {}: measured {}",
-            t.name,
-            t.limit,
-            fmt_measured(t)
-        );
+        let what = match t.name.as_str() {
+            "max-p99" => format!("{}ms: p99 was {:.3} ms", t.limit, t.value),
+            "max-error-ratio" => format!("{}: error ratio was {:.6}", t.limit, t.value),
+            _ => format!("{}: late ratio was {:.6}", t.limit, t.value),
+        };
+        eprintln!("ebbtide load: threshold breached: --{} {what}", t.name);
         code = 1;
     }
     code
-}
-
-fn fmt_measured(t: &Threshold) -> String {
-    if t.name == "max-p99" {
-        format!("{:.3} ms (limit {} ms)", t.value, t.limit)
-    } else {
-        format!("{:.6}", t.value)
-    }
 }
 
 /// The scheduler thread: waits for each arrival's time and hands it then to the worker with the

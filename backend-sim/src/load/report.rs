@@ -262,6 +262,20 @@ impl LatencyMs {
     }
 }
 
+/// The latency at one percentile.
+#[derive(Debug, Clone, Serialize)]
+pub struct PercentilePoint {
+    /// The percentile, 0 to 100.
+    pub percentile: f64,
+    /// Latency in milliseconds.
+    pub ms: f64,
+}
+
+/// The percentiles of the report's table and spectrum.
+const PERCENTILES: [f64; 13] = [
+    0.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0,
+];
+
 /// One second of the series.
 #[derive(Debug, Clone, Serialize)]
 pub struct SeriesPoint {
@@ -326,6 +340,8 @@ pub struct Report {
     pub bytes_received: u64,
     /// Latency of successful requests, from the scheduled send time.
     pub latency_ms: LatencyMs,
+    /// The latency distribution: milliseconds at each percentile from 0 (min) to 100 (max).
+    pub percentiles: Vec<PercentilePoint>,
     /// Errors by kind: connect, timeout, status_5xx, status_4xx, other.
     pub errors_by_kind: BTreeMap<String, u64>,
     /// Answers by status code.
@@ -433,6 +449,17 @@ impl Report {
             achieved_rate: rec.ok as f64 / info.duration_s.max(info.elapsed_s).max(1e-9),
             bytes_received: rec.bytes,
             latency_ms: LatencyMs::of(&rec.latency),
+            percentiles: if rec.latency.is_empty() {
+                Vec::new()
+            } else {
+                PERCENTILES
+                    .iter()
+                    .map(|p| PercentilePoint {
+                        percentile: *p,
+                        ms: rec.latency.value_at_quantile(p / 100.0) as f64 / 1000.0,
+                    })
+                    .collect()
+            },
             errors_by_kind: rec
                 .errors
                 .iter()
