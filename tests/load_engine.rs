@@ -638,3 +638,143 @@ fn html_report_is_one_self_contained_page() {
         "{html}"
     );
 }
+
+/// HTTP/2 (h2c, prior knowledge) with many streams per connection: the same latency as HTTP/1.1
+/// against a constant service, open and closed loop; closed with S streams on C connections runs
+/// C x S requests at once.
+#[test]
+fn h2_streams_measure_the_service_time() {
+    let _s = serial();
+    let (_b, addr) = backend(&["--service-time", "const:20ms", "--workers", "256"]);
+    let url = format!("http://{addr}/");
+    let (code, r) = load_json(
+        &[
+            "--target",
+            &url,
+            "--h2",
+            "--rate",
+            "200",
+            "--duration",
+            "2s",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["protocol"], "h2c");
+    assert_eq!(r["errors"], 0, "{r}");
+    assert_eq!(r["completed"], r["scheduled"], "{r}");
+    let p50 = f(&r, &["latency_ms", "p50"]);
+    assert!((19.5..=24.0).contains(&p50), "p50 {p50} ms: {r}");
+
+    let (code, r) = load_json(
+        &[
+            "--target",
+            &url,
+            "--h2",
+            "--closed",
+            "--connections",
+            "1",
+            "--streams",
+            "8",
+            "--threads",
+            "1",
+            "--duration",
+            "2s",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    assert_eq!(r["streams"], 8);
+    let p50 = f(&r, &["latency_ms", "p50"]);
+    assert!((19.5..=24.0).contains(&p50), "p50 {p50} ms: {r}");
+    let ok = f(&r, &["ok"]);
+    assert!(
+        (300.0..=808.0).contains(&ok),
+        "8 streams x 2 s / 20 ms at most: {r}"
+    );
+}
+
+/// A plain HTTP/1.1 server that counts the connections it accepted and answers `ok` to every
+/// request, keeping connections alive unless asked to close.
+fn counting_server() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            count.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        buf.drain(..end + 4);
+                        let close = head.contains("connection: close");
+                        let reply: &[u8] = if close {
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                        } else {
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                        };
+                        if s.write_all(reply).is_err() || close {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Keep-alive reuses connections, and the open loop opens only as many as it needs; with
+/// `--no-keepalive` every request has a connection of its own.
+#[test]
+fn connections_are_reused_unless_no_keepalive() {
+    use std::sync::atomic::Ordering;
+    let _s = serial();
+    let (addr, accepted) = counting_server();
+    let url = format!("http://{addr}/");
+    let (code, r) = load_json(
+        &["--target", &url, "--rate", "100", "--duration", "2s"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    let kept = accepted.swap(0, Ordering::SeqCst);
+    assert!(
+        kept >= 1 && kept <= 32,
+        "{kept} connections for ~200 fast requests out of 512 allowed: {r}"
+    );
+
+    let (code, r) = load_json(
+        &[
+            "--target",
+            &url,
+            "--rate",
+            "100",
+            "--duration",
+            "2s",
+            "--no-keepalive",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    let fresh = accepted.load(Ordering::SeqCst);
+    assert_eq!(
+        fresh as f64,
+        f(&r, &["sent"]),
+        "one connection per request: {r}"
+    );
+}

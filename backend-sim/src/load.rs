@@ -95,8 +95,17 @@ pub struct LoadArgs {
     pub threads: Option<usize>,
 
     /// A new connection for every request (`Connection: close`), to load-test connection setup.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "h2")]
     pub no_keepalive: bool,
+
+    /// HTTP/2 over cleartext (h2c, prior knowledge), --streams requests at once on each of the
+    /// --connections (default with --h2: one connection per thread).
+    #[arg(long)]
+    pub h2: bool,
+
+    /// With --h2: concurrent streams per connection.
+    #[arg(long, default_value_t = 100, requires = "h2")]
+    pub streams: usize,
 
     /// Per-request limit, counted from the scheduled send time.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -360,18 +369,18 @@ pub async fn run(args: LoadArgs) -> Result<i32, String> {
         )),
         None => None,
     };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let connections = args
         .connections
-        .unwrap_or(if args.closed {
+        .unwrap_or(if args.h2 {
+            args.threads.unwrap_or(cores)
+        } else if args.closed {
             CLOSED_CONNECTIONS
         } else {
             OPEN_CONNECTIONS
         })
         .max(1);
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .clamp(1, connections);
+    let threads = args.threads.unwrap_or(cores).clamp(1, connections);
     // A short lead, so that the first arrivals are not late because threads are still starting
     // (and closed-loop connections are open before the clock starts).
     let start = Instant::now() + Duration::from_millis(if args.closed { 200 } else { 50 });
@@ -382,6 +391,7 @@ pub async fn run(args: LoadArgs) -> Result<i32, String> {
         args.late_after,
         target.addr,
         !args.no_keepalive,
+        args.h2.then_some(args.streams.max(1)),
         requests,
     ));
     let finished = Arc::new(AtomicBool::new(false));
@@ -493,6 +503,8 @@ pub async fn run(args: LoadArgs) -> Result<i32, String> {
     report.mode = if args.closed { "closed" } else { "open" }.to_string();
     report.connections = connections;
     report.threads = threads;
+    report.protocol = if args.h2 { "h2c" } else { "http/1.1" }.to_string();
+    report.streams = if args.h2 { args.streams.max(1) } else { 1 };
     report.thresholds = thresholds(&args.out, &report);
     write_outputs(&report, &args.out)
 }

@@ -5,9 +5,11 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::TokioIo;
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Duration;
 
 use super::report::ErrorKind;
@@ -82,52 +84,140 @@ pub struct Answer {
     pub bytes: u64,
 }
 
-/// One connection of the engine, driven by one loop: opened on first use, reopened after it
-/// broke, one request at a time (HTTP/1.1, no pipelining).
-pub(crate) struct Conn {
+/// An HTTP/2 connection (h2c, prior knowledge) shared by the loops of its streams: opened by the
+/// first loop that needs it, reopened after it closed.
+pub(crate) struct H2Conn {
     addr: SocketAddr,
-    sender: Option<SendRequest<Full<Bytes>>>,
-    keepalive: bool,
+    sender: RefCell<Option<http2::SendRequest<Full<Bytes>>>>,
+    opening: tokio::sync::Mutex<()>,
 }
 
-impl Conn {
-    /// A connection to `addr`, not opened yet; with `keepalive` false each request gets its own.
-    pub(crate) fn new(addr: SocketAddr, keepalive: bool) -> Conn {
-        Conn {
+impl H2Conn {
+    /// A connection to `addr`, not opened yet.
+    pub(crate) fn new(addr: SocketAddr) -> H2Conn {
+        H2Conn {
             addr,
-            sender: None,
-            keepalive,
+            sender: RefCell::new(None),
+            opening: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// Whether a connection is open now.
-    pub(crate) fn is_open(&self) -> bool {
-        self.sender.as_ref().is_some_and(|s| !s.is_closed())
+    fn current(&self) -> Option<http2::SendRequest<Full<Bytes>>> {
+        self.sender
+            .borrow()
+            .as_ref()
+            .filter(|s| !s.is_closed())
+            .cloned()
     }
 
-    /// Opens the connection if it is not open.
-    pub(crate) async fn open(&mut self) -> Result<(), ErrorKind> {
-        if self.is_open() {
-            return Ok(());
+    /// A handle to send a stream on, opening the connection if needed (once, whoever asks).
+    async fn handle(&self) -> Result<http2::SendRequest<Full<Bytes>>, ErrorKind> {
+        if let Some(s) = self.current() {
+            return Ok(s);
         }
-        self.sender = None;
+        let _opening = self.opening.lock().await;
+        if let Some(s) = self.current() {
+            return Ok(s);
+        }
         let stream = tokio::net::TcpStream::connect(self.addr)
             .await
             .map_err(|_| ErrorKind::Connect)?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (sender, conn) = http2::Builder::new(LocalExec)
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(|_| ErrorKind::Connect)?;
         tokio::task::spawn_local(async move {
             let _ = conn.await;
         });
-        self.sender = Some(sender);
-        Ok(())
+        *self.sender.borrow_mut() = Some(sender.clone());
+        Ok(sender)
     }
 
-    /// Forgets the connection (after a timeout left it mid-exchange).
+    fn reset(&self) {
+        self.sender.borrow_mut().take();
+    }
+}
+
+/// Spawns hyper's HTTP/2 background tasks on the worker's own thread.
+#[derive(Clone, Copy)]
+struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: std::future::Future + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}
+
+/// What a loop sends on.
+enum Link {
+    /// Its own HTTP/1.1 connection, when open.
+    H1(Option<http1::SendRequest<Full<Bytes>>>),
+    /// A stream of a shared HTTP/2 connection.
+    H2(Rc<H2Conn>),
+}
+
+/// One engine loop's way to the target: its own HTTP/1.1 connection (opened on first use,
+/// reopened after it broke, one request at a time, no pipelining) or one stream at a time on a
+/// shared HTTP/2 connection.
+pub(crate) struct Conn {
+    addr: SocketAddr,
+    link: Link,
+    keepalive: bool,
+}
+
+impl Conn {
+    /// An HTTP/1.1 connection to `addr`, not opened yet; with `keepalive` false each request gets
+    /// its own.
+    pub(crate) fn h1(addr: SocketAddr, keepalive: bool) -> Conn {
+        Conn {
+            addr,
+            link: Link::H1(None),
+            keepalive,
+        }
+    }
+
+    /// Streams on the shared HTTP/2 connection `h2`.
+    pub(crate) fn h2(h2: Rc<H2Conn>) -> Conn {
+        Conn {
+            addr: h2.addr,
+            link: Link::H2(h2),
+            keepalive: true,
+        }
+    }
+
+    /// Opens the connection if it is not open.
+    pub(crate) async fn open(&mut self) -> Result<(), ErrorKind> {
+        match &mut self.link {
+            Link::H2(h2) => h2.handle().await.map(|_| ()),
+            Link::H1(Some(s)) if !s.is_closed() => Ok(()),
+            Link::H1(slot) => {
+                *slot = None;
+                let stream = tokio::net::TcpStream::connect(self.addr)
+                    .await
+                    .map_err(|_| ErrorKind::Connect)?;
+                let _ = stream.set_nodelay(true);
+                let (sender, conn) = http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|_| ErrorKind::Connect)?;
+                tokio::task::spawn_local(async move {
+                    let _ = conn.await;
+                });
+                *slot = Some(sender);
+                Ok(())
+            }
+        }
+    }
+
+    /// Forgets the connection (after a timeout left it mid-exchange). An HTTP/2 connection
+    /// stays: only the stream was abandoned.
     pub(crate) fn reset(&mut self) {
-        self.sender = None;
+        if let Link::H1(slot) = &mut self.link {
+            *slot = None;
+        }
     }
 
     /// Sends `req` and reads the whole answer, counting its body without keeping it. The caller
@@ -137,20 +227,50 @@ impl Conn {
         mut req: Request<Full<Bytes>>,
     ) -> Result<Answer, ErrorKind> {
         self.open().await?;
-        if !self.keepalive {
-            req.headers_mut()
-                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        let sender = self.sender.as_mut().expect("opened");
-        if sender.ready().await.is_err() {
-            self.sender = None;
-            return Err(ErrorKind::Other);
-        }
+        let resp = match &mut self.link {
+            Link::H1(slot) => {
+                if !self.keepalive {
+                    req.headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                let sender = slot.as_mut().expect("opened");
+                if sender.ready().await.is_err() {
+                    *slot = None;
+                    return Err(ErrorKind::Other);
+                }
+                sender.send_request(req).await
+            }
+            Link::H2(h2) => {
+                // HTTP/2 carries the host in :authority, from an absolute URI.
+                if req.uri().scheme().is_none() {
+                    if let Some(host) = req.headers_mut().remove(http::header::HOST) {
+                        let pq = req
+                            .uri()
+                            .path_and_query()
+                            .map(|p| p.as_str())
+                            .unwrap_or("/")
+                            .to_string();
+                        if let Ok(uri) = Uri::builder()
+                            .scheme("http")
+                            .authority(host.as_bytes())
+                            .path_and_query(pq)
+                            .build()
+                        {
+                            *req.uri_mut() = uri;
+                        }
+                    }
+                }
+                *req.version_mut() = http::Version::HTTP_2;
+                let mut sender = h2.handle().await?;
+                if sender.ready().await.is_err() {
+                    h2.reset();
+                    return Err(ErrorKind::Other);
+                }
+                sender.send_request(req).await
+            }
+        };
         let result = async {
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|_| ErrorKind::Other)?;
+            let resp = resp.map_err(|_| ErrorKind::Other)?;
             let status = resp.status().as_u16();
             let mut body = resp.into_body();
             let mut bytes = 0u64;
@@ -164,7 +284,7 @@ impl Conn {
         }
         .await;
         if result.is_err() || !self.keepalive {
-            self.sender = None;
+            self.reset();
         }
         result
     }
@@ -177,7 +297,7 @@ pub async fn get_once(url: &str, bearer: Option<&str>, timeout: Duration) -> Res
         let stream = tokio::net::TcpStream::connect(target.addr)
             .await
             .map_err(|e| format!("connect {}: {e}", target.addr))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| e.to_string())?;
         tokio::spawn(async move {

@@ -12,7 +12,7 @@
 //! Closed loop (`--closed`): every connection sends its next request as soon as the previous
 //! answer is read, for the duration, as wrk does; latency is then from the actual send.
 
-use super::client::Conn;
+use super::client::{Conn, H2Conn};
 use super::report::{ErrorKind, Outcome, Recorder};
 use super::requests::Requests;
 use std::cell::{Cell, RefCell};
@@ -39,10 +39,14 @@ pub(crate) struct Shared {
     pub(crate) late_after: Duration,
     pub(crate) addr: SocketAddr,
     pub(crate) keepalive: bool,
+    /// HTTP/2 (h2c) with this many streams per connection; HTTP/1.1 when None.
+    pub(crate) h2_streams: Option<usize>,
     pub(crate) requests: Requests,
 }
 
 impl Shared {
+    // One call site, each argument named there; a builder would only add lines.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         workers: usize,
         start: Instant,
@@ -50,6 +54,7 @@ impl Shared {
         late_after: Duration,
         addr: SocketAddr,
         keepalive: bool,
+        h2_streams: Option<usize>,
         requests: Requests,
     ) -> Shared {
         Shared {
@@ -61,6 +66,7 @@ impl Shared {
             late_after,
             addr,
             keepalive,
+            h2_streams,
             requests,
         }
     }
@@ -110,8 +116,24 @@ struct Local {
     closed: Cell<bool>,
 }
 
-/// Runs worker `index` with `connections` connection loops on the calling thread until its feed
-/// ends and every request it took is finished.
+/// The ways to the target of one worker's loops: one HTTP/1.1 connection per loop, or `streams`
+/// loops per shared HTTP/2 connection.
+fn links(shared: &Shared, connections: usize) -> Vec<Conn> {
+    match shared.h2_streams {
+        None => (0..connections)
+            .map(|_| Conn::h1(shared.addr, shared.keepalive))
+            .collect(),
+        Some(streams) => (0..connections)
+            .flat_map(|_| {
+                let h2 = Rc::new(H2Conn::new(shared.addr));
+                (0..streams.max(1)).map(move |_| Conn::h2(h2.clone()))
+            })
+            .collect(),
+    }
+}
+
+/// Runs worker `index` with `connections` connections (HTTP/1.1: one loop each; HTTP/2: one loop
+/// per stream) on the calling thread until its feed ends and every request it took is finished.
 pub(crate) fn worker(shared: Arc<Shared>, index: usize, connections: usize, feed: Feed) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -125,13 +147,15 @@ pub(crate) fn worker(shared: Arc<Shared>, index: usize, connections: usize, feed
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let mut loops = Vec::with_capacity(connections);
+        let conns = links(&shared, connections);
+        let mut loops = Vec::with_capacity(conns.len() + 1);
         match feed {
             Feed::Closed(until) => {
-                for _ in 0..connections {
+                for conn in conns {
                     loops.push(tokio::task::spawn_local(closed_loop(
                         shared.clone(),
                         index,
+                        conn,
                         until,
                     )));
                 }
@@ -142,10 +166,11 @@ pub(crate) fn worker(shared: Arc<Shared>, index: usize, connections: usize, feed
                     idle: RefCell::new(Vec::new()),
                     closed: Cell::new(false),
                 });
-                for _ in 0..connections {
+                for conn in conns {
                     loops.push(tokio::task::spawn_local(open_loop(
                         shared.clone(),
                         index,
+                        conn,
                         state.clone(),
                     )));
                 }
@@ -172,8 +197,7 @@ pub(crate) fn worker(shared: Arc<Shared>, index: usize, connections: usize, feed
 }
 
 /// One connection of the open loop: takes the oldest waiting arrival whenever it is idle.
-async fn open_loop(shared: Arc<Shared>, index: usize, state: Rc<Local>) {
-    let mut conn = Conn::new(shared.addr, shared.keepalive);
+async fn open_loop(shared: Arc<Shared>, index: usize, mut conn: Conn, state: Rc<Local>) {
     let wake = Rc::new(Notify::new());
     loop {
         let next = state.queue.borrow_mut().pop_front();
@@ -192,8 +216,7 @@ async fn open_loop(shared: Arc<Shared>, index: usize, state: Rc<Local>) {
 }
 
 /// One connection of the closed loop: the next request as soon as the last answer is read.
-async fn closed_loop(shared: Arc<Shared>, index: usize, until: Instant) {
-    let mut conn = Conn::new(shared.addr, shared.keepalive);
+async fn closed_loop(shared: Arc<Shared>, index: usize, mut conn: Conn, until: Instant) {
     // Connect before the start, as wrk does, so that the run measures requests, not handshakes.
     let _ = conn.open().await;
     tokio::time::sleep_until(shared.start.into()).await;

@@ -308,6 +308,10 @@ pub struct Report {
     pub connections: usize,
     /// Worker threads of the engine; 0 when not a live run.
     pub threads: usize,
+    /// `http/1.1` or `h2c`; empty when not a live run.
+    pub protocol: String,
+    /// Concurrent requests per connection (HTTP/2 streams; 1 for HTTP/1.1).
+    pub streams: usize,
     /// How the arrivals were made: the profile or the trace.
     pub schedule: String,
     /// Poisson or uniform (rate profiles only).
@@ -425,6 +429,8 @@ impl Report {
             mode: "open".into(),
             connections: 0,
             threads: 0,
+            protocol: String::new(),
+            streams: 0,
             schedule: info.schedule,
             arrivals: info.arrivals,
             duration_s: info.duration_s,
@@ -505,6 +511,21 @@ impl Report {
             "schedule      {} ({} arrivals), {:.1}s",
             self.schedule, self.arrivals, self.duration_s
         );
+        if self.connections > 0 {
+            let _ = writeln!(
+                out,
+                "engine        {} loop, {}, {} connections{} on {} threads",
+                self.mode,
+                self.protocol,
+                self.connections,
+                if self.streams > 1 {
+                    format!(" x {} streams", self.streams)
+                } else {
+                    String::new()
+                },
+                self.threads
+            );
+        }
         let _ = writeln!(
             out,
             "requests      scheduled {}  sent {}  completed {}  ok {}  late {}",
