@@ -147,19 +147,20 @@ fn f(v: &Value, path: &[&str]) -> f64 {
         .unwrap_or_else(|| panic!("{path:?} is not a number in {v}"))
 }
 
-/// Open loop against a constant 20 ms service with room to spare: the median is the service
-/// time, measured from each request's scheduled send.
+/// Open loop against a constant 50 ms service with room to spare: the median is the service
+/// time, measured from each request's scheduled send (nothing is faster than the service; the
+/// upper bound leaves a busy 2-core machine 10 ms of scheduling noise).
 #[test]
 fn open_loop_median_is_the_service_time() {
     let _s = serial();
-    let (_b, addr) = backend(&["--service-time", "const:20ms", "--workers", "256"]);
+    let (_b, addr) = backend(&["--service-time", "const:50ms", "--workers", "256"]);
     let url = format!("http://{addr}/");
     let (code, r) = load_json(
         &[
             "--target",
             &url,
             "--rate",
-            "200",
+            "100",
             "--duration",
             "3s",
             "--seed",
@@ -173,19 +174,19 @@ fn open_loop_median_is_the_service_time() {
     assert_eq!(r["sent"], r["scheduled"], "{r}");
     assert_eq!(r["completed"], r["scheduled"], "{r}");
     let p50 = f(&r, &["latency_ms", "p50"]);
-    assert!((19.5..=24.0).contains(&p50), "p50 {p50} ms: {r}");
+    assert!((49.5..=60.0).contains(&p50), "p50 {p50} ms: {r}");
     assert!(
-        f(&r, &["latency_ms", "min"]) >= 19.5,
+        f(&r, &["latency_ms", "min"]) >= 49.5,
         "nothing faster than the service: {r}"
     );
 }
 
-/// Closed loop, wrk-style: N connections back to back against a constant 20 ms service give a
-/// median of 20 ms and at most N / 20 ms requests per second; nothing is ever late.
+/// Closed loop, wrk-style: N connections back to back against a constant 50 ms service give a
+/// median of 50 ms and at most N / 50 ms requests per second; nothing is ever late.
 #[test]
 fn closed_loop_median_is_the_service_time() {
     let _s = serial();
-    let (_b, addr) = backend(&["--service-time", "const:20ms", "--workers", "256"]);
+    let (_b, addr) = backend(&["--service-time", "const:50ms", "--workers", "256"]);
     let url = format!("http://{addr}/");
     let (code, r) = load_json(
         &[
@@ -207,10 +208,11 @@ fn closed_loop_median_is_the_service_time() {
     assert_eq!(r["errors"], 0, "{r}");
     assert_eq!(r["late"], 0, "{r}");
     let p50 = f(&r, &["latency_ms", "p50"]);
-    assert!((19.5..=24.0).contains(&p50), "p50 {p50} ms: {r}");
-    // 8 connections x 2 s / 20 ms = 800 at most; a busy machine gets fewer.
+    assert!((49.5..=60.0).contains(&p50), "p50 {p50} ms: {r}");
+    assert!(f(&r, &["latency_ms", "min"]) >= 49.5, "{r}");
+    // 8 connections x 2 s / 50 ms = 320 at most; a busy machine gets fewer.
     let ok = f(&r, &["ok"]);
-    assert!((300.0..=808.0).contains(&ok), "ok {ok}: {r}");
+    assert!((160.0..=328.0).contains(&ok), "ok {ok}: {r}");
 }
 
 /// Coordinated omission: the backend answers nothing for 1 s in the middle of the run. Every
@@ -370,7 +372,7 @@ fn finish(mut c: Child, json: &PathBuf, limit: Duration) -> Value {
 #[test]
 fn merged_half_rate_logs_are_one_full_rate_run() {
     let _s = serial();
-    let (_b, addr) = backend(&["--service-time", "exp:10ms", "--workers", "1000"]);
+    let (_b, addr) = backend(&["--service-time", "exp:30ms", "--workers", "1000"]);
     let url = format!("http://{addr}/");
     let path = |n: &str| temp_path(&format!("{n}-{}", nanos()));
     let (ja, jb, jf, jm, jm1) = (
@@ -645,7 +647,7 @@ fn html_report_is_one_self_contained_page() {
 #[test]
 fn h2_streams_measure_the_service_time() {
     let _s = serial();
-    let (_b, addr) = backend(&["--service-time", "const:20ms", "--workers", "256"]);
+    let (_b, addr) = backend(&["--service-time", "const:50ms", "--workers", "256"]);
     let url = format!("http://{addr}/");
     let (code, r) = load_json(
         &[
@@ -653,7 +655,7 @@ fn h2_streams_measure_the_service_time() {
             &url,
             "--h2",
             "--rate",
-            "200",
+            "100",
             "--duration",
             "2s",
         ],
@@ -664,7 +666,7 @@ fn h2_streams_measure_the_service_time() {
     assert_eq!(r["errors"], 0, "{r}");
     assert_eq!(r["completed"], r["scheduled"], "{r}");
     let p50 = f(&r, &["latency_ms", "p50"]);
-    assert!((19.5..=24.0).contains(&p50), "p50 {p50} ms: {r}");
+    assert!((49.5..=60.0).contains(&p50), "p50 {p50} ms: {r}");
 
     let (code, r) = load_json(
         &[
@@ -687,11 +689,11 @@ fn h2_streams_measure_the_service_time() {
     assert_eq!(r["errors"], 0, "{r}");
     assert_eq!(r["streams"], 8);
     let p50 = f(&r, &["latency_ms", "p50"]);
-    assert!((19.5..=24.0).contains(&p50), "p50 {p50} ms: {r}");
+    assert!((49.5..=60.0).contains(&p50), "p50 {p50} ms: {r}");
     let ok = f(&r, &["ok"]);
     assert!(
-        (300.0..=808.0).contains(&ok),
-        "8 streams x 2 s / 20 ms at most: {r}"
+        (160.0..=328.0).contains(&ok),
+        "8 streams x 2 s / 50 ms at most: {r}"
     );
 }
 

@@ -1,18 +1,24 @@
-//! `ebbtide load`: an open-loop load generator, to see how the balancer and its backends behave
-//! under a given arrival pattern rather than under whatever a fixed set of clients can push.
+//! `ebbtide load`: a load generator, open loop by default, to see how the balancer and its
+//! backends behave under a given arrival pattern rather than under whatever a fixed set of clients
+//! can push; closed loop (`--closed`) for wrk-style maximum throughput.
 //!
 //! Open loop: requests are due at times fixed in advance by the rate profile (or trace) and the
 //! arrival process, whatever the server does. Latency is measured from each request's *scheduled*
 //! time, so a server that stalls shows the stall in every request that was due meanwhile (no
 //! coordinated omission). A request that could not start on time, e.g. because all
 //! `--connections` were busy, waits for a connection and is counted as `late`; it is never skipped.
-//! A dedicated thread keeps the schedule with tens of microseconds of error (see [`crate::timer`]).
+//! A scheduler thread keeps the schedule and hands each arrival to the engine (the `engine` module): a fixed
+//! set of connections, each driven by its own loop, on `--threads` worker threads.
+//!
+//! Reports: a table, JSON, CSV, SVG, HTML (`html`), an HdrHistogram interval log that
+//! `ebbtide load merge` adds up across generators (`hdrlog`); thresholds set the exit code.
 
 pub mod client;
 mod engine;
 mod hdrlog;
 mod html;
 pub mod plot;
+mod raw;
 pub mod report;
 mod requests;
 pub mod schedule;
@@ -447,8 +453,9 @@ pub async fn run(args: LoadArgs) -> Result<i32, String> {
             finished.clone(),
         ));
     }
-    let progress = (std::io::stdout().is_terminal() && !args.out.quiet)
-        .then(|| tokio::spawn(progress_line(shared.clone(), finished.clone())));
+    let tty = std::io::stdout().is_terminal();
+    let progress = (!args.out.quiet)
+        .then(|| tokio::spawn(progress_line(shared.clone(), finished.clone(), tty)));
     {
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -652,7 +659,7 @@ fn schedule_loop(
                 // Long gaps (traces) in slices, so that ctrl-c is noticed.
                 std::thread::sleep(Duration::from_millis(100));
             } else {
-                oversleep.sleep_until(at);
+                sleep_until(&mut oversleep, at);
                 break;
             }
         }
@@ -661,14 +668,42 @@ fn schedule_loop(
     }
 }
 
-/// Prints `[ 12s] offered .. achieved .. p99 ..` over itself once a second while stdout is a TTY.
-async fn progress_line(shared: Arc<Shared>, finished: Arc<AtomicBool>) {
+/// Sleeps until `at` without spinning. The kernel wakes this thread some tens of microseconds late
+/// (learnt by `oversleep`), so a sleep ends that much early; the last stretch is one more short
+/// sleep rather than yielding in a loop, which would take the core from the workers: at high rates
+/// the generator often has one core to itself. Arrivals are then handed over up to a few tens of
+/// microseconds after their time, in small batches, and that delay is in their measured latency.
+fn sleep_until(oversleep: &mut Oversleep, at: Instant) {
+    loop {
+        let now = Instant::now();
+        if now >= at {
+            return;
+        }
+        match oversleep.sleep_for(at, now) {
+            Some(d) => {
+                std::thread::sleep(d);
+                oversleep.observe(now, d, Instant::now());
+            }
+            None if at - now <= Duration::from_micros(10) => std::thread::yield_now(),
+            None => std::thread::sleep(Duration::from_micros(1)),
+        }
+    }
+}
+
+/// The live view, once a second: on a terminal three lines redrawn in place (elapsed, offered and
+/// achieved rate, in flight, waiting, late; p50 and p99 of the last second, errors by class; a
+/// sparkline of the achieved rate), otherwise one plain line every 5 seconds.
+async fn progress_line(shared: Arc<Shared>, finished: Arc<AtomicBool>, tty: bool) {
+    const SPARKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     let (mut last_sched, mut last_ok) = (0u64, 0u64);
+    let mut history: Vec<f64> = Vec::new();
     let mut printed = false;
+    let mut secs = 0u64;
     while !finished.load(Ordering::SeqCst) {
         tick.tick().await;
+        secs += 1;
         let mut now = Recorder::new();
         for r in &shared.recorders {
             let mut r = r.lock().expect("recorder lock");
@@ -681,29 +716,83 @@ async fn progress_line(shared: Arc<Shared>, finished: Arc<AtomicBool>) {
             let _ = now.recent.add(&r.recent);
             r.recent.reset();
         }
-        let p99 = if now.recent.is_empty() {
-            0.0
-        } else {
-            now.recent.value_at_quantile(0.99) as f64 / 1000.0
+        let q = |q: f64| {
+            if now.recent.is_empty() {
+                0.0
+            } else {
+                now.recent.value_at_quantile(q) as f64 / 1000.0
+            }
         };
-        let line = format!(
-            "\r[{:>5}s] offered {:>8.1}/s  achieved {:>8.1}/s  p99 {:>9.3} ms  errors {}  late {}   ",
-            shared.start.elapsed().as_secs(),
-            (now.scheduled - last_sched) as f64,
-            (now.ok - last_ok) as f64,
-            p99,
-            now.error_count(),
+        let dispatched = shared.dispatched.load(Ordering::Relaxed);
+        let offered_total = if dispatched > 0 {
+            dispatched
+        } else {
+            now.scheduled
+        };
+        let offered = offered_total.saturating_sub(last_sched) as f64;
+        let achieved = (now.ok - last_ok) as f64;
+        last_sched = offered_total;
+        last_ok = now.ok;
+        history.push(achieved);
+        let in_flight = shared.in_flight();
+        let waiting = shared.outstanding().saturating_sub(in_flight);
+        let classes: Vec<String> = now
+            .errors
+            .iter()
+            .filter(|(_, v)| **v > 0)
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let errors = if classes.is_empty() {
+            "0".to_string()
+        } else {
+            format!("{} ({})", now.error_count(), classes.join(", "))
+        };
+        let head = format!(
+            "[{secs:>5}s] offered {:>9.1}/s  achieved {:>9.1}/s  in flight {:>5}  waiting {:>5}  late {}",
+            offered,
+            achieved,
+            in_flight,
+            waiting,
             now.late
         );
-        last_sched = now.scheduled;
-        last_ok = now.ok;
         let mut out = std::io::stdout().lock();
-        let _ = out.write_all(line.as_bytes());
+        if tty {
+            let top = history
+                .iter()
+                .rev()
+                .take(60)
+                .fold(0.0, |a: f64, b| a.max(*b));
+            let spark: String = history
+                .iter()
+                .rev()
+                .take(60)
+                .rev()
+                .map(|v| {
+                    let i = if top > 0.0 {
+                        (v / top * 7.0).round() as usize
+                    } else {
+                        0
+                    };
+                    SPARKS[i.min(7)]
+                })
+                .collect();
+            let text = format!(
+                "{}\x1b[2K{head}\n\x1b[2K         p50 {:>9.3} ms  p99 {:>9.3} ms  errors {errors}\n\x1b[2K         achieved {spark}\n",
+                if printed { "\x1b[3A" } else { "" },
+                q(0.5),
+                q(0.99),
+            );
+            let _ = out.write_all(text.as_bytes());
+        } else if secs.is_multiple_of(5) {
+            let _ = writeln!(
+                out,
+                "{head}  p50 {:.3} ms  p99 {:.3} ms  errors {errors}",
+                q(0.5),
+                q(0.99)
+            );
+        }
         let _ = out.flush();
         printed = true;
-    }
-    if printed {
-        println!();
     }
 }
 

@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
+use super::raw::RawConn;
 use super::report::ErrorKind;
+use super::requests::Outgoing;
 
 /// Where requests go, parsed once.
 #[derive(Debug, Clone)]
@@ -154,8 +156,8 @@ where
 
 /// What a loop sends on.
 enum Link {
-    /// Its own HTTP/1.1 connection, when open.
-    H1(Option<http1::SendRequest<Full<Bytes>>>),
+    /// Its own HTTP/1.1 connection, spoken directly on the socket.
+    H1(RawConn),
     /// A stream of a shared HTTP/2 connection.
     H2(Rc<H2Conn>),
 }
@@ -164,9 +166,7 @@ enum Link {
 /// reopened after it broke, one request at a time, no pipelining) or one stream at a time on a
 /// shared HTTP/2 connection.
 pub(crate) struct Conn {
-    addr: SocketAddr,
     link: Link,
-    keepalive: bool,
 }
 
 impl Conn {
@@ -174,119 +174,82 @@ impl Conn {
     /// its own.
     pub(crate) fn h1(addr: SocketAddr, keepalive: bool) -> Conn {
         Conn {
-            addr,
-            link: Link::H1(None),
-            keepalive,
+            link: Link::H1(RawConn::new(addr, keepalive)),
         }
     }
 
     /// Streams on the shared HTTP/2 connection `h2`.
     pub(crate) fn h2(h2: Rc<H2Conn>) -> Conn {
-        Conn {
-            addr: h2.addr,
-            link: Link::H2(h2),
-            keepalive: true,
-        }
+        Conn { link: Link::H2(h2) }
     }
 
     /// Opens the connection if it is not open.
     pub(crate) async fn open(&mut self) -> Result<(), ErrorKind> {
         match &mut self.link {
             Link::H2(h2) => h2.handle().await.map(|_| ()),
-            Link::H1(Some(s)) if !s.is_closed() => Ok(()),
-            Link::H1(slot) => {
-                *slot = None;
-                let stream = tokio::net::TcpStream::connect(self.addr)
-                    .await
-                    .map_err(|_| ErrorKind::Connect)?;
-                let _ = stream.set_nodelay(true);
-                let (sender, conn) = http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|_| ErrorKind::Connect)?;
-                tokio::task::spawn_local(async move {
-                    let _ = conn.await;
-                });
-                *slot = Some(sender);
-                Ok(())
-            }
+            Link::H1(c) => c.open().await,
         }
     }
 
     /// Forgets the connection (after a timeout left it mid-exchange). An HTTP/2 connection
     /// stays: only the stream was abandoned.
     pub(crate) fn reset(&mut self) {
-        if let Link::H1(slot) = &mut self.link {
-            *slot = None;
+        if let Link::H1(c) = &mut self.link {
+            c.reset();
         }
     }
 
     /// Sends `req` and reads the whole answer, counting its body without keeping it. The caller
     /// bounds the time; a connection left mid-exchange must be [`Conn::reset`].
-    pub(crate) async fn send(
-        &mut self,
-        mut req: Request<Full<Bytes>>,
-    ) -> Result<Answer, ErrorKind> {
-        self.open().await?;
-        let resp = match &mut self.link {
-            Link::H1(slot) => {
-                if !self.keepalive {
-                    req.headers_mut()
-                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                let sender = slot.as_mut().expect("opened");
-                if sender.ready().await.is_err() {
-                    *slot = None;
-                    return Err(ErrorKind::Other);
-                }
-                sender.send_request(req).await
+    pub(crate) async fn send(&mut self, req: &Outgoing) -> Result<Answer, ErrorKind> {
+        let h2 = match &mut self.link {
+            Link::H1(c) => {
+                let reply = c.send(req).await?;
+                return Ok(Answer {
+                    status: reply.status,
+                    bytes: reply.bytes,
+                });
             }
-            Link::H2(h2) => {
-                // HTTP/2 carries the host in :authority, from an absolute URI.
-                if req.uri().scheme().is_none() {
-                    if let Some(host) = req.headers_mut().remove(http::header::HOST) {
-                        let pq = req
-                            .uri()
-                            .path_and_query()
-                            .map(|p| p.as_str())
-                            .unwrap_or("/")
-                            .to_string();
-                        if let Ok(uri) = Uri::builder()
-                            .scheme("http")
-                            .authority(host.as_bytes())
-                            .path_and_query(pq)
-                            .build()
-                        {
-                            *req.uri_mut() = uri;
-                        }
-                    }
-                }
-                *req.version_mut() = http::Version::HTTP_2;
-                let mut sender = h2.handle().await?;
-                if sender.ready().await.is_err() {
-                    h2.reset();
-                    return Err(ErrorKind::Other);
-                }
-                sender.send_request(req).await
-            }
+            Link::H2(h2) => h2.clone(),
         };
-        let result = async {
-            let resp = resp.map_err(|_| ErrorKind::Other)?;
-            let status = resp.status().as_u16();
-            let mut body = resp.into_body();
-            let mut bytes = 0u64;
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|_| ErrorKind::Other)?;
-                if let Some(d) = frame.data_ref() {
-                    bytes += d.len() as u64;
-                }
+        let mut req = req.to_request();
+        // HTTP/2 carries the host in :authority, from an absolute URI.
+        if let Some(host) = req.headers_mut().remove(http::header::HOST) {
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/")
+                .to_string();
+            if let Ok(uri) = Uri::builder()
+                .scheme("http")
+                .authority(host.as_bytes())
+                .path_and_query(pq)
+                .build()
+            {
+                *req.uri_mut() = uri;
             }
-            Ok(Answer { status, bytes })
         }
-        .await;
-        if result.is_err() || !self.keepalive {
-            self.reset();
+        *req.version_mut() = http::Version::HTTP_2;
+        let mut sender = h2.handle().await?;
+        if sender.ready().await.is_err() {
+            h2.reset();
+            return Err(ErrorKind::Other);
         }
-        result
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|_| ErrorKind::Other)?;
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        let mut bytes = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| ErrorKind::Other)?;
+            if let Some(d) = frame.data_ref() {
+                bytes += d.len() as u64;
+            }
+        }
+        Ok(Answer { status, bytes })
     }
 }
 

@@ -19,7 +19,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
@@ -31,6 +31,10 @@ pub(crate) struct Shared {
     pub(crate) recorders: Vec<Mutex<Recorder>>,
     /// Requests handed to each worker and not finished yet.
     outstanding: Vec<AtomicUsize>,
+    /// Requests being sent or awaiting their answer, per worker.
+    in_flight: Vec<AtomicUsize>,
+    /// Arrivals the scheduler has handed out (open loop).
+    pub(crate) dispatched: AtomicU64,
     /// The time the schedule counts from.
     pub(crate) start: Instant,
     /// Set by ctrl-c: stop scheduling (open) or sending (closed).
@@ -60,6 +64,8 @@ impl Shared {
         Shared {
             recorders: (0..workers).map(|_| Mutex::new(Recorder::new())).collect(),
             outstanding: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+            in_flight: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+            dispatched: AtomicU64::new(0),
             start,
             stop: AtomicBool::new(false),
             timeout,
@@ -87,7 +93,24 @@ impl Shared {
             }
         }
         self.outstanding[best].fetch_add(1, Ordering::Relaxed);
+        self.dispatched.fetch_add(1, Ordering::Relaxed);
         best
+    }
+
+    /// Requests in flight now, over all workers.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Requests handed to the workers and not finished (waiting for a connection or in flight).
+    pub(crate) fn outstanding(&self) -> usize {
+        self.outstanding
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// All recorders merged into one.
@@ -237,7 +260,10 @@ async fn exchange(shared: &Shared, index: usize, conn: &mut Conn, at: Instant, o
     let late = open && (!sent || began.saturating_duration_since(at) > shared.late_after);
     let outcome = if sent {
         let req = shared.requests.next();
-        match tokio::time::timeout_at(deadline.into(), conn.send(req)).await {
+        shared.in_flight[index].fetch_add(1, Ordering::Relaxed);
+        let result = tokio::time::timeout_at(deadline.into(), conn.send(&req)).await;
+        shared.in_flight[index].fetch_sub(1, Ordering::Relaxed);
+        match result {
             Ok(Ok(answer)) => Outcome::Answered {
                 status: answer.status,
                 latency_us: Instant::now().saturating_duration_since(at).as_micros() as u64,

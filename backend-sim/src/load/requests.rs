@@ -127,6 +127,28 @@ struct Entry {
     body: Field<Bytes>,
 }
 
+/// One request, ready to send.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    pub(crate) method: Method,
+    /// Origin form: path and query.
+    pub(crate) uri: Uri,
+    /// With `host`.
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+impl Outgoing {
+    /// As a hyper request (for HTTP/2).
+    pub(crate) fn to_request(&self) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(self.body.clone()));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
 /// The requests of a run: built fresh for each send.
 pub(crate) struct Requests {
     host: HeaderValue,
@@ -273,7 +295,7 @@ impl Requests {
     }
 
     /// The next request to send.
-    pub(crate) fn next(&self) -> Request<Full<Bytes>> {
+    pub(crate) fn next(&self) -> Outgoing {
         let n = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
         let id = mix(self.seed ^ mix(n));
         let entry = if self.entries.len() == 1 {
@@ -288,16 +310,19 @@ impl Requests {
             Field::Fixed(b) => b.clone(),
             Field::Varying(t) => Bytes::from(t.render(n, id)),
         };
-        let mut req = Request::new(Full::new(body));
-        *req.method_mut() = entry.method.clone();
-        *req.uri_mut() = match &entry.path {
-            Field::Fixed(u) => u.clone(),
-            Field::Varying(t) => t
-                .render(n, id)
-                .parse()
-                .unwrap_or_else(|_| Uri::from_static("/")),
+        let mut req = Outgoing {
+            method: entry.method.clone(),
+            uri: match &entry.path {
+                Field::Fixed(u) => u.clone(),
+                Field::Varying(t) => t
+                    .render(n, id)
+                    .parse()
+                    .unwrap_or_else(|_| Uri::from_static("/")),
+            },
+            headers: HeaderMap::new(),
+            body,
         };
-        let headers = req.headers_mut();
+        let headers = &mut req.headers;
         headers.insert(http::header::HOST, self.host.clone());
         for (k, v) in &self.common {
             headers.insert(k.clone(), v.clone());
@@ -407,18 +432,15 @@ body = '{"n": {{counter}}}'
             let mut keys = std::collections::HashSet::new();
             for i in 1..=4000u64 {
                 let req = r.next();
-                assert_eq!(req.headers()["host"], "127.0.0.1:9");
-                if req.uri().path().starts_with("/items/") {
-                    assert_eq!(req.uri().path(), format!("/items/{i}"));
-                    assert_eq!(req.method(), Method::GET);
+                assert_eq!(req.headers["host"], "127.0.0.1:9");
+                if req.uri.path().starts_with("/items/") {
+                    assert_eq!(req.uri.path(), format!("/items/{i}"));
+                    assert_eq!(req.method, Method::GET);
                     items += 1;
                 } else {
-                    assert_eq!(req.uri().path(), "/orders");
-                    assert_eq!(req.method(), Method::POST);
-                    let key = req.headers()["idempotency-key"]
-                        .to_str()
-                        .unwrap()
-                        .to_string();
+                    assert_eq!(req.uri.path(), "/orders");
+                    assert_eq!(req.method, Method::POST);
+                    let key = req.headers["idempotency-key"].to_str().unwrap().to_string();
                     assert_eq!(key.len(), 16);
                     assert!(keys.insert(key), "random ids differ");
                     orders += 1;
