@@ -755,7 +755,7 @@ fn connections_are_reused_unless_no_keepalive() {
     assert_eq!(r["errors"], 0, "{r}");
     let kept = accepted.swap(0, Ordering::SeqCst);
     assert!(
-        kept >= 1 && kept <= 32,
+        (1..=32).contains(&kept),
         "{kept} connections for ~200 fast requests out of 512 allowed: {r}"
     );
 
