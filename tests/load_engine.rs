@@ -780,3 +780,51 @@ fn connections_are_reused_unless_no_keepalive() {
         "one connection per request: {r}"
     );
 }
+
+/// Exponential service times (mean 50 ms, enough workers that nothing queues), open and closed
+/// loop, HTTP/1.1 and HTTP/2. The backend draws its services from a seeded generator, so the mean
+/// of the services it gave the run's N requests is known exactly; the measured mean latency must
+/// be that plus the (small, positive) cost of the exchange, whatever the sampling luck.
+#[test]
+fn exp_service_means_are_measured_exactly() {
+    use ebbtide_config::rng::Rng;
+    use ebbtide_config::service_time::ServiceTime;
+    let _s = serial();
+    let service = ServiceTime::parse("exp:50ms").unwrap();
+    let cases: [&[&str]; 4] = [
+        &["--rate", "100"],
+        &["--closed", "--connections", "8"],
+        &["--h2", "--rate", "100"],
+        &["--h2", "--closed", "--connections", "1", "--streams", "8"],
+    ];
+    for extra in cases {
+        let (_b, addr) = backend(&[
+            "--service-time",
+            "exp:50ms",
+            "--workers",
+            "10000",
+            "--seed",
+            "11",
+        ]);
+        let url = format!("http://{addr}/");
+        let mut args = vec!["--target", url.as_str(), "--duration", "2s"];
+        args.extend_from_slice(extra);
+        let (code, r) = load_json(&args, Duration::from_secs(60));
+        assert_eq!(code, 0, "{extra:?}: {r}");
+        assert_eq!(r["errors"], 0, "{extra:?}: {r}");
+        let n = f(&r, &["completed"]) as usize;
+        assert!(n >= 100, "{extra:?}: {r}");
+        // The backend's services: the first n draws of the first fork of its seed.
+        let mut rng = Rng::new(11).fork();
+        let sample: f64 = (0..n)
+            .map(|_| service.sample(&mut rng).as_secs_f64() * 1e3)
+            .sum::<f64>()
+            / n as f64;
+        let mean = f(&r, &["latency_ms", "mean"]);
+        eprintln!("{extra:?}: n {n}, measured mean {mean:.3} ms, services {sample:.3} ms");
+        assert!(
+            (sample - 0.5..=sample + 8.0).contains(&mean),
+            "{extra:?}: measured mean {mean:.3} ms, the backend's services {sample:.3} ms: {r}"
+        );
+    }
+}
