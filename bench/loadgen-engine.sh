@@ -31,7 +31,7 @@ for tool in wrk h2load; do
     fi
 done
 
-cargo build --release -q -p ebbtide
+cargo build --release -q -p ebbtide 2>/dev/null || cargo build --release -p ebbtide
 
 PIDS=()
 cleanup() {
