@@ -17,16 +17,21 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Help text for `--requests`.
-pub(crate) const REQUESTS_HELP: &str = "\
-REQUEST MIX (--requests FILE, TOML or JSON lines):
-  [[request]]                                  {\"url\": \"/items/{{counter}}\", \"weight\": 3}
-  url = \"http://127.0.0.1:8080/items/{{counter}}\"   {\"url\": \"/orders\", \"method\": \"POST\",
-  method = \"POST\"                                   \"headers\": {\"idempotency-key\": \"{{random_id}}\"},
-  headers = { idempotency-key = \"{{random_id}}\" }   \"body\": \"{\\\"n\\\": {{counter}}}\"}
-  body = '{\"n\": {{counter}}}'
-  weight = 3
-Every url goes to one host:port (the first one's, or --target's; paths are resolved against it).
-{{counter}}: the request's number in the run (1, 2, ...); {{random_id}}: 16 hex digits per request.";
+pub(crate) const REQUESTS_HELP: &str = r#"A weighted mix of requests from a file, TOML:
+  [[request]]
+  url = "/items/{{counter}}"       # a path against --target, or http://host:port/...
+  weight = 9                       # default 1
+  [[request]]
+  url = "/orders"
+  method = "POST"                  # default GET
+  headers = { content-type = "application/json", idempotency-key = "{{random_id}}" }
+  body = '{"n": {{counter}}}'
+  weight = 1
+or JSON lines, one request per line:
+  {"url": "/orders", "method": "POST", "headers": {"idempotency-key": "{{random_id}}"}, "body": "x"}
+Every url goes to one host:port (--target's, or the first url's). In urls, header values and
+bodies, {{counter}} is the request's number in the run (1, 2, ...) and {{random_id}} 16 hex digits
+that differ per request."#;
 
 /// One request of a mix file, as written.
 #[derive(Debug, Deserialize)]
