@@ -78,7 +78,13 @@ impl RawConn {
     /// closed by the server before any answer byte came is reopened and the request sent once
     /// more, as browsers and wrk do.
     pub(crate) async fn send(&mut self, req: &Outgoing) -> Result<Reply, ErrorKind> {
-        serialize(req, self.keepalive, &mut self.out);
+        match (&req.wire, self.keepalive) {
+            (Some(wire), true) => {
+                self.out.clear();
+                self.out.extend_from_slice(wire);
+            }
+            _ => serialize(req, self.keepalive, &mut self.out),
+        }
         let head_only = req.method == http::Method::HEAD;
         for attempt in 0..2 {
             self.open().await?;
@@ -296,7 +302,7 @@ fn framing_of(resp: &httparse::Response, status: u16, head_only: bool) -> (Frami
 }
 
 /// The request's bytes: request line, headers (with `content-length` for a body), body.
-fn serialize(req: &Outgoing, keepalive: bool, out: &mut Vec<u8>) {
+pub(crate) fn serialize(req: &Outgoing, keepalive: bool, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(req.method.as_str().as_bytes());
     out.push(b' ');
@@ -384,6 +390,7 @@ mod tests {
             uri: Uri::from_static("/a?b=1"),
             headers,
             body: Bytes::new(),
+            wire: None,
         }
     }
 

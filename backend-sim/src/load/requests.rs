@@ -9,10 +9,12 @@
 //! request (for cache-busting and `Idempotency-Key`); both are fixed by `--seed` and the number.
 
 use super::client::{RequestTemplate, Target};
+use super::raw::serialize;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::Full;
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -141,6 +143,8 @@ pub(crate) struct Outgoing {
     /// With `host`.
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
+    /// The HTTP/1.1 bytes of a keep-alive request, when made once for every request.
+    pub(crate) wire: Option<Bytes>,
 }
 
 impl Outgoing {
@@ -164,6 +168,8 @@ pub(crate) struct Requests {
     cumulative: Vec<u64>,
     counter: AtomicU64,
     seed: u64,
+    /// The request, made once, when every request is the same.
+    fixed: Option<Outgoing>,
 }
 
 /// splitmix64: a well-mixed 64-bit function of a number.
@@ -189,7 +195,9 @@ impl Requests {
             cumulative: vec![1],
             counter: AtomicU64::new(0),
             seed: 0,
+            fixed: None,
         }
+        .with_fixed()
     }
 
     /// `http://host:port/` of the first request of the mix in `text`, when its url is absolute.
@@ -291,7 +299,28 @@ impl Requests {
             cumulative,
             counter: AtomicU64::new(0),
             seed,
-        })
+            fixed: None,
+        }
+        .with_fixed())
+    }
+
+    /// Makes the request once when there is one kind and it has no variables: no counter, no
+    /// header map and no serializing per request.
+    fn with_fixed(mut self) -> Requests {
+        let fixed = self.entries.len() == 1 && {
+            let e = &self.entries[0];
+            matches!(e.path, Field::Fixed(_))
+                && matches!(e.body, Field::Fixed(_))
+                && e.headers.iter().all(|(_, v)| matches!(v, Field::Fixed(_)))
+        };
+        if fixed {
+            let mut req = self.make(0);
+            let mut wire = Vec::new();
+            serialize(&req, true, &mut wire);
+            req.wire = Some(Bytes::from(wire));
+            self.fixed = Some(req);
+        }
+        self
     }
 
     /// How many kinds of request there are.
@@ -300,8 +329,15 @@ impl Requests {
     }
 
     /// The next request to send.
-    pub(crate) fn next(&self) -> Outgoing {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
+    pub(crate) fn next(&self) -> Cow<'_, Outgoing> {
+        match &self.fixed {
+            Some(req) => Cow::Borrowed(req),
+            None => Cow::Owned(self.make(self.counter.fetch_add(1, Ordering::Relaxed) + 1)),
+        }
+    }
+
+    /// Request number `n` (from 1).
+    fn make(&self, n: u64) -> Outgoing {
         let id = mix(self.seed ^ mix(n));
         let entry = if self.entries.len() == 1 {
             &self.entries[0]
@@ -326,6 +362,7 @@ impl Requests {
             },
             headers: HeaderMap::new(),
             body,
+            wire: None,
         };
         let headers = &mut req.headers;
         headers.insert(http::header::HOST, self.host.clone());
@@ -454,6 +491,36 @@ body = '{"n": {{counter}}}'
             // Weights 3:1.
             assert!((2800..3200).contains(&items), "{items} {orders}");
         }
+    }
+
+    #[test]
+    fn a_request_without_variables_is_made_once() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        let template = RequestTemplate {
+            method: Method::GET,
+            headers,
+            body: Bytes::new(),
+        };
+        let r = Requests::single(target(), template);
+        let (a, b) = (r.next(), r.next());
+        assert!(matches!((&a, &b), (Cow::Borrowed(_), Cow::Borrowed(_))));
+        let wire = a.wire.as_ref().expect("serialized once");
+        assert_eq!(
+            &wire[..],
+            b"GET / HTTP/1.1\r\nhost: 127.0.0.1:9\r\nx-a: 1\r\n\r\n"
+        );
+        // With variables, each request is made afresh.
+        let mix = Requests::mix(
+            "{\"url\": \"/{{counter}}\"}",
+            "t",
+            &target(),
+            HeaderMap::new(),
+            1,
+        )
+        .unwrap();
+        assert_eq!(mix.next().uri.path(), "/1");
+        assert_eq!(mix.next().uri.path(), "/2");
     }
 
     #[test]
