@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 CONNS=${CONNS:-"64"}
 DUR=${DUR:-5}
 ROUNDS=${ROUNDS:-2}
-FRACTIONS=${FRACTIONS:-"0.3 0.5 0.6 0.7 0.8 0.9 1.0 1.1"}
+FRACTIONS=${FRACTIONS:-"0.2 0.3 0.35 0.4 0.45 0.5 0.6 0.7 0.8 0.9 1.0"}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 BIN="$TARGET_DIR/release/ebbtide"
 WORK=$(mktemp -d)
