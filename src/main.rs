@@ -26,7 +26,7 @@ enum Command {
     /// Run a simulated backend.
     Backend(ebbtide_sim::backend::BackendArgs),
     /// Offer open-loop load to a URL and report latency.
-    Load(ebbtide_sim::load::LoadArgs),
+    Load(Box<ebbtide_sim::load::LoadArgs>),
     /// Run the discrete-event simulator: the same policies and deciders in virtual time.
     Simulate(ebbtide_sim::simulate::SimulateArgs),
     /// Search the decider and its parameters in the simulator for the cheapest `[autoscaler]`
@@ -127,7 +127,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Load(args) => match runtime(None).block_on(ebbtide_sim::load::run(args)) {
+        Command::Load(args) => match runtime(None).block_on(ebbtide_sim::load::run(*args)) {
             Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
             Err(e) => {
                 eprintln!("ebbtide load: {e}");

@@ -107,6 +107,15 @@ pub struct BackendArgs {
     #[arg(long)]
     pub hang_after: Option<u64>,
 
+    /// Stall: hold every answer due in [--stall-at, --stall-at + --stall-for) after start until the
+    /// stall ends (a GC pause or a blocked event loop), e.g. --stall-at 2s --stall-for 1s.
+    #[arg(long, value_parser = parse_duration, requires = "stall_for")]
+    pub stall_at: Option<Duration>,
+
+    /// How long the stall of --stall-at lasts.
+    #[arg(long, value_parser = parse_duration, requires = "stall_at")]
+    pub stall_for: Option<Duration>,
+
     /// Slow drip: send the response body in `--drip-bytes` chunks with this pause between them.
     #[arg(long, value_parser = parse_duration)]
     pub drip: Option<Duration>,
@@ -481,6 +490,13 @@ async fn serve(state: Arc<State>, req: Request<Incoming>) -> Response<SimBody> {
             .insert("x-rejected", HeaderValue::from_static("queue-full"));
         return finish(&state, resp);
     };
+    if let (Some(at), Some(len)) = (state.args.stall_at, state.args.stall_for) {
+        let (from, to) = (state.started + at, state.started + at + len);
+        let now = Instant::now();
+        if now >= from && now < to {
+            state.timer.sleep_until(to).await;
+        }
+    }
     let done = Instant::now();
     let queue = start.saturating_duration_since(queued_at);
     let served_for = done.saturating_duration_since(start);

@@ -1,38 +1,60 @@
-//! `ebbtide load`: an open-loop load generator, to see how the balancer and its backends behave
-//! under a given arrival pattern rather than under whatever a fixed set of clients can push.
+//! `ebbtide load`: a load generator, open loop by default, to see how the balancer and its
+//! backends behave under a given arrival pattern rather than under whatever a fixed set of clients
+//! can push; closed loop (`--closed`) for wrk-style maximum throughput.
 //!
 //! Open loop: requests are due at times fixed in advance by the rate profile (or trace) and the
 //! arrival process, whatever the server does. Latency is measured from each request's *scheduled*
 //! time, so a server that stalls shows the stall in every request that was due meanwhile (no
 //! coordinated omission). A request that could not start on time, e.g. because all
 //! `--connections` were busy, waits for a connection and is counted as `late`; it is never skipped.
-//! A dedicated thread keeps the schedule with tens of microseconds of error (see [`crate::timer`]).
+//! A scheduler thread keeps the schedule and hands each arrival to the engine (the `engine` module): a fixed
+//! set of connections, each driven by its own loop, on `--threads` worker threads.
+//!
+//! Reports: a table, JSON, CSV, SVG, HTML (`html`), an HdrHistogram interval log that
+//! `ebbtide load merge` adds up across generators (`hdrlog`); thresholds set the exit code.
 
 pub mod client;
+mod engine;
+mod hdrlog;
+mod html;
 pub mod plot;
+mod raw;
 pub mod report;
+mod requests;
 pub mod schedule;
 
 use crate::timer::Oversleep;
 use bytes::Bytes;
-use client::{Pool, RequestTemplate, Target};
+use client::{RequestTemplate, Target};
 use ebbtide_config::time::parse_duration;
+use engine::{Feed, Shared};
+use hdrlog::{HdrLog, Summary};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use report::{ErrorKind, Outcome, Recorder, Report, RunInfo};
+use report::{new_histogram, Recorder, Report, RunInfo, Threshold};
+use requests::Requests;
 use schedule::{ArrivalProcess, Arrivals, Profile, Source, Trace, PROFILE_HELP};
 use std::io::{IsTerminal, Write as _};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 /// Options of `ebbtide load`.
 #[derive(Debug, Clone, clap::Args)]
-#[command(after_help = PROFILE_HELP)]
+#[command(
+    after_help = PROFILE_HELP,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct LoadArgs {
     /// URL to send requests to (http:// only), e.g. http://127.0.0.1:8080/.
-    #[arg(long)]
-    pub target: String,
+    #[arg(long, required_unless_present = "requests")]
+    pub target: Option<String>,
+
+    /// A weighted mix of requests (urls, methods, headers, bodies, with {{counter}} and
+    /// {{random_id}}) from a TOML or JSON-lines file; see --help.
+    #[arg(long, long_help = requests::REQUESTS_HELP)]
+    pub requests: Option<PathBuf>,
 
     /// Requests per second (the constant profile; not needed with a profile that gives rates).
     #[arg(long)]
@@ -62,10 +84,34 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 1.0)]
     pub rate_multiplier: f64,
 
-    /// Most connections (so requests) in flight at once; a request due when all are busy waits
-    /// for one and counts as late.
-    #[arg(long, default_value_t = 512)]
-    pub connections: usize,
+    /// Connections, so most requests in flight at once. Open loop: a request due when all are
+    /// busy waits for one and counts as late; each is opened on first use, so the default, 512,
+    /// opens only as many as the run needs. Closed loop: exactly this many, back to back;
+    /// default 64.
+    #[arg(long)]
+    pub connections: Option<usize>,
+
+    /// Closed loop, as wrk: every connection sends its next request as soon as the last answer
+    /// is read, for --duration (no --rate, profile or trace). Latency is then from each send.
+    #[arg(long)]
+    pub closed: bool,
+
+    /// Worker threads, each driving its share of the connections; default: one per core.
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// A new connection for every request (`Connection: close`), to load-test connection setup.
+    #[arg(long, conflicts_with = "h2")]
+    pub no_keepalive: bool,
+
+    /// HTTP/2 over cleartext (h2c, prior knowledge), --streams requests at once on each of the
+    /// --connections (default with --h2: one connection per thread).
+    #[arg(long)]
+    pub h2: bool,
+
+    /// With --h2: concurrent streams per connection.
+    #[arg(long, default_value_t = 100, requires = "h2")]
+    pub streams: usize,
 
     /// Per-request limit, counted from the scheduled send time.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -87,6 +133,56 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 
+    /// ebbtide admin API base URL (e.g. http://127.0.0.1:9901): poll the active backend count
+    /// every second for the series and the plot.
+    #[arg(long)]
+    pub admin: Option<String>,
+
+    /// Bearer token for the admin API.
+    #[arg(long)]
+    pub admin_token: Option<String>,
+
+    /// A request that starts this long after its scheduled time counts as late.
+    #[arg(long, default_value = "5ms", value_parser = parse_duration)]
+    pub late_after: Duration,
+
+    /// Write an HdrHistogram interval log (one latency histogram per second, readable by
+    /// HdrHistogram's tools) to this file, for `ebbtide load merge`.
+    #[arg(long)]
+    pub hdr_log: Option<PathBuf>,
+
+    /// Reports and thresholds.
+    #[command(flatten)]
+    pub out: Outputs,
+
+    /// `merge`: add up the --hdr-log files of several runs.
+    #[command(subcommand)]
+    pub command: Option<LoadCommand>,
+}
+
+/// Subcommands of `ebbtide load`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum LoadCommand {
+    /// Add up the --hdr-log files of several generator runs (processes or machines) into one
+    /// exact report: the percentiles of the union of their requests.
+    Merge(MergeArgs),
+}
+
+/// Options of `ebbtide load merge`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MergeArgs {
+    /// HdrHistogram interval logs written by `ebbtide load --hdr-log`.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+
+    /// Reports and thresholds.
+    #[command(flatten)]
+    pub out: Outputs,
+}
+
+/// Where the report goes and the thresholds that set the exit code.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Outputs {
     /// Write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -99,43 +195,29 @@ pub struct LoadArgs {
     #[arg(long)]
     pub plot: Option<PathBuf>,
 
-    /// ebbtide admin API base URL (e.g. http://127.0.0.1:9901): poll the active backend count
-    /// every second for the series and the plot.
+    /// Write the report as one self-contained HTML page (summary, thresholds, percentiles,
+    /// plots, errors by class) to this file.
     #[arg(long)]
-    pub admin: Option<String>,
+    pub html: Option<PathBuf>,
 
-    /// Bearer token for the admin API.
-    #[arg(long)]
-    pub admin_token: Option<String>,
-
-    /// Exit with code 1 when errors / scheduled requests exceeds this. The default, 1.0, never
-    /// fails: a failing target is often what an experiment is about; set e.g. 0.01 in CI.
+    /// Threshold: exit with code 1 when errors / scheduled requests exceeds this. The default,
+    /// 1.0, never fails: a failing target is often what an experiment is about; set e.g. 0.001
+    /// in CI.
     #[arg(long, default_value_t = 1.0)]
     pub max_error_ratio: f64,
 
-    /// A request that starts this long after its scheduled time counts as late.
-    #[arg(long, default_value = "5ms", value_parser = parse_duration)]
-    pub late_after: Duration,
+    /// Threshold: exit with code 1 when the p99 latency exceeds this, e.g. 200ms.
+    #[arg(long, value_parser = parse_duration)]
+    pub max_p99: Option<Duration>,
+
+    /// Threshold: exit with code 1 when late / scheduled requests exceeds this (open loop), e.g.
+    /// 0.01: above it the generator, not the target, limited the run.
+    #[arg(long)]
+    pub max_late_ratio: Option<f64>,
 
     /// Do not print the summary table.
     #[arg(long)]
     pub quiet: bool,
-}
-
-/// What every request task shares.
-struct Run {
-    pool: Pool,
-    template: RequestTemplate,
-    recorder: Mutex<Recorder>,
-    start: Instant,
-    timeout: Duration,
-    late_after: Duration,
-}
-
-impl Run {
-    fn second_of(&self, t: Instant) -> usize {
-        t.saturating_duration_since(self.start).as_secs() as usize
-    }
 }
 
 /// The arrivals of a run, its length and a description, from the options.
@@ -227,140 +309,349 @@ fn template(args: &LoadArgs) -> Result<RequestTemplate, String> {
     })
 }
 
-/// Runs the load and prints the report; the exit code says whether errors stayed under the limit.
-pub async fn run(args: LoadArgs) -> Result<i32, String> {
-    let (source, duration, what) = plan(&args)?;
-    let arrivals_name = match (&source, args.arrivals) {
-        (Source::Times(_), _) => "trace",
-        (_, ArrivalProcess::Poisson) => "poisson",
-        (_, ArrivalProcess::Uniform) => "uniform",
-    }
-    .to_string();
-    let template = template(&args)?;
-    let target = Target::resolve(&args.target).await?;
-    // A short lead, so that the first arrivals are not late because threads are still starting.
-    let start = Instant::now() + Duration::from_millis(50);
-    let run = Arc::new(Run {
-        pool: Pool::new(target, args.connections),
-        template,
-        recorder: Mutex::new(Recorder::new()),
-        start,
-        timeout: args.timeout,
-        late_after: args.late_after,
-    });
-    let stop = Arc::new(AtomicBool::new(false));
-    let finished = Arc::new(AtomicBool::new(false));
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
+/// Connections when `--connections` is not given: open loop, as many as may be needed (each is
+/// opened on first use, so a light run opens few); closed loop, wrk-style 64.
+const OPEN_CONNECTIONS: usize = 512;
+const CLOSED_CONNECTIONS: usize = 64;
 
-    let scheduler = {
-        let run = run.clone();
-        let stop = stop.clone();
-        let handle = tokio::runtime::Handle::current();
-        let arrivals = Arrivals::new(source, duration, args.seed);
-        std::thread::Builder::new()
-            .name("load-scheduler".into())
-            .spawn(move || schedule_loop(run, arrivals, stop, handle, done_tx))
-            .map_err(|e| format!("cannot start the scheduler thread: {e}"))?
+/// Runs the load and prints the report; the exit code says whether the thresholds held.
+pub async fn run(args: LoadArgs) -> Result<i32, String> {
+    if let Some(LoadCommand::Merge(m)) = &args.command {
+        return merge(m);
+    }
+    let mix = match &args.requests {
+        Some(path) => {
+            let name = path.display().to_string();
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("cannot read {name}: {e}"))?;
+            Some((text, name))
+        }
+        None => None,
+    };
+    let url = match (&args.target, &mix) {
+        (Some(t), _) => t.clone(),
+        (None, Some((text, name))) => Requests::first_origin(text, name)?.ok_or_else(|| {
+            format!("{name}: the first url is a path; give --target for its host")
+        })?,
+        (None, None) => return Err("give --target URL".into()),
+    };
+    let (source, duration, what, arrivals_name) = if args.closed {
+        if args.rate.is_some() || args.profile.is_some() || args.trace.is_some() {
+            return Err(
+                "--closed sends as fast as answers come: drop --rate, --profile and --trace".into(),
+            );
+        }
+        let d = args
+            .duration
+            .ok_or("--closed needs --duration (e.g. 10s)")?
+            .as_secs_f64();
+        (None, d, "closed loop".to_string(), "closed".to_string())
+    } else {
+        let (source, duration, what) = plan(&args)?;
+        let name = match (&source, args.arrivals) {
+            (Source::Times(_), _) => "trace",
+            (_, ArrivalProcess::Poisson) => "poisson",
+            (_, ArrivalProcess::Uniform) => "uniform",
+        };
+        (Some(source), duration, what, name.to_string())
+    };
+    let template = template(&args)?;
+    let target = Target::resolve(&url).await?;
+    let (requests, method) = match &mix {
+        Some((text, name)) => {
+            let r = Requests::mix(text, name, &target, template.headers, args.seed)?;
+            let what = format!("mix of {} from {name}", r.kinds());
+            (r, what)
+        }
+        None => (
+            Requests::single(target.clone(), template),
+            args.method.to_ascii_uppercase(),
+        ),
+    };
+    let hdr_file = match &args.hdr_log {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
+        )),
+        None => None,
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let connections = args
+        .connections
+        .unwrap_or(if args.h2 {
+            args.threads.unwrap_or(cores)
+        } else if args.closed {
+            CLOSED_CONNECTIONS
+        } else {
+            OPEN_CONNECTIONS
+        })
+        .max(1);
+    let threads = args.threads.unwrap_or(cores).clamp(1, connections);
+    // A short lead, so that the first arrivals are not late because threads are still starting
+    // (and closed-loop connections are open before the clock starts).
+    let start = Instant::now() + Duration::from_millis(if args.closed { 200 } else { 50 });
+    let shared = Arc::new(Shared::new(
+        threads,
+        start,
+        args.timeout,
+        args.late_after,
+        target.addr,
+        !args.no_keepalive,
+        args.h2.then_some(args.streams.max(1)),
+        requests,
+    ));
+    let finished = Arc::new(AtomicBool::new(false));
+    let (hdr_done, hdr_wait) = tokio::sync::oneshot::channel::<()>();
+    let hdr_task = hdr_file.map(|file| {
+        let base = SystemTime::now() + start.saturating_duration_since(Instant::now());
+        tokio::spawn(hdr_logger(
+            shared.clone(),
+            HdrLog::new(file, base),
+            hdr_wait,
+        ))
+    });
+
+    let mut senders = Vec::new();
+    let mut workers = Vec::new();
+    for i in 0..threads {
+        // Connections spread evenly, the first workers taking the remainder.
+        let n = connections / threads + usize::from(i < connections % threads);
+        let feed = if args.closed {
+            Feed::Closed(start + Duration::from_secs_f64(duration))
+        } else {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            senders.push(tx);
+            Feed::Open(rx)
+        };
+        let shared = shared.clone();
+        workers.push(
+            std::thread::Builder::new()
+                .name(format!("load-worker-{i}"))
+                .spawn(move || engine::worker(shared, i, n, feed))
+                .map_err(|e| format!("cannot start a worker thread: {e}"))?,
+        );
+    }
+    let scheduler = match source {
+        Some(source) => {
+            let shared = shared.clone();
+            let arrivals = Arrivals::new(source, duration, args.seed);
+            Some(
+                std::thread::Builder::new()
+                    .name("load-scheduler".into())
+                    .spawn(move || schedule_loop(shared, arrivals, senders))
+                    .map_err(|e| format!("cannot start the scheduler thread: {e}"))?,
+            )
+        }
+        None => None,
     };
 
     if let Some(admin) = args.admin.clone() {
         tokio::spawn(poll_admin(
-            run.clone(),
+            shared.clone(),
             admin,
             args.admin_token.clone(),
             finished.clone(),
         ));
     }
-    let progress = (std::io::stdout().is_terminal() && !args.quiet)
-        .then(|| tokio::spawn(progress_line(run.clone(), finished.clone())));
+    let tty = std::io::stdout().is_terminal();
+    let progress = (!args.out.quiet)
+        .then(|| tokio::spawn(progress_line(shared.clone(), finished.clone(), tty)));
     {
-        let stop = stop.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                stop.store(true, Ordering::SeqCst);
+                shared.stop.store(true, Ordering::SeqCst);
             }
         });
     }
 
-    // Every request task holds a sender; the channel closes when the schedule and all are done.
-    let _ = done_rx.recv().await;
+    // The workers end when their feed has ended and every request they took is finished.
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(s) = scheduler {
+            let _ = s.join();
+        }
+        for w in workers {
+            let _ = w.join();
+        }
+    })
+    .await;
     finished.store(true, Ordering::SeqCst);
-    let _ = tokio::task::spawn_blocking(move || scheduler.join()).await;
     if let Some(p) = progress {
         let _ = p.await;
     }
-
-    let report = {
-        let rec = run.recorder.lock().expect("recorder lock");
-        let elapsed = rec.last_done_s;
-        Report::build(
-            &rec,
-            RunInfo {
-                target: args.target.clone(),
-                method: args.method.to_ascii_uppercase(),
-                schedule: what,
-                arrivals: arrivals_name,
-                duration_s: duration,
-                elapsed_s: elapsed,
-                late_after_ms: args.late_after.as_secs_f64() * 1e3,
-            },
-        )
+    let _ = hdr_done.send(());
+    let log = match hdr_task {
+        Some(t) => Some(t.await.map_err(|e| e.to_string())??),
+        None => None,
     };
+
+    let rec = shared.merged();
+    if let Some(log) = log {
+        let mut summary = Summary::of(&rec);
+        summary.target = url.clone();
+        summary.method = method.clone();
+        summary.mode = if args.closed { "closed" } else { "open" }.to_string();
+        summary.duration_s = duration;
+        summary.late_after_ms = args.late_after.as_secs_f64() * 1e3;
+        log.finish(&summary)?;
+    }
+    let mut report = Report::build(
+        &rec,
+        RunInfo {
+            target: url,
+            method,
+            schedule: what,
+            arrivals: arrivals_name,
+            duration_s: duration,
+            elapsed_s: rec.last_done_s,
+            late_after_ms: args.late_after.as_secs_f64() * 1e3,
+        },
+    );
+    report.mode = if args.closed { "closed" } else { "open" }.to_string();
+    report.connections = connections;
+    report.threads = threads;
+    report.protocol = if args.h2 { "h2c" } else { "http/1.1" }.to_string();
+    report.streams = if args.h2 { args.streams.max(1) } else { 1 };
+    report.thresholds = thresholds(&args.out, &report);
+    write_outputs(&report, &args.out)
+}
+
+/// Writes one interval to the log at every whole second of the run, and the last one when told
+/// the run is over.
+async fn hdr_logger(
+    shared: Arc<Shared>,
+    mut log: HdrLog<std::io::BufWriter<std::fs::File>>,
+    mut done: tokio::sync::oneshot::Receiver<()>,
+) -> Result<HdrLog<std::io::BufWriter<std::fs::File>>, String> {
+    let collect = |shared: &Shared| {
+        let mut h = new_histogram(3);
+        for r in &shared.recorders {
+            let mut r = r.lock().expect("recorder lock");
+            let _ = h.add(&r.interval);
+            r.interval.reset();
+        }
+        h
+    };
+    let mut tick = tokio::time::interval_at(
+        (shared.start + Duration::from_secs(1)).into(),
+        Duration::from_secs(1),
+    );
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let h = collect(&shared);
+                log.interval(&h, shared.start.elapsed())?;
+            }
+            _ = &mut done => {
+                let h = collect(&shared);
+                log.interval(&h, shared.start.elapsed())?;
+                return Ok(log);
+            }
+        }
+    }
+}
+
+/// `ebbtide load merge`: one report from the interval logs of several runs.
+fn merge(args: &MergeArgs) -> Result<i32, String> {
+    let mut logs = Vec::new();
+    for path in &args.files {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {name}: {e}"))?;
+        logs.push(hdrlog::read(&text, &name)?);
+    }
+    let (rec, all) = hdrlog::merge(&logs);
+    let mut report = Report::build(
+        &rec,
+        RunInfo {
+            target: all.target,
+            method: all.method,
+            schedule: format!("merge of {} logs", logs.len()),
+            arrivals: "merged".into(),
+            duration_s: all.duration_s,
+            elapsed_s: rec.last_done_s,
+            late_after_ms: all.late_after_ms,
+        },
+    );
+    report.mode = all.mode;
+    report.thresholds = thresholds(&args.out, &report);
+    write_outputs(&report, &args.out)
+}
+
+/// Writes the report where the options say, prints its table, and checks the thresholds: the
+/// exit code.
+fn write_outputs(report: &Report, out: &Outputs) -> Result<i32, String> {
     let write = |path: &PathBuf, text: String| {
         std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
     };
-    if let Some(path) = &args.json {
+    if let Some(path) = &out.json {
         write(
             path,
-            serde_json::to_string_pretty(&report).expect("report serializes") + "\n",
+            serde_json::to_string_pretty(report).expect("report serializes") + "\n",
         )?;
     }
-    if let Some(path) = &args.csv {
+    if let Some(path) = &out.csv {
         write(path, report.series_csv())?;
     }
-    if let Some(path) = &args.plot {
-        write(path, plot::svg(&report))?;
+    if let Some(path) = &out.plot {
+        write(path, plot::svg(report))?;
     }
-    if !args.quiet {
+    if let Some(path) = &out.html {
+        write(path, html::html(report))?;
+    }
+    if !out.quiet {
         print!("{}", report.table());
     }
-    Ok(if report.error_ratio > args.max_error_ratio {
-        1
-    } else {
-        0
-    })
+    Ok(exit_code(report))
 }
 
-/// The scheduler thread: waits for each arrival's time and starts its request task then.
+/// The thresholds the options set, checked against a report (also written into it).
+fn thresholds(args: &Outputs, report: &Report) -> Vec<Threshold> {
+    let mut out = vec![Threshold::check(
+        "max-error-ratio",
+        args.max_error_ratio,
+        report.error_ratio,
+    )];
+    if let Some(d) = args.max_p99 {
+        out.push(Threshold::check(
+            "max-p99",
+            d.as_secs_f64() * 1e3,
+            report.latency_ms.p99,
+        ));
+    }
+    if let Some(r) = args.max_late_ratio {
+        let ratio = report.late as f64 / (report.scheduled.max(1)) as f64;
+        out.push(Threshold::check("max-late-ratio", r, ratio));
+    }
+    out
+}
+
+/// 1 when a threshold was breached (each one named on stderr), else 0.
+fn exit_code(report: &Report) -> i32 {
+    let mut code = 0;
+    for t in report.thresholds.iter().filter(|t| !t.ok) {
+        let what = match t.name.as_str() {
+            "max-p99" => format!("{}ms: p99 was {:.3} ms", t.limit, t.value),
+            "max-error-ratio" => format!("{}: error ratio was {:.6}", t.limit, t.value),
+            _ => format!("{}: late ratio was {:.6}", t.limit, t.value),
+        };
+        eprintln!("ebbtide load: threshold breached: --{} {what}", t.name);
+        code = 1;
+    }
+    code
+}
+
+/// The scheduler thread: waits for each arrival's time and hands it then to the worker with the
+/// fewest requests outstanding. Dropping the senders at the end tells the workers to finish.
 fn schedule_loop(
-    run: Arc<Run>,
+    shared: Arc<Shared>,
     arrivals: Arrivals,
-    stop: Arc<AtomicBool>,
-    handle: tokio::runtime::Handle,
-    done: tokio::sync::mpsc::Sender<()>,
+    senders: Vec<tokio::sync::mpsc::UnboundedSender<Instant>>,
 ) {
     let mut oversleep = Oversleep::new();
-    // Scheduled counts are handed to the recorder in batches: one lock per arrival would make the
-    // recorder the scheduler's bottleneck at tens of thousands of requests per second.
-    let mut pending: Vec<usize> = Vec::with_capacity(64);
-    let flush = |pending: &mut Vec<usize>| {
-        if !pending.is_empty() {
-            let mut rec = run.recorder.lock().expect("recorder lock");
-            for s in pending.drain(..) {
-                rec.on_scheduled(s);
-            }
-        }
-    };
     for offset in arrivals {
-        let at = run.start + Duration::from_secs_f64(offset);
-        if pending.len() >= 64
-            || at.saturating_duration_since(Instant::now()) > Duration::from_millis(1)
-        {
-            flush(&mut pending);
-        }
+        let at = shared.start + Duration::from_secs_f64(offset);
         loop {
-            if stop.load(Ordering::SeqCst) {
-                flush(&mut pending);
+            if shared.stop.load(Ordering::Relaxed) {
                 return;
             }
             let left = at.saturating_duration_since(Instant::now());
@@ -368,100 +659,147 @@ fn schedule_loop(
                 // Long gaps (traces) in slices, so that ctrl-c is noticed.
                 std::thread::sleep(Duration::from_millis(100));
             } else {
-                oversleep.sleep_until(at);
+                sleep_until(&mut oversleep, at);
                 break;
             }
         }
-        pending.push(run.second_of(at));
-        handle.spawn(one_request(run.clone(), at, done.clone()));
+        let w = shared.pick_worker();
+        let _ = senders[w].send(at);
     }
-    flush(&mut pending);
 }
 
-/// One request, due at `at`: waits for a connection if all are busy, sends, reads the answer, and
-/// records the outcome with its latency from `at`.
-async fn one_request(run: Arc<Run>, at: Instant, _done: tokio::sync::mpsc::Sender<()>) {
-    // Set when sending begins: whether it was late, and that it happened at all.
-    let started = AtomicBool::new(false);
-    let late = AtomicBool::new(false);
-    let exchange = async {
-        let slot = match run.pool.try_slot() {
-            Some(s) => s,
-            None => run.pool.slot().await,
-        };
-        late.store(
-            Instant::now().saturating_duration_since(at) > run.late_after,
-            Ordering::Relaxed,
-        );
-        started.store(true, Ordering::Relaxed);
-        let result = run.pool.send(&run.template).await;
-        drop(slot);
-        result
-    };
-    let result = tokio::time::timeout_at((at + run.timeout).into(), exchange).await;
-    let now = Instant::now();
-    let outcome = match result {
-        Ok(Ok(answer)) => Outcome::Answered {
-            status: answer.status,
-            latency_us: now.saturating_duration_since(at).as_micros() as u64,
-            bytes: answer.bytes,
-        },
-        Ok(Err(kind)) => Outcome::Failed(kind),
-        Err(_) => Outcome::Failed(ErrorKind::Timeout),
-    };
-    let sent = started.load(Ordering::Relaxed);
-    let mut rec = run.recorder.lock().expect("recorder lock");
-    rec.sent += u64::from(sent);
-    // A request that timed out waiting for a connection was never sent, so it is late too.
-    rec.late += u64::from(!sent || late.load(Ordering::Relaxed));
-    rec.on_outcome(run.second_of(at), run.second_of(now), outcome);
-    let done_s = now.saturating_duration_since(run.start).as_secs_f64();
-    rec.last_done_s = rec.last_done_s.max(done_s);
+/// Sleeps until `at` without spinning. The kernel wakes this thread some tens of microseconds late
+/// (learnt by `oversleep`), so a sleep ends that much early; the last stretch is one more short
+/// sleep rather than yielding in a loop, which would take the core from the workers: at high rates
+/// the generator often has one core to itself. Arrivals are then handed over up to a few tens of
+/// microseconds after their time, in small batches, and that delay is in their measured latency.
+fn sleep_until(oversleep: &mut Oversleep, at: Instant) {
+    loop {
+        let now = Instant::now();
+        if now >= at {
+            return;
+        }
+        match oversleep.sleep_for(at, now) {
+            Some(d) => {
+                std::thread::sleep(d);
+                oversleep.observe(now, d, Instant::now());
+            }
+            None if at - now <= Duration::from_micros(10) => std::thread::yield_now(),
+            None => std::thread::sleep(Duration::from_micros(1)),
+        }
+    }
 }
 
-/// Prints `[ 12s] offered .. achieved .. p99 ..` over itself once a second while stdout is a TTY.
-async fn progress_line(run: Arc<Run>, finished: Arc<AtomicBool>) {
+/// The live view, once a second: on a terminal three lines redrawn in place (elapsed, offered and
+/// achieved rate, in flight, waiting, late; p50 and p99 of the last second, errors by class; a
+/// sparkline of the achieved rate), otherwise one plain line every 5 seconds.
+async fn progress_line(shared: Arc<Shared>, finished: Arc<AtomicBool>, tty: bool) {
+    const SPARKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     let (mut last_sched, mut last_ok) = (0u64, 0u64);
+    let mut history: Vec<f64> = Vec::new();
     let mut printed = false;
+    let mut secs = 0u64;
     while !finished.load(Ordering::SeqCst) {
         tick.tick().await;
-        let line = {
-            let mut rec = run.recorder.lock().expect("recorder lock");
-            let p99 = if rec.recent.is_empty() {
+        secs += 1;
+        let mut now = Recorder::new();
+        for r in &shared.recorders {
+            let mut r = r.lock().expect("recorder lock");
+            now.scheduled += r.scheduled;
+            now.ok += r.ok;
+            now.late += r.late;
+            for (k, v) in &r.errors {
+                *now.errors.entry(*k).or_default() += v;
+            }
+            let _ = now.recent.add(&r.recent);
+            r.recent.reset();
+        }
+        let q = |q: f64| {
+            if now.recent.is_empty() {
                 0.0
             } else {
-                rec.recent.value_at_quantile(0.99) as f64 / 1000.0
-            };
-            rec.recent.reset();
-            let line = format!(
-                "\r[{:>5}s] offered {:>8.1}/s  achieved {:>8.1}/s  p99 {:>9.3} ms  errors {}  late {}   ",
-                run.start.elapsed().as_secs(),
-                (rec.scheduled - last_sched) as f64,
-                (rec.ok - last_ok) as f64,
-                p99,
-                rec.error_count(),
-                rec.late
-            );
-            last_sched = rec.scheduled;
-            last_ok = rec.ok;
-            line
+                now.recent.value_at_quantile(q) as f64 / 1000.0
+            }
         };
+        let dispatched = shared.dispatched.load(Ordering::Relaxed);
+        let offered_total = if dispatched > 0 {
+            dispatched
+        } else {
+            now.scheduled
+        };
+        let offered = offered_total.saturating_sub(last_sched) as f64;
+        let achieved = (now.ok - last_ok) as f64;
+        last_sched = offered_total;
+        last_ok = now.ok;
+        history.push(achieved);
+        let in_flight = shared.in_flight();
+        let waiting = shared.outstanding().saturating_sub(in_flight);
+        let classes: Vec<String> = now
+            .errors
+            .iter()
+            .filter(|(_, v)| **v > 0)
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let errors = if classes.is_empty() {
+            "0".to_string()
+        } else {
+            format!("{} ({})", now.error_count(), classes.join(", "))
+        };
+        let head = format!(
+            "[{secs:>5}s] offered {:>9.1}/s  achieved {:>9.1}/s  in flight {:>5}  waiting {:>5}  late {}",
+            offered,
+            achieved,
+            in_flight,
+            waiting,
+            now.late
+        );
         let mut out = std::io::stdout().lock();
-        let _ = out.write_all(line.as_bytes());
+        if tty {
+            let top = history
+                .iter()
+                .rev()
+                .take(60)
+                .fold(0.0, |a: f64, b| a.max(*b));
+            let spark: String = history
+                .iter()
+                .rev()
+                .take(60)
+                .rev()
+                .map(|v| {
+                    let i = if top > 0.0 {
+                        (v / top * 7.0).round() as usize
+                    } else {
+                        0
+                    };
+                    SPARKS[i.min(7)]
+                })
+                .collect();
+            let text = format!(
+                "{}\x1b[2K{head}\n\x1b[2K         p50 {:>9.3} ms  p99 {:>9.3} ms  errors {errors}\n\x1b[2K         achieved {spark}\n",
+                if printed { "\x1b[3A" } else { "" },
+                q(0.5),
+                q(0.99),
+            );
+            let _ = out.write_all(text.as_bytes());
+        } else if secs.is_multiple_of(5) {
+            let _ = writeln!(
+                out,
+                "{head}  p50 {:.3} ms  p99 {:.3} ms  errors {errors}",
+                q(0.5),
+                q(0.99)
+            );
+        }
         let _ = out.flush();
         printed = true;
-    }
-    if printed {
-        println!();
     }
 }
 
 /// Polls `GET {admin}/api/v1/backends` once a second and records how many are active. A failing
 /// poll leaves that second without a count.
 async fn poll_admin(
-    run: Arc<Run>,
+    shared: Arc<Shared>,
     admin: String,
     token: Option<String>,
     finished: Arc<AtomicBool>,
@@ -477,8 +815,8 @@ async fn poll_admin(
             .iter()
             .filter(|b| b.state == ebbtide_balancer::api::BackendState::Active)
             .count() as u32;
-        let s = run.second_of(Instant::now());
-        run.recorder
+        let s = shared.second_of(Instant::now());
+        shared.recorders[0]
             .lock()
             .expect("recorder lock")
             .second(s)

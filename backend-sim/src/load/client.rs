@@ -1,17 +1,19 @@
-//! The HTTP/1.1 client side of the load generator: a pool of keep-alive connections, at most
-//! `--connections` of them busy at once, one request per connection at a time (no pipelining).
-//! Built on hyper's connection API so that every connection and its failures are in plain view.
+//! The HTTP client side of the load generator: one connection per engine loop, one request at a
+//! time on it (no pipelining). Built on hyper's connection API so that every connection and its
+//! failures are in plain view.
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Uri};
+use http::{HeaderMap, HeaderValue, Method, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::http2;
 use hyper_util::rt::TokioIo;
+use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use std::rc::Rc;
 
+use super::raw::RawConn;
 use super::report::ErrorKind;
+use super::requests::Outgoing;
 
 /// Where requests go, parsed once.
 #[derive(Debug, Clone)]
@@ -75,18 +77,6 @@ pub struct RequestTemplate {
     pub body: Bytes,
 }
 
-/// Keep-alive connections to one target, at most `slots` in use at once.
-pub struct Pool {
-    target: Target,
-    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
-    slots: Semaphore,
-}
-
-/// A request's right to use one connection; returned to the pool on drop.
-pub struct Slot<'a> {
-    _permit: SemaphorePermit<'a>,
-}
-
 /// A successful exchange.
 pub struct Answer {
     /// The status code.
@@ -95,77 +85,155 @@ pub struct Answer {
     pub bytes: u64,
 }
 
-impl Pool {
-    /// A pool for `target` with room for `connections` requests in flight.
-    pub fn new(target: Target, connections: usize) -> Pool {
-        Pool {
-            target,
-            idle: Mutex::new(Vec::new()),
-            slots: Semaphore::new(connections.max(1)),
+/// An HTTP/2 connection (h2c, prior knowledge) shared by the loops of its streams: opened by the
+/// first loop that needs it, reopened after it closed.
+pub(crate) struct H2Conn {
+    addr: SocketAddr,
+    sender: RefCell<Option<http2::SendRequest<Full<Bytes>>>>,
+    opening: tokio::sync::Mutex<()>,
+}
+
+impl H2Conn {
+    /// A connection to `addr`, not opened yet.
+    pub(crate) fn new(addr: SocketAddr) -> H2Conn {
+        H2Conn {
+            addr,
+            sender: RefCell::new(None),
+            opening: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// A connection slot at once, if one is free.
-    pub fn try_slot(&self) -> Option<Slot<'_>> {
-        self.slots.try_acquire().ok().map(|p| Slot { _permit: p })
+    fn current(&self) -> Option<http2::SendRequest<Full<Bytes>>> {
+        self.sender
+            .borrow()
+            .as_ref()
+            .filter(|s| !s.is_closed())
+            .cloned()
     }
 
-    /// A connection slot, waiting in FIFO order for one to free up.
-    pub async fn slot(&self) -> Slot<'_> {
-        Slot {
-            _permit: self.slots.acquire().await.expect("never closed"),
+    /// A handle to send a stream on, opening the connection if needed (once, whoever asks).
+    async fn handle(&self) -> Result<http2::SendRequest<Full<Bytes>>, ErrorKind> {
+        if let Some(s) = self.current() {
+            return Ok(s);
         }
-    }
-
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ErrorKind> {
-        let stream = tokio::net::TcpStream::connect(self.target.addr)
+        let _opening = self.opening.lock().await;
+        if let Some(s) = self.current() {
+            return Ok(s);
+        }
+        let stream = tokio::net::TcpStream::connect(self.addr)
             .await
             .map_err(|_| ErrorKind::Connect)?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (sender, conn) = http2::Builder::new(LocalExec)
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(|_| ErrorKind::Connect)?;
-        tokio::spawn(async move {
+        tokio::task::spawn_local(async move {
             let _ = conn.await;
         });
+        *self.sender.borrow_mut() = Some(sender.clone());
         Ok(sender)
     }
 
-    /// A ready connection: an idle one if any is still open, else a new one.
-    async fn checkout(&self) -> Result<SendRequest<Full<Bytes>>, ErrorKind> {
-        loop {
-            let idle = self.idle.lock().expect("pool lock").pop();
-            match idle {
-                Some(mut s) => {
-                    if s.is_closed() {
-                        continue;
-                    }
-                    if s.ready().await.is_ok() {
-                        return Ok(s);
-                    }
-                }
-                None => {
-                    let mut s = self.connect().await?;
-                    s.ready().await.map_err(|_| ErrorKind::Connect)?;
-                    return Ok(s);
-                }
-            }
+    fn reset(&self) {
+        self.sender.borrow_mut().take();
+    }
+}
+
+/// Spawns hyper's HTTP/2 background tasks on the worker's own thread.
+#[derive(Clone, Copy)]
+struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: std::future::Future + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}
+
+/// What a loop sends on.
+enum Link {
+    /// Its own HTTP/1.1 connection, spoken directly on the socket.
+    H1(RawConn),
+    /// A stream of a shared HTTP/2 connection.
+    H2(Rc<H2Conn>),
+}
+
+/// One engine loop's way to the target: its own HTTP/1.1 connection (opened on first use,
+/// reopened after it broke, one request at a time, no pipelining) or one stream at a time on a
+/// shared HTTP/2 connection.
+pub(crate) struct Conn {
+    link: Link,
+}
+
+impl Conn {
+    /// An HTTP/1.1 connection to `addr`, not opened yet; with `keepalive` false each request gets
+    /// its own.
+    pub(crate) fn h1(addr: SocketAddr, keepalive: bool) -> Conn {
+        Conn {
+            link: Link::H1(RawConn::new(addr, keepalive)),
         }
     }
 
-    /// Sends one request on a connection of the pool (the caller holds a slot) and reads the whole
-    /// answer, counting its body without keeping it.
-    pub async fn send(&self, template: &RequestTemplate) -> Result<Answer, ErrorKind> {
-        let mut sender = self.checkout().await?;
-        let mut req = Request::builder()
-            .method(template.method.clone())
-            .uri(self.target.path.clone())
-            .body(Full::new(template.body.clone()))
-            .map_err(|_| ErrorKind::Other)?;
-        let headers = req.headers_mut();
-        headers.insert(http::header::HOST, self.target.host.clone());
-        for (k, v) in &template.headers {
-            headers.insert(k.clone(), v.clone());
+    /// Streams on the shared HTTP/2 connection `h2`.
+    pub(crate) fn h2(h2: Rc<H2Conn>) -> Conn {
+        Conn { link: Link::H2(h2) }
+    }
+
+    /// Opens the connection if it is not open.
+    pub(crate) async fn open(&mut self) -> Result<(), ErrorKind> {
+        match &mut self.link {
+            Link::H2(h2) => h2.handle().await.map(|_| ()),
+            Link::H1(c) => c.open().await,
+        }
+    }
+
+    /// Forgets the connection (after a timeout left it mid-exchange). An HTTP/2 connection
+    /// stays: only the stream was abandoned.
+    pub(crate) fn reset(&mut self) {
+        if let Link::H1(c) = &mut self.link {
+            c.reset();
+        }
+    }
+
+    /// Sends `req` and reads the whole answer, counting its body without keeping it. The caller
+    /// bounds the time; a connection left mid-exchange must be [`Conn::reset`].
+    pub(crate) async fn send(&mut self, req: &Outgoing) -> Result<Answer, ErrorKind> {
+        let h2 = match &mut self.link {
+            Link::H1(c) => {
+                let reply = c.send(req).await?;
+                return Ok(Answer {
+                    status: reply.status,
+                    bytes: reply.bytes,
+                });
+            }
+            Link::H2(h2) => h2.clone(),
+        };
+        let mut req = req.to_request();
+        // HTTP/2 carries the host in :authority, from an absolute URI.
+        if let Some(host) = req.headers_mut().remove(http::header::HOST) {
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/")
+                .to_string();
+            if let Ok(uri) = Uri::builder()
+                .scheme("http")
+                .authority(host.as_bytes())
+                .path_and_query(pq)
+                .build()
+            {
+                *req.uri_mut() = uri;
+            }
+        }
+        *req.version_mut() = http::Version::HTTP_2;
+        let mut sender = h2.handle().await?;
+        if sender.ready().await.is_err() {
+            h2.reset();
+            return Err(ErrorKind::Other);
         }
         let resp = sender
             .send_request(req)
@@ -179,9 +247,6 @@ impl Pool {
             if let Some(d) = frame.data_ref() {
                 bytes += d.len() as u64;
             }
-        }
-        if !sender.is_closed() {
-            self.idle.lock().expect("pool lock").push(sender);
         }
         Ok(Answer { status, bytes })
     }

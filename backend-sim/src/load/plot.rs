@@ -14,7 +14,7 @@ const TOP1: f64 = 50.0;
 const TOP2: f64 = 350.0;
 
 /// A round axis maximum and tick step at or above `max`.
-fn nice_axis(max: f64) -> (f64, f64) {
+pub(crate) fn nice_axis(max: f64) -> (f64, f64) {
     let max = if max.is_finite() && max > 0.0 {
         max
     } else {
@@ -30,7 +30,7 @@ fn nice_axis(max: f64) -> (f64, f64) {
     ((max / step).ceil() * step, step)
 }
 
-fn fmt_num(v: f64) -> String {
+pub(crate) fn fmt_num(v: f64) -> String {
     if v == v.round() {
         format!("{}", v as i64)
     } else if v >= 1.0 {
@@ -40,7 +40,8 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
-fn escape(s: &str) -> String {
+/// `s` with the XML special characters escaped.
+pub(crate) fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

@@ -59,6 +59,8 @@ pub struct Recorder {
     pub latency: Histogram<u64>,
     /// Latency since the last progress line, for its live p99.
     pub recent: Histogram<u64>,
+    /// Latency since the last `--hdr-log` interval, at full precision.
+    pub interval: Histogram<u64>,
     /// Requests scheduled.
     pub scheduled: u64,
     /// Requests for which sending began (a connection was had).
@@ -81,7 +83,8 @@ pub struct Recorder {
     pub last_done_s: f64,
 }
 
-fn new_histogram(sigfig: u8) -> Histogram<u64> {
+/// An auto-resizing histogram of microseconds with `sigfig` significant digits.
+pub(crate) fn new_histogram(sigfig: u8) -> Histogram<u64> {
     let mut h = Histogram::new(sigfig).expect("valid sigfig");
     h.auto(true);
     h
@@ -103,6 +106,7 @@ impl Recorder {
         Recorder {
             latency: new_histogram(3),
             recent: new_histogram(2),
+            interval: new_histogram(3),
             scheduled: 0,
             sent: 0,
             completed: 0,
@@ -146,6 +150,7 @@ impl Recorder {
                     let v = latency_us.max(1);
                     let _ = self.latency.record(v);
                     let _ = self.recent.record(v);
+                    let _ = self.interval.record(v);
                     self.second(now_s).achieved += 1;
                     let _ = self
                         .second(scheduled_s)
@@ -164,6 +169,39 @@ impl Recorder {
         };
         *self.errors.entry(kind_name(kind)).or_default() += 1;
         self.second(now_s).errors += 1;
+    }
+
+    /// Adds everything `other` recorded to this recorder (the workers' recorders at the end of a
+    /// run, or the runs of several generators).
+    pub fn merge(&mut self, other: &Recorder) {
+        let _ = self.latency.add(&other.latency);
+        let _ = self.recent.add(&other.recent);
+        let _ = self.interval.add(&other.interval);
+        self.scheduled += other.scheduled;
+        self.sent += other.sent;
+        self.completed += other.completed;
+        self.ok += other.ok;
+        self.late += other.late;
+        self.bytes += other.bytes;
+        for (k, v) in &other.errors {
+            *self.errors.entry(*k).or_default() += v;
+        }
+        for (k, v) in &other.statuses {
+            *self.statuses.entry(*k).or_default() += v;
+        }
+        for (i, o) in other.seconds.iter().enumerate() {
+            let s = self.second(i);
+            s.offered += o.offered;
+            s.achieved += o.achieved;
+            s.errors += o.errors;
+            if let Some(h) = &o.latency {
+                let _ = s.latency.get_or_insert_with(|| new_histogram(2)).add(h);
+            }
+            if o.backends.is_some() {
+                s.backends = s.backends.max(o.backends);
+            }
+        }
+        self.last_done_s = self.last_done_s.max(other.last_done_s);
     }
 
     /// All errors of every kind.
@@ -224,6 +262,20 @@ impl LatencyMs {
     }
 }
 
+/// The latency at one percentile.
+#[derive(Debug, Clone, Serialize)]
+pub struct PercentilePoint {
+    /// The percentile, 0 to 100.
+    pub percentile: f64,
+    /// Latency in milliseconds.
+    pub ms: f64,
+}
+
+/// The percentiles of the report's table and spectrum.
+const PERCENTILES: [f64; 13] = [
+    0.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0,
+];
+
 /// One second of the series.
 #[derive(Debug, Clone, Serialize)]
 pub struct SeriesPoint {
@@ -250,6 +302,16 @@ pub struct Report {
     pub target: String,
     /// Method used.
     pub method: String,
+    /// `open` (requests at scheduled times) or `closed` (back to back on each connection).
+    pub mode: String,
+    /// Connections of the engine (open loop: the most it could open); 0 when not a live run.
+    pub connections: usize,
+    /// Worker threads of the engine; 0 when not a live run.
+    pub threads: usize,
+    /// `http/1.1` or `h2c`; empty when not a live run.
+    pub protocol: String,
+    /// Concurrent requests per connection (HTTP/2 streams; 1 for HTTP/1.1).
+    pub streams: usize,
     /// How the arrivals were made: the profile or the trace.
     pub schedule: String,
     /// Poisson or uniform (rate profiles only).
@@ -282,12 +344,41 @@ pub struct Report {
     pub bytes_received: u64,
     /// Latency of successful requests, from the scheduled send time.
     pub latency_ms: LatencyMs,
+    /// The latency distribution: milliseconds at each percentile from 0 (min) to 100 (max).
+    pub percentiles: Vec<PercentilePoint>,
     /// Errors by kind: connect, timeout, status_5xx, status_4xx, other.
     pub errors_by_kind: BTreeMap<String, u64>,
     /// Answers by status code.
     pub status_codes: BTreeMap<String, u64>,
     /// Per second.
     pub series: Vec<SeriesPoint>,
+    /// The thresholds given (`--max-p99`, `--max-error-ratio`, ...) and whether each held.
+    pub thresholds: Vec<Threshold>,
+}
+
+/// One pass/fail limit of a run, as k6's thresholds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Threshold {
+    /// The option's name, e.g. `max-p99`.
+    pub name: String,
+    /// The limit (milliseconds for latencies, a ratio otherwise).
+    pub limit: f64,
+    /// What the run measured, in the same unit.
+    pub value: f64,
+    /// Whether the value stayed at or under the limit.
+    pub ok: bool,
+}
+
+impl Threshold {
+    /// A limit checked against a value.
+    pub fn check(name: &str, limit: f64, value: f64) -> Threshold {
+        Threshold {
+            name: name.to_string(),
+            limit,
+            value,
+            ok: value <= limit,
+        }
+    }
 }
 
 /// What the report needs besides the recorder.
@@ -335,6 +426,11 @@ impl Report {
         Report {
             target: info.target,
             method: info.method,
+            mode: "open".into(),
+            connections: 0,
+            threads: 0,
+            protocol: String::new(),
+            streams: 0,
             schedule: info.schedule,
             arrivals: info.arrivals,
             duration_s: info.duration_s,
@@ -359,6 +455,17 @@ impl Report {
             achieved_rate: rec.ok as f64 / info.duration_s.max(info.elapsed_s).max(1e-9),
             bytes_received: rec.bytes,
             latency_ms: LatencyMs::of(&rec.latency),
+            percentiles: if rec.latency.is_empty() {
+                Vec::new()
+            } else {
+                PERCENTILES
+                    .iter()
+                    .map(|p| PercentilePoint {
+                        percentile: *p,
+                        ms: rec.latency.value_at_quantile(p / 100.0) as f64 / 1000.0,
+                    })
+                    .collect()
+            },
             errors_by_kind: rec
                 .errors
                 .iter()
@@ -370,6 +477,7 @@ impl Report {
                 .map(|(k, v)| (k.to_string(), *v))
                 .collect(),
             series,
+            thresholds: Vec::new(),
         }
     }
 
@@ -403,6 +511,21 @@ impl Report {
             "schedule      {} ({} arrivals), {:.1}s",
             self.schedule, self.arrivals, self.duration_s
         );
+        if self.connections > 0 {
+            let _ = writeln!(
+                out,
+                "engine        {} loop, {}, {} connections{} on {} threads",
+                self.mode,
+                self.protocol,
+                self.connections,
+                if self.streams > 1 {
+                    format!(" x {} streams", self.streams)
+                } else {
+                    String::new()
+                },
+                self.threads
+            );
+        }
         let _ = writeln!(
             out,
             "requests      scheduled {}  sent {}  completed {}  ok {}  late {}",

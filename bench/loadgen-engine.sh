@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# The load generator's engine beside wrk (and h2load): one core for the generator (taskset -c 0),
+# a trivial `ebbtide backend` on the other (taskset -c 1). Everything on 127.0.0.1, every run
+# bounded in time, everything started here is stopped at the end. About 3 minutes by default.
+#
+#   1. closed loop: wrk -t1 -cN vs `ebbtide load --closed --connections N --threads 1`, interleaved;
+#   2. open loop: the highest rate `ebbtide load` sustains with < 1% late (and >= 98% achieved),
+#      stepping up in fractions of wrk's closed-loop maximum;
+#   3. exactness: at half that rate against a constant 10 ms backend, p50 and p99 vs 10 ms;
+#   4. HTTP/2 (h2c, 100 streams on 1 connection): h2load vs `ebbtide load --h2 --closed`.
+#
+#   bench/loadgen-engine.sh                      # defaults
+#   CONNS="16 64" DUR=5 ROUNDS=2 bench/loadgen-engine.sh
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+CONNS=${CONNS:-"64"}
+DUR=${DUR:-5}
+ROUNDS=${ROUNDS:-2}
+FRACTIONS=${FRACTIONS:-"0.2 0.3 0.35 0.4 0.45 0.5 0.6 0.7 0.8 0.9 1.0"}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+BIN="$TARGET_DIR/release/ebbtide"
+WORK=$(mktemp -d)
+
+for tool in wrk h2load; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        echo "installing wrk and nghttp2-client (h2load)..." >&2
+        (apt-get update -qq && apt-get install -y -qq wrk nghttp2-client) >/dev/null 2>&1 ||
+            echo "warning: could not install $tool; its rows will be empty" >&2
+        break
+    fi
+done
+
+cargo build --release -q -p ebbtide 2>/dev/null || cargo build --release -p ebbtide
+
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# start_backend NAME ARGS...: an `ebbtide backend` on core 1; sets ADDR.
+start_backend() {
+    local name=$1
+    shift
+    taskset -c 1 "$BIN" backend --listen 127.0.0.1:0 "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+    PIDS+=($!)
+    for _ in $(seq 100); do
+        grep -q '^listening on ' "$WORK/$name.out" 2>/dev/null && break
+        sleep 0.1
+    done
+    ADDR=$(sed -n 's/^listening on //p' "$WORK/$name.out" | head -1)
+    [ -n "$ADDR" ] || { echo "backend $name did not start" >&2; cat "$WORK/$name.err" >&2; exit 1; }
+}
+
+jnum() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval('d'+sys.argv[2]))" "$1" "$2"; }
+
+start_backend fast --service-time const:0ms --workers 10000
+FAST="http://$ADDR/"
+start_backend slow --service-time const:10ms --workers 100000
+SLOW="http://$ADDR/"
+
+echo "# ebbtide load engine vs wrk / h2load"
+echo
+echo "$(date -u '+%Y-%m-%d %H:%M:%S UTC'); $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "generator on core 0 (taskset -c 0), backend \`ebbtide backend --service-time const:0ms\` on core 1; ${DUR}s per run"
+echo
+echo "## Closed loop (req/s; ratio = ebbtide / wrk)"
+echo
+echo "| connections | round | wrk -t1 | ebbtide load --closed --threads 1 | ratio | ebbtide p50 ms | ebbtide p99 ms |"
+echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+WRK_BEST=0
+for C in $CONNS; do
+    for R in $(seq "$ROUNDS"); do
+        W=$(taskset -c 0 wrk -t1 -c"$C" -d"${DUR}s" "$FAST" 2>/dev/null | awk '/Requests\/sec/ { print $2 }')
+        W=${W:-0}
+        taskset -c 0 "$BIN" load --target "$FAST" --closed --connections "$C" --threads 1 \
+            --duration "${DUR}s" --quiet --json "$WORK/closed.json" || true
+        E=$(jnum "$WORK/closed.json" "['achieved_rate']")
+        P50=$(jnum "$WORK/closed.json" "['latency_ms']['p50']")
+        P99=$(jnum "$WORK/closed.json" "['latency_ms']['p99']")
+        printf '| %s | %s | %.0f | %.0f | %.2f | %s | %s |\n' "$C" "$R" "$W" "$E" \
+            "$(awk -v e="$E" -v w="$W" 'BEGIN { print (w > 0) ? e / w : 0 }')" "$P50" "$P99"
+        WRK_BEST=$(awk -v a="$WRK_BEST" -v b="$W" 'BEGIN { print (b > a) ? b : a }')
+    done
+done
+
+echo
+echo "## Open loop: highest rate with < 1% late and >= 98% achieved (Poisson arrivals, --threads 1)"
+echo
+echo "| offered req/s | achieved | late % | errors | p50 ms | p99 ms | ok |"
+echo "| ---: | ---: | ---: | ---: | ---: | ---: | :-: |"
+BEST=0
+for F in $FRACTIONS; do
+    RATE=$(awk -v f="$F" -v w="$WRK_BEST" 'BEGIN { printf "%d", f * w }')
+    [ "$RATE" -gt 0 ] || break
+    taskset -c 0 "$BIN" load --target "$FAST" --rate "$RATE" --duration "${DUR}s" --threads 1 \
+        --timeout 5s --quiet --json "$WORK/open.json" || true
+    read -r SCHED ACH OFF LATE ERR P50 P99 < <(python3 - "$WORK/open.json" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+print(d["scheduled"], d["achieved_rate"], d["offered_rate"], d["late"], d["errors"],
+      d["latency_ms"]["p50"], d["latency_ms"]["p99"])
+EOF
+)
+    OK=$(awk -v a="$ACH" -v r="$OFF" -v l="$LATE" -v s="$SCHED" -v e="$ERR" \
+        'BEGIN { print (a >= 0.98 * r && l < 0.01 * s && e == 0) ? "yes" : "no" }')
+    printf '| %s | %.0f | %.2f | %s | %s | %s | %s |\n' "$RATE" "$ACH" \
+        "$(awk -v l="$LATE" -v s="$SCHED" 'BEGIN { print 100 * l / s }')" "$ERR" "$P50" "$P99" "$OK"
+    if [ "$OK" = yes ]; then BEST=$RATE; else break; fi
+done
+echo
+printf 'open loop sustains %s req/s = %.2f x wrk -t1 closed-loop best (%.0f req/s)\n' "$BEST" \
+    "$(awk -v b="$BEST" -v w="$WRK_BEST" 'BEGIN { print (w > 0) ? b / w : 0 }')" "$WRK_BEST"
+
+echo
+echo "## Exactness: half that rate against \`--service-time const:10ms\` (truth: 10 ms)"
+echo
+HALF=$(( BEST / 2 ))
+[ "$HALF" -gt 0 ] || HALF=1000
+taskset -c 0 "$BIN" load --target "$SLOW" --rate "$HALF" --duration "${DUR}s" --threads 1 \
+    --quiet --json "$WORK/exact.json" || true
+python3 - "$WORK/exact.json" "$HALF" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+l = d["latency_ms"]
+print("| rate | p50 ms | p50 error | p99 ms | p99 error | late % |")
+print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+print(f"| {sys.argv[2]} | {l['p50']:.3f} | {100 * (l['p50'] - 10) / 10:+.1f}% | {l['p99']:.3f} "
+      f"| {100 * (l['p99'] - 10) / 10:+.1f}% | {100 * d['late'] / max(d['scheduled'], 1):.2f} |")
+EOF
+
+echo
+echo "## HTTP/2 (h2c, 1 connection x 100 streams, closed loop)"
+echo
+echo "| round | h2load -t1 -c1 -m100 | ebbtide load --h2 --closed | ratio |"
+echo "| ---: | ---: | ---: | ---: |"
+for R in $(seq "$ROUNDS"); do
+    H=$(taskset -c 0 h2load -t1 -c1 -m100 -D "$DUR" "$FAST" 2>/dev/null |
+        awk '/^finished in/ { gsub(",", ""); for (i = 1; i <= NF; i++) if ($i == "req/s") print $(i-1) }')
+    H=${H:-0}
+    taskset -c 0 "$BIN" load --target "$FAST" --h2 --closed --connections 1 --streams 100 \
+        --threads 1 --duration "${DUR}s" --quiet --json "$WORK/h2.json" || true
+    E=$(jnum "$WORK/h2.json" "['achieved_rate']")
+    printf '| %s | %.0f | %.0f | %.2f |\n' "$R" "$H" "$E" \
+        "$(awk -v e="$E" -v h="$H" 'BEGIN { print (h > 0) ? e / h : 0 }')"
+done
+echo
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
