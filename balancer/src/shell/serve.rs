@@ -86,10 +86,11 @@ fn outlier_config(cfg: &Config) -> crate::outlier::OutlierConfig {
 /// Applies on reload: `[balancer]` (policy, choices, seed, utilisation_target, hash_key,
 /// ewma_decay), `[upstream] response_timeout`, `[overload] max_queue` and `queue_timeout`,
 /// `[health]` interval, timeout, rise, fall and path (while checks stay on), `[outlier]`,
-/// `[retries]`, `[idempotency] enabled` and `max_body`. `[simulation]` is not used by
-/// `ebbtide serve`. The rest needs a restart.
+/// `[retries]`, `[idempotency] enabled` and `max_body`, `[listener]` request_buffer,
+/// body_read_timeout, min_body_rate and max_uri_bytes (read per request from the proxy's
+/// settings). `[simulation]` is not used by `ebbtide serve`. The rest needs a restart.
 pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
-    use ebbtide_config::{Health, Idempotency, Overload, Upstream};
+    use ebbtide_config::{Health, Idempotency, Listener, Overload, Upstream};
     let Config {
         listener,
         admin,
@@ -108,6 +109,20 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         autoscaler,
         simulation: _,
     } = new;
+    // The listener socket, hyper's connection builder and the accept loop are set up with
+    // these once, at start.
+    let Listener {
+        address,
+        header_read_timeout,
+        request_buffer: _,
+        body_read_timeout: _,
+        min_body_rate: _,
+        max_header_bytes,
+        max_headers,
+        max_uri_bytes: _,
+        max_connections_per_client,
+        max_streams_per_connection,
+    } = listener;
     let Upstream {
         connect_timeout,
         response_timeout: _,
@@ -132,9 +147,31 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         max_body: _,
         max_entries,
     } = idempotency;
-    let (r, ru, ri) = (running, &running.upstream, &running.idempotency);
+    let (r, rl, ru, ri) = (
+        running,
+        &running.listener,
+        &running.upstream,
+        &running.idempotency,
+    );
     [
-        (*listener != r.listener, "[listener]"),
+        (*address != rl.address, "[listener] address"),
+        (
+            *header_read_timeout != rl.header_read_timeout,
+            "[listener] header_read_timeout",
+        ),
+        (
+            *max_header_bytes != rl.max_header_bytes,
+            "[listener] max_header_bytes",
+        ),
+        (*max_headers != rl.max_headers, "[listener] max_headers"),
+        (
+            *max_connections_per_client != rl.max_connections_per_client,
+            "[listener] max_connections_per_client",
+        ),
+        (
+            *max_streams_per_connection != rl.max_streams_per_connection,
+            "[listener] max_streams_per_connection",
+        ),
         (*admin != r.admin, "[admin]"),
         (*runtime != r.runtime, "[runtime]"),
         // The connection pool of each backend is built with these.
@@ -699,6 +736,12 @@ mod tests {
              [idempotency]\nenabled = false\nmax_body = 3\n\
              [simulation]\n",
         );
+        let mut live = live;
+        // The request-body and URI limits are read per request from the proxy's settings.
+        live.listener.request_buffer = 3;
+        live.listener.body_read_timeout = ebbtide_config::time::HumanDuration::from_secs(3);
+        live.listener.min_body_rate = 3;
+        live.listener.max_uri_bytes = 3000;
         assert_eq!(restart_needed(&running, &live), Vec::<&str>::new());
     }
 
@@ -742,7 +785,7 @@ mod tests {
         }
         let mut other = running.clone();
         other.listener.address = "127.0.0.1:3".into();
-        assert_eq!(restart_needed(&running, &other), ["[listener]"]);
+        assert_eq!(restart_needed(&running, &other), ["[listener] address"]);
         let mut other = running.clone();
         other.admin.token = Some("t".into());
         assert_eq!(restart_needed(&running, &other), ["[admin]"]);
@@ -754,7 +797,7 @@ mod tests {
         scaled.listener.header_read_timeout = ebbtide_config::time::HumanDuration::from_secs(3);
         assert_eq!(
             restart_needed(&running, &scaled),
-            ["[listener]", "[signals]", "[provider]"]
+            ["[listener] header_read_timeout", "[signals]", "[provider]"]
         );
     }
 
