@@ -370,3 +370,23 @@ async fn h2c_is_not_tunnelled_other_protocols_get_501_and_a_refusing_backend_is_
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(in_flight(lb.admin, plain.addr).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_open_sockets_going_away_and_exits_0() {
+    let b = sim_backend(&["--websocket"]).await;
+    let mut lb = start_ebbtide(&base_config(&backends_toml(&[b.addr], None)));
+    let (mut ws, _) = connect(lb.addr).await;
+    assert_eq!(echo(&mut ws, Message::text("x")).await, Message::text("x"));
+    sigterm(lb.child.id());
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(close.unwrap().code, CloseCode::Away);
+    drop(ws);
+    let exit = lb.child.wait().unwrap();
+    assert!(exit.success(), "exit status {exit}");
+}
