@@ -308,6 +308,20 @@ async fn an_idle_tunnel_is_closed_after_tunnel_idle_timeout() {
             .then_some(())
     })
     .await;
+    // The socket lived over 2 s; none of that is latency: only its handshake was a request,
+    // and the backend's latency estimate took nothing from it.
+    let lived = start.elapsed();
+    let signals = admin_signals(lb.admin).await;
+    assert_eq!(signals.completions, 1, "{signals:?}");
+    assert!(
+        signals.latency_ms.p99 < lived.as_millis() as f64 / 2.0,
+        "the tunnel's {lived:?} counted as latency: {signals:?}"
+    );
+    let backend = admin_backends(lb.admin).await;
+    assert!(
+        backend[0].ewma_latency_ms < lived.as_millis() as f64 / 2.0,
+        "{backend:?}"
+    );
 }
 
 /// Sends `raw` on a new connection and returns the response head.
