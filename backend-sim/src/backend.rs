@@ -9,6 +9,7 @@
 //! (`x-service-ms`). `GET /echo` answers with the request as JSON.
 
 mod body;
+mod websocket;
 
 pub use body::SimBody;
 
@@ -59,6 +60,7 @@ PATHS:
   /echo      the request as JSON {method, path, query, headers, body_len, backend}
   any other  the simulated work; query ?size=BYTES sets the response size, ?service=DURATION
              overrides the service time, ?status=CODE forces the status
+  With --websocket, a WebSocket handshake (Upgrade: websocket) on any path opens an echo socket.
 
 Prints `listening on ADDR` to stdout as soon as the port is bound (before the boot delay) and
 `ready on ADDR` once booted. Every answer carries x-backend-id, x-queue-ms and x-service-ms.")]
@@ -139,6 +141,10 @@ pub struct BackendArgs {
     /// Longest wait for in-flight requests after SIGTERM or ctrl-c.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+
+    /// Accept WebSocket upgrades (`Upgrade: websocket`, any path) and echo every message back.
+    #[arg(long)]
+    pub websocket: bool,
 }
 
 /// Shared state of one backend: counters for `/metrics` and the knobs every request reads.
@@ -166,6 +172,8 @@ struct State {
     served: AtomicU64,
     /// Sleep mode: when each worker is next free (a min-heap with one entry per worker).
     free_at: Mutex<BinaryHeap<std::cmp::Reverse<Instant>>>,
+    /// WebSockets open now (`--websocket`).
+    websockets: Arc<AtomicU64>,
 }
 
 /// Runs the backend until SIGTERM or ctrl-c.
@@ -223,6 +231,7 @@ pub async fn run(args: BackendArgs) -> Result<(), String> {
                 .map(|_| std::cmp::Reverse(Instant::now()))
                 .collect(),
         ),
+        websockets: Arc::new(AtomicU64::new(0)),
         args,
     });
     if !boot.is_zero() && state.args.boot_style == BootStyle::Refuse {
@@ -302,7 +311,7 @@ pub async fn run(args: BackendArgs) -> Result<(), String> {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
@@ -377,6 +386,9 @@ async fn handle(
 ) -> Result<Response<SimBody>, Infallible> {
     if state.hung.load(Ordering::SeqCst) {
         return std::future::pending().await;
+    }
+    if state.args.websocket && websocket::is_upgrade(&req) {
+        return Ok(websocket::accept(&state.id, req, state.websockets.clone()));
     }
     match req.uri().path() {
         "/healthz" => {
@@ -747,6 +759,12 @@ fn render_metrics(state: &State) -> String {
         "gauge",
         "Requests holding a worker now.",
         &gauge(state.in_service.load(Ordering::SeqCst)),
+    );
+    metric(
+        "ebbtide_backend_websockets_open",
+        "gauge",
+        "WebSockets open now (--websocket).",
+        &gauge(state.websockets.load(Ordering::SeqCst) as usize),
     );
     metric(
         "ebbtide_backend_queue_depth",

@@ -281,6 +281,10 @@ pub struct Upstream {
     pub idle_timeout: HumanDuration,
     /// At most this many idle pooled connections are kept per backend.
     pub max_idle_per_backend: usize,
+    /// An upgraded connection (WebSocket) with no bytes either way for this long is closed
+    /// (HAProxy's `timeout tunnel`, whose usual setting is 1h). The response timeout bounds
+    /// only the upgrade handshake.
+    pub tunnel_idle_timeout: HumanDuration,
 }
 
 impl Default for Upstream {
@@ -290,6 +294,7 @@ impl Default for Upstream {
             response_timeout: HumanDuration::from_secs(30),
             idle_timeout: HumanDuration::from_secs(90),
             max_idle_per_backend: 64,
+            tunnel_idle_timeout: HumanDuration::from_secs(3600),
         }
     }
 }

@@ -776,6 +776,7 @@ fn check_upstream_timeouts(cfg: &Config, out: &mut Problems) {
     positive("upstream.connect_timeout", u.connect_timeout.0, out);
     positive("upstream.response_timeout", u.response_timeout.0, out);
     positive("upstream.idle_timeout", u.idle_timeout.0, out);
+    positive("upstream.tunnel_idle_timeout", u.tunnel_idle_timeout.0, out);
 }
 
 fn check_overload_queue_timeout(cfg: &Config, out: &mut Problems) {

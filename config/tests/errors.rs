@@ -383,6 +383,7 @@ fn timeouts_must_be_positive() {
         ("upstream", "connect_timeout"),
         ("upstream", "response_timeout"),
         ("upstream", "idle_timeout"),
+        ("upstream", "tunnel_idle_timeout"),
         ("balancer", "ewma_decay"),
     ];
     for (section, key) in keys {

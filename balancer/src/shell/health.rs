@@ -151,7 +151,8 @@ pub fn reinstate_expired(proxy: &Proxy, active_checks: bool, now: Nanos) {
 
 /// Drains a backend the caller has moved to `draining` (with [`Event::LeaseExpired`],
 /// [`Event::AdminDelete`] or [`Event::ProviderDrain`]), so no new request goes to it: in-flight
-/// ones get up to `timeout` to finish; then it is removed and its idle connections closed.
+/// ones get up to `timeout` to finish; then it is removed, its idle connections closed, and its
+/// open tunnels (WebSockets, which count as in flight) closed.
 /// Returns how many requests were still in flight when it was removed (0 = a clean drain).
 pub async fn drain(proxy: Arc<Proxy>, backend: Arc<Backend>, timeout: Duration) -> u32 {
     debug_assert_eq!(backend.state(), BackendState::Draining);
@@ -163,6 +164,9 @@ pub async fn drain(proxy: Arc<Proxy>, backend: Arc<Backend>, timeout: Duration) 
     let left = backend.in_flight();
     proxy.registry.remove(backend.id);
     backend.pool.close_idle();
+    // Tunnels never finish by themselves: they are closed now (with a WebSocket close frame
+    // where one can go in).
+    backend.tunnels.close_all();
     if left > 0 {
         tracing::warn!(backend = %backend.address, left, "drain timeout: removed with requests in flight");
     } else {

@@ -77,6 +77,31 @@ fn render_proxy(proxy: &Proxy, out: &mut String) {
         );
     }
 
+    family(
+        out,
+        "ebbtide_tunnels_open",
+        "gauge",
+        "Upgraded connections (WebSockets) open now; each also counts in its backend's in-flight requests.",
+    );
+    let c = &proxy.counters;
+    let _ = writeln!(
+        out,
+        "ebbtide_tunnels_open {}",
+        c.tunnels_open.load(Ordering::Relaxed)
+    );
+    family(
+        out,
+        "ebbtide_tunnels_closed_total",
+        "counter",
+        "Tunnels ended, by reason: closed by both sides, error, idle timeout, going_away (backend drained or ebbtide stopping).",
+    );
+    for (reason, n) in c.tunnels_closed() {
+        let _ = writeln!(
+            out,
+            "ebbtide_tunnels_closed_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+
     family(out, "ebbtide_backends", "gauge", "Backends by state.");
     let counts = proxy.registry.count_by_state();
     for s in BackendState::ALL {
@@ -94,7 +119,6 @@ fn render_proxy(proxy: &Proxy, out: &mut String) {
         "counter",
         "Requests refused with 503 without reaching a backend, by reason.",
     );
-    let c = &proxy.counters;
     let _ = writeln!(
         out,
         "ebbtide_shed_total{{reason=\"queue_full\"}} {}",

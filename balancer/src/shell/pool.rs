@@ -266,13 +266,20 @@ impl Pool {
         }
     }
 
-    async fn connect(&self) -> Result<Conn, ConnectError> {
+    /// A new TCP connection to the backend, within the connect timeout, outside the pool (an
+    /// upgraded connection is never given back to it).
+    pub async fn connect_tcp(&self) -> Result<TcpStream, ConnectError> {
         let stream =
             tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(&self.address))
                 .await
                 .map_err(|_| ConnectError::Timeout)?
                 .map_err(|e| ConnectError::from_connect(&self.address, e))?;
         let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    async fn connect(&self) -> Result<Conn, ConnectError> {
+        let stream = self.connect_tcp().await?;
         let (sender, driver) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ConnectError::Failed(format!("handshake with {}: {e}", self.address)))?;

@@ -9,6 +9,7 @@ use crate::limit::AdaptiveLimit;
 use crate::outlier::{Ejection, OutlierDetector};
 use crate::policy::{BackendView, Candidates};
 use crate::pool::{Pool, PoolConfig};
+use crate::proxy::Tunnels;
 use ebbtide_config::time::Nanos;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -75,6 +76,8 @@ pub struct Backend {
     pub failures: AtomicU64,
     /// Its keep-alive connections.
     pub pool: Pool,
+    /// Its open tunnels (WebSockets), and the signal that ends them when it leaves.
+    pub tunnels: Tunnels,
     /// A concurrency limit learnt from latency, when `capacity` is not configured.
     pub limit: Option<AdaptiveLimit>,
     outlier: OutlierDetector,
@@ -139,10 +142,22 @@ impl Backend {
             .or_else(|| self.limit.as_ref().map(|l| l.limit()))
     }
 
+    /// The slots it has in all. A configured capacity counts its tunnels (upgraded connections)
+    /// as requests, as HAProxy's `maxconn` counts them; a learnt limit is one of requests, learnt
+    /// from their latency, and a tunnel is none it could measure: the slots are then the limit
+    /// plus the open tunnels.
+    fn slots(&self) -> Option<u32> {
+        match (self.capacity, &self.limit) {
+            (Some(c), _) => Some(c),
+            (None, Some(l)) => Some(l.limit().saturating_add(self.tunnels.open())),
+            (None, None) => None,
+        }
+    }
+
     /// Takes a slot if it has one free: a compare-and-swap, so two requests racing for the last
     /// slot cannot both get it and capacity is never exceeded.
     pub fn try_acquire(&self) -> bool {
-        let cap = self.effective_capacity();
+        let cap = self.slots();
         let mut cur = self.in_flight.load(Ordering::Acquire);
         loop {
             if cap.is_some_and(|c| cur >= c) {
@@ -181,19 +196,25 @@ impl Backend {
     }
 
     /// A try that got a response: feeds the latency estimate, the limiter and the outlier count.
+    /// `in_flight_at_start` counts its tunnels, which the limiter leaves out (see `slots`).
     pub fn on_success(&self, rtt: Nanos, in_flight_at_start: u32, now: Nanos) {
         self.ewma.observe(rtt, now);
         self.outlier.record_success(now);
         if let Some(l) = &self.limit {
-            l.on_sample(rtt, in_flight_at_start, false, now);
+            l.on_sample(rtt, self.requests_of(in_flight_at_start), false, now);
         }
+    }
+
+    /// Of `in_flight` requests and tunnels, the requests.
+    fn requests_of(&self, in_flight: u32) -> u32 {
+        in_flight.saturating_sub(self.tunnels.open()).max(1)
     }
 
     /// A try that got no response; `sent` is (how long it waited, requests in flight when it
     /// was sent) when the request was sent at all.
     pub fn on_failure(&self, sent: Option<(Nanos, u32)>, now: Nanos) {
         if let (Some(l), Some((rtt, in_flight))) = (&self.limit, sent) {
-            l.on_sample(rtt, in_flight, true, now);
+            l.on_sample(rtt, self.requests_of(in_flight), true, now);
         }
     }
 
@@ -261,7 +282,7 @@ impl Backend {
         BackendView {
             id: self.id,
             in_flight: self.in_flight(),
-            capacity: self.effective_capacity(),
+            capacity: self.slots(),
             weight: self.weight,
             ewma_latency_ns: self.ewma.estimate(now),
             cost_per_hour: self.cost_per_hour,
@@ -449,6 +470,7 @@ impl Registry {
                 responses: (0..CODES).map(|_| AtomicU64::new(0)).collect(),
                 failures: AtomicU64::new(0),
                 pool: Pool::new(spec.address.clone(), cfg.pool, self.clock),
+                tunnels: Tunnels::default(),
                 limit: (spec.capacity.is_none() && cfg.adaptive_limit)
                     .then(|| AdaptiveLimit::new(Default::default())),
                 outlier: OutlierDetector::new(cfg.outlier),
@@ -543,6 +565,45 @@ mod tests {
         b.release();
         assert!(b.try_acquire());
         assert_eq!(b.in_flight(), 2);
+    }
+
+    /// A configured capacity counts tunnels as requests; a learnt limit, which is one of
+    /// requests, gets them on top, and the limiter is given in-flight counts without them.
+    #[test]
+    fn tunnels_count_against_a_capacity_but_on_top_of_a_learnt_limit() {
+        let r = Registry::new(RegistryConfig::defaults(), Clock::new());
+        let (fixed, _) = r
+            .add_or_renew(spec("127.0.0.1:1"), BackendState::Active)
+            .unwrap();
+        assert!(fixed.try_acquire());
+        fixed.tunnels.enter();
+        assert!(fixed.try_acquire());
+        assert!(
+            !fixed.try_acquire(),
+            "capacity 2: the tunnel's slot and one request"
+        );
+
+        let mut cfg = RegistryConfig::defaults();
+        cfg.adaptive_limit = true;
+        let r = Registry::new(cfg, Clock::new());
+        let mut learnt = spec("127.0.0.1:2");
+        learnt.capacity = None;
+        let (b, _) = r.add_or_renew(learnt, BackendState::Active).unwrap();
+        let limit = b.limit.as_ref().unwrap().limit();
+        for _ in 0..3 {
+            assert!(b.try_acquire());
+            b.tunnels.enter();
+        }
+        let mut requests = 0;
+        while b.try_acquire() {
+            requests += 1;
+        }
+        assert_eq!(
+            requests, limit,
+            "three tunnels take none of the learnt limit"
+        );
+        assert_eq!(b.view(0).capacity, Some(limit + 3));
+        assert_eq!(b.requests_of(limit + 3), limit);
     }
 
     #[test]

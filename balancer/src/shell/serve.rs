@@ -51,6 +51,7 @@ fn settings(cfg: &Config) -> ProxySettings {
             min_rate: cfg.listener.min_body_rate,
         },
         max_uri_bytes: cfg.listener.max_uri_bytes,
+        tunnel_idle_timeout: cfg.upstream.tunnel_idle_timeout.0,
     }
 }
 
@@ -84,7 +85,8 @@ fn outlier_config(cfg: &Config) -> crate::outlier::OutlierConfig {
 /// here, so that a new one does not compile until it is sorted into one kind or the other.
 ///
 /// Applies on reload: `[balancer]` (policy, choices, seed, utilisation_target, hash_key,
-/// ewma_decay), `[upstream] response_timeout`, `[overload] max_queue` and `queue_timeout`,
+/// ewma_decay), `[upstream] response_timeout` and tunnel_idle_timeout (for tunnels opened
+/// after it), `[overload] max_queue` and `queue_timeout`,
 /// `[health]` interval, timeout, rise, fall and path (while checks stay on), `[outlier]`,
 /// `[retries]`, `[idempotency] enabled` and `max_body`, `[listener]` request_buffer,
 /// body_read_timeout, min_body_rate and max_uri_bytes (read per request from the proxy's
@@ -128,6 +130,7 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         response_timeout: _,
         idle_timeout,
         max_idle_per_backend,
+        tunnel_idle_timeout: _,
     } = upstream;
     let Overload {
         max_queue: _,
@@ -395,7 +398,9 @@ impl Server {
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .max_concurrent_streams(l.max_streams_per_connection)
-            .max_header_list_size(l.max_header_bytes as u32);
+            .max_header_list_size(l.max_header_bytes as u32)
+            // RFC 8441: WebSockets over HTTP/2 (extended CONNECT).
+            .enable_connect_protocol();
         let builder = Arc::new(builder);
         let client_limits = ConnLimits {
             first_request_timeout: Some(l.header_read_timeout.0),
@@ -454,6 +459,11 @@ impl Server {
         tracing::info!("shutting down: no new connections; finishing requests in flight");
         // Dashboard streams never finish on their own: end them, or they hold the drain up.
         self.admin.close_streams();
+        // Tunnels (WebSockets) never finish by themselves either, and hyper's graceful
+        // shutdown no longer sees them: they are closed with a close frame "going away".
+        self.proxy
+            .close_tunnels(drain.min(Duration::from_secs(5)))
+            .await;
         let _ = stop_tx.send(true);
         let _ = clients.await;
         let _ = admin_task.await;
@@ -646,7 +656,7 @@ pub async fn accept_loop_with<F, S, B>(
             seen: seen.clone(),
         };
         let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);
         let first_request_timeout = limits.first_request_timeout;

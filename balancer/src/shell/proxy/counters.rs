@@ -2,6 +2,7 @@
 //! signals API and the admin API.
 
 use super::local::{LocalAnswer, CODES};
+use super::tunnel::End;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Counters of what happened to requests beyond a backend's answer.
@@ -27,12 +28,30 @@ pub struct ProxyCounters {
     pub reloads_failed: AtomicU64,
     /// Answered by ebbtide itself, by answer (index: `LocalAnswer as usize`).
     local_responses: [AtomicU64; LocalAnswer::ALL.len()],
+    /// Upgraded connections (WebSockets) open now, on every backend (a gauge).
+    pub tunnels_open: AtomicU64,
+    /// Tunnels ended, by why (index: the position in `End::ALL`).
+    tunnels_closed: [AtomicU64; End::ALL.len()],
 }
 
 impl ProxyCounters {
     /// Counts an answer of ebbtide's own.
     pub(super) fn count_local(&self, answer: LocalAnswer) {
         self.local_responses[answer as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a tunnel that ended.
+    pub(super) fn count_tunnel_end(&self, end: End) {
+        let i = End::ALL.iter().position(|&e| e == end).unwrap_or(0);
+        self.tunnels_closed[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (reason, count) of the tunnels ended, for every reason (zeros included).
+    pub fn tunnels_closed(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        End::ALL
+            .iter()
+            .zip(&self.tunnels_closed)
+            .map(|(e, n)| (e.label(), n.load(Ordering::Relaxed)))
     }
 
     /// (status, count) of ebbtide's own answers, for every code of [`CODES`] in order (zeros

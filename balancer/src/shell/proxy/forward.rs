@@ -275,7 +275,7 @@ impl Proxy {
     }
 
     /// Asks the retry budget for a retry the rule allows, and counts what it said.
-    fn budget_allows(&self, budget: &RetryBudget, now: Nanos) -> bool {
+    pub(super) fn budget_allows(&self, budget: &RetryBudget, now: Nanos) -> bool {
         if budget.try_withdraw(now) {
             self.counters.retries.fetch_add(1, Ordering::Relaxed);
             true
@@ -288,7 +288,7 @@ impl Proxy {
     }
 
     /// A failed try: feeds passive outlier detection and, for a sent request, the limiter.
-    fn on_failure(&self, backend: &Arc<Backend>, sent: Option<(Nanos, u32)>) {
+    pub(super) fn on_failure(&self, backend: &Arc<Backend>, sent: Option<(Nanos, u32)>) {
         backend.failures.fetch_add(1, Ordering::Relaxed);
         let now = self.clock.now();
         let live = self.live();
@@ -324,7 +324,7 @@ impl Proxy {
         }
     }
 
-    fn shed(self: &Arc<Self>, start: Nanos, shed: Shed) -> Response<Body> {
+    pub(super) fn shed(self: &Arc<Self>, start: Nanos, shed: Shed) -> Response<Body> {
         let counter = match shed {
             Shed::QueueFull => &self.counters.shed_queue_full,
             Shed::QueueTimeout => &self.counters.shed_queue_timeout,

@@ -33,9 +33,20 @@ macro_rules! local_answers {
 }
 
 local_answers! {
-    /// `CONNECT`: ebbtide does not tunnel.
+    /// `CONNECT`: ebbtide does not tunnel (but for HTTP/2's extended CONNECT of a WebSocket).
     ConnectNotSupported => METHOD_NOT_ALLOWED,
         "405 Method Not Allowed: CONNECT is not supported\n";
+    /// An upgrade to a protocol other than `websocket` (`h2c` is ignored instead: the request
+    /// is served as plain HTTP/1.1), or an extended CONNECT with another `:protocol`.
+    UpgradeNotSupported => NOT_IMPLEMENTED,
+        "501 Not Implemented: only the websocket protocol is tunnelled\n";
+    /// A WebSocket upgrade that is not a GET, or has a body (RFC 6455 4.1).
+    BadUpgrade => BAD_REQUEST,
+        "400 Bad Request: a WebSocket upgrade must be a GET without a body\n";
+    /// The backend answered a WebSocket upgrade with a success other than `101` (or a 101 to
+    /// another protocol): passed on to an HTTP/2 client, it would read as an open tunnel.
+    UpgradeRefused => BAD_GATEWAY,
+        "502 Bad Gateway: the backend did not accept the WebSocket upgrade\n";
     /// An `Idempotency-Key` that is empty, too long or not visible ASCII.
     BadIdempotencyKey => BAD_REQUEST,
         "400 Bad Request: Idempotency-Key must be 1 to 255 visible ASCII characters\n";
@@ -110,6 +121,7 @@ impl LocalAnswer {
             self,
             LocalAnswer::AmbiguousFraming
                 | LocalAnswer::TransferCodingNotImplemented
+                | LocalAnswer::BadUpgrade
                 | LocalAnswer::BadBody
                 | LocalAnswer::BodyTimeout
                 | LocalAnswer::BodyCutOff

@@ -24,7 +24,10 @@
 //! - `retry`: when a request may be sent again (pure: no I/O, no clock);
 //! - `strict`: what a request head must be to be forwarded (target, Host, framing);
 //! - `local`: ebbtide's own answers, each with its status and text;
-//! - `idempotent`: at-most-once execution for `Idempotency-Key`.
+//! - `idempotent`: at-most-once execution for `Idempotency-Key`;
+//! - `upgrade`: WebSocket handshakes (HTTP/1.1 `Upgrade`, HTTP/2 extended CONNECT) to a backend;
+//! - `tunnel`: an upgraded connection's bytes copied both ways, and how it ends;
+//! - `ws_frame`: WebSocket frame boundaries, so that a close frame can be put in (pure).
 
 mod client_body;
 mod completion;
@@ -36,12 +39,16 @@ mod local;
 mod retry;
 mod settings;
 mod strict;
+mod tunnel;
+mod upgrade;
+mod ws_frame;
 
 pub use client_body::{BodyLimits, BodyWatch, ClientBody, ClientBodyError, ClientFault};
 pub use completion::{Body, Completion};
 pub use counters::ProxyCounters;
 pub use headers::Peer;
 pub use settings::ProxySettings;
+pub use tunnel::Tunnels;
 
 use crate::clock::Clock;
 use crate::dispatch::{Dispatcher, Slot};
@@ -51,7 +58,7 @@ use crate::registry::Registry;
 use crate::retry_budget::RetryBudget;
 use crate::signals::SignalWindow;
 use ebbtide_config::time::Nanos;
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use idempotent::IDEMPOTENCY_KEY;
 use local::LocalAnswer;
@@ -174,8 +181,12 @@ impl Proxy {
         if target_len > live.settings.max_uri_bytes {
             return self.local(start, None, LocalAnswer::UriTooLong);
         }
-        if req.method() == Method::CONNECT {
-            return self.local(start, None, LocalAnswer::ConnectNotSupported);
+        match upgrade::classify(&req) {
+            upgrade::Ask::Plain => {}
+            upgrade::Ask::Refuse(answer) => return self.local(start, None, answer),
+            upgrade::Ask::WebSocket { h2 } => {
+                return self.tunnel(req, &peer, start, &live, h2).await;
+            }
         }
         if let Err(answer) = strict::check(req.method(), req.uri(), req.version(), req.headers()) {
             return self.local(start, None, answer);
@@ -190,6 +201,20 @@ impl Proxy {
             }
         }
         self.forward(req, &peer, start, &live).await.response
+    }
+
+    /// Ends every open tunnel (ebbtide is shutting down; see `tunnel`), and waits up to
+    /// `within` for them to close.
+    pub async fn close_tunnels(&self, within: std::time::Duration) {
+        for b in &self.registry.snapshot().backends {
+            b.tunnels.close_all();
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        while self.counters.tunnels_open.load(Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     /// The completion guard of a request that arrived at `start`, with no connection.

@@ -24,6 +24,9 @@ pub struct ProxySettings {
     pub body_limits: BodyLimits,
     /// Longest request target (`[listener] max_uri_bytes`); longer gets 414.
     pub max_uri_bytes: usize,
+    /// A tunnel (WebSocket) with no byte either way for this long is closed
+    /// (`[upstream] tunnel_idle_timeout`).
+    pub tunnel_idle_timeout: Duration,
 }
 
 impl ProxySettings {
@@ -41,6 +44,7 @@ impl ProxySettings {
                 min_rate: 1024,
             },
             max_uri_bytes: 8 * 1024,
+            tunnel_idle_timeout: Duration::from_secs(3600),
         }
     }
 }
