@@ -460,6 +460,7 @@ const CHECKS: &[Check] = &[
     check_balancer_choices,
     check_balancer_ewma_decay,
     check_balancer_utilisation_target,
+    check_balancer_slow_start,
     check_upstream_timeouts,
     check_overload_queue_timeout,
     check_signals_window,
@@ -767,6 +768,24 @@ fn check_balancer_utilisation_target(cfg: &Config, out: &mut Problems) {
         out.add(
             "balancer.utilisation_target",
             format!("is {u}; must be greater than 0 and at most 1 (a share of capacity, e.g. 0.8)"),
+        );
+    }
+}
+
+fn check_balancer_slow_start(cfg: &Config, out: &mut Problems) {
+    let b = &cfg.balancer;
+    let a = b.slow_start_aggression;
+    if !(a.is_finite() && a > 0.0) {
+        out.add(
+            "balancer.slow_start_aggression",
+            format!("is {a}; must be a finite number greater than 0 (1 is a linear ramp)"),
+        );
+    }
+    let m = b.slow_start_min_percent;
+    if !(m > 0.0 && m <= 100.0) {
+        out.add(
+            "balancer.slow_start_min_percent",
+            format!("is {m}; must be greater than 0 and at most 100 (percent of the weight)"),
         );
     }
 }

@@ -113,6 +113,7 @@ fn reference_expected() -> Config {
             capacity: None,
             weight: 1,
             cost_per_hour: 0.0,
+            slow_start: None,
         }],
         provider: Some(Provider::default()),
         autoscaler: Some(Default::default()),

@@ -239,6 +239,7 @@ pub fn run(sc: &Scenario) -> RunResult {
         adaptive,
         ewma_decay: cfg.balancer.ewma_decay.as_nanos(),
         speeds: sc.sim.speeds.clone(),
+        slow_start: ebbtide_balancer::slow_start::SlowStart::from_config(&cfg.balancer),
     };
     let price = sc.price_per_hour();
     let track_ewma = cfg.balancer.policy == PolicyKind::PeakEwma;
@@ -723,7 +724,7 @@ impl Sim<'_> {
                 Command::Admit(instance) => {
                     if let Some(slot) = slot_of(self, &instance.id) {
                         if self.fleet.get(slot).state == BackendState::Starting {
-                            self.fleet.activate(slot);
+                            self.fleet.activate(slot, now);
                             self.dispatch_queue();
                         }
                     }
