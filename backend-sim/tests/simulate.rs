@@ -450,3 +450,52 @@ fn every_bench_scenario_loads() {
     }
     assert!(n >= 8, "only {n} scenarios in {}", dir.display());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Slow start
+
+/// Three backends from the start (present at startup: no ramp) and a fourth that the
+/// autoscaler launches at once (min = 4) and that is ready 2 s later: its share of requests
+/// ramps over `slow_start` = 20 s, from about the minimum's share to a fair quarter, under a
+/// weighted policy and a load-based one (the same core ramp the proxy uses).
+#[test]
+fn a_new_backends_share_ramps_over_slow_start() {
+    for policy in ["round_robin", "p2c"] {
+        let r = run_toml(&format!(
+            r#"
+[balancer]
+policy = "{policy}"
+slow_start = "20s"
+
+[provider]
+
+[autoscaler]
+decider = "concurrency"
+min = 4
+max = 4
+
+[simulation]
+duration = "50s"
+rate = 1200
+seed = 3
+backends = 3
+service_time = "exp:10ms"
+workers = 8
+capacity = "unbounded"
+boot = "2s"
+"#
+        ));
+        assert_eq!(r.ramps.len(), 1, "{policy}: one backend ramps: {:?}", r.ramps);
+        let ramp = &r.ramps[0];
+        assert_eq!(ramp.active_at, 2_000_000_000, "{policy}");
+        let shares: Vec<String> = (0..40)
+            .step_by(4)
+            .map(|s| format!("{:.3}", ramp.share(s, s + 4)))
+            .collect();
+        eprintln!("{policy}: share by 4 s from activation: {shares:?}");
+        let (early, middle, late) = (ramp.share(0, 4), ramp.share(9, 11), ramp.share(22, 40));
+        assert!(early < 0.08, "{policy}: early share {early}");
+        assert!(middle > early && middle < 0.2, "{policy}: middle {middle}, early {early}");
+        assert!((late - 0.25).abs() < 0.03, "{policy}: late share {late}");
+    }
+}

@@ -345,6 +345,11 @@ impl Fleet {
         self.order.iter().map(move |&s| self.get(s))
     }
 
+    /// The slow-start settings its backends ramp with.
+    pub fn slow_start(&self) -> SlowStart {
+        self.template.slow_start
+    }
+
     /// The fleet as a policy sees it at `now`.
     #[inline]
     pub fn at(&self, now: Nanos) -> FleetAt<'_> {
