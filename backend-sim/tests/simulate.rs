@@ -485,7 +485,12 @@ capacity = "unbounded"
 boot = "2s"
 "#
         ));
-        assert_eq!(r.ramps.len(), 1, "{policy}: one backend ramps: {:?}", r.ramps);
+        assert_eq!(
+            r.ramps.len(),
+            1,
+            "{policy}: one backend ramps: {:?}",
+            r.ramps
+        );
         let ramp = &r.ramps[0];
         assert_eq!(ramp.active_at, 2_000_000_000, "{policy}");
         let shares: Vec<String> = (0..40)
@@ -495,7 +500,10 @@ boot = "2s"
         eprintln!("{policy}: share by 4 s from activation: {shares:?}");
         let (early, middle, late) = (ramp.share(0, 4), ramp.share(9, 11), ramp.share(22, 40));
         assert!(early < 0.08, "{policy}: early share {early}");
-        assert!(middle > early && middle < 0.2, "{policy}: middle {middle}, early {early}");
+        assert!(
+            middle > early && middle < 0.2,
+            "{policy}: middle {middle}, early {early}"
+        );
         assert!((late - 0.25).abs() < 0.03, "{policy}: late share {late}");
     }
 }

@@ -201,8 +201,14 @@ impl RampSeries {
     /// Its share of the fleet's requests over seconds `from..to` since its activation.
     pub fn share(&self, from: usize, to: usize) -> f64 {
         let to = to.min(self.own.len());
-        let own: u64 = self.own[from.min(to)..to].iter().map(|&n| u64::from(n)).sum();
-        let all: u64 = self.fleet[from.min(to)..to].iter().map(|&n| u64::from(n)).sum();
+        let own: u64 = self.own[from.min(to)..to]
+            .iter()
+            .map(|&n| u64::from(n))
+            .sum();
+        let all: u64 = self.fleet[from.min(to)..to]
+            .iter()
+            .map(|&n| u64::from(n))
+            .sum();
         if all == 0 {
             0.0
         } else {
