@@ -1183,12 +1183,16 @@ fn check_provider_docker(cfg: &Config, out: &mut Problems) {
     }
 }
 
+/// `central_queue` dispatches only to free slots below a backend's capacity; without a
+/// configured `capacity` the adaptive limit (`[overload] adaptive_limit`, on by default)
+/// supplies it, so a capacity is needed only when the limit is off.
 fn check_central_queue_capacities(cfg: &Config, out: &mut Problems) {
-    if cfg.balancer.policy != PolicyKind::CentralQueue {
+    if cfg.balancer.policy != PolicyKind::CentralQueue || cfg.overload.adaptive_limit {
         return;
     }
     let why = "is required because balancer.policy is \"central_queue\", which dispatches only to \
-               free slots below a backend's capacity; set e.g. capacity = 8";
+               free slots below a backend's capacity, and overload.adaptive_limit = false, so none \
+               is learnt; set e.g. capacity = 8, or leave adaptive_limit on";
     for (i, b) in cfg.backends.iter().enumerate() {
         if b.capacity.is_none() {
             out.add(format!("backends[{i}].capacity"), why);

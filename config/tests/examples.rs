@@ -159,6 +159,9 @@ fn reference_lists_every_key() {
     full.runtime.worker_threads = Some(1);
     full.health.path = Some("/healthz".into());
     full.autoscaler.as_mut().unwrap().overload_max_queue = Some(100);
+    full.autoscaler.as_mut().unwrap().cost.release_margin =
+        Some(ebbtide_config::time::HumanDuration::from_secs(5));
+    full.backends[0].slow_start = Some(ebbtide_config::time::HumanDuration::from_secs(30));
     full.backends[0].capacity = Some(1);
     {
         let p = full.provider.as_mut().unwrap();
