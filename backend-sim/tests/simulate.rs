@@ -408,10 +408,11 @@ fn the_report_has_the_load_reports_keys_and_adds_up() {
 /// 503, and a draining fleet finishes what it has.
 #[test]
 fn overload_sheds_as_the_proxy_does() {
-    // One backend of one worker (10 ms) offered 200/s: twice what it serves.
+    // One backend of one worker (10 ms, one slot) offered 200/s: twice what it serves.
     let full = run_toml(
         "[overload]\nmax_queue = 5\nqueue_timeout = \"10s\"\n\
-         [simulation]\nrate = 200\nduration = \"10s\"\nservice_time = \"const:10ms\"\n",
+         [simulation]\nrate = 200\nduration = \"10s\"\nservice_time = \"const:10ms\"\n\
+         capacity = \"workers\"\n",
     );
     assert!(full.shed["queue_full"] > 500, "{:?}", full.shed);
     assert_eq!(full.shed["queue_timeout"], 0);
@@ -421,7 +422,8 @@ fn overload_sheds_as_the_proxy_does() {
     );
     let timed = run_toml(
         "[overload]\nmax_queue = 100000\nqueue_timeout = \"100ms\"\n\
-         [simulation]\nrate = 200\nduration = \"10s\"\nservice_time = \"const:10ms\"\n",
+         [simulation]\nrate = 200\nduration = \"10s\"\nservice_time = \"const:10ms\"\n\
+         capacity = \"workers\"\n",
     );
     assert!(timed.shed["queue_timeout"] > 500, "{:?}", timed.shed);
     assert_eq!(timed.shed["queue_full"], 0);

@@ -161,6 +161,8 @@ fn reference_lists_every_key() {
     full.autoscaler.as_mut().unwrap().overload_max_queue = Some(100);
     full.autoscaler.as_mut().unwrap().cost.release_margin =
         Some(ebbtide_config::time::HumanDuration::from_secs(5));
+    full.simulation.as_mut().unwrap().capacity =
+        Some(ebbtide_config::simulation::SimCapacity::Workers);
     full.backends[0].slow_start = Some(ebbtide_config::time::HumanDuration::from_secs(30));
     full.backends[0].capacity = Some(1);
     {
