@@ -155,7 +155,9 @@ impl SlowStart {
             return Ramp::FULL;
         }
         let t = elapsed as f64 / self.window as f64;
-        let f = if self.aggression == 1.0 || !(self.aggression > 0.0) {
+        // Linear for aggression 1, and for a value validation refuses (<= 0, NaN).
+        let linear = self.aggression == 1.0 || self.aggression.is_nan() || self.aggression <= 0.0;
+        let f = if linear {
             t
         } else {
             t.powf(1.0 / self.aggression)
