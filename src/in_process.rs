@@ -54,6 +54,7 @@ impl Membership for InProcess {
             cost_per_hour: self.cost_per_hour,
             origin: Origin::Provider,
             lease_until: None,
+            slow_start: None,
         };
         match self
             .proxy

@@ -408,10 +408,11 @@ fn the_report_has_the_load_reports_keys_and_adds_up() {
 /// 503, and a draining fleet finishes what it has.
 #[test]
 fn overload_sheds_as_the_proxy_does() {
-    // One backend of one worker (10 ms) offered 200/s: twice what it serves.
+    // One backend of one worker (10 ms, one slot) offered 200/s: twice what it serves.
     let full = run_toml(
         "[overload]\nmax_queue = 5\nqueue_timeout = \"10s\"\n\
-         [simulation]\nrate = 200\nduration = \"10s\"\nservice_time = \"const:10ms\"\n",
+         [simulation]\nrate = 200\nduration = \"10s\"\nservice_time = \"const:10ms\"\n\
+         capacity = \"workers\"\n",
     );
     assert!(full.shed["queue_full"] > 500, "{:?}", full.shed);
     assert_eq!(full.shed["queue_timeout"], 0);
@@ -421,7 +422,8 @@ fn overload_sheds_as_the_proxy_does() {
     );
     let timed = run_toml(
         "[overload]\nmax_queue = 100000\nqueue_timeout = \"100ms\"\n\
-         [simulation]\nrate = 200\nduration = \"10s\"\nservice_time = \"const:10ms\"\n",
+         [simulation]\nrate = 200\nduration = \"10s\"\nservice_time = \"const:10ms\"\n\
+         capacity = \"workers\"\n",
     );
     assert!(timed.shed["queue_timeout"] > 500, "{:?}", timed.shed);
     assert_eq!(timed.shed["queue_full"], 0);
@@ -449,4 +451,61 @@ fn every_bench_scenario_loads() {
         }
     }
     assert!(n >= 8, "only {n} scenarios in {}", dir.display());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slow start
+
+/// Three backends from the start (present at startup: no ramp) and a fourth that the
+/// autoscaler launches at once (min = 4) and that is ready 2 s later: its share of requests
+/// ramps over `slow_start` = 20 s, from about the minimum's share to a fair quarter, under a
+/// weighted policy and a load-based one (the same core ramp the proxy uses).
+#[test]
+fn a_new_backends_share_ramps_over_slow_start() {
+    for policy in ["round_robin", "p2c"] {
+        let r = run_toml(&format!(
+            r#"
+[balancer]
+policy = "{policy}"
+slow_start = "20s"
+
+[provider]
+
+[autoscaler]
+decider = "concurrency"
+min = 4
+max = 4
+
+[simulation]
+duration = "50s"
+rate = 1200
+seed = 3
+backends = 3
+service_time = "exp:10ms"
+workers = 8
+capacity = "unbounded"
+boot = "2s"
+"#
+        ));
+        assert_eq!(
+            r.ramps.len(),
+            1,
+            "{policy}: one backend ramps: {:?}",
+            r.ramps
+        );
+        let ramp = &r.ramps[0];
+        assert_eq!(ramp.active_at, 2_000_000_000, "{policy}");
+        let shares: Vec<String> = (0..40)
+            .step_by(4)
+            .map(|s| format!("{:.3}", ramp.share(s, s + 4)))
+            .collect();
+        eprintln!("{policy}: share by 4 s from activation: {shares:?}");
+        let (early, middle, late) = (ramp.share(0, 4), ramp.share(9, 11), ramp.share(22, 40));
+        assert!(early < 0.08, "{policy}: early share {early}");
+        assert!(
+            middle > early && middle < 0.2,
+            "{policy}: middle {middle}, early {early}"
+        );
+        assert!((late - 0.25).abs() < 0.03, "{policy}: late share {late}");
+    }
 }

@@ -49,6 +49,7 @@ fn fleet(n: usize, seed: u64) -> Fleet {
             },
             cost_per_hour: [0.02, 0.05, 0.10][rng.below(3)],
             accepting: rng.below(20) != 0,
+            ramp: Default::default(),
         })
         .collect();
     Fleet {

@@ -116,6 +116,14 @@ pub struct BackendInfo {
     pub requests: u64,
     /// Requests that got no response from it.
     pub failures: u64,
+    /// Slow start: the share of its full weight or slots it gets now, in (0, 1]; 1 when it is
+    /// not ramping (`[balancer] slow_start`).
+    #[serde(default = "full_ramp")]
+    pub ramp: f64,
+}
+
+fn full_ramp() -> f64 {
+    1.0
 }
 
 /// The body of `POST /api/v1/backends`: register a backend, or renew one already registered at
@@ -356,11 +364,12 @@ mod tests {
             lease_remaining_seconds: Some(30.0),
             requests: 100,
             failures: 1,
+            ramp: 0.5,
         };
         let got = serde_json::to_string(&b).unwrap();
         assert_eq!(
             got,
-            r#"{"id":3,"address":"127.0.0.1:8081","state":"draining","in_flight":2,"capacity":4,"learnt_limit":null,"weight":1,"cost_per_hour":0.5,"origin":"api","ewma_latency_ms":12.5,"lease_remaining_seconds":30.0,"requests":100,"failures":1}"#
+            r#"{"id":3,"address":"127.0.0.1:8081","state":"draining","in_flight":2,"capacity":4,"learnt_limit":null,"weight":1,"cost_per_hour":0.5,"origin":"api","ewma_latency_ms":12.5,"lease_remaining_seconds":30.0,"requests":100,"failures":1,"ramp":0.5}"#
         );
         assert_eq!(serde_json::from_str::<BackendInfo>(&got).unwrap(), b);
     }

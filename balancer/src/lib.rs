@@ -15,6 +15,7 @@ pub mod shell;
 
 pub use crate::core::{
     ewma, histogram, lifecycle, limit, outlier, policies, policy, queue, retry_budget, signals,
+    slow_start,
 };
 pub use shell::{
     admin, body, clock, dispatch, health, idempotency, metrics, pool, proxy, registry, serve,

@@ -237,8 +237,11 @@ pub struct Cost {
     /// second. A backend already paid to the end of its period is kept until near that end.
     pub billing_period: HumanDuration,
     /// A paid backend is removed only within this long of its billing period's end; at least
-    /// `interval`, so the control loop cannot step over the moment.
-    pub release_margin: HumanDuration,
+    /// `interval`, so the control loop cannot step over the moment. Unset: derived from the
+    /// billing period and the interval ([`Autoscaler::release_margin`]), so per-second billing
+    /// (`billing_period = "1s"`) needs no margin of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_margin: Option<HumanDuration>,
     /// Most spent per hour: the fleet never exceeds budget_per_hour / backend_per_hour.
     pub budget_per_hour: f64,
     /// Price of one request answered slower than `slo_p99`. Chosen per request (not per second
@@ -253,7 +256,7 @@ impl Default for Cost {
         Cost {
             backend_per_hour: 0.05,
             billing_period: HumanDuration::from_secs(60),
-            release_margin: HumanDuration::from_secs(5),
+            release_margin: None,
             budget_per_hour: 10.0,
             slo_violation_cost: 0.0001,
         }
@@ -295,6 +298,18 @@ pub fn parse_admin_url(url: &str) -> Result<String, String> {
 pub const MAX_BACKENDS: u32 = 100_000;
 
 impl Autoscaler {
+    /// The release margin in force: `[autoscaler.cost] release_margin` when set, else the
+    /// billing period capped at max(interval, 5 s). With billing by the minute that is 5 s (the
+    /// margin ebbtide always had); with per-second billing (`billing_period = "1s"`, as the big
+    /// clouds sell it) it is the whole period, so a backend may go at any decision, which is
+    /// all per-second billing asks; a margin never needs to exceed the period.
+    pub fn release_margin(&self) -> HumanDuration {
+        self.cost.release_margin.unwrap_or_else(|| {
+            let floor = self.interval.0.max(std::time::Duration::from_secs(5));
+            HumanDuration(self.cost.billing_period.0.min(floor))
+        })
+    }
+
     /// This section as TOML, `[autoscaler]` and `[autoscaler.cost]` with every key, ready to
     /// paste into a config (what `ebbtide tune --out` writes).
     pub fn to_toml_section(&self) -> String {
@@ -476,21 +491,25 @@ impl Autoscaler {
             }
         }
         let billed = !c.billing_period.0.is_zero() && c.backend_per_hour > 0.0;
-        if billed && c.release_margin > c.billing_period {
+        // A derived margin is right by construction; only one the user set can be wrong.
+        let Some(release_margin) = c.release_margin else {
+            return out;
+        };
+        if billed && release_margin > c.billing_period {
             add(
                 "cost.release_margin",
                 format!(
                     "is {}, longer than autoscaler.cost.billing_period = {}",
-                    c.release_margin, c.billing_period
+                    release_margin, c.billing_period
                 ),
             );
-        } else if billed && c.release_margin < self.interval {
+        } else if billed && release_margin < self.interval {
             add(
                 "cost.release_margin",
                 format!(
                     "is {}, shorter than autoscaler.interval = {}; the control loop could step \
                      over the end of a billing period and pay for another",
-                    c.release_margin, self.interval
+                    release_margin, self.interval
                 ),
             );
         }
@@ -645,13 +664,43 @@ mod tests {
         );
 
         let mut a = Autoscaler::default();
-        a.cost.release_margin = HumanDuration::from_millis(100);
+        a.cost.release_margin = Some(HumanDuration::from_millis(100));
         assert_eq!(keys(&a), vec!["autoscaler.cost.release_margin"]);
-        a.cost.release_margin = HumanDuration::from_secs(120);
+        a.cost.release_margin = Some(HumanDuration::from_secs(120));
         assert_eq!(keys(&a), vec!["autoscaler.cost.release_margin"]);
         // Billing by the second: the margin does not matter.
         a.cost.billing_period = HumanDuration::from_secs(0);
         assert_eq!(a.validate(), vec![]);
+    }
+
+    /// Issue 14, "Defaults that fight the user": per-second billing alone was refused until
+    /// release_margin was also set to exactly one interval.
+    #[test]
+    fn per_second_billing_needs_no_release_margin() {
+        let toml = "[provider]\n[autoscaler.cost]\nbilling_period = \"1s\"\n";
+        let cfg = crate::Config::from_toml(toml, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+        let a = cfg.autoscaler.unwrap();
+        assert_eq!(a.release_margin(), HumanDuration::from_secs(1));
+        // By the minute: the 5 s margin as before; a slow control loop: at least one interval.
+        assert_eq!(
+            Autoscaler::default().release_margin(),
+            HumanDuration::from_secs(5)
+        );
+        let slow = Autoscaler {
+            interval: HumanDuration::from_secs(10),
+            ..Default::default()
+        };
+        assert_eq!(slow.release_margin(), HumanDuration::from_secs(10));
+        assert_eq!(slow.validate(), vec![]);
+        // Billed by the second with a 2 s loop: the whole period, and valid.
+        let mut a = slow;
+        a.interval = HumanDuration::from_secs(2);
+        a.cost.billing_period = HumanDuration::from_secs(1);
+        assert_eq!(a.release_margin(), HumanDuration::from_secs(1));
+        assert_eq!(a.validate(), vec![]);
+        // A margin the user sets is still checked.
+        a.cost.release_margin = Some(HumanDuration::from_secs(5));
+        assert_eq!(keys(&a), vec!["autoscaler.cost.release_margin"]);
     }
 
     #[test]

@@ -191,6 +191,17 @@ pub struct Balancer {
     pub utilisation_target: f64,
     /// Seed of the random policies, so that runs and simulations can be repeated.
     pub seed: u64,
+    /// Slow start (HAProxy's `slowstart`, Envoy's slow-start window): a backend that becomes
+    /// active (new, or back from an ejection) gets a share that grows over this long instead of
+    /// its full share at once. "0s" (the default, as in HAProxy, Envoy and NGINX) turns it off.
+    /// Backends present at startup (static ones) never ramp on their first activation.
+    pub slow_start: HumanDuration,
+    /// The ramp's curve: factor = (elapsed / slow_start)^(1 / aggression), as Envoy's
+    /// `aggression`; 1 (the default) is linear as HAProxy's.
+    pub slow_start_aggression: f64,
+    /// The smallest share of its weight a ramping backend gets, in percent (Envoy's
+    /// `min_weight_percent`, default 10).
+    pub slow_start_min_percent: f64,
 }
 
 impl Default for Balancer {
@@ -202,6 +213,9 @@ impl Default for Balancer {
             hash_key: HashKey::Path,
             utilisation_target: 0.8,
             seed: 0x5eed,
+            slow_start: HumanDuration::from_secs(0),
+            slow_start_aggression: 1.0,
+            slow_start_min_percent: 10.0,
         }
     }
 }
@@ -352,6 +366,10 @@ pub struct StaticBackend {
     /// Price of running it, for `cost_aware`.
     #[serde(default)]
     pub cost_per_hour: f64,
+    /// Its own slow-start window, instead of `[balancer] slow_start` (a static backend ramps
+    /// only when it comes back from an ejection).
+    #[serde(default)]
+    pub slow_start: Option<HumanDuration>,
 }
 
 fn default_weight() -> u32 {

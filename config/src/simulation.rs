@@ -152,8 +152,11 @@ pub struct Simulation {
     /// Relative speeds, given to backends in turn (1, 1, 2, 4 makes a heterogeneous fleet); a
     /// backend of speed s serves in service time / s.
     pub speeds: Vec<f64>,
-    /// The capacity the policies see per backend; see [`SimCapacity`].
-    pub capacity: SimCapacity,
+    /// The capacity the policies see per backend; see [`SimCapacity`]. Unset: what
+    /// `ebbtide serve` gives a backend of this file (the simulator's `Scenario::capacity`),
+    /// so `serve` and `simulate` read one file the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<SimCapacity>,
     /// Distinct request keys for `consistent_hash`, drawn uniformly per request; 0 = no key.
     pub keys: u64,
     /// Requests that arrive before this are served but left out of the report.
@@ -179,7 +182,7 @@ impl Default for Simulation {
             workers: 1,
             boot: "none".into(),
             speeds: vec![1.0],
-            capacity: SimCapacity::Workers,
+            capacity: None,
             keys: 0,
             warmup: HumanDuration::from_secs(0),
             timeout: HumanDuration::from_secs(30),
@@ -251,7 +254,7 @@ impl Simulation {
                 );
             }
         }
-        if self.capacity == SimCapacity::Slots(0) {
+        if self.capacity == Some(SimCapacity::Slots(0)) {
             add(
                 "capacity",
                 "is 0; must be at least 1, or \"workers\", \"unbounded\" or \"adaptive\"".into(),
@@ -308,7 +311,7 @@ mod tests {
             workers: 0,
             boot: "forever".into(),
             speeds: vec![1.0, 0.0],
-            capacity: SimCapacity::Slots(0),
+            capacity: Some(SimCapacity::Slots(0)),
             duration: HumanDuration::from_secs(10),
             warmup: HumanDuration::from_secs(10),
             timeout: HumanDuration::from_secs(0),

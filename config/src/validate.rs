@@ -460,6 +460,7 @@ const CHECKS: &[Check] = &[
     check_balancer_choices,
     check_balancer_ewma_decay,
     check_balancer_utilisation_target,
+    check_balancer_slow_start,
     check_upstream_timeouts,
     check_overload_queue_timeout,
     check_signals_window,
@@ -767,6 +768,24 @@ fn check_balancer_utilisation_target(cfg: &Config, out: &mut Problems) {
         out.add(
             "balancer.utilisation_target",
             format!("is {u}; must be greater than 0 and at most 1 (a share of capacity, e.g. 0.8)"),
+        );
+    }
+}
+
+fn check_balancer_slow_start(cfg: &Config, out: &mut Problems) {
+    let b = &cfg.balancer;
+    let a = b.slow_start_aggression;
+    if !(a.is_finite() && a > 0.0) {
+        out.add(
+            "balancer.slow_start_aggression",
+            format!("is {a}; must be a finite number greater than 0 (1 is a linear ramp)"),
+        );
+    }
+    let m = b.slow_start_min_percent;
+    if !(m > 0.0 && m <= 100.0) {
+        out.add(
+            "balancer.slow_start_min_percent",
+            format!("is {m}; must be greater than 0 and at most 100 (percent of the weight)"),
         );
     }
 }
@@ -1165,12 +1184,16 @@ fn check_provider_docker(cfg: &Config, out: &mut Problems) {
     }
 }
 
+/// `central_queue` dispatches only to free slots below a backend's capacity; without a
+/// configured `capacity` the adaptive limit (`[overload] adaptive_limit`, on by default)
+/// supplies it, so a capacity is needed only when the limit is off.
 fn check_central_queue_capacities(cfg: &Config, out: &mut Problems) {
-    if cfg.balancer.policy != PolicyKind::CentralQueue {
+    if cfg.balancer.policy != PolicyKind::CentralQueue || cfg.overload.adaptive_limit {
         return;
     }
     let why = "is required because balancer.policy is \"central_queue\", which dispatches only to \
-               free slots below a backend's capacity; set e.g. capacity = 8";
+               free slots below a backend's capacity, and overload.adaptive_limit = false, so none \
+               is learnt; set e.g. capacity = 8, or leave adaptive_limit on";
     for (i, b) in cfg.backends.iter().enumerate() {
         if b.capacity.is_none() {
             out.add(format!("backends[{i}].capacity"), why);

@@ -589,12 +589,16 @@ fn provider_boot_timeout_must_be_positive() {
 }
 
 #[test]
-fn central_queue_needs_every_capacity() {
+fn central_queue_needs_every_capacity_without_the_adaptive_limit() {
     let text = "[balancer]\npolicy = \"central_queue\"\n\n\
                 [[backends]]\naddress = \"a:1\"\ncapacity = 4\n\n\
                 [[backends]]\naddress = \"b:1\"\n\n\
                 [provider]\ncount = 2\n";
-    let errs = errors(text);
+    // Issue 14, "Defaults that fight the user": the adaptive limit (on by default) supplies
+    // the slots of a backend without a capacity.
+    ok(text);
+    let text = format!("{text}[overload]\nadaptive_limit = false\n");
+    let errs = errors(&text);
     let got: Vec<_> = errs.iter().map(|e| (e.key.as_str(), e.line)).collect();
     // Neither key is written: each points at its table's header.
     assert_eq!(
@@ -604,6 +608,7 @@ fn central_queue_needs_every_capacity() {
     for e in &errs {
         assert!(e.message.contains("central_queue"), "{e}");
         assert!(e.message.contains("capacity = "), "{e}");
+        assert!(e.message.contains("adaptive_limit"), "{e}");
     }
     // Other policies do not need capacities.
     ok("[[backends]]\naddress = \"b:1\"\n[provider]\ncount = 2\n");

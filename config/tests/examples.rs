@@ -113,6 +113,7 @@ fn reference_expected() -> Config {
             capacity: None,
             weight: 1,
             cost_per_hour: 0.0,
+            slow_start: None,
         }],
         provider: Some(Provider::default()),
         autoscaler: Some(Default::default()),
@@ -158,6 +159,11 @@ fn reference_lists_every_key() {
     full.runtime.worker_threads = Some(1);
     full.health.path = Some("/healthz".into());
     full.autoscaler.as_mut().unwrap().overload_max_queue = Some(100);
+    full.autoscaler.as_mut().unwrap().cost.release_margin =
+        Some(ebbtide_config::time::HumanDuration::from_secs(5));
+    full.simulation.as_mut().unwrap().capacity =
+        Some(ebbtide_config::simulation::SimCapacity::Workers);
+    full.backends[0].slow_start = Some(ebbtide_config::time::HumanDuration::from_secs(30));
     full.backends[0].capacity = Some(1);
     {
         let p = full.provider.as_mut().unwrap();

@@ -77,7 +77,7 @@ impl<D: Decider> CostRules<D> {
             inner,
             price_per_hour: cfg.cost.backend_per_hour,
             billing_period: cfg.cost.billing_period.as_nanos(),
-            release_margin: cfg.cost.release_margin.as_nanos(),
+            release_margin: cfg.release_margin().as_nanos(),
             budget_cap: cfg.cost.budget_cap(),
             slo_violation_cost: cfg.cost.slo_violation_cost,
             slo: cfg.slo_p99.0.as_secs_f64(),

@@ -482,7 +482,7 @@ pub fn compare_policies(sc: &Scenario, utilisations: &[f64], threads: usize) -> 
             sc.sim.speeds,
             sc.sim.workers,
             sc.service_time,
-            sc.sim.capacity.name(),
+            sc.capacity_setting().name(),
             sc.duration_s
         ),
         rows,

@@ -179,6 +179,42 @@ pub struct RunResult {
     pub events: serde_json::Value,
     /// Virtual time at the last event, ns.
     pub end_ns: Nanos,
+    /// Slow start (`[balancer] slow_start`): each backend that ramped, with the requests sent
+    /// to it and to the whole fleet in each second of its ramp and of as long again after it.
+    pub ramps: Vec<RampSeries>,
+}
+
+/// What one ramping backend got, second by second from its activation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RampSeries {
+    /// The backend's name.
+    pub backend: String,
+    /// When it became active, ns.
+    pub active_at: Nanos,
+    /// Requests sent to it in each second since `active_at`.
+    pub own: Vec<u32>,
+    /// Requests sent to any backend in the same seconds.
+    pub fleet: Vec<u32>,
+}
+
+impl RampSeries {
+    /// Its share of the fleet's requests over seconds `from..to` since its activation.
+    pub fn share(&self, from: usize, to: usize) -> f64 {
+        let to = to.min(self.own.len());
+        let own: u64 = self.own[from.min(to)..to]
+            .iter()
+            .map(|&n| u64::from(n))
+            .sum();
+        let all: u64 = self.fleet[from.min(to)..to]
+            .iter()
+            .map(|&n| u64::from(n))
+            .sum();
+        if all == 0 {
+            0.0
+        } else {
+            own as f64 / all as f64
+        }
+    }
 }
 
 /// The autoscaler's part of a run: the live control step and its interval.
@@ -227,6 +263,9 @@ struct Sim<'a> {
     control: Option<Control>,
     meter: CostMeter,
     scaling: ScalingSummary,
+    /// Every ramp recorded, and which of them are still being recorded: (backend id, index).
+    ramps: Vec<RampSeries>,
+    live_ramps: Vec<(u64, usize)>,
 }
 
 /// Runs a scenario to the end (every request answered or shed) and returns what it measured.
@@ -239,6 +278,7 @@ pub fn run(sc: &Scenario) -> RunResult {
         adaptive,
         ewma_decay: cfg.balancer.ewma_decay.as_nanos(),
         speeds: sc.sim.speeds.clone(),
+        slow_start: ebbtide_balancer::slow_start::SlowStart::from_config(&cfg.balancer),
     };
     let price = sc.price_per_hour();
     let track_ewma = cfg.balancer.policy == PolicyKind::PeakEwma;
@@ -289,6 +329,8 @@ pub fn run(sc: &Scenario) -> RunResult {
         control,
         meter,
         scaling: ScalingSummary::default(),
+        ramps: Vec::new(),
+        live_ramps: Vec::new(),
     };
     sim.start();
     // The arrivals are `ebbtide load`'s for the same profile or trace and seed.
@@ -458,12 +500,54 @@ impl Sim<'_> {
             in_flight_at_start: in_flight,
         };
         self.in_flight_total += 1;
+        self.record_ramps(slot);
         let b = self.fleet.get(slot);
         if b.busy < b.workers {
             self.start_service(slot, job);
         } else {
             self.fleet.get_mut(slot).queue.push_back(job);
         }
+    }
+
+    /// Counts a request sent now to the backend in `slot` in the series of every backend whose
+    /// ramp (and as long again after it) is under way.
+    fn record_ramps(&mut self, slot: u32) {
+        let window = self.fleet.slow_start().window;
+        if window == 0 {
+            return;
+        }
+        let now = self.now;
+        let b = self.fleet.get(slot);
+        if let Some(since) = b.ramp_since {
+            if now - since < 2 * window && !self.live_ramps.iter().any(|&(id, _)| id == b.id) {
+                self.live_ramps.push((b.id, self.ramps.len()));
+                self.ramps.push(RampSeries {
+                    backend: b.name.clone(),
+                    active_at: since,
+                    own: Vec::new(),
+                    fleet: Vec::new(),
+                });
+            }
+        }
+        let id = b.id;
+        let ramps = &mut self.ramps;
+        self.live_ramps.retain(|&(ramp_id, i)| {
+            let r = &mut ramps[i];
+            let age = now - r.active_at;
+            if age >= 2 * window {
+                return false;
+            }
+            let s = (age / NANOS_PER_SEC) as usize;
+            if r.own.len() <= s {
+                r.own.resize(s + 1, 0);
+                r.fleet.resize(s + 1, 0);
+            }
+            r.fleet[s] += 1;
+            if ramp_id == id {
+                r.own[s] += 1;
+            }
+            true
+        });
     }
 
     fn start_service(&mut self, slot: u32, job: Job) {
@@ -723,7 +807,7 @@ impl Sim<'_> {
                 Command::Admit(instance) => {
                     if let Some(slot) = slot_of(self, &instance.id) {
                         if self.fleet.get(slot).state == BackendState::Starting {
-                            self.fleet.activate(slot);
+                            self.fleet.activate(slot, now);
                             self.dispatch_queue();
                         }
                     }
@@ -810,6 +894,7 @@ impl Sim<'_> {
             scaling: self.scaling,
             events,
             end_ns: end,
+            ramps: self.ramps,
         }
     }
 }

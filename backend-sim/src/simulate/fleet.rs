@@ -11,6 +11,7 @@
 use ebbtide_balancer::ewma::PeakEwma;
 use ebbtide_balancer::limit::AdaptiveLimit;
 use ebbtide_balancer::policy::{BackendView, Candidates};
+use ebbtide_balancer::slow_start::{starts_ramp, SlowStart};
 use ebbtide_config::time::Nanos;
 use std::collections::VecDeque;
 
@@ -57,6 +58,9 @@ pub struct Backend {
     pub limit: Option<AdaptiveLimit>,
     /// The proxy's latency estimate for `peak_ewma`.
     pub ewma: PeakEwma,
+    /// When it became active, if that started a slow-start ramp (the proxy's rule,
+    /// [`starts_ramp`]: not for the starting fleet, which is there at startup).
+    pub ramp_since: Option<Nanos>,
     /// Whether it is counted in the fleet's backends with a free slot.
     counted_free: bool,
 }
@@ -90,6 +94,8 @@ pub struct BackendTemplate {
     pub ewma_decay: Nanos,
     /// Speeds handed out in turn.
     pub speeds: Vec<f64>,
+    /// Slow start of backends that become active (`[balancer] slow_start`).
+    pub slow_start: SlowStart,
 }
 
 /// The fleet: backends in stable slots, and the policy-visible order over them.
@@ -158,6 +164,8 @@ impl Fleet {
             limit: (t.capacity.is_none() && t.adaptive)
                 .then(|| AdaptiveLimit::new(Default::default())),
             ewma: PeakEwma::new(t.ewma_decay),
+            // Active at launch only for the starting fleet: present at startup, no ramp.
+            ramp_since: None,
             counted_free: false,
         };
         if active {
@@ -242,10 +250,13 @@ impl Fleet {
         self.order[index]
     }
 
-    /// A starting backend becomes active.
-    pub fn activate(&mut self, slot: u32) {
+    /// A starting backend becomes active at `now`; its slow-start ramp starts.
+    pub fn activate(&mut self, slot: u32, now: Nanos) {
         let b = self.get_mut(slot);
         debug_assert_eq!(b.state, BackendState::Starting);
+        if starts_ramp(b.state, BackendState::Active, false) {
+            b.ramp_since = Some(now);
+        }
         b.state = BackendState::Active;
         self.starting -= 1;
         self.active += 1;
@@ -334,6 +345,11 @@ impl Fleet {
         self.order.iter().map(move |&s| self.get(s))
     }
 
+    /// The slow-start settings its backends ramp with.
+    pub fn slow_start(&self) -> SlowStart {
+        self.template.slow_start
+    }
+
     /// The fleet as a policy sees it at `now`.
     #[inline]
     pub fn at(&self, now: Nanos) -> FleetAt<'_> {
@@ -368,6 +384,7 @@ impl Candidates for FleetAt<'_> {
             },
             cost_per_hour: self.fleet.cost_per_hour,
             accepting: b.state == BackendState::Active,
+            ramp: self.fleet.template.slow_start.ramp(b.ramp_since, self.now),
         }
     }
 
@@ -389,6 +406,7 @@ mod tests {
                 adaptive: false,
                 ewma_decay: 1_000_000_000,
                 speeds: vec![1.0, 2.0],
+                slow_start: SlowStart::OFF,
             },
             0.05,
             false,
@@ -410,7 +428,7 @@ mod tests {
         );
         assert_eq!(f.get(b).speed, 2.0);
         assert_eq!(f.get(b).weight, 2);
-        f.activate(b);
+        f.activate(b, 0);
         assert_eq!(
             f.at(0).generation(),
             g,

@@ -136,7 +136,7 @@ pub fn scenario_from_args(args: &SimulateArgs) -> Result<Scenario, String> {
         sim.duration = HumanDuration(d);
     }
     if let Some(c) = args.capacity {
-        sim.capacity = c;
+        sim.capacity = Some(c);
     }
     if let Some(p) = args.policy {
         cfg.balancer.policy = p;

@@ -87,11 +87,34 @@ impl Scenario {
     /// The capacity the policies see per backend (`None`: unknown), and whether an unknown one
     /// is learnt by the adaptive limit.
     pub fn capacity(&self) -> (Option<u32>, bool) {
-        match self.sim.capacity {
+        match self.capacity_setting() {
             SimCapacity::Workers => (Some(self.sim.workers), false),
             SimCapacity::Slots(n) => (Some(n), false),
             SimCapacity::Unbounded => (None, false),
             SimCapacity::Adaptive => (None, true),
+        }
+    }
+
+    /// `[simulation] capacity`, or, unset, what `ebbtide serve` gives a backend of this file:
+    /// `[provider] capacity` (else the one capacity every static backend declares), else the
+    /// adaptive limit with `[overload] adaptive_limit` (the default), else none. A simulation
+    /// of `p2c` thus runs on the adaptive limit as `serve` would, not on slots = workers.
+    pub fn capacity_setting(&self) -> SimCapacity {
+        if let Some(c) = self.sim.capacity {
+            return c;
+        }
+        let cfg = &self.config;
+        let statics = cfg.backends.first().and_then(|first| {
+            cfg.backends
+                .iter()
+                .all(|b| b.capacity == first.capacity)
+                .then_some(first.capacity)
+                .flatten()
+        });
+        match cfg.provider.as_ref().and_then(|p| p.capacity).or(statics) {
+            Some(n) => SimCapacity::Slots(n),
+            None if cfg.overload.adaptive_limit => SimCapacity::Adaptive,
+            None => SimCapacity::Unbounded,
         }
     }
 
@@ -303,6 +326,33 @@ mod tests {
         .unwrap();
         assert!((s.fleet_capacity_rps() - 800.0).abs() < 1e-9);
         assert!((s.service_rate_per_backend() - 200.0).abs() < 1e-9);
-        assert_eq!(s.capacity(), (Some(1), false));
+        // No capacity anywhere: the adaptive limit, as `ebbtide serve` runs it.
+        assert_eq!(s.capacity(), (None, true));
+    }
+
+    /// Issue 14, "Defaults that fight the user": a simulation of `p2c` ran with slots =
+    /// workers (a central queue in all but name) where `ebbtide serve` on the same file runs on
+    /// the adaptive limit. Unset, `[simulation] capacity` is what `serve` gives a backend.
+    #[test]
+    fn serve_and_simulate_read_the_capacity_of_one_file_the_same_way() {
+        let sim = "[simulation]\nworkers = 8\n";
+        let p2c = format!("[balancer]\npolicy = \"p2c\"\n{sim}");
+        let s = scenario(&p2c).unwrap();
+        assert_eq!(s.capacity_setting(), SimCapacity::Adaptive);
+        assert_eq!(s.capacity(), (None, true));
+        // The provider's capacity, as its backends are registered with.
+        let s = scenario(&format!("{p2c}[provider]\ncapacity = 3\n")).unwrap();
+        assert_eq!(s.capacity(), (Some(3), false));
+        // Static backends that all declare one.
+        let statics = "[[backends]]\naddress = \"127.0.0.1:1\"\ncapacity = 5\n\
+                       [[backends]]\naddress = \"127.0.0.1:2\"\ncapacity = 5\n";
+        let s = scenario(&format!("{p2c}{statics}")).unwrap();
+        assert_eq!(s.capacity(), (Some(5), false));
+        // No limit learnt and none declared: unknown, never full.
+        let s = scenario(&format!("{p2c}[overload]\nadaptive_limit = false\n")).unwrap();
+        assert_eq!(s.capacity(), (None, false));
+        // Said outright, it wins.
+        let s = scenario(&format!("{p2c}capacity = \"workers\"\n")).unwrap();
+        assert_eq!(s.capacity(), (Some(8), false));
     }
 }

@@ -12,3 +12,4 @@ pub mod policy;
 pub mod queue;
 pub mod retry_budget;
 pub mod signals;
+pub mod slow_start;

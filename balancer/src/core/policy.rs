@@ -3,6 +3,7 @@
 //! Policies are sans-IO: no sockets, no tokio, no hyper, time passed in. The proxy, the
 //! discrete-event simulator and the unit tests all drive the same code.
 
+use crate::slow_start::Ramp;
 use ebbtide_config::time::Nanos;
 
 /// What a policy sees of one backend at the moment of a pick. The proxy builds it from atomics,
@@ -23,6 +24,9 @@ pub struct BackendView {
     pub cost_per_hour: f64,
     /// False while starting, draining or ejected: it must not be picked.
     pub accepting: bool,
+    /// Slow start: the share of its full weight or slots it gets now ([`Ramp::FULL`] when it
+    /// is not ramping). Each policy applies it in the way that fits it (see its docs).
+    pub ramp: Ramp,
 }
 
 impl BackendView {
@@ -36,6 +40,7 @@ impl BackendView {
             ewma_latency_ns: 0,
             cost_per_hour: 0.0,
             accepting: true,
+            ramp: Ramp::FULL,
         }
     }
 
@@ -117,7 +122,9 @@ pub trait Policy: Send + Sync {
 
     /// The index of the backend to use, or `None` when no candidate has a free slot (every one is
     /// full or not accepting); the request then waits in the balancer's queue. A policy never
-    /// returns a backend that is not accepting or is at capacity. `key` is the request's hash key
+    /// returns a backend that is not accepting or is at capacity. The one other `None`: the
+    /// slot-filling policies (`central_queue`, `cost_aware` at full load) count a ramping
+    /// backend's slots scaled by its [`BackendView::ramp`], so they wait rather than fill it. `key` is the request's hash key
     /// where one was configured and present.
     fn pick(&self, backends: &dyn Candidates, key: Option<u64>, now: Nanos) -> Option<usize>;
 }

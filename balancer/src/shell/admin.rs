@@ -336,13 +336,11 @@ impl Admin {
             }
             (Method::GET, api::paths::BACKENDS) => {
                 let now = self.proxy.clock.now();
-                let list: Vec<api::BackendInfo> = self
-                    .proxy
-                    .registry
-                    .snapshot()
+                let snap = self.proxy.registry.snapshot();
+                let list: Vec<api::BackendInfo> = snap
                     .backends
                     .iter()
-                    .map(|b| b.info(now))
+                    .map(|b| b.info(now, &snap.slow_start))
                     .collect();
                 json(StatusCode::OK, &list)
             }
@@ -368,7 +366,10 @@ impl Admin {
                             );
                             tokio::spawn(drain);
                         }
-                        json(StatusCode::ACCEPTED, &b.info(now))
+                        json(
+                            StatusCode::ACCEPTED,
+                            &b.info(now, &self.proxy.registry.snapshot().slow_start),
+                        )
                     }
                     None => text(
                         StatusCode::NOT_FOUND,
@@ -438,6 +439,7 @@ impl Admin {
             cost_per_hour: reg.cost_per_hour,
             origin: Origin::Api,
             lease_until,
+            slow_start: None,
         };
         match self.proxy.registry.add_or_renew(spec, self.initial_state) {
             Ok((b, new)) => {
@@ -451,7 +453,7 @@ impl Admin {
                     } else {
                         StatusCode::OK
                     },
-                    &b.info(now),
+                    &b.info(now, &self.proxy.registry.snapshot().slow_start),
                 )
             }
             Err(e) => text(StatusCode::BAD_REQUEST, format!("400 Bad Request: {e}\n")),
@@ -495,12 +497,10 @@ impl FleetSource for ProxyFleet {
 
     fn backends(&self) -> Vec<api::BackendInfo> {
         let now = self.0.clock.now();
-        self.0
-            .registry
-            .snapshot()
-            .backends
+        let snap = self.0.registry.snapshot();
+        snap.backends
             .iter()
-            .map(|b| b.info(now))
+            .map(|b| b.info(now, &snap.slow_start))
             .collect()
     }
 

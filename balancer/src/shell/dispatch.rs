@@ -411,6 +411,7 @@ mod tests {
                     cost_per_hour: 0.0,
                     origin: Origin::Static,
                     lease_until: None,
+                    slow_start: None,
                 },
                 BackendState::Active,
             )
@@ -444,6 +445,7 @@ mod tests {
                             cost_per_hour: 0.0,
                             origin: Origin::Static,
                             lease_until: None,
+                            slow_start: None,
                         },
                         BackendState::Active,
                     )
@@ -520,6 +522,53 @@ mod tests {
             panic!("the freed slot of the untried backend went to the retry");
         };
         assert_eq!(slot.backend().id, busy_id);
+    }
+
+    /// Issue 14, "Defaults that fight the user": `central_queue` over backends without a
+    /// `capacity` runs on the adaptive limit's slots, as `ebbtide serve` builds them by default
+    /// (`[overload] adaptive_limit = true`): the limit's worth of requests dispatched, the next
+    /// one waits in the FIFO until a slot frees.
+    #[tokio::test]
+    async fn central_queue_without_capacity_fills_the_adaptive_limit() {
+        let clock = Clock::new();
+        let cfg = RegistryConfig {
+            adaptive_limit: true,
+            ..RegistryConfig::defaults()
+        };
+        let registry = Arc::new(Registry::new(cfg, clock));
+        let spec = BackendSpec {
+            address: "127.0.0.1:9".into(),
+            capacity: None,
+            weight: 1,
+            cost_per_hour: 0.0,
+            origin: Origin::Api,
+            lease_until: None,
+            slow_start: None,
+        };
+        let (backend, _) = registry.add_or_renew(spec, BackendState::Active).unwrap();
+        let limit = backend
+            .effective_capacity()
+            .expect("the adaptive limit supplies the slots");
+        let policy = Arc::new(CentralQueue::new());
+        let d = Arc::new(Dispatcher::new(
+            registry,
+            policy,
+            16,
+            Duration::from_secs(60),
+            clock,
+        ));
+        let mut slots = Vec::new();
+        for _ in 0..limit {
+            slots.push(d.acquire(None, Tried::new()).await.unwrap());
+        }
+        let mut next = pin!(d.acquire(None, Tried::new()));
+        assert!(
+            poll_once(next.as_mut()).is_pending(),
+            "dispatched past the limit"
+        );
+        assert_eq!(backend.in_flight(), limit);
+        drop(slots.pop());
+        assert!(matches!(poll_once(next.as_mut()), Poll::Ready(Ok(_))));
     }
 
     /// A tried backend that left the fleet does not hold a retry back.

@@ -10,6 +10,7 @@ use crate::outlier::{Ejection, OutlierDetector};
 use crate::policy::{BackendView, Candidates};
 use crate::pool::{Pool, PoolConfig};
 use crate::proxy::Tunnels;
+use crate::slow_start::{starts_ramp, Ramp, SlowStart};
 use ebbtide_config::time::Nanos;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -45,6 +46,8 @@ pub struct BackendSpec {
     pub origin: Origin,
     /// Lease end; None: no lease.
     pub lease_until: Option<Nanos>,
+    /// Its own slow-start window instead of `[balancer] slow_start`; None: the balancer's.
+    pub slow_start: Option<Nanos>,
 }
 
 /// Status codes counted per backend: 100..=599.
@@ -84,6 +87,11 @@ pub struct Backend {
     probe_passes: AtomicU32,
     probe_fails: AtomicU32,
     ejected_until: AtomicU64,
+    /// When it last became active, if that started a slow-start ramp; 0: not ramping.
+    ramp_since: AtomicU64,
+    /// Its own slow-start window, if any.
+    slow_start: Option<Nanos>,
+    clock: Clock,
 }
 
 impl Backend {
@@ -116,6 +124,10 @@ impl Backend {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
+                    if starts_ramp(from, to, self.origin == Origin::Static) {
+                        self.ramp_since
+                            .store(self.clock.now().max(1), Ordering::Release);
+                    }
                     match (from, to) {
                         (BackendState::Ejected, BackendState::Active) => {
                             self.ejected_until.store(0, Ordering::Release);
@@ -277,8 +289,18 @@ impl Backend {
         }
     }
 
-    /// The policy's view of it at `now`.
-    pub fn view(&self, now: Nanos) -> BackendView {
+    /// Its slow-start factor at `now` under the balancer's settings `slow_start`.
+    pub fn ramp(&self, slow_start: &SlowStart, now: Nanos) -> Ramp {
+        match self.ramp_since.load(Ordering::Acquire) {
+            0 => Ramp::FULL,
+            since => slow_start
+                .with_window(self.slow_start)
+                .ramp(Some(since), now),
+        }
+    }
+
+    /// The policy's view of it at `now`, under the balancer's slow-start settings.
+    pub fn view(&self, now: Nanos, slow_start: &SlowStart) -> BackendView {
         BackendView {
             id: self.id,
             in_flight: self.in_flight(),
@@ -287,11 +309,12 @@ impl Backend {
             ewma_latency_ns: self.ewma.estimate(now),
             cost_per_hour: self.cost_per_hour,
             accepting: self.state() == BackendState::Active,
+            ramp: self.ramp(slow_start, now),
         }
     }
 
-    /// The admin API's description of it.
-    pub fn info(&self, now: Nanos) -> BackendInfo {
+    /// The admin API's description of it; `slow_start` gives its ramp.
+    pub fn info(&self, now: Nanos, slow_start: &SlowStart) -> BackendInfo {
         BackendInfo {
             id: self.id,
             address: self.address.clone(),
@@ -308,6 +331,7 @@ impl Backend {
                 .map(|t| t.saturating_sub(now) as f64 / 1e9),
             requests: self.response_counts().map(|(_, n)| n).sum(),
             failures: self.failures.load(Ordering::Relaxed),
+            ramp: self.ramp(slow_start, now).as_f64(),
         }
     }
 }
@@ -319,6 +343,9 @@ pub struct Snapshot {
     pub backends: Vec<Arc<Backend>>,
     /// Changes whenever the list does.
     pub generation: u64,
+    /// The balancer's slow-start settings (`[balancer] slow_start`), swapped with the list on
+    /// a reload.
+    pub slow_start: SlowStart,
 }
 
 impl Snapshot {
@@ -339,7 +366,7 @@ impl Candidates for FleetAt<'_> {
         self.snap.backends.len()
     }
     fn view(&self, i: usize) -> BackendView {
-        self.snap.backends[i].view(self.now)
+        self.snap.backends[i].view(self.now, &self.snap.slow_start)
     }
     fn generation(&self) -> u64 {
         self.snap.generation
@@ -357,6 +384,8 @@ pub struct RegistryConfig {
     pub adaptive_limit: bool,
     /// Passive outlier detection.
     pub outlier: crate::outlier::OutlierConfig,
+    /// Slow start of backends that become active.
+    pub slow_start: SlowStart,
 }
 
 impl RegistryConfig {
@@ -371,6 +400,7 @@ impl RegistryConfig {
             },
             adaptive_limit: false,
             outlier: Default::default(),
+            slow_start: SlowStart::OFF,
         }
     }
 }
@@ -404,7 +434,11 @@ impl Registry {
     /// An empty fleet whose backends are built with `cfg`.
     pub fn new(cfg: RegistryConfig, clock: Clock) -> Self {
         Registry {
-            current: RwLock::new(Arc::new(Snapshot::default())),
+            current: RwLock::new(Arc::new(Snapshot {
+                backends: Vec::new(),
+                generation: 0,
+                slow_start: cfg.slow_start,
+            })),
             next_id: AtomicU64::new(1),
             cfg: std::sync::Mutex::new(cfg),
             clock,
@@ -423,9 +457,15 @@ impl Registry {
         let mut cur = self.current.write().unwrap_or_else(|e| e.into_inner());
         let mut list = cur.backends.clone();
         f(&mut list);
+        let slow_start = self
+            .cfg
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .slow_start;
         *cur = Arc::new(Snapshot {
             backends: list,
             generation: cur.generation + 1,
+            slow_start,
         });
     }
 
@@ -477,6 +517,16 @@ impl Registry {
                 probe_passes: AtomicU32::new(0),
                 probe_fails: AtomicU32::new(0),
                 ejected_until: AtomicU64::new(0),
+                // Added active at once (no health checks): that is its activation.
+                ramp_since: AtomicU64::new(
+                    if starts_ramp(BackendState::Starting, state, spec.origin == Origin::Static) {
+                        self.clock.now().max(1)
+                    } else {
+                        0
+                    },
+                ),
+                slow_start: spec.slow_start,
+                clock: self.clock,
             });
             list.push(b.clone());
             result = Some((b, true));
@@ -489,14 +539,27 @@ impl Registry {
         *self.cfg.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Config reload: the latency decay and the outlier thresholds change for every backend
-    /// and for those added from now on. The pool settings and `adaptive_limit` are kept (they
-    /// need a restart).
-    pub fn reconfigure(&self, ewma_decay: Nanos, outlier: crate::outlier::OutlierConfig) {
-        let cur = self.current.write().unwrap_or_else(|e| e.into_inner());
+    /// Config reload: the latency decay, the outlier thresholds and the slow-start settings
+    /// change for every backend and for those added from now on. The pool settings and
+    /// `adaptive_limit` are kept (they need a restart).
+    pub fn reconfigure(
+        &self,
+        ewma_decay: Nanos,
+        outlier: crate::outlier::OutlierConfig,
+        slow_start: SlowStart,
+    ) {
+        let mut cur = self.current.write().unwrap_or_else(|e| e.into_inner());
         let mut cfg = self.cfg.lock().unwrap_or_else(|e| e.into_inner());
         cfg.ewma_decay = ewma_decay;
         cfg.outlier = outlier;
+        cfg.slow_start = slow_start;
+        if cur.slow_start != slow_start {
+            *cur = Arc::new(Snapshot {
+                backends: cur.backends.clone(),
+                generation: cur.generation,
+                slow_start,
+            });
+        }
         for b in &cur.backends {
             b.ewma.set_decay(ewma_decay);
             b.outlier.set_config(outlier);
@@ -549,7 +612,57 @@ mod tests {
             cost_per_hour: 0.0,
             origin: Origin::Api,
             lease_until: None,
+            slow_start: None,
         }
+    }
+
+    fn at_minimum(r: Ramp) -> bool {
+        (r.as_f64() - 0.1).abs() < 1e-4
+    }
+
+    /// A backend ramps from each activation (new, or back from an ejection), except a static
+    /// one's first: static backends are there at startup.
+    #[test]
+    fn activations_start_a_ramp_but_not_a_static_backends_first() {
+        const S: Nanos = 1_000_000_000;
+        let mut cfg = RegistryConfig::defaults();
+        cfg.slow_start = SlowStart {
+            window: 1_000 * S,
+            aggression: 1.0,
+            min_weight: 0.1,
+        };
+        let r = Registry::new(cfg, Clock::new());
+        let ss = r.snapshot().slow_start;
+        let (api, _) = r
+            .add_or_renew(spec("127.0.0.1:1"), BackendState::Active)
+            .unwrap();
+        let mut s = spec("127.0.0.1:2");
+        s.origin = Origin::Static;
+        let (fixed, _) = r.add_or_renew(s.clone(), BackendState::Active).unwrap();
+        s.address = "127.0.0.1:3".into();
+        let (checked, _) = r.add_or_renew(s, BackendState::Starting).unwrap();
+        let (started, _) = r
+            .add_or_renew(spec("127.0.0.1:4"), BackendState::Starting)
+            .unwrap();
+        checked.apply(Event::ProbePassed { recovered: false });
+        started.apply(Event::ProviderReady);
+        // Within a second of a 1000 s window: at the minimum.
+        let now = r.clock.now();
+        assert!(at_minimum(api.ramp(&ss, now)));
+        assert!(at_minimum(started.ramp(&ss, now)));
+        assert_eq!(fixed.ramp(&ss, now), Ramp::FULL);
+        assert_eq!(checked.ramp(&ss, now), Ramp::FULL);
+        // Back from an ejection, a static backend ramps too; the view and the admin JSON show it.
+        assert!(fixed.eject(now + S));
+        fixed.apply(Event::EjectionOver);
+        let now = r.clock.now();
+        assert!(at_minimum(fixed.ramp(&ss, now)));
+        assert!(at_minimum(r.snapshot().at(now).view(1).ramp));
+        assert!((fixed.info(now, &ss).ramp - 0.1).abs() < 1e-4);
+        // Full after the window; a reload changes the settings for every backend.
+        assert_eq!(fixed.ramp(&ss, now + 2_000 * S), Ramp::FULL);
+        r.reconfigure(cfg.ewma_decay, cfg.outlier, SlowStart::OFF);
+        assert_eq!(r.snapshot().at(now).view(0).ramp, Ramp::FULL);
     }
 
     #[test]
@@ -602,7 +715,7 @@ mod tests {
             requests, limit,
             "three tunnels take none of the learnt limit"
         );
-        assert_eq!(b.view(0).capacity, Some(limit + 3));
+        assert_eq!(b.view(0, &SlowStart::OFF).capacity, Some(limit + 3));
         assert_eq!(b.requests_of(limit + 3), limit);
     }
 

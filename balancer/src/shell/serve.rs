@@ -66,6 +66,7 @@ pub fn registry_config(cfg: &Config) -> RegistryConfig {
         },
         adaptive_limit: cfg.overload.adaptive_limit,
         outlier: outlier_config(cfg),
+        slow_start: crate::slow_start::SlowStart::from_config(&cfg.balancer),
     }
 }
 
@@ -265,6 +266,7 @@ impl Server {
                         cost_per_hour: b.cost_per_hour,
                         origin: Origin::Static,
                         lease_until: None,
+                        slow_start: b.slow_start.map(|d| d.as_nanos()),
                     },
                     initial_state(cfg),
                 )
@@ -331,9 +333,11 @@ impl Server {
             .dispatcher
             .set_queue_limits(cfg.overload.max_queue, cfg.overload.queue_timeout.0);
         self.proxy.set_settings(settings(cfg));
-        self.proxy
-            .registry
-            .reconfigure(cfg.balancer.ewma_decay.as_nanos(), outlier_config(cfg));
+        self.proxy.registry.reconfigure(
+            cfg.balancer.ewma_decay.as_nanos(),
+            outlier_config(cfg),
+            crate::slow_start::SlowStart::from_config(&cfg.balancer),
+        );
         let mut health = cfg.health.clone();
         if health.path.is_some() != self.started.health.path.is_some() {
             // Turning checks on or off changes the state new backends start in: a restart.
@@ -853,6 +857,7 @@ mod tests {
                     cost_per_hour: 0.0,
                     origin: Origin::Api,
                     lease_until: None,
+                    slow_start: None,
                 },
                 BackendState::Starting,
             )

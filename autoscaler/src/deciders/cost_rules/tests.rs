@@ -41,7 +41,7 @@ fn cfg() -> Autoscaler {
         cost: Cost {
             backend_per_hour: 0.36, // 0.0001 per second
             billing_period: HumanDuration::from_secs(60),
-            release_margin: HumanDuration::from_secs(5),
+            release_margin: Some(HumanDuration::from_secs(5)),
             budget_per_hour: 100.0,
             slo_violation_cost: 0.0,
         },

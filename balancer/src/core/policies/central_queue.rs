@@ -1,8 +1,13 @@
 //! Central queue: dispatch only into a free slot. With the proxy's single FIFO in front, the fleet
 //! behaves like one M/M/c queue (Erlang C) rather than c separate M/M/1 queues: a request waits in
 //! one line for the first free slot anywhere instead of behind a slow request on one backend.
+//!
+//! Slow start scales a ramping backend's slots: capacity x factor, at least 1, as HAProxy
+//! raises a server's maxconn gradually during `slowstart` (`srv_dynamic_maxconn`). Requests
+//! beyond wait in the FIFO for a slot, here or anywhere, rather than pile onto a cold backend.
+//! A backend of unknown capacity counts its requests as 1 / factor times as many.
 
-use super::choices::cheapest_free_from;
+use super::choices::cheapest_from;
 use crate::policy::{BackendView, Candidates, Policy};
 use ebbtide_config::time::Nanos;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,17 +39,32 @@ struct Fullness {
 }
 
 impl Fullness {
+    /// How full `view` is, or `None` when it has no slot free for this policy: none at all, or
+    /// none within its slow-start share.
     #[inline]
-    fn of(view: &BackendView) -> Self {
-        let in_flight = u64::from(view.in_flight);
-        let capacity = view
-            .capacity
-            .map_or(in_flight + 1, u64::from)
-            .max(in_flight + 1);
-        Fullness {
-            in_flight,
-            capacity,
+    fn of(view: &BackendView) -> Option<Self> {
+        if !view.has_free_slot() {
+            return None;
         }
+        let in_flight = match view.capacity {
+            Some(c) => {
+                let slots = u64::from(view.ramp.slots(c));
+                let in_flight = u64::from(view.in_flight);
+                return (in_flight < slots).then_some(Fullness {
+                    in_flight,
+                    capacity: slots,
+                });
+            }
+            // Requests count 1 / factor times (as many as a full backend would hold).
+            None => {
+                let load = view.ramp.inflate(u128::from(view.in_flight) + 1);
+                (load.min(u128::from(u32::MAX)) as u64).saturating_sub(1)
+            }
+        };
+        Some(Fullness {
+            in_flight,
+            capacity: in_flight + 1,
+        })
     }
 }
 
@@ -85,7 +105,7 @@ impl Policy for CentralQueue {
             return None;
         }
         let start = self.next_start.fetch_add(1, Ordering::Relaxed) % n;
-        cheapest_free_from(backends, start, Fullness::of, None)
+        cheapest_from(backends, start, Fullness::of, None)
     }
 }
 
@@ -164,6 +184,26 @@ mod tests {
         assert_eq!(cq.pick(&f, None, 0), None);
         f[1].in_flight = 1;
         assert_eq!(cq.pick(&f, None, 0), Some(1));
+    }
+
+    /// A ramping backend fills capacity x factor slots (at least one) and no more; the fleet
+    /// then waits, although the ramping backend has slots beyond its share.
+    #[test]
+    fn a_ramping_backends_slots_are_scaled() {
+        use crate::slow_start::Ramp;
+        for (f, want) in [(0.1, 1u32), (0.5, 5), (1.0, 10)] {
+            let cq = CentralQueue::new();
+            let mut fleet = fleet_with_capacity(3, 10);
+            fleet[2].ramp = Ramp::from_f64(f);
+            while let Some(i) = cq.pick(&fleet, None, 0) {
+                fleet[i].in_flight += 1;
+            }
+            assert_eq!(
+                fleet.iter().map(|b| b.in_flight).collect::<Vec<_>>(),
+                [10, 10, want],
+                "f={f}"
+            );
+        }
     }
 
     #[test]

@@ -15,6 +15,22 @@ pub(super) fn clamp_choices(choices: usize) -> usize {
     choices.clamp(1, MAX_CHOICES)
 }
 
+/// The load a least-loaded pick compares: (requests in flight + 1) divided by the backend's
+/// slow-start factor, as HAProxy's leastconn key `(served + 1) x SRV_EWGHT_MAX / eweight` and
+/// Envoy's least-request weight `weight / (active + 1)`. At a full share the order is the
+/// in-flight order; a ramping backend at factor f looks as loaded as a full one with about
+/// 1/f times its requests, so it holds about f times as many. Under light load (everyone idle)
+/// it gets requests only once the others are busier, which is when a cold backend needs
+/// sparing.
+#[inline]
+pub(super) fn ramped_load(view: &BackendView) -> u128 {
+    // In units of 1/65536 request, so the division by the factor keeps its precision.
+    view.ramp.inflate((u128::from(view.in_flight) + 1) << 16)
+}
+
+/// [`ramped_load`] of an idle backend at a full share: nothing is lower.
+pub(super) const IDLE_LOAD: u128 = 1 << 16;
+
 /// The index with the lowest `cost` among backends with a free slot, scanning all `n` from
 /// `start` and wrapping; on a tie the first one met wins, so a moving `start` spreads ties.
 /// `lowest_possible`, when given, is a cost nothing can beat (0 requests in flight): the scan
@@ -26,15 +42,31 @@ pub(super) fn cheapest_free_from<K: Ord>(
     cost: impl Fn(&BackendView) -> K,
     lowest_possible: Option<K>,
 ) -> Option<usize> {
+    cheapest_from(
+        backends,
+        start,
+        |v| v.has_free_slot().then(|| cost(v)),
+        lowest_possible,
+    )
+}
+
+/// [`cheapest_free_from`] where `cost` also says which backends may be taken at all (`None`:
+/// skip it), for policies with a stricter rule than a free slot.
+#[inline]
+pub(super) fn cheapest_from<K: Ord>(
+    backends: &dyn Candidates,
+    start: usize,
+    cost: impl Fn(&BackendView) -> Option<K>,
+    lowest_possible: Option<K>,
+) -> Option<usize> {
     let n = backends.len();
     let mut best: Option<(usize, K)> = None;
     for k in 0..n {
         let i = (start + k) % n;
         let view = backends.view(i);
-        if !view.has_free_slot() {
+        let Some(c) = cost(&view) else {
             continue;
-        }
-        let c = cost(&view);
+        };
         if lowest_possible.as_ref().is_some_and(|low| c <= *low) {
             return Some(i);
         }

@@ -1,9 +1,18 @@
 //! Consistent hashing: a request key (header, cookie or path, hashed with [`hash_key`]) maps to
 //! a backend through a ring of virtual nodes, so the same key keeps reaching the same backend
 //! (cache affinity) and adding or removing one of n backends moves only about 1/n of the keys.
+//!
+//! Slow start: a key whose owner is ramping stays with it with probability equal to the
+//! owner's factor and otherwise falls through to the next backend on the ring, as when the
+//! owner is full. The choice is a hash of the key and the owner's id, so it is the same for
+//! every request with that key, and as the factor grows the keys that stay are a growing set
+//! (a key moves onto the new backend once and stays): its share of the keys ramps from the
+//! minimum to all of its own. (Neither HAProxy nor Envoy ramps hashing balancers; this is
+//! their weight ramp applied to the keys.)
 
 use super::round_robin::RoundRobin;
 use crate::policy::{Candidates, Policy};
+use crate::slow_start::draw;
 use ebbtide_config::time::Nanos;
 use std::sync::RwLock;
 
@@ -31,7 +40,7 @@ fn folded_multiply(a: u64, b: u64) -> u64 {
 /// A bijective 64-bit finaliser (MurmurHash3's fmix64): spreads keys that differ in few bits,
 /// such as small integers, over the whole ring.
 #[inline]
-fn spread(mut x: u64) -> u64 {
+pub(crate) fn spread(mut x: u64) -> u64 {
     x ^= x >> 33;
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
     x ^= x >> 33;
@@ -106,16 +115,21 @@ impl Ring {
         self.generation == Some(generation) && self.backend_count == backend_count
     }
 
-    /// The owner of `key`, or the next distinct backend clockwise with a free slot.
+    /// The owner of `key`, or the next distinct backend clockwise with a free slot (and, when
+    /// it is ramping, whose slow-start draw for this key admits it).
     fn lookup(&self, backends: &dyn Candidates, key: u64) -> Option<usize> {
         let len = self.points.len();
         if len == 0 {
             return None;
         }
+        let takes = |i: usize| {
+            let v = backends.view(i);
+            v.has_free_slot() && v.ramp.admits(draw(key, v.id))
+        };
         let point = spread(key);
         let start = self.points.partition_point(|&p| p < point) % len;
         let owner = self.owners[start] as usize;
-        if backends.view(owner).has_free_slot() {
+        if takes(owner) {
             return Some(owner);
         }
         let mut last_tried = owner;
@@ -125,13 +139,14 @@ impl Ring {
                 continue;
             }
             last_tried = candidate;
-            if backends.view(candidate).has_free_slot() {
+            if takes(candidate) {
                 return Some(candidate);
             }
         }
-        // Most of the fleet is full: any free backend will do.
+        // Most of the fleet is full: any free backend will do (the owner last: it may be free
+        // but ramping, and not taking this key).
         let n = backends.len();
-        (1..n)
+        (1..=n)
             .map(|k| (owner + k) % n)
             .find(|&i| backends.view(i).has_free_slot())
     }
@@ -302,6 +317,40 @@ mod tests {
                     assert_eq!(during[k], next_on_ring[k], "key {k}");
                 } else {
                     assert_eq!(during[k], before[k], "key {k} lost its backend");
+                }
+            }
+        }
+    }
+
+    /// A new backend at factor f keeps about f of the keys it owns, the same ones on every
+    /// pick, and a key it keeps at a lower factor stays with it at a higher one.
+    #[test]
+    fn a_ramping_owner_keeps_its_factor_of_its_keys() {
+        use crate::slow_start::Ramp;
+        let p = ConsistentHash::new();
+        let mut f = fleet(5);
+        let full = owners(&p, &f);
+        let new_id = f[4].id;
+        let its_keys = full.iter().filter(|&&o| o == new_id).count() as f64;
+        let mut kept_before: Vec<bool> = vec![false; KEYS as usize];
+        for factor in [0.1, 0.5, 1.0] {
+            f[4].ramp = Ramp::from_f64(factor);
+            let during = owners(&p, &f);
+            assert_eq!(owners(&p, &f), during, "deterministic per key");
+            let kept = during.iter().filter(|&&o| o == new_id).count() as f64;
+            assert!(
+                (kept / its_keys - factor).abs() < 0.05,
+                "f={factor}: {kept}/{its_keys}"
+            );
+            for k in 0..KEYS as usize {
+                if during[k] == new_id {
+                    assert_eq!(full[k], new_id, "key {k} came from another owner");
+                } else {
+                    assert!(!kept_before[k], "key {k} left the new backend as it ramped");
+                }
+                kept_before[k] = during[k] == new_id;
+                if full[k] != new_id {
+                    assert_eq!(during[k], full[k], "key {k} of another backend moved");
                 }
             }
         }

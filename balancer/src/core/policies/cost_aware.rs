@@ -1,7 +1,13 @@
 //! Cost-aware packing: fill the cheapest backends first, up to a utilisation target, and use a
 //! dearer one only when every cheaper one is at its target. Dear backends then sit idle when load
 //! drops, and the autoscaler can drain and stop them first.
+//!
+//! Slow start scales a ramping backend's capacity by its factor (at least 1 slot, as HAProxy's
+//! maxconn during `slowstart`) both for its target and for the fill once every backend is at
+//! target; a ramping backend of unknown capacity compares (in flight + 1) / factor. It is
+//! filled past its scaled capacity only when no other backend has a free slot.
 
+use super::choices::ramped_load;
 use crate::policy::{BackendView, Candidates, Policy};
 use ebbtide_config::time::Nanos;
 use std::sync::RwLock;
@@ -88,9 +94,11 @@ impl CostAware {
     }
 
     fn pick_in_order(&self, backends: &dyn Candidates, entries: &[(u32, u32)]) -> Option<usize> {
+        // The cheapest backend with a free slot within its slow-start share, and at all.
         let mut first_free: Option<usize> = None;
+        let mut any_free: Option<usize> = None;
         // The least loaded backend of unknown capacity in the current tier.
-        let mut unbounded: Option<(usize, u32)> = None;
+        let mut unbounded: Option<(usize, u128)> = None;
         let mut current_tier = 0u32;
         for &(index, tier) in entries {
             if tier != current_tier {
@@ -104,21 +112,27 @@ impl CostAware {
             if !view.has_free_slot() {
                 continue;
             }
-            first_free.get_or_insert(index);
+            any_free.get_or_insert(index);
             match view.capacity {
                 Some(capacity) => {
+                    let capacity = view.ramp.slots(capacity);
+                    if view.in_flight < capacity {
+                        first_free.get_or_insert(index);
+                    }
                     if view.in_flight < self.target_in_flight(capacity) {
                         return Some(index);
                     }
                 }
                 None => {
-                    if unbounded.is_none_or(|(_, least)| view.in_flight < least) {
-                        unbounded = Some((index, view.in_flight));
+                    first_free.get_or_insert(index);
+                    let load = ramped_load(&view);
+                    if unbounded.is_none_or(|(_, least)| load < least) {
+                        unbounded = Some((index, load));
                     }
                 }
             }
         }
-        unbounded.map(|(i, _)| i).or(first_free)
+        unbounded.map(|(i, _)| i).or(first_free).or(any_free)
     }
 }
 
@@ -221,6 +235,37 @@ mod tests {
         let mut f = fleet_with_capacity(2, 1);
         f[1].cost_per_hour = 1.0;
         assert_eq!(fill(&p, &mut f, 3), [Some(0), Some(1), None]);
+    }
+
+    /// A cheap backend that is ramping is packed to its target of capacity x factor before
+    /// the dearer one is used, then to capacity x factor, and past it only when nothing else
+    /// is free.
+    #[test]
+    fn a_ramping_backends_capacity_is_scaled() {
+        use crate::slow_start::Ramp;
+        for (f, target, scaled) in [(0.1, 1usize, 1usize), (0.5, 4, 5), (1.0, 8, 10)] {
+            let p = CostAware::new(0.8);
+            let mut fleet = fleet_with_capacity(2, 10);
+            fleet[0].cost_per_hour = 0.01;
+            fleet[0].ramp = Ramp::from_f64(f);
+            fleet[1].cost_per_hour = 0.10;
+            let picks = fill(&p, &mut fleet, 20);
+            let on_cheap =
+                |picks: &[Option<usize>]| picks.iter().filter(|&&i| i == Some(0)).count();
+            assert!(
+                picks[..target].iter().all(|&i| i == Some(0)),
+                "f={f}: {picks:?}"
+            );
+            assert_eq!(picks[target], Some(1), "f={f}: {picks:?}");
+            // 8 on the dear one to its target, then the cheap one to its scaled capacity, then
+            // the dear one to its capacity, then the cheap one's remaining slots.
+            assert_eq!(
+                on_cheap(&picks[..target + 8 + (scaled - target)]),
+                scaled,
+                "f={f}: {picks:?}"
+            );
+            assert_eq!(fleet[0].in_flight + fleet[1].in_flight, 20);
+        }
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! Join the shortest queue: the backend with the fewest requests in flight.
+//!
+//! Slow start: the load compared is [`super::choices::ramped_load`], (in flight + 1) / factor,
+//! HAProxy's leastconn key during `slowstart`.
 
-use super::choices::cheapest_free_from;
+use super::choices::{cheapest_free_from, ramped_load, IDLE_LOAD};
 use crate::policy::{Candidates, Policy};
 use ebbtide_config::time::Nanos;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,7 +36,7 @@ impl Policy for LeastOutstanding {
             return None;
         }
         let start = self.next_start.fetch_add(1, Ordering::Relaxed) % n;
-        cheapest_free_from(backends, start, |v| v.in_flight, Some(0))
+        cheapest_free_from(backends, start, ramped_load, Some(IDLE_LOAD))
     }
 }
 
@@ -76,6 +79,24 @@ mod tests {
             counts[lo.pick(&f, None, 0).unwrap()] += 1;
         }
         assert_eq!(counts, [100; 4]);
+    }
+
+    /// Closed loop (requests pile up, none finish): a ramping backend at factor f ends with
+    /// about f times the requests of each full one.
+    #[test]
+    fn a_ramping_backend_holds_its_factor_of_the_load() {
+        use crate::slow_start::Ramp;
+        for (f, want) in [(0.1, 0.1), (0.5, 0.5), (1.0, 1.0)] {
+            let lo = LeastOutstanding::new();
+            let mut fleet = fleet(4);
+            fleet[3].ramp = Ramp::from_f64(f);
+            for _ in 0..4_000 {
+                let i = lo.pick(&fleet, None, 0).unwrap();
+                fleet[i].in_flight += 1;
+            }
+            let ratio = f64::from(fleet[3].in_flight) / f64::from(fleet[0].in_flight);
+            assert!((ratio - want).abs() < 0.02, "f={f}: {fleet:?}");
+        }
     }
 
     #[test]

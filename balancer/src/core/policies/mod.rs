@@ -17,6 +17,7 @@ mod test_support;
 
 pub use central_queue::CentralQueue;
 pub use choices::MAX_CHOICES;
+pub(crate) use consistent_hash::spread;
 pub use consistent_hash::{hash_key, ConsistentHash, VIRTUAL_NODES};
 pub use cost_aware::CostAware;
 pub use least_outstanding::LeastOutstanding;
@@ -50,6 +51,7 @@ pub fn build(cfg: &Balancer) -> Box<dyn Policy> {
 mod tests {
     use super::test_support::fleet;
     use super::*;
+    use crate::slow_start::Ramp;
     use crate::BackendView;
     use ebbtide_config::rng::Rng;
 
@@ -107,7 +109,7 @@ mod tests {
     }
 
     #[test]
-    fn every_policy_picks_only_free_accepting_backends_and_finds_one_if_any() {
+    fn every_policy_picks_only_free_accepting_backends_and_finds_one_if_any_while_some_ramp() {
         let mut rng = Rng::new(2024);
         for (kind, policy) in every_policy() {
             let mut f = fleet(12);
@@ -120,10 +122,21 @@ mod tests {
                         b.weight = rng.below(3) as u32 + 1;
                         b.cost_per_hour = rng.below(3) as f64 * 0.05;
                         b.ewma_latency_ns = rng.below(4) as u64 * 1_000_000;
+                        b.ramp = [
+                            Ramp::FULL,
+                            Ramp::FULL,
+                            Ramp::from_f64(0.1),
+                            Ramp::from_f64(0.6),
+                        ][rng.below(4)];
                     }
                 }
                 let key = (rng.below(2) == 0).then(|| rng.next_u64());
-                let any_free = f.iter().any(|b| b.has_free_slot());
+                // central_queue fills a ramping backend's scaled slots only.
+                let any_free = f.iter().any(|b| {
+                    b.has_free_slot()
+                        && (kind != PolicyKind::CentralQueue
+                            || b.capacity.is_none_or(|c| b.in_flight < b.ramp.slots(c)))
+                });
                 match policy.pick(&f, key, 0) {
                     Some(i) => {
                         assert!(f[i].has_free_slot(), "{kind:?} picked {:?}", f[i]);

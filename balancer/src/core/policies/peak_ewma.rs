@@ -2,6 +2,9 @@
 //! Prefers a fast backend, and moves away from it as its queue grows, as Finagle's and
 //! tower's PeakEwma balancers do. The estimate itself is [`crate::ewma::PeakEwma`], kept by the
 //! proxy per backend and handed in as `BackendView::ewma_latency_ns`.
+//!
+//! Slow start divides the cost by the backend's factor, as HAProxy's leastconn key divides by
+//! the ramping weight: at factor f a backend looks 1/f times slower than it is.
 
 use super::choices::{best_of_random_sample, clamp_choices};
 use crate::policy::{BackendView, Candidates, Policy};
@@ -49,7 +52,8 @@ impl PeakEwmaP2c {
         } else {
             view.ewma_latency_ns
         };
-        u128::from(rtt) * (u128::from(view.in_flight) + 1)
+        view.ramp
+            .inflate(u128::from(rtt) * (u128::from(view.in_flight) + 1))
     }
 }
 
@@ -131,6 +135,29 @@ mod tests {
             assert_eq!(seen.len(), 2);
             let least = seen.iter().map(|&s| p.cost(&f[s])).min().unwrap();
             assert_eq!(p.cost(&f[i]), least);
+        }
+    }
+
+    /// Closed loop over equally fast backends: a ramping one at factor f ends with about f
+    /// times the requests of each full one.
+    #[test]
+    fn a_ramping_backend_holds_its_factor_of_the_load() {
+        use crate::slow_start::Ramp;
+        for f in [0.1, 0.5, 1.0] {
+            let p = PeakEwmaP2c::new(2, 9);
+            let mut fleet = fleet(4);
+            for b in &mut fleet {
+                b.ewma_latency_ns = 5 * MS;
+            }
+            fleet[3].ramp = Ramp::from_f64(f);
+            for _ in 0..4_000 {
+                let i = p.pick(&fleet, None, 0).unwrap();
+                fleet[i].in_flight += 1;
+            }
+            let full =
+                f64::from(fleet[0].in_flight + fleet[1].in_flight + fleet[2].in_flight) / 3.0;
+            let ratio = f64::from(fleet[3].in_flight) / full;
+            assert!((ratio - f).abs() < 0.03, "f={f}: {fleet:?}");
         }
     }
 

@@ -1,7 +1,10 @@
 //! Power of d choices (`p2c`): the least loaded of d random samples. Most of join-shortest-queue's
 //! gain at O(d) per pick and without looking at the whole fleet.
+//!
+//! Slow start: the load compared is [`super::choices::ramped_load`], (in flight + 1) / factor,
+//! HAProxy's leastconn key during `slowstart`.
 
-use super::choices::{best_of_random_sample, clamp_choices};
+use super::choices::{best_of_random_sample, clamp_choices, ramped_load, IDLE_LOAD};
 use crate::policy::{Candidates, Policy};
 use ebbtide_config::rng::SharedRng;
 use ebbtide_config::time::Nanos;
@@ -33,7 +36,13 @@ impl Policy for PowerOfChoices {
     }
 
     fn pick(&self, backends: &dyn Candidates, _key: Option<u64>, _now: Nanos) -> Option<usize> {
-        best_of_random_sample(backends, &self.rng, self.choices, |v| v.in_flight, Some(0))
+        best_of_random_sample(
+            backends,
+            &self.rng,
+            self.choices,
+            ramped_load,
+            Some(IDLE_LOAD),
+        )
     }
 }
 
@@ -111,6 +120,26 @@ mod tests {
         g[1].in_flight = 50;
         for _ in 0..50 {
             assert_eq!(p.pick(&g, None, 0), Some(1));
+        }
+    }
+
+    /// Closed loop: a ramping backend at factor f ends with about f times the requests of each
+    /// full one.
+    #[test]
+    fn a_ramping_backend_holds_its_factor_of_the_load() {
+        use crate::slow_start::Ramp;
+        for f in [0.1, 0.5, 1.0] {
+            let p = PowerOfChoices::new(2, 7);
+            let mut fleet = fleet(4);
+            fleet[3].ramp = Ramp::from_f64(f);
+            for _ in 0..4_000 {
+                let i = p.pick(&fleet, None, 0).unwrap();
+                fleet[i].in_flight += 1;
+            }
+            let full =
+                f64::from(fleet[0].in_flight + fleet[1].in_flight + fleet[2].in_flight) / 3.0;
+            let ratio = f64::from(fleet[3].in_flight) / full;
+            assert!((ratio - f).abs() < 0.03, "f={f}: {fleet:?}");
         }
     }
 

@@ -1,4 +1,8 @@
 //! Uniformly random choice: the baseline that behaves like an M/M/1 queue per backend.
+//!
+//! Slow start: a probe that lands on a ramping backend keeps it with probability equal to its
+//! factor and probes again otherwise, which is a weighted random choice with its weight scaled
+//! by the factor (Envoy's random balancer with slow-start weights).
 
 use crate::policy::{Candidates, Policy};
 use ebbtide_config::rng::SharedRng;
@@ -38,7 +42,10 @@ impl Policy for Random {
         }
         for _ in 0..PROBES {
             let i = self.rng.below(n);
-            if backends.view(i).has_free_slot() {
+            let view = backends.view(i);
+            if view.has_free_slot()
+                && (view.ramp.is_full() || view.ramp.admits(self.rng.next_u64()))
+            {
                 return Some(i);
             }
         }
@@ -75,6 +82,24 @@ mod tests {
         let b = Random::new(9);
         for _ in 0..100 {
             assert_eq!(a.pick(&f, None, 0), b.pick(&f, None, 0));
+        }
+    }
+
+    #[test]
+    fn a_ramping_backend_is_picked_as_if_weighted_by_its_factor() {
+        use crate::slow_start::Ramp;
+        for f in [0.1, 0.5, 1.0] {
+            let r = Random::new(3);
+            let mut fleet = fleet(4);
+            fleet[2].ramp = Ramp::from_f64(f);
+            let picks = 40_000;
+            let got = (0..picks)
+                .filter(|_| r.pick(&fleet, None, 0) == Some(2))
+                .count() as f64
+                / picks as f64;
+            // Weighted: f / (3 + f); the fallback scan after 4 misses adds a little.
+            let want = f / (3.0 + f);
+            assert!((got - want).abs() < 0.015, "f={f}: {got} vs {want}");
         }
     }
 

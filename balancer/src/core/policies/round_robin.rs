@@ -1,6 +1,13 @@
 //! Round robin: each accepting backend with a free slot in turn.
+//!
+//! Slow start: a ramping backend takes its turn with probability equal to its factor (a draw
+//! hashed from the pick counter and its id, so no random state); a turn it lets pass goes to the
+//! next backend and the counter skips one more, so the others keep equal shares and the ramping
+//! one gets f / (n - 1 + f) of the picks, what a weight of f among weights of 1 would give it
+//! (HAProxy's roundrobin ramps the server's weight during `slowstart` in the same way).
 
 use crate::policy::{Candidates, Policy};
+use crate::slow_start::draw;
 use ebbtide_config::time::Nanos;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -28,10 +35,29 @@ impl Policy for RoundRobin {
         if n == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        (0..n)
-            .map(|k| (start + k) % n)
-            .find(|&i| backends.view(i).has_free_slot())
+        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
+        let start = ticket % n;
+        let mut passed_over: Option<usize> = None;
+        let mut skipped = 0;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let view = backends.view(i);
+            if !view.has_free_slot() {
+                continue;
+            }
+            if view.ramp.admits(draw(ticket as u64, view.id)) {
+                if skipped > 0 {
+                    // The turns let pass were given to the next backend: move the rotation on
+                    // so that one does not get its own turn twice.
+                    self.next.fetch_add(skipped, Ordering::Relaxed);
+                }
+                return Some(i);
+            }
+            passed_over.get_or_insert(i);
+            skipped += 1;
+        }
+        // Only ramping backends are free, and none took this turn: one of them does anyway.
+        passed_over
     }
 }
 
@@ -59,6 +85,31 @@ mod tests {
         let f = fleet(4);
         let picks: Vec<_> = (0..8).map(|_| rr.pick(&f, None, 0).unwrap()).collect();
         assert_eq!(picks, [0, 1, 2, 3, 0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_ramping_backend_gets_a_weight_of_its_factor() {
+        use crate::slow_start::Ramp;
+        let rr = RoundRobin::new();
+        for (f, n) in [(0.1, 4usize), (0.5, 4), (1.0, 4), (0.5, 2)] {
+            let mut fleet = fleet(n);
+            fleet[1].ramp = Ramp::from_f64(f);
+            let mut counts = vec![0u32; n];
+            let picks = 40_000;
+            for _ in 0..picks {
+                counts[rr.pick(&fleet, None, 0).unwrap()] += 1;
+            }
+            let want = f / (n as f64 - 1.0 + f);
+            let got = f64::from(counts[1]) / picks as f64;
+            assert!((got - want).abs() < 0.015, "f={f} n={n}: {got} vs {want}");
+            // The others share the rest evenly.
+            let others: Vec<u32> = (0..n).filter(|&i| i != 1).map(|i| counts[i]).collect();
+            let (lo, hi) = (others.iter().min().unwrap(), others.iter().max().unwrap());
+            assert!(
+                f64::from(hi - lo) < 0.02 * picks as f64,
+                "f={f}: {counts:?}"
+            );
+        }
     }
 
     #[test]

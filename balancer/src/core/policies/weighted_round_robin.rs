@@ -2,6 +2,10 @@
 //! weight to its running score, takes the highest score and subtracts the total weight from it.
 //! Weights 5, 1, 1 give a a b a c a a: the shares are exact over each cycle and a heavy backend's
 //! turns are interleaved with the others rather than bunched.
+//!
+//! Slow start scales each weight by the backend's factor (HAProxy's and Envoy's way: a
+//! ramping server's effective weight is its weight x the ramp), kept in fixed point so the
+//! shares stay exact: a full backend of weight w counts w x 65536.
 
 use crate::policy::{Candidates, Policy};
 use ebbtide_config::time::Nanos;
@@ -55,7 +59,7 @@ impl Policy for WeightedRoundRobin {
             if view.weight == 0 || !view.has_free_slot() {
                 continue;
             }
-            let weight = i64::from(view.weight);
+            let weight = view.ramp.weight_units(view.weight) as i64;
             scores.current[i] += weight;
             total += weight;
             // Strictly greater: the first of equal scores wins, as in nginx.
@@ -114,6 +118,23 @@ mod tests {
             counts[wrr.pick(&f, None, 0).unwrap()] += 1;
         }
         assert_eq!(counts, [0, 200, 100]);
+    }
+
+    #[test]
+    fn a_ramping_backends_weight_is_scaled_by_its_factor() {
+        use crate::slow_start::Ramp;
+        for (f, want) in [(0.1, 100u32), (0.5, 500), (1.0, 1_000)] {
+            let wrr = WeightedRoundRobin::new();
+            let mut f2 = weighted(&[2, 1]);
+            f2[1].ramp = Ramp::from_f64(f);
+            // Weights 2 and 1 x f: over 1000 x (2 + f) picks the ramping one gets 1000 x f.
+            let picks = (1_000.0 * (2.0 + f)).round() as usize;
+            let mut counts = [0u32; 2];
+            for _ in 0..picks {
+                counts[wrr.pick(&f2, None, 0).unwrap()] += 1;
+            }
+            assert!(counts[1].abs_diff(want) <= 1, "f={f}: {counts:?}");
+        }
     }
 
     #[test]
