@@ -471,6 +471,17 @@ mod tests {
         })]
     }
 
+    /// The ids `commands` retires; panics on any other command.
+    fn retirements(commands: &[Command]) -> Vec<String> {
+        commands
+            .iter()
+            .map(|c| match c {
+                Command::Retire(i) => i.id.clone(),
+                other => panic!("only retirements: {other:?}"),
+            })
+            .collect()
+    }
+
     /// Launches what `commands` asks for and reports every one launched and ready.
     fn boot_all(step: &mut ControlStep, commands: Vec<Command>, now: Nanos, names: &mut u32) {
         for c in commands {
@@ -514,14 +525,7 @@ mod tests {
         step.observe(20 * S, &reading(8, 5));
         let t = step.tick(20 * S);
         assert_eq!(t.direction, Direction::Down, "{:?}", t.decision);
-        let retired: Vec<String> = t
-            .commands
-            .iter()
-            .map(|c| match c {
-                Command::Retire(i) => i.id.clone(),
-                other => panic!("only retirements: {other:?}"),
-            })
-            .collect();
+        let retired = retirements(&t.commands);
         let mut newest = retired.clone();
         newest.sort();
         assert_eq!(newest, vec!["i3", "i4", "i5"], "the three launched last");
@@ -723,14 +727,7 @@ mod tests {
         // the dear kind, and go; the large one stays.
         step.observe(70 * S, &reading(4, 9));
         let t = step.tick(70 * S);
-        let retired: Vec<String> = t
-            .commands
-            .iter()
-            .map(|c| match c {
-                Command::Retire(i) => i.id.clone(),
-                other => panic!("only retirements: {other:?}"),
-            })
-            .collect();
+        let retired = retirements(&t.commands);
         assert_eq!(retired.len(), 8, "{:?}", t.decision);
         assert!(
             retired.iter().all(|i| i.starts_with("small")),

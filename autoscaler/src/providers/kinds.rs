@@ -16,17 +16,14 @@ pub struct KindedProvider {
 }
 
 impl KindedProvider {
-    /// A provider per kind of `cfg`, each made by `build_one` (the plain provider builder).
-    pub fn build(
-        cfg: &ebbtide_config::Provider,
-        probe: Probe,
-        build_one: fn(&ebbtide_config::Provider, Probe) -> Result<Box<dyn Provider>, String>,
-    ) -> Result<KindedProvider, String> {
+    /// A provider per kind of `cfg`, each built by [`super::build`] from the kind's own
+    /// `[provider]` (which has no kinds).
+    pub fn build(cfg: &ebbtide_config::Provider, probe: Probe) -> Result<KindedProvider, String> {
         let kinds = cfg
             .kinds
             .iter()
             .map(|k| {
-                build_one(&cfg.for_kind(k), probe.clone())
+                super::build(&cfg.for_kind(k), probe.clone())
                     .map(|p| (k.name.clone(), p))
                     .map_err(|e| format!("provider.kinds `{}`: {e}", k.name))
             })

@@ -85,7 +85,7 @@ pub type Probe = Arc<dyn Fn(String) -> ProviderFuture<'static, bool> + Send + Sy
 /// With `[[provider.kinds]]`, one provider per kind behind a [`kinds::KindedProvider`].
 pub fn build(cfg: &ebbtide_config::Provider, probe: Probe) -> Result<Box<dyn Provider>, String> {
     if !cfg.kinds.is_empty() {
-        return kinds::KindedProvider::build(cfg, probe, build).map(|p| Box::new(p) as _);
+        return kinds::KindedProvider::build(cfg, probe).map(|p| Box::new(p) as _);
     }
     Ok(match cfg.kind {
         ebbtide_config::ProviderKind::Local => {
