@@ -96,6 +96,33 @@ impl MetricsSource for AutoscalerView {
                 d.name()
             );
         }
+        if let Some(planner) = step.kind_planner() {
+            family(
+                out,
+                "ebbtide_autoscaler_backends",
+                "gauge",
+                "Backends the autoscaler manages, by instance kind and state.",
+            );
+            let members = step.members().kinded();
+            for k in planner.kinds() {
+                for state in [
+                    ebbtide_autoscaler::BackendState::Starting,
+                    ebbtide_autoscaler::BackendState::Active,
+                    ebbtide_autoscaler::BackendState::Draining,
+                ] {
+                    let n = members
+                        .iter()
+                        .filter(|m| m.kind == Some(k.name.as_str()) && m.state == state)
+                        .count();
+                    let _ = writeln!(
+                        out,
+                        "ebbtide_autoscaler_backends{{kind=\"{}\",state=\"{}\"}} {n}",
+                        k.name,
+                        state.name()
+                    );
+                }
+            }
+        }
         family(
             out,
             "ebbtide_autoscaler_backend_seconds_total",

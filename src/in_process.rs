@@ -11,11 +11,39 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The capacity and price a provider's backend is registered with: `[provider]`'s, or its
+/// instance kind's (`[[provider.kinds]]`), so `cost_aware` fills the cheap kind first.
+pub(crate) struct Terms {
+    base: (Option<u32>, f64),
+    kinds: HashMap<String, (Option<u32>, f64)>,
+}
+
+impl Terms {
+    pub(crate) fn new(provider: &ebbtide_config::Provider) -> Terms {
+        Terms {
+            base: (provider.capacity, provider.cost_per_hour),
+            kinds: provider
+                .kinds
+                .iter()
+                .map(|k| {
+                    let p = provider.for_kind(k);
+                    (k.name.clone(), (p.capacity, p.cost_per_hour))
+                })
+                .collect(),
+        }
+    }
+
+    /// (capacity, cost per hour) of a backend of `kind`.
+    pub(crate) fn of(&self, kind: Option<&str>) -> (Option<u32>, f64) {
+        kind.and_then(|k| self.kinds.get(k).copied())
+            .unwrap_or(self.base)
+    }
+}
+
 /// The balancer of `ebbtide serve`.
 pub(crate) struct InProcess {
     proxy: Arc<Proxy>,
-    capacity: Option<u32>,
-    cost_per_hour: f64,
+    terms: Terms,
     drain_timeout: Duration,
     /// `[overload]` `max_queue` and `queue_timeout`: the queue an overload action bounds.
     queue: (usize, Duration),
@@ -32,8 +60,7 @@ impl InProcess {
     ) -> Self {
         InProcess {
             proxy,
-            capacity: provider.capacity,
-            cost_per_hour: provider.cost_per_hour,
+            terms: Terms::new(provider),
             drain_timeout: cfg.lifecycle.drain_timeout.0,
             queue: (cfg.overload.max_queue, cfg.overload.queue_timeout.0),
             backends: Mutex::new(HashMap::new()),
@@ -46,12 +73,13 @@ impl InProcess {
 }
 
 impl Membership for InProcess {
-    fn starting(&self, instance: &Instance) {
+    fn starting(&self, instance: &Instance, kind: Option<&str>) {
+        let (capacity, cost_per_hour) = self.terms.of(kind);
         let spec = BackendSpec {
             address: instance.address.clone(),
-            capacity: self.capacity,
+            capacity,
             weight: 1,
-            cost_per_hour: self.cost_per_hour,
+            cost_per_hour,
             origin: Origin::Provider,
             lease_until: None,
             slow_start: None,

@@ -19,8 +19,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) struct Balancers {
     admins: Vec<String>,
     client: AdminClient,
-    capacity: Option<u32>,
-    cost_per_hour: f64,
+    terms: crate::in_process::Terms,
+    /// The terms of each instance with a kind, from `starting` on.
+    kinds: Mutex<HashMap<String, (Option<u32>, f64)>>,
     lease_seconds: f64,
     drain_timeout: Duration,
     /// The id each balancer gave each instance (by balancer index and instance id).
@@ -40,8 +41,8 @@ impl Balancers {
         Balancers {
             admins,
             client: AdminClient::new(token, CALL_TIMEOUT),
-            capacity: provider.capacity,
-            cost_per_hour: provider.cost_per_hour,
+            terms: crate::in_process::Terms::new(provider),
+            kinds: Mutex::new(HashMap::new()),
             lease_seconds: lease.as_secs_f64(),
             drain_timeout,
             ids: Mutex::new(HashMap::new()),
@@ -54,12 +55,19 @@ impl Balancers {
 
     /// Registers (or renews) `instance` with one balancer and remembers the id it got there.
     async fn register(&self, balancer: usize, instance: &Instance) -> Result<(), String> {
+        let terms = self
+            .kinds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&instance.id)
+            .copied();
+        let (capacity, cost_per_hour) = terms.unwrap_or_else(|| self.terms.of(None));
         let body = api::Register {
             address: instance.address.clone(),
-            capacity: self.capacity,
+            capacity,
             weight: 1,
             lease_seconds: Some(self.lease_seconds),
-            cost_per_hour: self.cost_per_hour,
+            cost_per_hour,
         };
         let info = self
             .client
@@ -85,6 +93,13 @@ impl Balancers {
         Some(list.into_iter().map(|b| b.address).collect())
     }
 
+    fn forget_kind(&self, instance: &Instance) {
+        self.kinds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&instance.id);
+    }
+
     /// Asks one balancer to drain `instance` (DELETE by the id it gave it).
     async fn delete(&self, balancer: usize, instance: &Instance) {
         let id = self.ids().remove(&(balancer, instance.id.clone()));
@@ -108,8 +123,17 @@ impl Balancers {
 }
 
 impl Membership for Balancers {
-    /// Remote balancers hear of a backend only once it is healthy.
-    fn starting(&self, _instance: &Instance) {}
+    /// Remote balancers hear of a backend only once it is healthy; its kind's terms are kept
+    /// for then.
+    fn starting(&self, instance: &Instance, kind: Option<&str>) {
+        if kind.is_some() {
+            let terms = self.terms.of(kind);
+            self.kinds
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(instance.id.clone(), terms);
+        }
+    }
 
     fn ready<'a>(&'a self, instance: &'a Instance) -> ProviderFuture<'a, ()> {
         Box::pin(self.register_everywhere(instance))
@@ -118,6 +142,7 @@ impl Membership for Balancers {
     /// DELETE at every balancer, then wait until none lists it (each drains it and removes it
     /// once its in-flight requests finished), bounded by the drain timeout plus a margin.
     fn drain<'a>(&'a self, instance: &'a Instance) -> ProviderFuture<'a, ()> {
+        self.forget_kind(instance);
         Box::pin(async move {
             for b in 0..self.admins.len() {
                 self.delete(b, instance).await;
@@ -141,6 +166,7 @@ impl Membership for Balancers {
 
     fn remove<'a>(&'a self, instance: &'a Instance) -> ProviderFuture<'a, ()> {
         // Nothing in flight at a dead backend is worth waiting for: DELETE, and no wait.
+        self.forget_kind(instance);
         Box::pin(async move {
             for b in 0..self.admins.len() {
                 self.delete(b, instance).await;

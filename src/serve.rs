@@ -39,7 +39,7 @@ pub async fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
                     let signals: Box<dyn SignalSource> =
                         Box::new(in_process::Signals(server.proxy().clone()));
                     (
-                        ControlStep::new(a, crate::admin_view::EVENTS_SHOWN),
+                        ControlStep::new(a, crate::admin_view::EVENTS_SHOWN).with_kinds(p, a),
                         a.interval.0,
                         Some(signals),
                     )

@@ -72,7 +72,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     let provider = ebbtide_autoscaler::providers::build(&p, crate::health_probe(&cfg.health))?;
     let now = Arc::new(move || clock.now());
     let driver = Driver::new(
-        ControlStep::new(&a, EVENTS_SHOWN),
+        ControlStep::new(&a, EVENTS_SHOWN).with_kinds(&p, &a),
         provider,
         balancers.clone(),
         now,

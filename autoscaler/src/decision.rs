@@ -87,6 +87,10 @@ pub struct Decision {
     /// When scaling in, which backends to remove now (chosen by the cost rules by billing);
     /// empty when the caller chooses, or nothing is removed.
     pub remove: Vec<String>,
+    /// With instance kinds: the kind of each backend this decision launched (the kind
+    /// planner's choice); empty without kinds.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub launch_kinds: Vec<String>,
 }
 
 impl Decision {
@@ -100,6 +104,7 @@ impl Decision {
             inputs: BTreeMap::new(),
             overload: OverloadAction::None,
             remove: Vec::new(),
+            launch_kinds: Vec::new(),
         }
     }
 

@@ -68,7 +68,11 @@ impl EventLog {
             Direction::Hold => self.hold += 1,
         }
         if let Some(last) = self.events.back_mut() {
+            // A hold that launches or removes (the kind planner replacing small backends by a
+            // large one) is an entry of its own.
+            let changes = !decision.remove.is_empty() || !decision.launch_kinds.is_empty();
             let same_hold = direction == Direction::Hold
+                && !changes
                 && last.direction == Direction::Hold
                 && last.to == decision.desired
                 && last.decider == decider

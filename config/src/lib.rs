@@ -7,6 +7,7 @@
 pub mod autoscaler;
 mod backend_state;
 pub mod container;
+pub mod kinds;
 pub mod lifecycle;
 pub mod rng;
 mod schema;
@@ -84,6 +85,10 @@ impl Config {
             n => format!("{n} static backends"),
         });
         parts.push(match &self.provider {
+            Some(p) if !p.kinds.is_empty() => {
+                let names: Vec<&str> = p.kinds.iter().map(|k| k.name.as_str()).collect();
+                format!("{} provider, kinds {}", p.kind.name(), names.join(", "))
+            }
             Some(p) => format!("{} provider x{}", p.kind.name(), p.count),
             None => "no provider".to_string(),
         });

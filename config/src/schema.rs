@@ -451,6 +451,8 @@ pub struct Provider {
     /// owner that a previous run left are removed at start. Default: `admin-` + `admin.address`,
     /// which no two ebbtide processes on one machine share (required when its port is 0).
     pub owner: Option<String>,
+    /// Instance kinds (`[[provider.kinds]]`): none = one kind, the provider's own keys.
+    pub kinds: Vec<crate::kinds::InstanceKind>,
 }
 
 impl Provider {
@@ -499,6 +501,7 @@ impl Default for Provider {
             env: Default::default(),
             labels: Default::default(),
             owner: None,
+            kinds: Vec::new(),
         }
     }
 }

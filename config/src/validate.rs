@@ -476,6 +476,7 @@ const CHECKS: &[Check] = &[
     check_provider_cost,
     check_provider_boot_timeout,
     check_provider_docker,
+    check_provider_kinds,
     check_central_queue_capacities,
     check_health,
     check_outlier,
@@ -1049,6 +1050,13 @@ fn check_provider_capacity(cfg: &Config, out: &mut Problems) {
 fn check_provider_cost(cfg: &Config, out: &mut Problems) {
     let Some(p) = &cfg.provider else { return };
     price("provider.cost_per_hour", p.cost_per_hour, out);
+}
+
+fn check_provider_kinds(cfg: &Config, out: &mut Problems) {
+    let Some(p) = &cfg.provider else { return };
+    for (key, message) in crate::kinds::validate(p, cfg.autoscaler.is_some()) {
+        out.add(key, message);
+    }
 }
 
 fn check_provider_boot_timeout(cfg: &Config, out: &mut Problems) {

@@ -176,6 +176,19 @@ fn reference_lists_every_key() {
         p.env.0.insert("RUST_LOG".into(), "info".into());
         p.labels.insert("team".into(), "web".into());
         p.owner = Some("o".into());
+        p.kinds.push(ebbtide_config::kinds::InstanceKind {
+            name: "k".into(),
+            workers: 1,
+            cost_per_hour: 0.0,
+            boot_time: Some(Default::default()),
+            preemption_rate: 0.0,
+            capacity: Some(1),
+            command: Some(vec!["c".into()]),
+            launch: Some(vec!["l".into()]),
+            image: Some("i".into()),
+            cpus: Some(1.0),
+            memory: Some(ebbtide_config::container::ByteSize(1 << 20)),
+        });
     }
     full.autoscaler.as_mut().unwrap().balancer_token = Some("t".into());
     let mut schema = BTreeSet::new();
@@ -187,6 +200,10 @@ fn reference_lists_every_key() {
         .lines()
         .map(|l| {
             let rest = l.strip_prefix("# ").unwrap_or(l);
+            if rest.starts_with("[[") {
+                // A commented-out array of tables (`# [[provider.kinds]]`).
+                return rest;
+            }
             let is_key = rest
                 .split_once(" = ")
                 .is_some_and(|(k, _)| k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));

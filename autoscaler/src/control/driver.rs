@@ -17,8 +17,10 @@ use tokio::sync::{mpsc, watch};
 /// How the autoscaler tells balancers about its backends: the balancer in this process, or
 /// balancers elsewhere through their admin APIs.
 pub trait Membership: Send + Sync {
-    /// A launched instance is booting: not to be sent traffic yet, but worth listing.
-    fn starting(&self, instance: &Instance);
+    /// A launched instance (of instance kind `kind`, `None` without kinds) is booting: not to
+    /// be sent traffic yet, but worth listing. The kind chooses its registered capacity and
+    /// price (`[[provider.kinds]]`).
+    fn starting(&self, instance: &Instance, kind: Option<&str>);
     /// It passed its health check: send it traffic.
     fn ready<'a>(&'a self, instance: &'a Instance) -> ProviderFuture<'a, ()>;
     /// No new requests for it; resolves once its in-flight requests finished (or the drain
@@ -174,9 +176,13 @@ impl Driver {
         for command in commands {
             let d = self.clone();
             match command {
-                Command::Launch { ticket } => {
+                Command::Launch { ticket, kind } => {
                     tokio::spawn(async move {
-                        let report = match d.provider.launch().await {
+                        let launched = match &kind {
+                            Some(k) => d.provider.launch_kind(k).await,
+                            None => d.provider.launch().await,
+                        };
+                        let report = match launched {
                             Ok(instance) => Report::Launched { ticket, instance },
                             Err(why) => {
                                 tracing::error!(error = %why, "could not start a backend");
@@ -187,7 +193,13 @@ impl Driver {
                     });
                 }
                 Command::Boot(instance) => {
-                    d.membership.starting(&instance);
+                    let kind = d
+                        .shared
+                        .lock()
+                        .members()
+                        .kind_of(&instance.id)
+                        .map(str::to_string);
+                    d.membership.starting(&instance, kind.as_deref());
                     tokio::spawn(async move {
                         let report = match d.provider.wait_ready(&instance).await {
                             Ok(()) => Report::Ready { id: instance.id },

@@ -17,6 +17,8 @@ pub enum Command {
     Launch {
         /// Names the backend until the provider gives it an id.
         ticket: String,
+        /// The instance kind to launch (`[[provider.kinds]]`); `None` without kinds.
+        kind: Option<String>,
     },
     /// A launched backend is booting: list it with the balancers as starting (no traffic yet)
     /// and wait for its health; answer [`Report::Ready`] or [`Report::NeverReady`].
@@ -99,6 +101,21 @@ struct Managed {
     instance: Option<Instance>,
     launched_at: Nanos,
     state: BackendState,
+    /// Its instance kind; `None` without kinds.
+    kind: Option<String>,
+}
+
+/// One member with its kind, for the kind planner and the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KindedMember<'a> {
+    /// The ticket while launching, then the provider's id.
+    pub id: &'a str,
+    /// Its instance kind (`None` without kinds).
+    pub kind: Option<&'a str>,
+    /// Its state.
+    pub state: BackendState,
+    /// When it was launched.
+    pub launched_at: Nanos,
 }
 
 /// The fleet the autoscaler manages.
@@ -122,21 +139,64 @@ impl Members {
             instance: Some(instance),
             launched_at,
             state,
+            kind: None,
         });
+    }
+
+    /// [`Members::adopt`] for a backend of instance kind `kind`.
+    pub fn adopt_kind(
+        &mut self,
+        instance: Instance,
+        state: BackendState,
+        launched_at: Nanos,
+        kind: &str,
+    ) {
+        self.adopt(instance, state, launched_at);
+        if let Some(m) = self.members.last_mut() {
+            m.kind = Some(kind.to_string());
+        }
     }
 
     /// Orders one backend: counted (as starting, and paid) at once, so the next decision does
     /// not order it again.
     pub fn launch(&mut self, now: Nanos) -> Command {
+        self.launch_kind(now, None)
+    }
+
+    /// [`Members::launch`] of a backend of instance kind `kind`.
+    pub fn launch_kind(&mut self, now: Nanos, kind: Option<&str>) -> Command {
         let ticket = format!("launching-{}", self.launches);
         self.launches += 1;
+        let kind = kind.map(str::to_string);
         self.members.push(Managed {
             id: ticket.clone(),
             instance: None,
             launched_at: now,
             state: BackendState::Starting,
+            kind: kind.clone(),
         });
-        Command::Launch { ticket }
+        Command::Launch { ticket, kind }
+    }
+
+    /// Every member with its kind.
+    pub fn kinded(&self) -> Vec<KindedMember<'_>> {
+        self.members
+            .iter()
+            .map(|m| KindedMember {
+                id: &m.id,
+                kind: m.kind.as_deref(),
+                state: m.state,
+                launched_at: m.launched_at,
+            })
+            .collect()
+    }
+
+    /// The instance kind of member `id` (`None` when unknown or without kinds).
+    pub fn kind_of(&self, id: &str) -> Option<&str> {
+        self.members
+            .iter()
+            .find(|m| m.id == id)
+            .and_then(|m| m.kind.as_deref())
     }
 
     /// Starts removing `id` (starting or serving). A backend still launching has no instance to
@@ -311,7 +371,7 @@ mod tests {
     }
 
     fn launched(m: &mut Members, now: Nanos, id: &str) -> Instance {
-        let Command::Launch { ticket } = m.launch(now) else {
+        let Command::Launch { ticket, .. } = m.launch(now) else {
             panic!("a launch")
         };
         let i = instance(id);
@@ -342,7 +402,7 @@ mod tests {
     #[test]
     fn a_backend_retired_while_launching_is_stopped_without_a_drain() {
         let mut m = Members::new();
-        let Command::Launch { ticket } = m.launch(0) else {
+        let Command::Launch { ticket, .. } = m.launch(0) else {
             panic!()
         };
         assert_eq!(m.retire(&ticket), None, "nothing to drain yet");
@@ -369,7 +429,7 @@ mod tests {
     #[test]
     fn failures_leave_the_table_and_say_so() {
         let mut m = Members::new();
-        let Command::Launch { ticket } = m.launch(0) else {
+        let Command::Launch { ticket, .. } = m.launch(0) else {
             panic!()
         };
         let (cmd, change) = m.apply(Report::LaunchFailed {
@@ -416,5 +476,28 @@ mod tests {
         );
         m.retire("new");
         assert_eq!(m.choose_removals(&["new".into()], 1), vec!["booting"]);
+    }
+
+    #[test]
+    fn members_keep_their_kind_from_launch_to_id() {
+        let mut m = Members::new();
+        let Command::Launch { ticket, kind } = m.launch_kind(0, Some("large")) else {
+            panic!("a launch")
+        };
+        assert_eq!(kind.as_deref(), Some("large"));
+        assert_eq!(m.kind_of(&ticket), Some("large"));
+        m.apply(Report::Launched {
+            ticket,
+            instance: instance("a"),
+        });
+        assert_eq!(
+            m.kind_of("a"),
+            Some("large"),
+            "the id takes over the ticket's kind"
+        );
+        m.adopt_kind(instance("b"), BackendState::Active, 0, "small");
+        let kinds: Vec<_> = m.kinded().iter().map(|k| (k.id, k.kind)).collect();
+        assert_eq!(kinds, vec![("a", Some("large")), ("b", Some("small"))]);
+        assert_eq!(m.kind_of("gone"), None);
     }
 }

@@ -4,9 +4,11 @@
 //! and providers ([`crate::Provider`]). The simulator runs the same step in virtual time.
 
 pub mod driver;
+pub mod kinds;
 mod members;
 mod step;
 
 pub use driver::{Driver, Membership, Shared};
-pub use members::{Change, Command, Members, Report};
+pub use kinds::{KindPlan, KindPlanner, KindSpec, PlannedBackend};
+pub use members::{Change, Command, KindedMember, Members, Report};
 pub use step::{ControlStep, Tick};

@@ -10,6 +10,7 @@
 
 pub mod command;
 pub mod docker;
+pub mod kinds;
 pub mod local;
 
 pub use command::CommandProvider;
@@ -41,6 +42,13 @@ pub trait Provider: Send + Sync {
 
     /// Starts one backend and returns once it has an address; it may still be booting.
     fn launch(&self) -> ProviderFuture<'_, Result<Instance, String>>;
+
+    /// Starts one backend of instance kind `kind` (`[[provider.kinds]]`). Providers built
+    /// with kinds route it (see [`kinds::KindedProvider`]); the others refuse.
+    fn launch_kind<'a>(&'a self, kind: &'a str) -> ProviderFuture<'a, Result<Instance, String>> {
+        let why = format!("the {} provider has no instance kind `{kind}`", self.kind());
+        Box::pin(async move { Err(why) })
+    }
 
     /// Waits until the instance answers its health check, or fails (and stops it) when it
     /// cannot within the provider's boot timeout.
@@ -74,7 +82,11 @@ pub trait Provider: Send + Sync {
 pub type Probe = Arc<dyn Fn(String) -> ProviderFuture<'static, bool> + Send + Sync>;
 
 /// Builds the provider `[provider]` names; its backends are ready once `probe` passes.
+/// With `[[provider.kinds]]`, one provider per kind behind a [`kinds::KindedProvider`].
 pub fn build(cfg: &ebbtide_config::Provider, probe: Probe) -> Result<Box<dyn Provider>, String> {
+    if !cfg.kinds.is_empty() {
+        return kinds::KindedProvider::build(cfg, probe).map(|p| Box::new(p) as _);
+    }
     Ok(match cfg.kind {
         ebbtide_config::ProviderKind::Local => {
             Box::new(LocalProvider::new(&cfg.command, cfg.boot_timeout.0, probe)?)

@@ -29,6 +29,12 @@
 //!   backend boots for the boot delay, then serves; a retired one takes no new requests and
 //!   leaves when idle (a starting one at once). A changed overload action bounds the queue by
 //!   `OverloadAction::queue_limit`, as `ebbtide serve` does.
+//! - **Instance kinds** (`[[provider.kinds]]` with `[autoscaler]`): the same step with its kind
+//!   planner (`ControlStep::with_kinds`); a backend of a kind has that kind's workers, capacity
+//!   (its workers with `capacity = "workers"`), price (shown to `cost_aware`) and boot time, and
+//!   a kind with a `preemption_rate` is preempted at exponential times from when it is ready
+//!   (drained at once, reported lost, so the step replaces it, as a spot instance's notice).
+//!   The starting fleet is the planner's steady mix for `backends` reference backends.
 
 use super::fleet::{BackendState, BackendTemplate, Fleet, Job};
 use super::scenario::Scenario;
@@ -70,6 +76,8 @@ enum EventKind {
     Expire,
     /// The autoscaler's control loop runs.
     Control,
+    /// The spot-like backend launched as `id` in `slot` is preempted.
+    Preempt { slot: u32, id: u64 },
     /// A whole second of virtual time has passed: the series' bookkeeping.
     Second,
 }
@@ -119,6 +127,8 @@ pub struct ScalingSummary {
     pub removed: u64,
     /// Most backends paid for at once.
     pub peak_backends: u32,
+    /// Backends of spot-like kinds preempted.
+    pub preempted: u64,
 }
 
 /// Exact statistics of the reported requests (those arriving after the warm-up), kept beside
@@ -217,6 +227,40 @@ impl RampSeries {
     }
 }
 
+/// One instance kind as the simulator runs it.
+#[derive(Debug, Clone)]
+struct SimKind {
+    name: String,
+    workers: u32,
+    capacity: Option<u32>,
+    cost_per_hour: f64,
+    boot: Nanos,
+    /// Mean time to preemption, ns; `None` = never preempted.
+    mean_life: Option<f64>,
+}
+
+/// The kinds of `[[provider.kinds]]` with `[autoscaler]`; none otherwise.
+fn sim_kinds(sc: &Scenario) -> Vec<SimKind> {
+    let (Some(a), Some(p)) = (&sc.config.autoscaler, &sc.config.provider) else {
+        return Vec::new();
+    };
+    p.kinds
+        .iter()
+        .map(|k| SimKind {
+            name: k.name.clone(),
+            workers: k.workers,
+            capacity: match sc.sim.capacity {
+                Some(ebbtide_config::simulation::SimCapacity::Workers) => Some(k.workers),
+                _ => k.capacity,
+            },
+            cost_per_hour: k.cost_per_hour,
+            boot: k.boot(a.boot_time).as_nanos(),
+            mean_life: (k.preemption_rate > 0.0)
+                .then(|| 3600.0 * NANOS_PER_SEC as f64 / k.preemption_rate),
+        })
+        .collect()
+}
+
 /// The autoscaler's part of a run: the live control step and its interval.
 struct Control {
     step: ControlStep,
@@ -266,6 +310,10 @@ struct Sim<'a> {
     /// Every ramp recorded, and which of them are still being recorded: (backend id, index).
     ramps: Vec<RampSeries>,
     live_ramps: Vec<(u64, usize)>,
+    kinds: Vec<SimKind>,
+    preempt_rng: Rng,
+    /// Backends ready at time 0.
+    initial_backends: u64,
 }
 
 /// Runs a scenario to the end (every request answered or shed) and returns what it measured.
@@ -287,7 +335,10 @@ pub fn run(sc: &Scenario) -> RunResult {
         None => CostMeter::new(price, 0),
     };
     let control = cfg.autoscaler.as_ref().map(|a| Control {
-        step: ControlStep::new(a, EVENT_LOG_CAPACITY),
+        step: match &cfg.provider {
+            Some(p) => ControlStep::new(a, EVENT_LOG_CAPACITY).with_kinds(p, a),
+            None => ControlStep::new(a, EVENT_LOG_CAPACITY),
+        },
         interval: a.interval.as_nanos().max(1),
         slots: BTreeMap::new(),
     });
@@ -331,6 +382,9 @@ pub fn run(sc: &Scenario) -> RunResult {
         scaling: ScalingSummary::default(),
         ramps: Vec::new(),
         live_ramps: Vec::new(),
+        kinds: sim_kinds(sc),
+        preempt_rng: seeds.fork(),
+        initial_backends: 0,
     };
     sim.start();
     // The arrivals are `ebbtide load`'s for the same profile or trace and seed.
@@ -370,7 +424,16 @@ impl Sim<'_> {
     /// The starting fleet (ready at once), the autoscaler's first launches (up to `min`, as
     /// the live loop starts), the first ticks.
     fn start(&mut self) {
-        for _ in 0..self.sc.sim.backends {
+        if !self.kinds.is_empty() {
+            self.start_kinds();
+        }
+        let plain = if self.kinds.is_empty() {
+            self.sc.sim.backends
+        } else {
+            0
+        };
+        for _ in 0..plain {
+            self.initial_backends += 1;
             let slot = self.fleet.launch(0, true);
             if let Some(c) = self.control.as_mut() {
                 let name = self.fleet.get(slot).name.clone();
@@ -396,6 +459,66 @@ impl Sim<'_> {
         }
     }
 
+    /// The starting fleet with instance kinds: the planner's steady mix for `backends`
+    /// reference backends, ready at once.
+    fn start_kinds(&mut self) {
+        let Some(c) = self.control.as_ref() else {
+            return;
+        };
+        let Some(planner) = c.step.kind_planner() else {
+            return;
+        };
+        let reference = self
+            .sc
+            .config
+            .autoscaler
+            .as_ref()
+            .map_or(1, |a| a.workers.max(1));
+        let cover = planner.steady_mix(self.sc.sim.backends * reference);
+        for (k, n) in cover.into_iter().enumerate() {
+            for _ in 0..n {
+                self.initial_backends += 1;
+                let kind = self.kinds[k].clone();
+                let slot = self.fleet.launch_kind(
+                    0,
+                    true,
+                    kind.workers,
+                    kind.capacity,
+                    kind.cost_per_hour,
+                );
+                let name = self.fleet.get(slot).name.clone();
+                self.schedule_preemption(slot, k);
+                if let Some(c) = self.control.as_mut() {
+                    c.slots.insert(name.clone(), slot);
+                    let instance = Instance {
+                        id: name,
+                        address: String::new(),
+                    };
+                    c.step
+                        .adopt_kind(instance, BackendState::Active, 0, &kind.name);
+                }
+            }
+        }
+    }
+
+    /// The kind index of step member `id`.
+    fn kind_of(&self, id: &str) -> Option<usize> {
+        let name = self.control.as_ref()?.step.members().kind_of(id)?;
+        self.kinds.iter().position(|k| k.name == name)
+    }
+
+    /// A ready backend of a spot-like kind gets its preemption time.
+    fn schedule_preemption(&mut self, slot: u32, kind: usize) {
+        if let Some(mean) = self.kinds.get(kind).and_then(|k| k.mean_life) {
+            let after = self.preempt_rng.exp(mean).round() as Nanos;
+            let id = self.fleet.get(slot).id;
+            self.schedule(
+                self.now.saturating_add(after.max(1)),
+                EventKind::Preempt { slot, id },
+            );
+        }
+    }
+
     /// Whether periodic ticks should go on: during the arrivals, and while requests remain.
     fn ticking(&self) -> bool {
         self.now < self.duration || self.in_flight_total > 0 || !self.queue.is_empty()
@@ -412,6 +535,27 @@ impl Sim<'_> {
                 {
                     let id = b.name.clone();
                     self.report(Happened::Ready { id });
+                }
+            }
+            EventKind::Preempt { slot, id } => {
+                let live = self
+                    .fleet
+                    .get_if(slot, id)
+                    .filter(|b| b.state == BackendState::Active)
+                    .map(|b| b.name.clone());
+                if let Some(name) = live {
+                    // Drained at once (a spot notice), and lost to the step, which replaces it.
+                    self.scaling.preempted += 1;
+                    if let Some(c) = self.control.as_mut() {
+                        c.slots.remove(&name);
+                    }
+                    self.fleet.remove(slot);
+                    self.report(Happened::Lost {
+                        id: name,
+                        why: "preempted".into(),
+                    });
+                    self.fleet_changed();
+                    self.dispatch_queue();
                 }
             }
             EventKind::Expire => {
@@ -780,8 +924,18 @@ impl Sim<'_> {
             let slot_of =
                 |sim: &Self, id: &str| sim.control.as_ref().and_then(|c| c.slots.get(id).copied());
             match command {
-                Command::Launch { ticket } => {
-                    let slot = self.fleet.launch(now, false);
+                Command::Launch { ticket, kind } => {
+                    let kind = kind.and_then(|k| self.kinds.iter().find(|s| s.name == k).cloned());
+                    let slot = match kind {
+                        Some(k) => self.fleet.launch_kind(
+                            now,
+                            false,
+                            k.workers,
+                            k.capacity,
+                            k.cost_per_hour,
+                        ),
+                        None => self.fleet.launch(now, false),
+                    };
                     self.scaling.launched += 1;
                     let name = self.fleet.get(slot).name.clone();
                     if let Some(c) = self.control.as_mut() {
@@ -797,17 +951,23 @@ impl Sim<'_> {
                     let Some(slot) = slot_of(self, &instance.id) else {
                         continue;
                     };
-                    if self.sc.boot == 0 {
+                    let boot = self
+                        .kind_of(&instance.id)
+                        .map_or(self.sc.boot, |k| self.kinds[k].boot);
+                    if boot == 0 {
                         self.report(Happened::Ready { id: instance.id });
                     } else {
                         let id = self.fleet.get(slot).id;
-                        self.schedule(now + self.sc.boot, EventKind::Ready { slot, id });
+                        self.schedule(now + boot, EventKind::Ready { slot, id });
                     }
                 }
                 Command::Admit(instance) => {
                     if let Some(slot) = slot_of(self, &instance.id) {
                         if self.fleet.get(slot).state == BackendState::Starting {
                             self.fleet.activate(slot, now);
+                                                        if let Some(k) = self.kind_of(&instance.id) {
+                                self.schedule_preemption(slot, k);
+                            }
                             self.dispatch_queue();
                         }
                     }
@@ -879,7 +1039,7 @@ impl Sim<'_> {
             .as_ref()
             .map_or(&self.meter, |c| c.step.meter());
         // Every backend launched and no longer paid for was removed.
-        let launched_total = sc.sim.backends as u64 + self.scaling.launched;
+        let launched_total = self.initial_backends + self.scaling.launched;
         self.scaling.removed = launched_total - self.fleet.paid() as u64;
         RunResult {
             report,

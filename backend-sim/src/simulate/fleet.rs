@@ -54,6 +54,8 @@ pub struct Backend {
     pub in_flight: u32,
     /// Configured capacity for the policies; `None` = unknown (unbounded, or the adaptive limit).
     pub capacity: Option<u32>,
+    /// Its price per hour, shown to `cost_aware`.
+    pub cost_per_hour: f64,
     /// The proxy's learnt concurrency limit, with `capacity = "adaptive"`.
     pub limit: Option<AdaptiveLimit>,
     /// The proxy's latency estimate for `peak_ewma`.
@@ -161,6 +163,7 @@ impl Fleet {
             queue: VecDeque::new(),
             in_flight: 0,
             capacity: t.capacity,
+            cost_per_hour: self.cost_per_hour,
             limit: (t.capacity.is_none() && t.adaptive)
                 .then(|| AdaptiveLimit::new(Default::default())),
             ewma: PeakEwma::new(t.ewma_decay),
@@ -185,6 +188,25 @@ impl Fleet {
         };
         self.order.push(slot);
         self.generation += 1;
+        self.refresh(slot);
+        slot
+    }
+
+    /// [`Fleet::launch`] of a backend of an instance kind: its own workers, capacity (`None`:
+    /// the template's) and price.
+    pub fn launch_kind(
+        &mut self,
+        now: Nanos,
+        active: bool,
+        workers: u32,
+        capacity: Option<u32>,
+        cost_per_hour: f64,
+    ) -> u32 {
+        let slot = self.launch(now, active);
+        let b = self.get_mut(slot);
+        b.workers = workers;
+        b.capacity = capacity.or(b.capacity);
+        b.cost_per_hour = cost_per_hour;
         self.refresh(slot);
         slot
     }
@@ -382,7 +404,7 @@ impl Candidates for FleetAt<'_> {
             } else {
                 0
             },
-            cost_per_hour: self.fleet.cost_per_hour,
+            cost_per_hour: b.cost_per_hour,
             accepting: b.state == BackendState::Active,
             ramp: self.fleet.template.slow_start.ramp(b.ramp_since, self.now),
         }
