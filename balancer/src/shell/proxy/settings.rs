@@ -24,6 +24,8 @@ pub struct ProxySettings {
     pub body_limits: BodyLimits,
     /// Longest request target (`[listener] max_uri_bytes`); longer gets 414.
     pub max_uri_bytes: usize,
+    /// Give every request an `X-Request-Id` (`[log] request_id`).
+    pub request_id: bool,
 }
 
 impl ProxySettings {
@@ -41,6 +43,7 @@ impl ProxySettings {
                 min_rate: 1024,
             },
             max_uri_bytes: 8 * 1024,
+            request_id: true,
         }
     }
 }
