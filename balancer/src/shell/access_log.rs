@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// What the proxy learnt of a request's tries, for the log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tries {
-    /// Tries made (0: answered before any backend was asked).
+    /// Tries that got a backend slot (0: answered, or shed, before any backend was asked).
     pub attempts: u32,
     /// Time spent waiting in the balancer for a backend slot, over every try.
     pub queue_ns: u64,

@@ -126,7 +126,6 @@ impl Proxy {
         let mut acquire_from = ready;
         loop {
             attempt += 1;
-            tries.attempts = attempt;
             if let Some(k) = kept.take() {
                 head.headers = rebuild_headers(k);
             }
@@ -150,6 +149,7 @@ impl Proxy {
                     };
                 }
             };
+            tries.attempts = attempt;
             let backend = slot.backend().clone();
             // One try: how it ended, when, and the backend's response if it answered.
             let (outcome, now, answered) = match backend.pool.checkout().await {
