@@ -127,6 +127,16 @@ async fn json_lines_name_the_backend_attempts_and_status_of_a_retried_request() 
     // Round robin over [dead, live]: the dead one is asked for some requests (until outlier
     // detection ejects it), and each of those is retried on the live one.
     assert!(retried >= 1, "no request was retried: {lines:#?}");
+
+    // On SIGTERM the last lines are written before the process exits.
+    let mut lb = lb;
+    assert_eq!(get(&format!("http://{}/last", lb.addr)).await.0, 200);
+    sigterm(lb.child.id());
+    let status = lb.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let lines = lines_of(&log.0);
+    assert_eq!(lines.len(), n + 1);
+    assert!(lines[n].contains("\"path\":\"/last\""), "{}", lines[n]);
 }
 
 #[tokio::test]

@@ -106,6 +106,9 @@ struct Target {
 pub struct AccessLog {
     tx: SyncSender<Box<AccessRecord>>,
     dropped: Arc<AtomicU64>,
+    /// Records handed to the writer, and those it has written (or failed to) and flushed.
+    sent: AtomicU64,
+    done: Arc<AtomicU64>,
     target: Arc<Mutex<Target>>,
     reopen: Arc<AtomicBool>,
 }
@@ -129,6 +132,8 @@ impl AccessLog {
         let log = AccessLog {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
+            sent: AtomicU64::new(0),
+            done: Arc::new(AtomicU64::new(0)),
             target: Arc::new(Mutex::new(target.clone())),
             reopen: Arc::new(AtomicBool::new(false)),
         };
@@ -139,6 +144,7 @@ impl AccessLog {
             shared: log.target.clone(),
             reopen: log.reopen.clone(),
             dropped: log.dropped.clone(),
+            done: log.done.clone(),
             wall: WallClock::new(clock),
             line: String::with_capacity(512),
         };
@@ -153,7 +159,9 @@ impl AccessLog {
     /// behind. Never blocks.
     pub fn submit(&self, record: Box<AccessRecord>) {
         match self.tx.try_send(record) {
-            Ok(()) => {}
+            Ok(()) => {
+                self.sent.fetch_add(1, Ordering::Relaxed);
+            }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -172,6 +180,17 @@ impl AccessLog {
             *self.target.lock().unwrap_or_else(|e| e.into_inner()) = Target { format, path };
         }
         self.reopen();
+    }
+
+    /// Waits (up to `limit`) until every line handed over is written and flushed: on
+    /// shutdown, after the last requests finished.
+    pub async fn finish(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.done.load(Ordering::Acquire) < self.sent.load(Ordering::Relaxed)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Opens the file again (on SIGHUP, for logrotate), before the next line.
@@ -245,6 +264,7 @@ struct Writer {
     shared: Arc<Mutex<Target>>,
     reopen: Arc<AtomicBool>,
     dropped: Arc<AtomicU64>,
+    done: Arc<AtomicU64>,
     wall: WallClock,
     line: String,
 }
@@ -255,13 +275,16 @@ impl Writer {
             match self.rx.recv_timeout(IDLE_TICK) {
                 Ok(r) => {
                     self.write(&r);
+                    let mut n = 1;
                     // Write what else is waiting, then flush once.
                     while let Ok(r) = self.rx.try_recv() {
                         self.write(&r);
+                        n += 1;
                     }
                     if self.out.flush().is_err() {
                         self.failed();
                     }
+                    self.done.fetch_add(n, Ordering::Release);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {

@@ -501,6 +501,9 @@ impl Server {
                 "some requests were still in flight after the drain timeout"
             );
         }
+        if let Some(log) = self.proxy.access_log() {
+            log.finish(Duration::from_secs(2)).await;
+        }
         Ok(())
     }
 }
