@@ -6,8 +6,7 @@ use ebbtide_autoscaler::control::Shared;
 use ebbtide_autoscaler::Direction;
 use ebbtide_balancer::admin::EventSource;
 use ebbtide_balancer::api::AutoscalerSummary;
-use ebbtide_balancer::metrics::{family, MetricsSource};
-use std::fmt::Write;
+use ebbtide_balancer::metrics::{self, DescriptorEncoder, MetricsSource};
 use std::sync::Arc;
 
 /// How many decisions `/api/v1/events` lists.
@@ -68,41 +67,30 @@ impl EventSource for AutoscalerView {
 }
 
 impl MetricsSource for AutoscalerView {
-    fn render(&self, out: &mut String) {
+    fn encode(&self, e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
         let now = self.0.now();
         let step = self.0.lock();
-        family(
-            out,
+        metrics::single_gauge(
+            e,
             "ebbtide_autoscaler_desired_backends",
-            "gauge",
             "Backends the autoscaler wants now.",
-        );
-        let _ = writeln!(
-            out,
-            "ebbtide_autoscaler_desired_backends {}",
-            step.desired()
-        );
-        family(
-            out,
+            u64::from(step.desired()),
+        )?;
+        let mut f = metrics::counter(
+            e,
             "ebbtide_autoscaler_decisions_total",
-            "counter",
             "Decisions taken, by direction.",
-        );
+        )?;
         for d in [Direction::Up, Direction::Down, Direction::Hold] {
             let n = step.events().map_or(0, |log| log.decisions_total(d));
-            let _ = writeln!(
-                out,
-                "ebbtide_autoscaler_decisions_total{{direction=\"{}\"}} {n}",
-                d.name()
-            );
+            metrics::sample(&mut f, &[("direction", d.name())], n)?;
         }
         if let Some(planner) = step.kind_planner() {
-            family(
-                out,
+            let mut f = metrics::gauge(
+                e,
                 "ebbtide_autoscaler_backends",
-                "gauge",
                 "Backends the autoscaler manages, by instance kind and state.",
-            );
+            )?;
             let members = step.members().kinded();
             for k in planner.kinds() {
                 for state in [
@@ -114,36 +102,25 @@ impl MetricsSource for AutoscalerView {
                         .iter()
                         .filter(|m| m.kind == Some(k.name.as_str()) && m.state == state)
                         .count();
-                    let _ = writeln!(
-                        out,
-                        "ebbtide_autoscaler_backends{{kind=\"{}\",state=\"{}\"}} {n}",
-                        k.name,
-                        state.name()
-                    );
+                    metrics::gauge_sample(
+                        &mut f,
+                        &[("kind", k.name.as_str()), ("state", state.name())],
+                        n as u64,
+                    )?;
                 }
             }
         }
-        family(
-            out,
+        metrics::single_counter(
+            e,
             "ebbtide_autoscaler_backend_seconds_total",
-            "counter",
             "Backend-seconds run so far.",
-        );
-        let _ = writeln!(
-            out,
-            "ebbtide_autoscaler_backend_seconds_total {:.3}",
-            step.meter().backend_seconds(now)
-        );
-        family(
-            out,
+            step.meter().backend_seconds(now),
+        )?;
+        metrics::single_counter(
+            e,
             "ebbtide_autoscaler_cost_total",
-            "counter",
             "Accumulated cost of the backends (whole billing periods, in the price's currency).",
-        );
-        let _ = writeln!(
-            out,
-            "ebbtide_autoscaler_cost_total {:.6}",
-            step.meter().cost(now)
-        );
+            step.meter().cost(now),
+        )
     }
 }

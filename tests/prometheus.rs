@@ -272,3 +272,110 @@ async fn get_maybe(url: &str) -> Option<(http::StatusCode, http::HeaderMap, byte
     let body = resp.into_body().collect().await.ok()?.to_bytes();
     Some((status, headers, body))
 }
+
+/// Every family `/metrics` had before it was written by `prometheus-client`, with its type, in
+/// order; the access log adds one when it is on.
+const FAMILIES_BEFORE_CLIENT: &[(&str, &str)] = &[
+    ("ebbtide_requests_total", "counter"),
+    ("ebbtide_request_duration_seconds", "histogram"),
+    ("ebbtide_queue_depth", "gauge"),
+    ("ebbtide_backend_in_flight", "gauge"),
+    ("ebbtide_backends", "gauge"),
+    ("ebbtide_shed_total", "counter"),
+    ("ebbtide_retries_total", "counter"),
+    ("ebbtide_retries_refused_total", "counter"),
+    ("ebbtide_idempotent_replays_total", "counter"),
+    ("ebbtide_backend_concurrency_limit", "gauge"),
+    ("ebbtide_config_reloads_total", "counter"),
+    ("ebbtide_autoscaler_desired_backends", "gauge"),
+    ("ebbtide_autoscaler_decisions_total", "counter"),
+    ("ebbtide_autoscaler_backend_seconds_total", "counter"),
+    ("ebbtide_autoscaler_cost_total", "counter"),
+    ("ebbtide_admin_streams", "gauge"),
+];
+
+#[tokio::test]
+async fn promtool_passes_a_real_scrape_and_the_families_are_those_ebbtide_always_had() {
+    let log = std::env::temp_dir().join(format!("ebbtide-promtool-{}.log", std::process::id()));
+    let lb = start_ebbtide(&base_config(&format!(
+        r#"[log]
+access = "json"
+access_path = "{}"
+[provider]
+kind = "local"
+command = ["ebbtide", "backend", "--listen", "127.0.0.1:{{port}}", "--service-time", "const:1ms"]
+count = 2
+[autoscaler]
+min = 2
+max = 2
+"#,
+        log.display()
+    )));
+    eventually("two backends", Duration::from_secs(30), || async {
+        (admin_backends(lb.admin).await.len() >= 2).then_some(())
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(get(&format!("http://{}/", lb.addr)).await.0, 200);
+    }
+    let (status, headers, body) = get(&format!("http://{}/metrics", lb.admin)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        headers["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = String::from_utf8(body.to_vec()).unwrap();
+
+    let families: Vec<(&str, &str)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split_once(' ').unwrap())
+        .collect();
+    let mut expected = FAMILIES_BEFORE_CLIENT.to_vec();
+    expected.insert(11, ("ebbtide_access_log_dropped_total", "counter"));
+    assert_eq!(families, expected, "{text}");
+    // The series too: each backend's requests by code, histogram buckets as before.
+    for series in [
+        "ebbtide_requests_total{backend=\"none\",code=\"502\"} 0",
+        "ebbtide_request_duration_seconds_bucket{le=\"0.0005\"}",
+        "ebbtide_request_duration_seconds_bucket{le=\"1\"}",
+        "ebbtide_request_duration_seconds_bucket{le=\"+Inf\"} 20",
+        "ebbtide_request_duration_seconds_count 20",
+        "ebbtide_backends{state=\"active\"} 2",
+        "ebbtide_shed_total{reason=\"queue_full\"} 0",
+        "ebbtide_config_reloads_total{result=\"ok\"} 0",
+        "ebbtide_autoscaler_decisions_total{direction=\"hold\"}",
+        "ebbtide_access_log_dropped_total 0",
+    ] {
+        assert!(text.contains(series), "{series} missing:\n{text}");
+    }
+    let served: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("ebbtide_requests_total{backend=\"127.0.0.1:"))
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(served, 20);
+
+    let mut check = Command::new(tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    use std::io::Write;
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_file(&log);
+}

@@ -18,7 +18,8 @@ pub use crate::core::{
     slow_start,
 };
 pub use shell::{
-    admin, body, clock, dispatch, health, idempotency, metrics, pool, proxy, registry, serve,
+    access_log, admin, body, clock, dispatch, health, idempotency, metrics, pool, proxy, registry,
+    serve,
 };
 
 pub use policy::{BackendView, Candidates, Policy};

@@ -40,6 +40,8 @@ pub struct Config {
     pub autoscaler: Option<crate::autoscaler::Autoscaler>,
     /// What `ebbtide simulate` runs; ignored by `ebbtide serve`.
     pub simulation: Option<crate::simulation::Simulation>,
+    /// The access log and request ids.
+    pub log: Log,
 }
 
 /// `[listener]`
@@ -88,6 +90,58 @@ impl Default for Listener {
             max_uri_bytes: 8 * 1024,
             max_connections_per_client: 1024,
             max_streams_per_connection: 100,
+        }
+    }
+}
+
+/// What the access log writes per request (`[log] access`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    /// No access log.
+    #[default]
+    Off,
+    /// Apache's/NGINX's "combined" line, followed by ebbtide's own fields as `key=value`.
+    Combined,
+    /// One JSON object per line.
+    Json,
+}
+
+impl AccessLogFormat {
+    /// The name used in config.
+    pub fn name(self) -> &'static str {
+        match self {
+            AccessLogFormat::Off => "off",
+            AccessLogFormat::Combined => "combined",
+            AccessLogFormat::Json => "json",
+        }
+    }
+}
+
+/// `[log]`: the access log and request ids.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    /// One line per request: "off", "combined" or "json".
+    pub access: AccessLogFormat,
+    /// Where the access log goes; absent: standard output. The file is opened for appending
+    /// and opened again on SIGHUP (for logrotate).
+    pub access_path: Option<std::path::PathBuf>,
+    /// Lines that may wait for the writer; when that many wait, a new line is dropped and
+    /// counted (`ebbtide_access_log_dropped_total`) rather than making a request wait.
+    pub access_buffer: usize,
+    /// Give every request an `X-Request-Id` (the client's own when it sent a valid one), sent
+    /// to the backend and returned on the response.
+    pub request_id: bool,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            access: AccessLogFormat::Off,
+            access_path: None,
+            access_buffer: 4096,
+            request_id: true,
         }
     }
 }

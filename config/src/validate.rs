@@ -451,6 +451,7 @@ type Check = fn(&Config, &mut Problems);
 /// Every semantic check, in the order their errors are listed for one place. To add one, write a
 /// small function and list it here.
 const CHECKS: &[Check] = &[
+    check_log,
     check_listener_address,
     check_admin_address,
     check_listener_admin_differ,
@@ -594,6 +595,23 @@ fn check_retries(cfg: &Config, out: &mut Problems) {
                 "is {}; must be at most 67108864 (64 MiB) per request",
                 r.buffer_limit
             ),
+        );
+    }
+}
+
+fn check_log(cfg: &Config, out: &mut Problems) {
+    if cfg.log.access_buffer == 0 {
+        out.add("log.access_buffer", "is 0; must be at least 1");
+    }
+    if cfg
+        .log
+        .access_path
+        .as_ref()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        out.add(
+            "log.access_path",
+            "is empty; name a file, or leave the key out for standard output",
         );
     }
 }

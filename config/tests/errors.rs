@@ -761,3 +761,24 @@ fn listener_limits_are_checked_with_key_and_line() {
         "at least 1",
     );
 }
+
+#[test]
+fn log_section_errors_name_the_key() {
+    one(
+        "[log]\naccess = \"apache\"\n",
+        "log.access",
+        2,
+        "unknown value `apache`",
+    );
+    one(
+        "[log]\naccess_buffer = 0\n",
+        "log.access_buffer",
+        2,
+        "at least 1",
+    );
+    one("[log]\naccess_path = \"\"\n", "log.access_path", 2, "empty");
+    let c = ok("[log]\naccess = \"json\"\naccess_path = \"/tmp/a.log\"\nrequest_id = false\n");
+    assert_eq!(c.log.access, ebbtide_config::AccessLogFormat::Json);
+    assert!(!c.log.request_id);
+    assert_eq!(ok("").log.access, ebbtide_config::AccessLogFormat::Off);
+}

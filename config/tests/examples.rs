@@ -156,6 +156,7 @@ fn reference_lists_every_key() {
     // Every optional key set, so the serialised form has all of them.
     let mut full = reference_expected();
     full.admin.token = Some("t".into());
+    full.log.access_path = Some("/l".into());
     full.runtime.worker_threads = Some(1);
     full.health.path = Some("/healthz".into());
     full.autoscaler.as_mut().unwrap().overload_max_queue = Some(100);

@@ -9,7 +9,7 @@
 //! apart on authentication or on the shared routes.
 
 use crate::api;
-use crate::metrics::{family, MetricsSource};
+use crate::metrics::{DescriptorEncoder, MetricsSource};
 use crate::proxy::Proxy;
 use crate::registry::{BackendSpec, BackendState, Origin};
 use crate::shell::dashboard::{self, FleetSource, LiveStreams, Sources, SseBody};
@@ -20,7 +20,6 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use std::convert::Infallible;
-use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -59,6 +58,20 @@ pub struct Admin {
     base: AdminBase,
     drain_timeout: std::time::Duration,
     initial_state: BackendState,
+}
+
+/// `ebbtide_admin_streams`: the base's own family, after every source's.
+struct StreamsGauge(LiveStreams);
+
+impl MetricsSource for StreamsGauge {
+    fn encode(&self, e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        crate::metrics::single_gauge(
+            e,
+            "ebbtide_admin_streams",
+            "Dashboard streams (GET /api/v1/stream) open now.",
+            self.0.get() as u64,
+        )
+    }
 }
 
 /// An admin API answer.
@@ -174,26 +187,16 @@ impl AdminBase {
         }
         match (req.method(), path) {
             (&Method::GET, "/metrics") => {
-                let sources = self
+                let mut sources = self
                     .metrics
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .clone();
-                let mut out = String::with_capacity(4096);
-                for source in sources {
-                    source.render(&mut out);
-                }
-                family(
-                    &mut out,
-                    "ebbtide_admin_streams",
-                    "gauge",
-                    "Dashboard streams (GET /api/v1/stream) open now.",
-                );
-                let _ = writeln!(out, "ebbtide_admin_streams {}", self.streams.get());
-                let mut r = text(StatusCode::OK, out);
+                sources.push(Arc::new(StreamsGauge(self.streams.clone())));
+                let mut r = text(StatusCode::OK, crate::metrics::encode(&sources));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
-                    "text/plain; version=0.0.4; charset=utf-8".parse().unwrap(),
+                    crate::metrics::CONTENT_TYPE.parse().unwrap(),
                 );
                 Some(r)
             }
@@ -516,8 +519,8 @@ mod tests {
     struct Lines(&'static str);
 
     impl MetricsSource for Lines {
-        fn render(&self, out: &mut String) {
-            out.push_str(self.0);
+        fn encode(&self, e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+            crate::metrics::single_gauge(e, self.0, "h", 1u64)
         }
     }
 
@@ -536,8 +539,8 @@ mod tests {
     #[test]
     fn the_base_checks_the_token_on_everything_but_healthz() {
         let base = AdminBase::new(Some("s3cret".into()));
-        base.add_metrics(Arc::new(Lines("a 1\n")));
-        base.add_metrics(Arc::new(Lines("b 2\n")));
+        base.add_metrics(Arc::new(Lines("a")));
+        base.add_metrics(Arc::new(Lines("b")));
         let own = &["/api/v1/signals"];
         assert_eq!(status(base.answer(&get("/healthz", None), own)), Some(200));
         assert_eq!(status(base.answer(&get("/metrics", None), own)), Some(401));
@@ -555,7 +558,8 @@ mod tests {
         assert_eq!(r.status(), 200);
         let body = futures_body(r);
         assert!(
-            body.starts_with("a 1\nb 2\n"),
+            body.starts_with("# HELP a h\n# TYPE a gauge\na 1\n# HELP b h\n# TYPE b gauge\nb 1\n")
+                && body.contains("\nebbtide_admin_streams 0\n"),
             "every source, in the order added, before the base's own: {body}"
         );
         assert!(

@@ -19,6 +19,10 @@ pub trait OnEnd {
     /// Drives whatever feeds the upstream body (the backend connection the guard holds), when
     /// the body has nothing buffered. `cx` must be woken when it can make progress.
     fn poll_upstream(&mut self, _cx: &mut Context<'_>) {}
+
+    /// `len` bytes of body went out (for the access log).
+    #[inline]
+    fn on_data(&mut self, _len: usize) {}
 }
 
 impl OnEnd for () {
@@ -72,6 +76,14 @@ impl<G: OnEnd> ProxyBody<G> {
         }
     }
 
+    /// The guard, wherever it is (a prefixed body's is in its rest).
+    pub fn guard_mut(&mut self) -> Option<&mut G> {
+        match &mut self.inner {
+            Inner::Prefixed(_, rest) if self.guard.is_none() => rest.guard_mut(),
+            _ => self.guard.as_mut(),
+        }
+    }
+
     /// Tells the guard of a clean end, once.
     fn end(&mut self) {
         if !self.ended {
@@ -122,10 +134,20 @@ impl<G: OnEnd + Unpin> Body for ProxyBody<G> {
                     .map(|b| Ok(Frame::data(b))),
             ),
             Inner::Prefixed(prefix, rest) => match prefix.take().filter(|b| !b.is_empty()) {
-                Some(p) => Poll::Ready(Some(Ok(Frame::data(p)))),
+                Some(p) => {
+                    if let Some(g) = rest.guard_mut() {
+                        g.on_data(p.len());
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(p))))
+                }
                 None => Pin::new(rest.as_mut()).poll_frame(cx),
             },
         };
+        if let (Poll::Ready(Some(Ok(frame))), Some(g)) = (&polled, this.guard.as_mut()) {
+            if let Some(d) = frame.data_ref() {
+                g.on_data(d.len());
+            }
+        }
         match &polled {
             Poll::Ready(None) => this.end(),
             Poll::Ready(Some(Ok(_))) if this.upstream_done() => this.end(),

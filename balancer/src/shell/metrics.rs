@@ -1,201 +1,317 @@
-//! `GET /metrics`: the Prometheus text exposition of the proxy's counters, gauges and histogram.
+//! `GET /metrics`: the Prometheus text exposition (format 0.0.4), written by the Prometheus
+//! project's Rust client (`prometheus-client`). The request path keeps its own atomics (the
+//! registry's per-backend counters, [`crate::proxy::ProxyCounters`], the latency histogram): each
+//! part of ebbtide is a [`MetricsSource`], a `prometheus-client` collector that reads them at
+//! scrape time, so a request never touches the client's types.
 
+use crate::histogram::LatencyHistogram;
 use crate::proxy::Proxy;
 use crate::registry::BackendState;
-use std::fmt::Write;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::fmt;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-/// Extra lines other parts (the autoscaler) append to `/metrics`.
+pub use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
+
+/// The `Content-Type` of what [`encode`] writes.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// A part of ebbtide with metric families of its own (the proxy, the autoscaler, the admin
+/// API), read at scrape time.
 pub trait MetricsSource: Send + Sync {
-    /// Appends complete metric families in text format.
-    fn render(&self, out: &mut String);
+    /// Encodes its families (see [`counter`], [`gauge`] and [`sample`]).
+    fn encode(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result;
 }
 
-/// Starts a metric family: its `# HELP` and `# TYPE` lines (`kind`: counter, gauge, histogram).
-pub fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+/// A [`MetricsSource`] as `prometheus-client` collects it.
+struct Source(Arc<dyn MetricsSource>);
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MetricsSource")
+    }
+}
+
+impl Collector for Source {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        self.0.encode(&mut encoder)
+    }
+}
+
+/// The text exposition of `sources`, in order.
+pub fn encode(sources: &[Arc<dyn MetricsSource>]) -> String {
+    let mut registry = Registry::default();
+    for s in sources {
+        registry.register_collector(Box::new(Source(s.clone())));
+    }
+    let mut out = String::with_capacity(8192);
+    // Writing to a String cannot fail, and the sources only read atomics.
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
+    out
+}
+
+/// Starts a counter family named `name` (which ends in `_total`, as the naming guide asks;
+/// the client adds the suffix itself, so it is taken off here).
+pub fn counter<'a>(
+    encoder: &'a mut DescriptorEncoder<'_>,
+    name: &'a str,
+    help: &str,
+) -> Result<MetricEncoder<'a>, fmt::Error> {
+    let base = name.strip_suffix("_total").ok_or(fmt::Error)?;
+    encoder.encode_descriptor(base, help, None, MetricType::Counter)
+}
+
+/// Starts a gauge family.
+pub fn gauge<'a>(
+    encoder: &'a mut DescriptorEncoder<'_>,
+    name: &'a str,
+    help: &str,
+) -> Result<MetricEncoder<'a>, fmt::Error> {
+    encoder.encode_descriptor(name, help, None, MetricType::Gauge)
+}
+
+/// One sample of a counter family started by [`counter`], with `labels`.
+pub fn sample(
+    family: &mut MetricEncoder<'_>,
+    labels: &impl EncodeLabelSet,
+    value: u64,
+) -> fmt::Result {
+    family
+        .encode_family(labels)?
+        .encode_counter::<NoLabelSet, _, u64>(&value, None)
+}
+
+/// One sample of a gauge family started by [`gauge`], with `labels`.
+pub fn gauge_sample(
+    family: &mut MetricEncoder<'_>,
+    labels: &impl EncodeLabelSet,
+    value: impl EncodeGaugeValue,
+) -> fmt::Result {
+    family.encode_family(labels)?.encode_gauge(&value)
+}
+
+/// A counter family with one unlabelled sample.
+pub fn single_counter(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: impl EncodeCounterValue,
+) -> fmt::Result {
+    counter(encoder, name, help)?.encode_counter::<NoLabelSet, _, u64>(&value, None)
+}
+
+/// A gauge family with one unlabelled sample.
+pub fn single_gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: impl EncodeGaugeValue,
+) -> fmt::Result {
+    gauge(encoder, name, help)?.encode_gauge(&value)
+}
+
+/// A histogram family from our own [`LatencyHistogram`] (the request path records into its
+/// atomics; the client only writes the buckets out).
+pub fn histogram(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    h: &LatencyHistogram,
+) -> fmt::Result {
+    let snap = h.snapshot();
+    encoder
+        .encode_descriptor(name, help, None, MetricType::Histogram)?
+        .encode_histogram::<NoLabelSet>(snap.sum_seconds, snap.count, &snap.buckets, None)
 }
 
 impl MetricsSource for Proxy {
     /// Every metric of the proxy.
-    fn render(&self, out: &mut String) {
-        render_proxy(self, out)
+    fn encode(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        encode_proxy(self, e)
     }
 }
 
-fn render_proxy(proxy: &Proxy, out: &mut String) {
+fn encode_proxy(proxy: &Proxy, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
     let snap = proxy.registry.snapshot();
 
-    family(out, "ebbtide_requests_total", "counter", "Responses sent to clients, by backend and status code (backend=\"none\": answered by ebbtide itself).");
+    let mut f = counter(e, "ebbtide_requests_total", "Responses sent to clients, by backend and status code (backend=\"none\": answered by ebbtide itself).")?;
     for b in &snap.backends {
         for (code, n) in b.response_counts() {
-            let _ = writeln!(
-                out,
-                "ebbtide_requests_total{{backend=\"{}\",code=\"{code}\"}} {n}",
-                b.address
-            );
+            sample(
+                &mut f,
+                &([("backend", b.address.as_str())], [("code", code)]),
+                n,
+            )?;
         }
     }
     for (code, n) in proxy.counters.local_counts() {
-        let _ = writeln!(
-            out,
-            "ebbtide_requests_total{{backend=\"none\",code=\"{code}\"}} {n}"
-        );
+        sample(&mut f, &([("backend", "none")], [("code", code)]), n)?;
     }
 
-    proxy.duration.render(
+    histogram(
+        e,
         "ebbtide_request_duration_seconds",
         "Time from a request's arrival to the end of its response, as the client sees it.",
-        out,
-    );
+        &proxy.duration,
+    )?;
 
-    family(
-        out,
+    single_gauge(
+        e,
         "ebbtide_queue_depth",
-        "gauge",
         "Requests waiting in the balancer for a backend slot.",
-    );
-    let _ = writeln!(
-        out,
-        "ebbtide_queue_depth {}",
-        proxy.dispatcher.queue_depth()
-    );
+        proxy.dispatcher.queue_depth() as u64,
+    )?;
 
-    family(
-        out,
+    let mut f = gauge(
+        e,
         "ebbtide_backend_in_flight",
-        "gauge",
         "Requests sent to a backend and not yet finished.",
-    );
+    )?;
     for b in &snap.backends {
-        let _ = writeln!(
-            out,
-            "ebbtide_backend_in_flight{{backend=\"{}\"}} {}",
-            b.address,
-            b.in_flight()
-        );
+        gauge_sample(&mut f, &[("backend", b.address.as_str())], b.in_flight())?;
     }
 
-    family(
-        out,
-        "ebbtide_tunnels_open",
-        "gauge",
-        "Upgraded connections (WebSockets) open now; each also counts in its backend's in-flight requests.",
-    );
     let c = &proxy.counters;
-    let _ = writeln!(
-        out,
-        "ebbtide_tunnels_open {}",
-        c.tunnels_open.load(Ordering::Relaxed)
-    );
-    family(
-        out,
+    single_gauge(
+        e,
+        "ebbtide_tunnels_open",
+        "Upgraded connections (WebSockets) open now; each also counts in its backend's in-flight requests.",
+        c.tunnels_open.load(Ordering::Relaxed),
+    )?;
+    let mut f = counter(
+        e,
         "ebbtide_tunnels_closed_total",
-        "counter",
         "Tunnels ended, by reason: closed by both sides, error, idle timeout, going_away (backend drained or ebbtide stopping).",
-    );
+    )?;
     for (reason, n) in c.tunnels_closed() {
-        let _ = writeln!(
-            out,
-            "ebbtide_tunnels_closed_total{{reason=\"{reason}\"}} {n}"
-        );
+        sample(&mut f, &[("reason", reason)], n)?;
     }
 
-    family(out, "ebbtide_backends", "gauge", "Backends by state.");
+    let mut f = gauge(e, "ebbtide_backends", "Backends by state.")?;
     let counts = proxy.registry.count_by_state();
     for s in BackendState::ALL {
-        let _ = writeln!(
-            out,
-            "ebbtide_backends{{state=\"{}\"}} {}",
-            s.name(),
-            counts[s as usize]
-        );
+        gauge_sample(&mut f, &[("state", s.name())], counts[s as usize] as u64)?;
     }
 
-    family(
-        out,
+    let mut f = counter(
+        e,
         "ebbtide_shed_total",
-        "counter",
         "Requests refused with 503 without reaching a backend, by reason.",
-    );
-    let _ = writeln!(
-        out,
-        "ebbtide_shed_total{{reason=\"queue_full\"}} {}",
-        c.shed_queue_full.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "ebbtide_shed_total{{reason=\"queue_timeout\"}} {}",
-        c.shed_queue_timeout.load(Ordering::Relaxed)
-    );
+    )?;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    sample(
+        &mut f,
+        &[("reason", "queue_full")],
+        load(&c.shed_queue_full),
+    )?;
+    sample(
+        &mut f,
+        &[("reason", "queue_timeout")],
+        load(&c.shed_queue_timeout),
+    )?;
 
-    family(
-        out,
+    single_counter(
+        e,
         "ebbtide_retries_total",
-        "counter",
         "Requests sent again to another backend.",
-    );
-    let _ = writeln!(
-        out,
-        "ebbtide_retries_total {}",
-        c.retries.load(Ordering::Relaxed)
-    );
-
-    family(
-        out,
+        load(&c.retries),
+    )?;
+    single_counter(
+        e,
         "ebbtide_retries_refused_total",
-        "counter",
         "Retries the retry budget did not allow.",
-    );
-    let _ = writeln!(
-        out,
-        "ebbtide_retries_refused_total {}",
-        c.retries_refused.load(Ordering::Relaxed)
-    );
-
-    family(
-        out,
+        load(&c.retries_refused),
+    )?;
+    single_counter(
+        e,
         "ebbtide_idempotent_replays_total",
-        "counter",
         "Responses replayed for a duplicate Idempotency-Key.",
-    );
-    let _ = writeln!(
-        out,
-        "ebbtide_idempotent_replays_total {}",
-        c.idempotent_replays.load(Ordering::Relaxed)
-    );
+        load(&c.idempotent_replays),
+    )?;
 
-    family(
-        out,
+    let mut f = gauge(
+        e,
         "ebbtide_backend_concurrency_limit",
-        "gauge",
         "Concurrency a backend may be given: its capacity, or the limit learnt from latency.",
-    );
+    )?;
     for b in &snap.backends {
         if let Some(l) = b.effective_capacity() {
-            let _ = writeln!(
-                out,
-                "ebbtide_backend_concurrency_limit{{backend=\"{}\"}} {l}",
-                b.address
-            );
+            gauge_sample(&mut f, &[("backend", b.address.as_str())], l)?;
         }
     }
 
-    family(
-        out,
+    let mut f = counter(
+        e,
         "ebbtide_config_reloads_total",
-        "counter",
         "Config reloads (SIGHUP), applied or refused.",
-    );
-    let _ = writeln!(
-        out,
-        "ebbtide_config_reloads_total{{result=\"ok\"}} {}",
-        c.reloads_ok.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "ebbtide_config_reloads_total{{result=\"error\"}} {}",
-        c.reloads_failed.load(Ordering::Relaxed)
-    );
+    )?;
+    sample(&mut f, &[("result", "ok")], load(&c.reloads_ok))?;
+    sample(&mut f, &[("result", "error")], load(&c.reloads_failed))?;
+
+    if let Some(log) = proxy.access_log() {
+        single_counter(
+            e,
+            "ebbtide_access_log_dropped_total",
+            "Access log lines dropped because the writer was behind (or failed to write).",
+            log.dropped(),
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed;
+
+    impl MetricsSource for Fixed {
+        fn encode(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
+            let mut f = counter(e, "t_requests_total", "Help with \\ and\nnewline.")?;
+            sample(&mut f, &([("backend", "a\"b")], [("code", 200u16)]), 3)?;
+            single_gauge(e, "t_depth", "Depth.", 2.5f64)?;
+            let h = LatencyHistogram::new();
+            h.observe(1_000_000);
+            h.observe(45_000_000_000);
+            histogram(e, "t_seconds", "Latency.", &h)
+        }
+    }
+
+    #[test]
+    fn writes_the_prometheus_text_format() {
+        let out = encode(&[Arc::new(Fixed)]);
+        let expected = "# HELP t_requests_total Help with \\\\ and\\nnewline.\n\
+            # TYPE t_requests_total counter\n\
+            t_requests_total{backend=\"a\\\"b\",code=\"200\"} 3\n\
+            # HELP t_depth Depth.\n\
+            # TYPE t_depth gauge\n\
+            t_depth 2.5\n\
+            # HELP t_seconds Latency.\n\
+            # TYPE t_seconds histogram\n";
+        assert!(out.starts_with(expected), "{out}");
+        // `le` labels as client_golang writes them (and as ebbtide always did): no trailing
+        // ".0", cumulative counts, `+Inf` last and equal to `_count`.
+        for line in [
+            "t_seconds_bucket{le=\"0.0005\"} 0\n",
+            "t_seconds_bucket{le=\"0.001\"} 1\n",
+            "t_seconds_bucket{le=\"1\"} 1\n",
+            "t_seconds_bucket{le=\"30\"} 1\n",
+            "t_seconds_bucket{le=\"+Inf\"} 2\n",
+            "t_seconds_count 2\n",
+        ] {
+            assert!(out.contains(line), "{line:?} missing from:\n{out}");
+        }
+        let sum: f64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("t_seconds_sum "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((sum - 45.001).abs() < 1e-9, "{sum}");
+        assert_eq!(out.matches("_bucket").count(), 16);
+    }
 }

@@ -1,6 +1,7 @@
 //! The IO shell around the core: the reverse proxy, connection pools, the backend registry with
 //! its atomics, the dispatcher's async wait, health probes, listeners and the admin API.
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod clock;

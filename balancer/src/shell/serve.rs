@@ -1,6 +1,7 @@
 //! The balancer as a running server: binds the listener and the admin API, builds the registry,
 //! policy, dispatcher and proxy from config, serves until told to stop, then drains.
 
+use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::clock::Clock;
 use crate::dispatch::Dispatcher;
@@ -10,7 +11,7 @@ use crate::pool::PoolConfig;
 use crate::proxy::{Peer, Proxy, ProxySettings};
 use crate::registry::{BackendSpec, BackendState, Origin, Registry, RegistryConfig};
 use crate::signals::SignalWindow;
-use ebbtide_config::{Config, PolicyKind};
+use ebbtide_config::{AccessLogFormat, Config, PolicyKind};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -52,6 +53,7 @@ fn settings(cfg: &Config) -> ProxySettings {
         },
         max_uri_bytes: cfg.listener.max_uri_bytes,
         tunnel_idle_timeout: cfg.upstream.tunnel_idle_timeout.0,
+        request_id: cfg.log.request_id,
     }
 }
 
@@ -91,9 +93,10 @@ fn outlier_config(cfg: &Config) -> crate::outlier::OutlierConfig {
 /// `[health]` interval, timeout, rise, fall and path (while checks stay on), `[outlier]`,
 /// `[retries]`, `[idempotency] enabled` and `max_body`, `[listener]` request_buffer,
 /// body_read_timeout, min_body_rate and max_uri_bytes (read per request from the proxy's
-/// settings). `[simulation]` is not used by `ebbtide serve`. The rest needs a restart.
+/// settings), `[log]` access (between "combined" and "json"), access_path and request_id (the
+/// access log's file is opened again on every reload, for logrotate). `[simulation]` is not used by `ebbtide serve`. The rest needs a restart.
 pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
-    use ebbtide_config::{Health, Idempotency, Listener, Overload, Upstream};
+    use ebbtide_config::{Health, Idempotency, Listener, Log, Overload, Upstream};
     let Config {
         listener,
         admin,
@@ -111,6 +114,7 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         provider,
         autoscaler,
         simulation: _,
+        log,
     } = new;
     // The listener socket, hyper's connection builder and the accept loop are set up with
     // these once, at start.
@@ -151,6 +155,12 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         max_body: _,
         max_entries,
     } = idempotency;
+    let Log {
+        access,
+        access_path: _,
+        access_buffer,
+        request_id: _,
+    } = log;
     let (r, rl, ru, ri) = (
         running,
         &running.listener,
@@ -203,6 +213,13 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         (*backends != r.backends, "[[backends]]"),
         (*provider != r.provider, "[provider]"),
         (*autoscaler != r.autoscaler, "[autoscaler]"),
+        // The writer thread and its channel are made at start; the format, the file and
+        // request ids follow a reload.
+        (
+            (*access == AccessLogFormat::Off) != (r.log.access == AccessLogFormat::Off),
+            "[log] access (turning the access log on or off)",
+        ),
+        (*access_buffer != r.log.access_buffer, "[log] access_buffer"),
     ]
     .into_iter()
     .filter_map(|(changed, key)| changed.then_some(key))
@@ -246,7 +263,11 @@ impl Server {
                     .counters
                     .reloads_failed
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::error!("config reload refused; keeping the running config:\n{errors}")
+                tracing::error!("config reload refused; keeping the running config:\n{errors}");
+                // The signal may be logrotate's all the same.
+                if let Some(log) = self.proxy.access_log() {
+                    log.reopen();
+                }
             }
         }
     }
@@ -288,6 +309,14 @@ impl Server {
             settings(cfg),
             clock,
         ));
+        if cfg.log.access != AccessLogFormat::Off {
+            proxy.set_access_log(AccessLog::start(
+                cfg.log.access,
+                cfg.log.access_path.clone(),
+                cfg.log.access_buffer,
+                clock,
+            )?);
+        }
         let admin = Arc::new(Admin::new(
             proxy.clone(),
             cfg.admin.token.clone(),
@@ -333,6 +362,9 @@ impl Server {
             .dispatcher
             .set_queue_limits(cfg.overload.max_queue, cfg.overload.queue_timeout.0);
         self.proxy.set_settings(settings(cfg));
+        if let Some(log) = self.proxy.access_log() {
+            log.reload(cfg.log.access, cfg.log.access_path.clone());
+        }
         self.proxy.registry.reconfigure(
             cfg.balancer.ewma_decay.as_nanos(),
             outlier_config(cfg),
@@ -482,6 +514,9 @@ impl Server {
                 ?drain,
                 "some requests were still in flight after the drain timeout"
             );
+        }
+        if let Some(log) = self.proxy.access_log() {
+            log.finish(Duration::from_secs(2)).await;
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! The completion guard: what ends a request once its response has gone to the client.
 
 use super::Proxy;
+use crate::access_log::{AccessRecord, Tries};
 use crate::body::{OnEnd, ProxyBody};
 use crate::dispatch::Slot;
 use crate::pool::Conn;
@@ -19,6 +20,12 @@ pub struct Completion {
     ready: Option<Nanos>,
     slot: Option<Slot>,
     conn: Option<Conn>,
+    /// What the try loop learnt, for the access log.
+    pub(super) tries: Tries,
+    /// Body bytes sent so far.
+    bytes: u64,
+    /// The access log's record, when the log is on; written when the response ends.
+    pub(super) log: Option<Box<AccessRecord>>,
 }
 
 /// The body type of every response the proxy gives.
@@ -39,6 +46,9 @@ impl Completion {
             ready: Some(start),
             slot,
             conn,
+            tries: Tries::default(),
+            bytes: 0,
+            log: None,
         }
     }
 
@@ -67,6 +77,11 @@ impl OnEnd for Completion {
             conn.poll_drive(cx);
         }
     }
+
+    #[inline]
+    fn on_data(&mut self, len: usize) {
+        self.bytes += len as u64;
+    }
 }
 
 impl Drop for Completion {
@@ -83,5 +98,16 @@ impl Drop for Completion {
             .completions
             .fetch_add(1, Ordering::Relaxed);
         self.proxy.duration.observe(latency);
+        if let Some(mut r) = self.log.take() {
+            if let Some(log) = self.proxy.access_log() {
+                r.duration_ns = latency;
+                r.bytes = self.bytes;
+                r.tries = self.tries;
+                if let Some(slot) = self.slot.as_ref() {
+                    r.backend = Some(slot.backend().clone());
+                }
+                log.submit(r);
+            }
+        }
     }
 }

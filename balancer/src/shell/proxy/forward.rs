@@ -9,6 +9,7 @@ use super::headers::{
 use super::local::LocalAnswer;
 use super::retry::{self, is_idempotent, Attempt, TryOutcome, Verdict};
 use super::{Live, Peer, Proxy};
+use crate::access_log::Tries;
 use crate::body::ProxyBody;
 use crate::dispatch::{Shed, Tried};
 use crate::pool::UpstreamBody;
@@ -118,6 +119,11 @@ impl Proxy {
         let mut attempt = 0;
         let mut reached = false;
         let mut kept = None;
+        // For the access log: the queue time needs one more clock read per try, made only
+        // when the log is on.
+        let logging = self.access.get().is_some();
+        let mut tries = Tries::default();
+        let mut acquire_from = ready;
         loop {
             attempt += 1;
             if let Some(k) = kept.take() {
@@ -130,16 +136,20 @@ impl Proxy {
                 max_attempts,
                 deadline_passed,
             };
-            let slot = match self.dispatcher.acquire(key, tried).await {
+            let acquired = self.dispatcher.acquire(key, tried).await;
+            if logging {
+                tries.queue_ns += self.clock.now().saturating_sub(acquire_from);
+            }
+            let slot = match acquired {
                 Ok(s) => s,
                 Err(shed) => {
-                    let resp = self.shed(start, shed);
                     return Forwarded {
-                        response: resp,
+                        response: with_tries(self.shed(start, shed), tries),
                         reached_backend: reached,
                     };
                 }
             };
+            tries.attempts = attempt;
             let backend = slot.backend().clone();
             // One try: how it ended, when, and the backend's response if it answered.
             let (outcome, now, answered) = match backend.pool.checkout().await {
@@ -178,7 +188,9 @@ impl Proxy {
                         Some(d) => per_try.min(Duration::from_nanos(d.saturating_sub(sent_at))),
                         None => per_try,
                     };
-                    match send_within(limit, watch, self.clock, conn.send(up)).await {
+                    let tried_once = match send_within(limit, watch, self.clock, conn.send(up))
+                        .await
+                    {
                         Ok(Ok(resp)) => {
                             reached = true;
                             let now = self.clock.now();
@@ -240,9 +252,12 @@ impl Proxy {
                             tracing::warn!(backend = %backend.address, timeout = ?limit, "backend did not answer in time");
                             (TryOutcome::TryTimedOut, self.clock.now(), None)
                         }
-                    }
+                    };
+                    tries.upstream_ns = Some(tried_once.1.saturating_sub(sent_at));
+                    tried_once
                 }
             };
+            acquire_from = now;
             // The rule says whether another try would be safe; the budget whether it may be had.
             let deadline_passed = deadline.is_some_and(|d| now >= d);
             let verdict = match retry::verdict(outcome, facts(deadline_passed)) {
@@ -268,7 +283,7 @@ impl Proxy {
                 }
             };
             return Forwarded {
-                response,
+                response: with_tries(response, tries),
                 reached_backend: reached,
             };
         }
@@ -341,6 +356,14 @@ impl Proxy {
             .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         resp
     }
+}
+
+/// Hands what the try loop learnt to the response's completion guard, for the access log.
+fn with_tries(mut resp: Response<Body>, tries: Tries) -> Response<Body> {
+    if let Some(g) = resp.body_mut().guard_mut() {
+        g.tries = tries;
+    }
+    resp
 }
 
 /// When the backend had the whole request: when it was sent, or, for a streamed body, when the

@@ -283,6 +283,26 @@ mod tests {
     }
 
     #[test]
+    fn trace_context_and_request_id_pass_untouched() {
+        // W3C Trace Context: a proxy that is not a tracer passes both headers on as they are.
+        let peer = Peer::new("127.0.0.1:5555".parse().unwrap());
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let ts = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
+        let req = Request::builder()
+            .uri("/")
+            .header("host", "h")
+            .header("traceparent", tp)
+            .header("tracestate", ts)
+            .header("x-request-id", "r-1")
+            .body(())
+            .unwrap();
+        let head = prepare_head(req.into_parts().0, &peer).unwrap();
+        assert_eq!(head.headers["traceparent"], tp);
+        assert_eq!(head.headers["tracestate"], ts);
+        assert_eq!(head.headers["x-request-id"], "r-1");
+    }
+
+    #[test]
     fn cookie_and_header_keys() {
         let req = Request::builder()
             .uri("/a/b?x=1")

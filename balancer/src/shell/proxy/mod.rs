@@ -28,6 +28,7 @@
 //! - `upgrade`: WebSocket handshakes (HTTP/1.1 `Upgrade`, HTTP/2 extended CONNECT) to a backend;
 //! - `tunnel`: an upgraded connection's bytes copied both ways, and how it ends;
 //! - `ws_frame`: WebSocket frame boundaries, so that a close frame can be put in (pure).
+//! - `request_id`: `X-Request-Id`, kept or made.
 
 mod client_body;
 mod completion;
@@ -36,6 +37,7 @@ mod forward;
 mod headers;
 mod idempotent;
 mod local;
+mod request_id;
 mod retry;
 mod settings;
 mod strict;
@@ -50,6 +52,7 @@ pub use headers::Peer;
 pub use settings::ProxySettings;
 pub use tunnel::Tunnels;
 
+use crate::access_log::{AccessLog, AccessRecord};
 use crate::clock::Clock;
 use crate::dispatch::{Dispatcher, Slot};
 use crate::histogram::LatencyHistogram;
@@ -62,8 +65,9 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use idempotent::IDEMPOTENCY_KEY;
 use local::LocalAnswer;
+use request_id::{RequestIds, X_REQUEST_ID};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 /// Everything a request needs, shared by all connections.
 pub struct Proxy {
@@ -81,6 +85,10 @@ pub struct Proxy {
     pub(crate) clock: Clock,
     /// Keys of `Idempotency-Key` requests.
     pub(crate) idempotency: IdempotencyCache,
+    /// The access log, when `[log] access` is on.
+    access: OnceLock<AccessLog>,
+    /// `X-Request-Id`s.
+    ids: RequestIds,
     live: RwLock<Arc<Live>>,
 }
 
@@ -132,11 +140,23 @@ impl Proxy {
                 settings.idempotency.ttl.as_nanos(),
                 settings.idempotency.max_entries,
             ),
+            access: OnceLock::new(),
+            ids: RequestIds::new(),
             live: RwLock::new(Arc::new(Live {
                 settings,
                 budget: Arc::new(budget),
             })),
         }
+    }
+
+    /// Turns the access log on (once; later calls are ignored).
+    pub fn set_access_log(&self, log: AccessLog) {
+        let _ = self.access.set(log);
+    }
+
+    /// The access log, when it is on.
+    pub fn access_log(&self) -> Option<&AccessLog> {
+        self.access.get()
     }
 
     /// A copy of the settings in force (for reports; requests read them without copying).
@@ -170,12 +190,41 @@ impl Proxy {
     }
 
     /// Handles one client request.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+    pub async fn handle(self: Arc<Self>, mut req: Request<Incoming>, peer: Peer) -> Response<Body> {
         let start = self.clock.now();
         self.signals.record_arrival(start);
         self.counters.arrivals.fetch_add(1, Ordering::Relaxed);
         let live = self.live();
         live.budget.deposit(start);
+        let id = live
+            .settings
+            .request_id
+            .then(|| self.ids.ensure(req.headers_mut()));
+        let record = self
+            .access
+            .get()
+            .map(|_| AccessRecord::begin(start, &peer, &req, id.clone()));
+        let mut resp = self.clone().respond(req, peer, start, live).await;
+        if let Some(id) = id {
+            resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
+        }
+        if let (Some(mut r), Some(log)) = (record, self.access.get()) {
+            r.status = resp.status().as_u16();
+            match resp.body_mut().guard_mut() {
+                Some(guard) => guard.log = Some(r),
+                None => log.submit(r),
+            }
+        }
+        resp
+    }
+
+    async fn respond(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: Peer,
+        start: Nanos,
+        live: Arc<Live>,
+    ) -> Response<Body> {
         let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
             + req.uri().authority().map_or(0, |a| a.as_str().len());
         if target_len > live.settings.max_uri_bytes {

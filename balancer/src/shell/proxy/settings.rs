@@ -27,6 +27,8 @@ pub struct ProxySettings {
     /// A tunnel (WebSocket) with no byte either way for this long is closed
     /// (`[upstream] tunnel_idle_timeout`).
     pub tunnel_idle_timeout: Duration,
+    /// Give every request an `X-Request-Id` (`[log] request_id`).
+    pub request_id: bool,
 }
 
 impl ProxySettings {
@@ -45,6 +47,7 @@ impl ProxySettings {
             },
             max_uri_bytes: 8 * 1024,
             tunnel_idle_timeout: Duration::from_secs(3600),
+            request_id: true,
         }
     }
 }
