@@ -6,7 +6,7 @@ use ebbtide_autoscaler::providers::{Instance, ProviderFuture};
 use ebbtide_autoscaler::{Membership, OverloadAction, Reading, SignalSource};
 use ebbtide_balancer::lifecycle::Event;
 use ebbtide_balancer::proxy::Proxy;
-use ebbtide_balancer::registry::{Backend, BackendSpec, BackendState, Origin};
+use ebbtide_balancer::registry::{Backend, BackendSpec, BackendState, Origin, Transport};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,6 +16,8 @@ pub(crate) struct InProcess {
     proxy: Arc<Proxy>,
     capacity: Option<u32>,
     cost_per_hour: f64,
+    /// `[provider] protocol`.
+    protocol: ebbtide_config::Protocol,
     drain_timeout: Duration,
     /// `[overload]` `max_queue` and `queue_timeout`: the queue an overload action bounds.
     queue: (usize, Duration),
@@ -34,6 +36,7 @@ impl InProcess {
             proxy,
             capacity: provider.capacity,
             cost_per_hour: provider.cost_per_hour,
+            protocol: provider.protocol,
             drain_timeout: cfg.lifecycle.drain_timeout.0,
             queue: (cfg.overload.max_queue, cfg.overload.queue_timeout.0),
             backends: Mutex::new(HashMap::new()),
@@ -54,6 +57,7 @@ impl Membership for InProcess {
             cost_per_hour: self.cost_per_hour,
             origin: Origin::Provider,
             lease_until: None,
+            transport: Transport::protocol(self.protocol),
         };
         match self
             .proxy

@@ -21,6 +21,8 @@ pub(crate) struct Balancers {
     client: AdminClient,
     capacity: Option<u32>,
     cost_per_hour: f64,
+    /// `[provider] protocol`, sent with each registration.
+    protocol: api::Protocol,
     lease_seconds: f64,
     drain_timeout: Duration,
     /// The id each balancer gave each instance (by balancer index and instance id).
@@ -42,6 +44,7 @@ impl Balancers {
             client: AdminClient::new(token, CALL_TIMEOUT),
             capacity: provider.capacity,
             cost_per_hour: provider.cost_per_hour,
+            protocol: provider.protocol,
             lease_seconds: lease.as_secs_f64(),
             drain_timeout,
             ids: Mutex::new(HashMap::new()),
@@ -60,6 +63,10 @@ impl Balancers {
             weight: 1,
             lease_seconds: Some(self.lease_seconds),
             cost_per_hour: self.cost_per_hour,
+            // Left out for HTTP/1, so that older balancers (which refuse unknown fields)
+            // still accept the registration.
+            protocol: (self.protocol != api::Protocol::Http1).then_some(self.protocol),
+            server_name: None,
         };
         let info = self
             .client

@@ -599,6 +599,7 @@ fn json_csv_and_plot_are_written_and_parse() {
         lease_remaining_seconds: None,
         requests: 0,
         failures: 0,
+        protocol: Default::default(),
     })
     .collect();
     let admin = fake_admin(serde_json::to_string(&listed).unwrap());

@@ -18,6 +18,7 @@ pub use crate::core::{
 };
 pub use shell::{
     admin, body, clock, dispatch, health, idempotency, metrics, pool, proxy, registry, serve,
+    upstream_tls,
 };
 
 pub use policy::{BackendView, Candidates, Policy};

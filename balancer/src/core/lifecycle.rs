@@ -191,6 +191,7 @@ mod tests {
             cost_per_hour: 0.0,
             origin: Origin::Api,
             lease_until: None,
+            transport: Default::default(),
         };
         r.add_or_renew(spec, state).unwrap().0
     }

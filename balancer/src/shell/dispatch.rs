@@ -411,6 +411,7 @@ mod tests {
                     cost_per_hour: 0.0,
                     origin: Origin::Static,
                     lease_until: None,
+                    transport: Default::default(),
                 },
                 BackendState::Active,
             )
@@ -444,6 +445,7 @@ mod tests {
                             cost_per_hour: 0.0,
                             origin: Origin::Static,
                             lease_until: None,
+                            transport: Default::default(),
                         },
                         BackendState::Active,
                     )

@@ -10,6 +10,7 @@ use crate::pool::PoolConfig;
 use crate::proxy::{Peer, Proxy, ProxySettings};
 use crate::registry::{BackendSpec, BackendState, Origin, Registry, RegistryConfig};
 use crate::signals::SignalWindow;
+use crate::upstream_tls::UpstreamTls;
 use ebbtide_config::{Config, PolicyKind};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -62,6 +63,7 @@ pub fn registry_config(cfg: &Config) -> RegistryConfig {
             connect_timeout: cfg.upstream.connect_timeout.0,
             idle_timeout: cfg.upstream.idle_timeout.0,
             max_idle: cfg.upstream.max_idle_per_backend,
+            max_streams: cfg.upstream.max_streams_per_connection,
         },
         adaptive_limit: cfg.overload.adaptive_limit,
         outlier: outlier_config(cfg),
@@ -128,6 +130,8 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         response_timeout: _,
         idle_timeout,
         max_idle_per_backend,
+        ca,
+        max_streams_per_connection: upstream_streams,
     } = upstream;
     let Overload {
         max_queue: _,
@@ -183,6 +187,11 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         (
             *max_idle_per_backend != ru.max_idle_per_backend,
             "[upstream] max_idle_per_backend",
+        ),
+        (*ca != ru.ca, "[upstream] ca"),
+        (
+            *upstream_streams != ru.max_streams_per_connection,
+            "[upstream] max_streams_per_connection",
         ),
         (
             *adaptive_limit != r.overload.adaptive_limit,
@@ -251,7 +260,10 @@ impl Server {
     /// port; [`Server::local_addr`] tells which).
     pub async fn bind(cfg: &Config) -> Result<Server, String> {
         let clock = Clock::new();
-        let registry = Arc::new(Registry::new(registry_config(cfg), clock));
+        let registry = Arc::new(
+            Registry::new(registry_config(cfg), clock)
+                .with_upstream_tls(UpstreamTls::new(cfg.upstream.ca.clone())),
+        );
         for b in &cfg.backends {
             registry
                 .add_or_renew(
@@ -262,6 +274,11 @@ impl Server {
                         cost_per_hour: b.cost_per_hour,
                         origin: Origin::Static,
                         lease_until: None,
+                        transport: crate::registry::Transport {
+                            protocol: b.protocol,
+                            tls_ca: b.tls_ca.clone(),
+                            server_name: b.server_name.clone(),
+                        },
                     },
                     initial_state(cfg),
                 )
@@ -843,6 +860,7 @@ mod tests {
                     cost_per_hour: 0.0,
                     origin: Origin::Api,
                     lease_until: None,
+                    transport: Default::default(),
                 },
                 BackendState::Starting,
             )
