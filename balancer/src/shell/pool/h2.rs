@@ -386,6 +386,157 @@ impl AsyncWrite for FirstFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pool::{Pool, PoolConfig};
+    use bytes::Bytes;
+    use ebbtide_config::Protocol;
+    use http_body_util::BodyExt;
+    use hyper::service::service_fn;
+    use std::time::Duration;
+    use tokio::sync::Semaphore;
+
+    /// An h2c backend advertising `max_streams` (None: no limit) that holds each response until
+    /// `release` has a permit; counts accepted connections.
+    async fn h2c_backend(
+        max_streams: Option<u32>,
+        release: Arc<Semaphore>,
+    ) -> (String, Arc<AtomicU32>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicU32::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                let release = release.clone();
+                let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                b.max_concurrent_streams(max_streams);
+                tokio::spawn(b.serve_connection(
+                    TokioIo::new(s),
+                    service_fn(move |req: Request<Incoming>| {
+                        let release = release.clone();
+                        async move {
+                            release.acquire().await.unwrap().forget();
+                            let authority = req.uri().authority().map(|a| a.to_string());
+                            Ok::<_, std::convert::Infallible>(Response::new(
+                                http_body_util::Full::new(Bytes::from(
+                                    authority.unwrap_or_default(),
+                                )),
+                            ))
+                        }
+                    }),
+                ));
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn h2c_pool(addr: String, max_streams: u32) -> Arc<Pool> {
+        let cfg = PoolConfig {
+            connect_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(60),
+            max_idle: 4,
+            max_streams,
+        };
+        Arc::new(Pool::with_protocol(
+            addr,
+            Protocol::H2c,
+            None,
+            cfg,
+            Clock::new(),
+        ))
+    }
+
+    fn get(host: &str) -> Request<UpstreamBody> {
+        Request::builder()
+            .uri("/x")
+            .header(header::HOST, host)
+            .body(UpstreamBody::Empty)
+            .unwrap()
+    }
+
+    /// Many requests at once share connections: as many as the smaller of our cap and the
+    /// backend's SETTINGS_MAX_CONCURRENT_STREAMS per connection, then another connection.
+    async fn connections_for(ours: u32, theirs: Option<u32>, requests: usize) -> u32 {
+        let release = Arc::new(Semaphore::new(0));
+        let (addr, accepted) = h2c_backend(theirs, release.clone()).await;
+        let pool = h2c_pool(addr, ours);
+        let mut held = Vec::new();
+        for _ in 0..requests {
+            let mut conn = pool.checkout().await.unwrap();
+            assert!(conn.is_h2());
+            let (tx, rx) = oneshot::channel();
+            tokio::spawn(async move {
+                let resp = conn.send(get("svc.example:50051")).await.unwrap();
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                let _ = tx.send(body);
+                drop(conn);
+            });
+            held.push(rx);
+        }
+        release.add_permits(requests);
+        for rx in held {
+            assert_eq!(
+                rx.await.unwrap(),
+                "svc.example:50051",
+                ":authority is the Host"
+            );
+        }
+        accepted.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_share_a_connection() {
+        assert_eq!(connections_for(100, None, 20).await, 1);
+    }
+
+    #[tokio::test]
+    async fn the_backends_stream_limit_opens_more_connections() {
+        assert_eq!(connections_for(100, Some(4), 10).await, 3);
+        assert_eq!(connections_for(5, None, 10).await, 2);
+    }
+
+    #[tokio::test]
+    async fn a_stream_given_back_is_reused_and_idle_connections_are_swept() {
+        let release = Arc::new(Semaphore::new(100));
+        let (addr, accepted) = h2c_backend(None, release).await;
+        let pool = h2c_pool(addr, 100);
+        for i in 0..3 {
+            let mut conn = pool.checkout().await.unwrap();
+            assert_eq!(conn.reused, i > 0);
+            let resp = conn.send(get("h")).await.unwrap();
+            resp.into_body().collect().await.unwrap();
+            pool.checkin(conn);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.idle_count(), 1);
+        pool.h2.as_ref().unwrap().sweep(u64::MAX, 0);
+        assert_eq!(pool.idle_count(), 0);
+    }
+
+    /// An HTTP/1 server behind `protocol = "h2c"` fails at connect: the request was never sent.
+    #[tokio::test]
+    async fn a_server_that_is_not_http2_fails_the_connect() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                });
+            }
+        });
+        let pool = h2c_pool(addr, 100);
+        let err = pool.checkout().await.err().expect("no connection");
+        assert!(err.to_string().contains("not an HTTP/2 server"), "{err}");
+        assert!(!err.is_local());
+    }
 
     fn settings(pairs: &[(u16, u32)]) -> Vec<u8> {
         let len = pairs.len() * 6;
