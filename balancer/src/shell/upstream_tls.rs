@@ -31,6 +31,9 @@ impl std::fmt::Debug for TlsTarget {
     }
 }
 
+/// Client settings for (h2, https) over the same authorities.
+type Shared = (Arc<ClientConfig>, Arc<ClientConfig>);
+
 /// The TLS settings shared by backends without a `tls_ca` of their own: built once, from
 /// `[upstream] ca` or the system's bundle, when the first TLS backend needs them.
 #[derive(Default)]
@@ -38,7 +41,7 @@ pub struct UpstreamTls {
     /// `[upstream] ca`; None: the system's bundle.
     ca: Option<String>,
     /// (h2, https) client settings over the default authorities, made on first use.
-    shared: std::sync::OnceLock<Result<(Arc<ClientConfig>, Arc<ClientConfig>), String>>,
+    shared: std::sync::OnceLock<Result<Shared, String>>,
 }
 
 impl UpstreamTls {

@@ -313,7 +313,7 @@ fn parse_first_frame(b: &[u8]) -> Option<Result<Option<u32>, String>> {
     }
     let len = u32::from_be_bytes([0, b[0], b[1], b[2]]) as usize;
     let stream = u32::from_be_bytes([b[5], b[6], b[7], b[8]]) & 0x7fff_ffff;
-    if b[3] != SETTINGS || stream != 0 || len % 6 != 0 || len > 16_384 {
+    if b[3] != SETTINGS || stream != 0 || !len.is_multiple_of(6) || len > 16_384 {
         return Some(Err(
             "not an HTTP/2 server: its first bytes are not a SETTINGS frame".into(),
         ));

@@ -131,8 +131,9 @@ pub struct ClientBody {
     inner: Incoming,
     /// Bytes read ahead by [`ClientBody::read_prefix`], sent before the rest.
     prefix: bytes::BytesMut,
-    /// Trailers read ahead by [`ClientBody::read_prefix`], sent after the prefix.
-    trailers: Option<http::HeaderMap>,
+    /// Trailers read ahead by [`ClientBody::read_prefix`], sent after the prefix (boxed: rare,
+    /// and the body stays small).
+    trailers: Option<Box<http::HeaderMap>>,
     /// Whether `limits` apply (not to a gRPC stream: see `grpc`).
     timed: bool,
     limits: BodyLimits,
@@ -190,7 +191,7 @@ impl ClientBody {
                     Ok(d) => self.prefix.extend_from_slice(&d),
                     Err(f) => {
                         if let Ok(t) = f.into_trailers() {
-                            self.trailers = Some(t);
+                            self.trailers = Some(Box::new(t));
                             return Ok(false);
                         }
                     }
@@ -284,7 +285,7 @@ impl Body for ClientBody {
             return Poll::Ready(Some(Ok(Frame::data(prefix))));
         }
         if let Some(t) = this.trailers.take() {
-            return Poll::Ready(Some(Ok(Frame::trailers(t))));
+            return Poll::Ready(Some(Ok(Frame::trailers(*t))));
         }
         this.poll_client(cx)
     }
