@@ -491,3 +491,46 @@ async fn a_malformed_h2_response_is_a_502_against_the_backend() {
     assert_eq!(backends[0].failures, 1, "counted against the backend");
     assert_eq!(backends[0].protocol, ebbtide_balancer::api::Protocol::H2c);
 }
+
+/// `POST /api/v1/backends` with `"protocol": "h2c"`: the health probe and the requests speak
+/// HTTP/2 to it (the backend serves HTTP/2 only).
+#[tokio::test]
+async fn a_backend_registered_as_h2c_is_probed_and_used_over_http2() {
+    let (b, counts) = h2c_backend(0).await;
+    let lb = start_ebbtide(&base_config(
+        "[health]\npath = \"/healthz\"\ninterval = \"100ms\"\n",
+    ));
+    let reg = ebbtide_balancer::api::Register {
+        address: b.to_string(),
+        capacity: Some(8),
+        weight: 1,
+        lease_seconds: None,
+        cost_per_hour: 0.0,
+        protocol: Some(ebbtide_balancer::api::Protocol::H2c),
+        server_name: None,
+    };
+    let info = admin_client()
+        .register(&lb.admin.to_string(), &reg)
+        .await
+        .expect("registered");
+    assert_eq!(info.protocol, ebbtide_balancer::api::Protocol::H2c);
+    eventually(
+        "the h2c backend to pass its probe",
+        Duration::from_secs(5),
+        || async {
+            let b = admin_backends(lb.admin).await;
+            (b[0].state == ebbtide_balancer::api::BackendState::Active).then_some(())
+        },
+    )
+    .await;
+    let req = Request::post(format!("http://{}/x", lb.addr))
+        .body(body("hi"))
+        .unwrap();
+    let (status, _, got) = send(req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got, "echo:hi");
+    assert!(
+        counts.accepted.load(Ordering::SeqCst) >= 2,
+        "probe and pool"
+    );
+}
