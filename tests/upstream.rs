@@ -82,6 +82,7 @@ async fn grpc_shaped(
         }
     }
     let te = req.headers().get("te").cloned();
+    let timeout = req.headers().get("grpc-timeout").cloned();
     let authority = req.uri().authority().map(|a| a.to_string());
     let (tx, body) = chan_body();
     let mut incoming = req.into_body();
@@ -120,6 +121,10 @@ async fn grpc_shaped(
     h.insert(
         "x-saw-te",
         te.unwrap_or_else(|| HeaderValue::from_static("none")),
+    );
+    h.insert(
+        "x-saw-timeout",
+        timeout.unwrap_or_else(|| HeaderValue::from_static("none")),
     );
     h.insert(
         "x-authority",
@@ -253,7 +258,9 @@ async fn grpc_streams_both_ways_with_trailers_over_h2c() {
     )));
     let mut client = h2_client(lb.addr).await;
     let (tx, body) = chan_body();
-    let req = grpc_request(lb.addr, "/pkg.Echo/Chat", body);
+    let mut req = grpc_request(lb.addr, "/pkg.Echo/Chat", body);
+    req.headers_mut()
+        .insert("grpc-timeout", HeaderValue::from_static("10S"));
     let resp = tokio::time::timeout(Duration::from_secs(5), client.send_request(req));
     let tx2 = tx.clone();
     // The first message goes before the response headers are awaited: gRPC servers may wait
@@ -269,6 +276,10 @@ async fn grpc_streams_both_ways_with_trailers_over_h2c() {
         "TE: trailers passed on"
     );
     assert_eq!(resp.headers()["x-authority"], lb.addr.to_string());
+    // The backend is told what is left of the deadline, in milliseconds.
+    let left = resp.headers()["x-saw-timeout"].to_str().unwrap();
+    let ms: u64 = left.strip_suffix('m').unwrap().parse().unwrap();
+    assert!((1..=10_000).contains(&ms), "{left}");
     let mut body = resp.into_body();
     assert_eq!(next_frame(&mut body).await.into_data().unwrap(), "echo:one");
     tx.send(Frame::data(Bytes::from_static(b"two")))

@@ -204,6 +204,11 @@ impl Proxy {
                         up.headers_mut()
                             .insert(header::TE, HeaderValue::from_static("trailers"));
                     }
+                    if let Some(d) = grpc_deadline {
+                        let left = Duration::from_nanos(d.saturating_sub(self.clock.now()));
+                        up.headers_mut()
+                            .insert(&grpc::TIMEOUT, grpc::timeout_header(left));
+                    }
                     let reused = conn.reused;
                     let sent_at = self.clock.now();
                     let in_flight = backend.in_flight();

@@ -17,6 +17,9 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use std::time::Duration;
 
+/// The header that carries a call's timeout.
+pub(super) static TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
 /// Whether a request is a gRPC call: `content-type: application/grpc`, alone or with a suffix
 /// (`+proto`, `+json`, `;...`).
 pub(super) fn is_grpc(headers: &HeaderMap) -> bool {
@@ -36,7 +39,7 @@ fn is_grpc_content_type(v: &[u8]) -> bool {
 /// seconds, `m` milliseconds, `u` microseconds, `n` nanoseconds). None when absent or invalid
 /// (an invalid one is passed on untouched and not enforced here).
 pub(super) fn timeout(headers: &HeaderMap) -> Option<Duration> {
-    parse_timeout(headers.get("grpc-timeout")?.as_bytes())
+    parse_timeout(headers.get(&TIMEOUT)?.as_bytes())
 }
 
 fn parse_timeout(v: &[u8]) -> Option<Duration> {
@@ -54,6 +57,20 @@ fn parse_timeout(v: &[u8]) -> Option<Duration> {
         b'n' => Duration::from_nanos(n),
         _ => return None,
     })
+}
+
+/// The `grpc-timeout` sent to the backend: what is left of the deadline (at least 1 ms), so
+/// that time spent waiting in the balancer is not granted twice (as Envoy's
+/// `grpc_timeout_header_offset` does). Milliseconds while they fit the 8 digits allowed, else
+/// seconds.
+pub(super) fn timeout_header(left: Duration) -> HeaderValue {
+    let ms = left.as_millis().max(1);
+    let text = if ms <= 99_999_999 {
+        format!("{ms}m")
+    } else {
+        format!("{}S", left.as_secs().min(99_999_999))
+    };
+    HeaderValue::try_from(text).expect("digits and a unit are a valid header value")
 }
 
 /// A gRPC trailers-only DEADLINE_EXCEEDED (see the module doc) with `body` (empty, carrying
@@ -109,6 +126,9 @@ mod tests {
             parse_timeout(b"99999999n"),
             Some(Duration::from_nanos(99_999_999))
         );
+        assert_eq!(timeout_header(Duration::from_micros(10)), "1m");
+        assert_eq!(timeout_header(Duration::from_millis(1500)), "1500m");
+        assert_eq!(timeout_header(Duration::from_secs(200_000)), "200000S");
         for bad in [
             &b"123456789m"[..],
             b"m",
