@@ -6,7 +6,7 @@ use ebbtide_autoscaler::providers::{Instance, ProviderFuture};
 use ebbtide_autoscaler::{Membership, OverloadAction, Reading, SignalSource};
 use ebbtide_balancer::lifecycle::Event;
 use ebbtide_balancer::proxy::Proxy;
-use ebbtide_balancer::registry::{Backend, BackendSpec, BackendState, Origin};
+use ebbtide_balancer::registry::{Backend, BackendSpec, BackendState, Origin, Transport};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -44,6 +44,8 @@ impl Terms {
 pub(crate) struct InProcess {
     proxy: Arc<Proxy>,
     terms: Terms,
+    /// `[provider] protocol`.
+    protocol: ebbtide_config::Protocol,
     drain_timeout: Duration,
     /// `[overload]` `max_queue` and `queue_timeout`: the queue an overload action bounds.
     queue: (usize, Duration),
@@ -61,6 +63,7 @@ impl InProcess {
         InProcess {
             proxy,
             terms: Terms::new(provider),
+            protocol: provider.protocol,
             drain_timeout: cfg.lifecycle.drain_timeout.0,
             queue: (cfg.overload.max_queue, cfg.overload.queue_timeout.0),
             backends: Mutex::new(HashMap::new()),
@@ -83,6 +86,7 @@ impl Membership for InProcess {
             origin: Origin::Provider,
             lease_until: None,
             slow_start: None,
+            transport: Transport::protocol(self.protocol),
         };
         match self
             .proxy

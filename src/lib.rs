@@ -24,13 +24,35 @@ pub use standalone::{run as autoscale, usable as autoscale_usable};
 
 /// The readiness check of provider backends: the balancer's own health probe (`GET` of
 /// `[health] path`, or `/healthz` without one, passing on a 2xx within `[health] timeout`), so a
-/// backend is judged ready before it takes traffic by the check that judges it afterwards.
-pub fn health_probe(health: &ebbtide_config::Health) -> ebbtide_autoscaler::providers::Probe {
+/// backend is judged ready before it takes traffic by the check that judges it afterwards. It
+/// speaks `[provider] protocol` (TLS verified with `[upstream] ca`, else the system's bundle).
+pub fn health_probe(cfg: &ebbtide_config::Config) -> ebbtide_autoscaler::providers::Probe {
+    let health = &cfg.health;
     let path = health.path.clone().unwrap_or_else(|| "/healthz".into());
     let timeout = health.timeout.0;
+    let protocol = cfg
+        .provider
+        .as_ref()
+        .map(|p| p.protocol)
+        .unwrap_or_default();
+    let tls = std::sync::Arc::new(ebbtide_balancer::upstream_tls::UpstreamTls::new(
+        cfg.upstream.ca.clone(),
+    ));
     std::sync::Arc::new(move |address: String| {
         let path = path.clone();
-        Box::pin(async move { ebbtide_balancer::health::probe(&address, &path, timeout).await })
+        let tls = tls.clone();
+        Box::pin(async move {
+            let target = match tls.target(protocol, &address, None, None) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(backend = %address, error = %e, "cannot probe the backend");
+                    return false;
+                }
+            };
+            let connector =
+                ebbtide_balancer::pool::Connector::new(address, protocol, target, timeout);
+            ebbtide_balancer::health::probe(&connector, &path, timeout).await
+        })
     })
 }
 

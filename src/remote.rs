@@ -22,6 +22,8 @@ pub(crate) struct Balancers {
     terms: crate::in_process::Terms,
     /// The terms of each instance with a kind, from `starting` on.
     kinds: Mutex<HashMap<String, (Option<u32>, f64)>>,
+    /// `[provider] protocol`, sent with each registration.
+    protocol: api::Protocol,
     lease_seconds: f64,
     drain_timeout: Duration,
     /// The id each balancer gave each instance (by balancer index and instance id).
@@ -43,6 +45,7 @@ impl Balancers {
             client: AdminClient::new(token, CALL_TIMEOUT),
             terms: crate::in_process::Terms::new(provider),
             kinds: Mutex::new(HashMap::new()),
+            protocol: provider.protocol,
             lease_seconds: lease.as_secs_f64(),
             drain_timeout,
             ids: Mutex::new(HashMap::new()),
@@ -68,6 +71,10 @@ impl Balancers {
             weight: 1,
             lease_seconds: Some(self.lease_seconds),
             cost_per_hour,
+            // Left out for HTTP/1, so that older balancers (which refuse unknown fields)
+            // still accept the registration.
+            protocol: (self.protocol != api::Protocol::Http1).then_some(self.protocol),
+            server_name: None,
         };
         let info = self
             .client

@@ -29,8 +29,7 @@ pub async fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
     let mut tasks = Vec::new();
     let fleet = match &cfg.provider {
         Some(p) => {
-            let provider =
-                ebbtide_autoscaler::providers::build(p, crate::health_probe(&cfg.health))?;
+            let provider = ebbtide_autoscaler::providers::build(p, crate::health_probe(&cfg))?;
             let membership = Arc::new(InProcess::new(server.proxy().clone(), &cfg, p));
             let clock = server.proxy().clock();
             let now: Now = Arc::new(move || clock.now());

@@ -69,7 +69,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         a.registration_lease.0,
         cfg.lifecycle.drain_timeout.0,
     ));
-    let provider = ebbtide_autoscaler::providers::build(&p, crate::health_probe(&cfg.health))?;
+    let provider = ebbtide_autoscaler::providers::build(&p, crate::health_probe(&cfg))?;
     let now = Arc::new(move || clock.now());
     let driver = Driver::new(
         ControlStep::new(&a, EVENTS_SHOWN).with_kinds(&p, &a),

@@ -600,6 +600,7 @@ fn json_csv_and_plot_are_written_and_parse() {
         requests: 0,
         failures: 0,
         ramp: 1.0,
+        protocol: Default::default(),
     })
     .collect();
     let admin = fake_admin(serde_json::to_string(&listed).unwrap());

@@ -330,6 +330,8 @@ async fn the_page_shows_the_fleet_and_charts_live_in_chromium() {
                 weight: 1,
                 lease_seconds: Some(60.0),
                 cost_per_hour: 0.1,
+                protocol: None,
+                server_name: None,
             },
         )
         .await

@@ -86,6 +86,8 @@ async fn a_registered_backend_gets_a_growing_share_over_its_ramp() {
                 weight: 1,
                 lease_seconds: None,
                 cost_per_hour: 0.0,
+                protocol: None,
+                server_name: None,
             },
         )
         .await

@@ -29,6 +29,7 @@ fn proxy(backends: usize) -> Arc<Proxy> {
                     origin: Origin::Static,
                     lease_until: None,
                     slow_start: None,
+                    transport: Default::default(),
                 },
                 BackendState::Active,
             )

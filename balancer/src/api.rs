@@ -13,6 +13,7 @@ pub mod client;
 
 pub use crate::registry::{BackendState, Origin};
 pub use crate::signals::LatencySummary;
+pub use ebbtide_config::Protocol;
 
 /// The answer to `GET /api/v1/signals`: the signal window's counts and latencies plus the
 /// balancer's cumulative counters and current gauges.
@@ -116,6 +117,9 @@ pub struct BackendInfo {
     pub requests: u64,
     /// Requests that got no response from it.
     pub failures: u64,
+    /// How the proxy speaks to it: http1, h2c, h2 or https.
+    #[serde(default)]
+    pub protocol: Protocol,
     /// Slow start: the share of its full weight or slots it gets now, in (0, 1]; 1 when it is
     /// not ramping (`[balancer] slow_start`).
     #[serde(default = "full_ramp")]
@@ -145,6 +149,13 @@ pub struct Register {
     /// Price per hour (>= 0); 0 when absent.
     #[serde(default)]
     pub cost_per_hour: f64,
+    /// How the proxy speaks to it: "http1" when absent, "h2c", "h2" (TLS, ALPN h2) or "https";
+    /// TLS backends are verified with `[upstream] ca` (or the system's bundle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+    /// TLS: the name its certificate is verified against (default: the host of `address`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
 }
 
 fn one() -> u32 {
@@ -365,11 +376,12 @@ mod tests {
             requests: 100,
             failures: 1,
             ramp: 0.5,
+            protocol: Protocol::H2c,
         };
         let got = serde_json::to_string(&b).unwrap();
         assert_eq!(
             got,
-            r#"{"id":3,"address":"127.0.0.1:8081","state":"draining","in_flight":2,"capacity":4,"learnt_limit":null,"weight":1,"cost_per_hour":0.5,"origin":"api","ewma_latency_ms":12.5,"lease_remaining_seconds":30.0,"requests":100,"failures":1,"ramp":0.5}"#
+            r#"{"id":3,"address":"127.0.0.1:8081","state":"draining","in_flight":2,"capacity":4,"learnt_limit":null,"weight":1,"cost_per_hour":0.5,"origin":"api","ewma_latency_ms":12.5,"lease_remaining_seconds":30.0,"requests":100,"failures":1,"protocol":"h2c","ramp":0.5}"#
         );
         assert_eq!(serde_json::from_str::<BackendInfo>(&got).unwrap(), b);
     }
@@ -385,6 +397,8 @@ mod tests {
                 weight: 1,
                 lease_seconds: None,
                 cost_per_hour: 0.0,
+                protocol: None,
+                server_name: None,
             }
         );
         assert_eq!(

@@ -19,7 +19,7 @@ mod validate;
 pub use backend_state::BackendState;
 pub use lifecycle::{Health, Idempotency, Lifecycle, Outlier, Retries};
 pub use schema::*;
-pub use validate::{ConfigError, ConfigErrors};
+pub use validate::{system_ca_bundle, ConfigError, ConfigErrors, SYSTEM_CA_BUNDLES};
 
 /// The embedded default: what `ebbtide serve` runs with no `--config`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../examples/default.toml");

@@ -353,6 +353,12 @@ pub struct Upstream {
     /// (HAProxy's `timeout tunnel`, whose usual setting is 1h). The response timeout bounds
     /// only the upgrade handshake.
     pub tunnel_idle_timeout: HumanDuration,
+    /// PEM file of the certificate authorities that sign TLS backends' certificates (`protocol =
+    /// "h2"` or `"https"`); absent: the system's bundle. A backend's own `tls_ca` overrides it.
+    pub ca: Option<String>,
+    /// HTTP/2 backends: most streams ebbtide opens on one connection before it opens another,
+    /// when the backend's own `SETTINGS_MAX_CONCURRENT_STREAMS` is not lower.
+    pub max_streams_per_connection: u32,
 }
 
 impl Default for Upstream {
@@ -363,6 +369,8 @@ impl Default for Upstream {
             idle_timeout: HumanDuration::from_secs(90),
             max_idle_per_backend: 64,
             tunnel_idle_timeout: HumanDuration::from_secs(3600),
+            ca: None,
+            max_streams_per_connection: 100,
         }
     }
 }
@@ -405,6 +413,45 @@ impl Default for Signals {
     }
 }
 
+/// How the proxy speaks to a backend (`protocol` of `[[backends]]`, `[provider]` and the admin
+/// API's registration).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 over TCP, one request per connection at a time, connections kept alive.
+    #[default]
+    Http1,
+    /// HTTP/2 over TCP with prior knowledge (RFC 9113 §3.3): streams multiplexed on a few
+    /// connections. gRPC servers without TLS speak this.
+    H2c,
+    /// HTTP/2 over TLS, agreed with ALPN `h2` (RFC 9113 §3.2).
+    H2,
+    /// HTTP/1.1 over TLS (ALPN `http/1.1`).
+    Https,
+}
+
+impl Protocol {
+    /// The name used in config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2c => "h2c",
+            Protocol::H2 => "h2",
+            Protocol::Https => "https",
+        }
+    }
+
+    /// Whether it runs over TLS.
+    pub fn is_tls(self) -> bool {
+        matches!(self, Protocol::H2 | Protocol::Https)
+    }
+
+    /// Whether it is HTTP/2.
+    pub fn is_h2(self) -> bool {
+        matches!(self, Protocol::H2 | Protocol::H2c)
+    }
+}
+
 /// One `[[backends]]` entry: a backend that is there from the start until deleted.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -424,6 +471,17 @@ pub struct StaticBackend {
     /// only when it comes back from an ejection).
     #[serde(default)]
     pub slow_start: Option<HumanDuration>,
+    /// How the proxy speaks to it.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// TLS protocols: PEM file of the authorities that sign its certificate (default:
+    /// `upstream.ca`, else the system's bundle).
+    #[serde(default)]
+    pub tls_ca: Option<String>,
+    /// TLS protocols: the name its certificate is checked against and sent as SNI (default: the
+    /// host of `address`).
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 fn default_weight() -> u32 {
@@ -471,6 +529,9 @@ pub struct Provider {
     pub capacity: Option<u32>,
     /// Price of one started backend per hour.
     pub cost_per_hour: f64,
+    /// How the proxy (and the readiness probe) speaks to the backends it starts; TLS ones are
+    /// verified with `upstream.ca` (or the system's bundle) against the host of their address.
+    pub protocol: Protocol,
     /// How long to wait for a started backend to answer its health check (with `command`, the
     /// launch script's own run counts in it).
     pub boot_timeout: HumanDuration,
@@ -543,6 +604,7 @@ impl Default for Provider {
             count: 2,
             capacity: None,
             cost_per_hour: 0.05,
+            protocol: Protocol::Http1,
             boot_timeout: HumanDuration::from_secs(60),
             launch: Vec::new(),
             terminate: Vec::new(),

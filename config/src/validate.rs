@@ -470,6 +470,8 @@ const CHECKS: &[Check] = &[
     check_backend_capacity,
     check_backend_weight,
     check_backend_cost,
+    check_backend_tls,
+    check_upstream_tls,
     check_provider_command,
     check_provider_scripts,
     check_provider_count,
@@ -815,6 +817,108 @@ fn check_upstream_timeouts(cfg: &Config, out: &mut Problems) {
     positive("upstream.response_timeout", u.response_timeout.0, out);
     positive("upstream.idle_timeout", u.idle_timeout.0, out);
     positive("upstream.tunnel_idle_timeout", u.tunnel_idle_timeout.0, out);
+}
+
+/// The system's bundles of trusted certificate authorities, looked for in this order when no
+/// `ca` is configured (Debian and Ubuntu, Fedora and RHEL, openSUSE, Alpine and macOS), as Go's
+/// crypto/x509 looks for them.
+pub const SYSTEM_CA_BUNDLES: [&str; 4] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// The first system bundle present, for TLS backends without a configured `ca`.
+pub fn system_ca_bundle() -> Option<&'static str> {
+    SYSTEM_CA_BUNDLES
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+}
+
+/// What is wrong with a CA file, if anything: it must be readable and hold a PEM certificate.
+fn ca_file_error(path: &str) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Err(e) => Some(format!("cannot read `{path}`: {e}")),
+        Ok(text) if !text.contains("-----BEGIN CERTIFICATE-----") => Some(format!(
+            "`{path}` holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        )),
+        Ok(_) => None,
+    }
+}
+
+/// A TLS backend needs authorities to verify it with: its own, `upstream.ca`, or the system's.
+fn missing_ca(cfg: &Config, own: Option<&String>) -> bool {
+    own.is_none() && cfg.upstream.ca.is_none() && system_ca_bundle().is_none()
+}
+
+fn check_upstream_tls(cfg: &Config, out: &mut Problems) {
+    let u = &cfg.upstream;
+    if let Some(e) = u.ca.as_deref().and_then(ca_file_error) {
+        out.add("upstream.ca", e);
+    }
+    if u.max_streams_per_connection == 0 {
+        out.add(
+            "upstream.max_streams_per_connection",
+            "is 0; must be at least 1 (HTTP/2 streams on one backend connection)",
+        );
+    }
+    if let Some(p) = &cfg.provider {
+        if p.protocol.is_tls() && missing_ca(cfg, None) {
+            out.add(
+                "provider.protocol",
+                format!(
+                    "is \"{}\" (TLS) but no certificate authorities are known: set upstream.ca \
+                     (no system bundle at {})",
+                    p.protocol.name(),
+                    SYSTEM_CA_BUNDLES.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+fn check_backend_tls(cfg: &Config, out: &mut Problems) {
+    for (i, b) in cfg.backends.iter().enumerate() {
+        let tls = b.protocol.is_tls();
+        for (key, set) in [
+            ("tls_ca", b.tls_ca.is_some()),
+            ("server_name", b.server_name.is_some()),
+        ] {
+            if set && !tls {
+                out.add(
+                    format!("backends[{i}].{key}"),
+                    format!(
+                        "applies to TLS backends only; protocol is \"{}\" (use \"h2\" or \"https\")",
+                        b.protocol.name()
+                    ),
+                );
+            }
+        }
+        if let Some(e) = b.tls_ca.as_deref().filter(|_| tls).and_then(ca_file_error) {
+            out.add(format!("backends[{i}].tls_ca"), e);
+        }
+        if let Some(n) = b.server_name.as_deref().filter(|_| tls) {
+            let ip = n.parse::<IpAddr>().is_ok();
+            if !ip && !is_hostname(n) {
+                out.add(
+                    format!("backends[{i}].server_name"),
+                    format!("`{n}` is neither a DNS name nor an IP address"),
+                );
+            }
+        }
+        if tls && missing_ca(cfg, b.tls_ca.as_ref()) {
+            out.add(
+                format!("backends[{i}].protocol"),
+                format!(
+                    "is \"{}\" (TLS) but no certificate authorities are known: set tls_ca or \
+                     upstream.ca (no system bundle at {})",
+                    b.protocol.name(),
+                    SYSTEM_CA_BUNDLES.join(", ")
+                ),
+            );
+        }
+    }
 }
 
 fn check_overload_queue_timeout(cfg: &Config, out: &mut Problems) {

@@ -782,3 +782,60 @@ fn log_section_errors_name_the_key() {
     assert!(!c.log.request_id);
     assert_eq!(ok("").log.access, ebbtide_config::AccessLogFormat::Off);
 }
+
+#[test]
+fn upstream_protocol_and_tls_keys_name_their_key_and_line() {
+    one(
+        "[[backends]]\naddress = \"127.0.0.1:1\"\nprotocol = \"http3\"\n",
+        "backends[0].protocol",
+        3,
+        "`h2c`",
+    );
+    one(
+        "[[backends]]\naddress = \"127.0.0.1:1\"\nprotocol = \"h2c\"\nserver_name = \"a\"\n",
+        "backends[0].server_name",
+        4,
+        "TLS backends only",
+    );
+    one(
+        "[[backends]]\naddress = \"127.0.0.1:1\"\nprotocol = \"h2\"\n\
+         tls_ca = \"/nonexistent/ca.pem\"\n",
+        "backends[0].tls_ca",
+        4,
+        "cannot read `/nonexistent/ca.pem`",
+    );
+    one(
+        "[[backends]]\naddress = \"127.0.0.1:1\"\nprotocol = \"https\"\n\
+         server_name = \"not a name\"\n",
+        "backends[0].server_name",
+        4,
+        "neither a DNS name nor an IP address",
+    );
+    one(
+        "[upstream]\nca = \"/nonexistent/ca.pem\"\n",
+        "upstream.ca",
+        2,
+        "cannot read",
+    );
+    one(
+        "[upstream]\nmax_streams_per_connection = 0\n",
+        "upstream.max_streams_per_connection",
+        2,
+        "at least 1",
+    );
+    one(
+        "[provider]\nprotocol = \"h3\"\n",
+        "provider.protocol",
+        2,
+        "`https`",
+    );
+    let cfg = ok(
+        "[[backends]]\naddress = \"127.0.0.1:1\"\nprotocol = \"h2c\"\n\
+                  [provider]\nprotocol = \"h2c\"\n",
+    );
+    assert_eq!(cfg.backends[0].protocol, ebbtide_config::Protocol::H2c);
+    assert_eq!(
+        cfg.provider.unwrap().protocol,
+        ebbtide_config::Protocol::H2c
+    );
+}

@@ -66,6 +66,12 @@ fn embedded_default_means_what_the_design_says() {
 
 #[test]
 fn examples_mean_what_their_names_say() {
+    let g = example("grpc.toml");
+    assert!(g
+        .backends
+        .iter()
+        .all(|b| b.protocol == ebbtide_config::Protocol::H2c));
+
     let s = example("static-backends.toml");
     assert_eq!(s.balancer.policy, PolicyKind::LeastOutstanding);
     assert_eq!(s.backends.len(), 3);
@@ -114,6 +120,9 @@ fn reference_expected() -> Config {
             weight: 1,
             cost_per_hour: 0.0,
             slow_start: None,
+            protocol: Default::default(),
+            tls_ca: None,
+            server_name: None,
         }],
         provider: Some(Provider::default()),
         autoscaler: Some(Default::default()),
@@ -166,6 +175,9 @@ fn reference_lists_every_key() {
         Some(ebbtide_config::simulation::SimCapacity::Workers);
     full.backends[0].slow_start = Some(ebbtide_config::time::HumanDuration::from_secs(30));
     full.backends[0].capacity = Some(1);
+    full.backends[0].tls_ca = Some("ca.pem".into());
+    full.backends[0].server_name = Some("api.internal".into());
+    full.upstream.ca = Some("ca.pem".into());
     {
         let p = full.provider.as_mut().unwrap();
         p.capacity = Some(1);

@@ -192,6 +192,7 @@ mod tests {
             origin: Origin::Api,
             lease_until: None,
             slow_start: None,
+            transport: Default::default(),
         };
         r.add_or_renew(spec, state).unwrap().0
     }

@@ -402,7 +402,7 @@ impl Admin {
             Err(e) => {
                 return text(
                     StatusCode::BAD_REQUEST,
-                    format!("400 Bad Request: {e}; expected {{\"address\": \"host:port\", \"capacity\"?: N, \"weight\"?: N, \"lease_seconds\"?: S, \"cost_per_hour\"?: X}}\n"),
+                    format!("400 Bad Request: {e}; expected {{\"address\": \"host:port\", \"capacity\"?: N, \"weight\"?: N, \"lease_seconds\"?: S, \"cost_per_hour\"?: X, \"protocol\"?: \"http1\"|\"h2c\"|\"h2\"|\"https\", \"server_name\"?: NAME}}\n"),
                 )
             }
         };
@@ -443,6 +443,11 @@ impl Admin {
             origin: Origin::Api,
             lease_until,
             slow_start: None,
+            transport: crate::registry::Transport {
+                protocol: reg.protocol.unwrap_or_default(),
+                tls_ca: None,
+                server_name: reg.server_name,
+            },
         };
         match self.proxy.registry.add_or_renew(spec, self.initial_state) {
             Ok((b, new)) => {

@@ -230,6 +230,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(60),
             max_idle: 4,
+            max_streams: 100,
         };
         let pool = Arc::new(Pool::new(addr, cfg, Clock::new()));
         for (i, n) in [5usize, 0, 3, 0, 7].into_iter().enumerate() {
@@ -265,6 +266,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(60),
             max_idle: 4,
+            max_streams: 100,
         };
         let pool = Arc::new(Pool::new(addr, cfg, Clock::new()));
         let mut conn = pool.checkout().await.unwrap();

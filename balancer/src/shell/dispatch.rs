@@ -412,6 +412,7 @@ mod tests {
                     origin: Origin::Static,
                     lease_until: None,
                     slow_start: None,
+                    transport: Default::default(),
                 },
                 BackendState::Active,
             )
@@ -446,6 +447,7 @@ mod tests {
                             origin: Origin::Static,
                             lease_until: None,
                             slow_start: None,
+                            transport: Default::default(),
                         },
                         BackendState::Active,
                     )
@@ -544,6 +546,7 @@ mod tests {
             origin: Origin::Api,
             lease_until: None,
             slow_start: None,
+            transport: Default::default(),
         };
         let (backend, _) = registry.add_or_renew(spec, BackendState::Active).unwrap();
         let limit = backend

@@ -9,32 +9,50 @@
 //! latency-aware policies (`peak_ewma`, `least_outstanding`) send it less.
 
 use crate::lifecycle::Event;
+use crate::pool::Connector;
 use crate::proxy::Proxy;
 use crate::registry::{Backend, BackendState};
 use bytes::Bytes;
 use ebbtide_config::time::Nanos;
 use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-/// Probes `GET path` on a fresh connection; true on a 2xx within `timeout`.
-pub async fn probe(address: &str, path: &str, timeout: Duration) -> bool {
+/// Probes `GET path` on a fresh connection made by `connector` (in the backend's protocol:
+/// HTTP/1.1 or HTTP/2, over TLS or not); true on a 2xx within `timeout`.
+pub async fn probe(connector: &Connector, path: &str, timeout: Duration) -> bool {
     let attempt = async {
-        let stream = TcpStream::connect(address).await.ok()?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .ok()?;
-        let conn = tokio::spawn(conn);
-        let req = http::Request::get(path)
-            .header(http::header::HOST, address)
-            .header(http::header::USER_AGENT, "ebbtide-health")
-            .body(Empty::<Bytes>::new())
-            .ok()?;
-        let resp = sender.send_request(req).await.ok()?;
-        conn.abort();
+        let io = TokioIo::new(connector.connect().await.ok()?);
+        let protocol = connector.protocol();
+        let address = connector.address();
+        let req = http::Request::get(path).header(http::header::USER_AGENT, "ebbtide-health");
+        let resp = if protocol.is_h2() {
+            let scheme = if protocol.is_tls() { "https" } else { "http" };
+            let req = req
+                .uri(format!("{scheme}://{address}{path}"))
+                .body(Empty::<Bytes>::new())
+                .ok()?;
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .ok()?;
+            let conn = tokio::spawn(conn);
+            let resp = sender.send_request(req).await;
+            conn.abort();
+            resp.ok()?
+        } else {
+            let req = req
+                .header(http::header::HOST, address)
+                .body(Empty::<Bytes>::new())
+                .ok()?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.ok()?;
+            let conn = tokio::spawn(conn);
+            let resp = sender.send_request(req).await;
+            conn.abort();
+            resp.ok()?
+        };
         Some(resp.status().is_success())
     };
     tokio::time::timeout(timeout, attempt)
@@ -93,7 +111,7 @@ async fn probe_until_changed(
             }
             let (b, proxy, path) = (b.clone(), proxy.clone(), path.clone());
             tokio::spawn(async move {
-                let ok = probe(&b.address, &path, timeout).await;
+                let ok = probe(b.pool.connector(), &path, timeout).await;
                 let now = proxy.clock.now();
                 apply_probe(&proxy, &b, ok, rise, fall, now);
             });

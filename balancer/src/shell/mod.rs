@@ -14,3 +14,4 @@ pub mod pool;
 pub mod proxy;
 pub mod registry;
 pub mod serve;
+pub mod upstream_tls;

@@ -1,13 +1,23 @@
-//! Keep-alive HTTP/1.1 connections to one backend. Each backend owns its pool, so removing a
-//! backend closes its idle connections, and connecting is a separate step from sending: a request
-//! whose connect failed never reached a backend and can be retried whatever its method.
+//! Connections to one backend. Each backend owns its pool, so removing a backend closes its idle
+//! connections, and connecting is a separate step from sending: a request whose connect (or TLS
+//! handshake) failed never reached a backend and can be retried whatever its method.
 //!
+//! HTTP/1 (`http1`, and `https` over TLS): keep-alive connections, one request at a time each.
 //! A connection has no task of its own: whoever holds it drives it (hyper's `Connection` future
 //! is polled by the request that uses it, then by the response body it streams). A spawned
 //! connection task would cost two task wake-ups per request (request in through a channel,
 //! response out through a oneshot) for nothing, since one request at a time uses a connection.
 //! An idle connection in the pool is polled by nobody; the next checkout (or sweep) polls it
 //! once to learn whether the backend closed it meanwhile.
+//!
+//! HTTP/2 (`h2c`, and `h2` over TLS): streams multiplexed on a few shared connections, see
+//! [`h2`].
+
+mod connect;
+mod h2;
+
+pub use connect::{Connector, Io};
+pub use h2::Stream;
 
 use crate::clock::Clock;
 use crate::proxy::{ClientBody, ClientBodyError};
@@ -16,14 +26,15 @@ use ebbtide_config::time::Nanos;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
-use hyper::client::conn::TrySendError;
 use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::pin::{pin, Pin};
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-use tokio::net::TcpStream;
+
+use crate::upstream_tls::TlsTarget;
+use ebbtide_config::Protocol;
 
 /// A request body on its way to a backend: nothing, kept bytes (replayable), or the client's
 /// stream (sent once).
@@ -94,11 +105,11 @@ impl Body for UpstreamBody {
 }
 
 /// Why no connection could be had.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum ConnectError {
     /// The TCP connect did not finish within the connect timeout.
     Timeout,
-    /// The connect or the HTTP/1 handshake failed.
+    /// The connect, the TLS handshake or the HTTP handshake failed.
     Failed(String),
     /// The balancer itself could not connect: out of file descriptors, memory, buffers or
     /// local ports. Not the backend's failure: it must not be ejected for it.
@@ -142,23 +153,51 @@ impl std::fmt::Display for ConnectError {
 }
 
 /// hyper's state machine for one HTTP/1 connection: reads, writes, parses, when polled.
-type Driver = Connection<TokioIo<TcpStream>, UpstreamBody>;
+type Driver = Connection<TokioIo<Io>, UpstreamBody>;
 
-/// A connection ready for one request, driven by its holder (see the module doc).
-pub struct Conn {
+/// A request that could not be sent: hyper's error, and the request itself when it was handed
+/// back unsent (so it never reached the backend).
+#[derive(Debug)]
+pub struct SendError {
+    error: hyper::Error,
+    unsent: Option<http::Request<UpstreamBody>>,
+}
+
+impl SendError {
+    /// What went wrong.
+    pub fn error(&self) -> &hyper::Error {
+        &self.error
+    }
+
+    /// The request, if it was handed back unsent.
+    pub fn take_message(&mut self) -> Option<http::Request<UpstreamBody>> {
+        self.unsent.take()
+    }
+}
+
+/// One HTTP/1 connection, driven by its holder (see the module doc).
+struct H1 {
     sender: SendRequest<UpstreamBody>,
     /// None once the connection has ended (closed by either side, or failed).
     driver: Option<Box<Driver>>,
+}
+
+enum Link {
+    H1(H1),
+    H2(Stream),
+}
+
+/// A connection ready for one request: an HTTP/1 connection driven by its holder, or a stream
+/// leased on a shared HTTP/2 connection.
+pub struct Conn {
+    link: Link,
     /// Whether it served a request before (a reused connection may have been closed by the
     /// backend just now: the keep-alive race).
     pub reused: bool,
 }
 
-impl Conn {
-    /// Lets the connection read, write and parse what it can now. `cx` is woken when it can do
-    /// more (socket readiness, a body wanting data). Once it has ended, the driver is dropped,
-    /// which closes the socket and fails any request still waiting on it.
-    pub fn poll_drive(&mut self, cx: &mut Context<'_>) {
+impl H1 {
+    fn poll_drive(&mut self, cx: &mut Context<'_>) {
         if let Some(d) = self.driver.as_mut() {
             if Pin::new(&mut **d).poll(cx).is_ready() {
                 self.driver = None;
@@ -166,8 +205,7 @@ impl Conn {
         }
     }
 
-    /// Whether the connection is still open (as far as it has been driven).
-    pub fn is_open(&self) -> bool {
+    fn is_open(&self) -> bool {
         self.driver.is_some() && !self.sender.is_closed()
     }
 
@@ -177,13 +215,10 @@ impl Conn {
         self.poll_drive(&mut Context::from_waker(Waker::noop()));
     }
 
-    /// Sends a request and drives the connection until its response head is in (the body follows
-    /// as the caller polls it and keeps driving). A request hyper could not start sending is
-    /// handed back in the error, as with `SendRequest::try_send_request`.
-    pub async fn send(
+    async fn send(
         &mut self,
         req: http::Request<UpstreamBody>,
-    ) -> Result<http::Response<Incoming>, TrySendError<http::Request<UpstreamBody>>> {
+    ) -> Result<http::Response<Incoming>, SendError> {
         let mut response = pin!(self.sender.try_send_request(req));
         std::future::poll_fn(|cx| {
             self.poll_drive(cx);
@@ -200,6 +235,48 @@ impl Conn {
             }
         })
         .await
+        .map_err(|mut e| SendError {
+            unsent: e.take_message(),
+            error: e.into_error(),
+        })
+    }
+}
+
+impl Conn {
+    /// Lets an HTTP/1 connection read, write and parse what it can now. `cx` is woken when it can
+    /// do more (socket readiness, a body wanting data). Once it has ended, the driver is dropped,
+    /// which closes the socket and fails any request still waiting on it. An HTTP/2 stream needs
+    /// nothing: its connection has its own tasks.
+    pub fn poll_drive(&mut self, cx: &mut Context<'_>) {
+        if let Link::H1(c) = &mut self.link {
+            c.poll_drive(cx);
+        }
+    }
+
+    /// Whether the connection is still open (as far as it has been driven).
+    pub fn is_open(&self) -> bool {
+        match &self.link {
+            Link::H1(c) => c.is_open(),
+            Link::H2(_) => true,
+        }
+    }
+
+    /// Whether requests on it go as HTTP/2 streams.
+    pub fn is_h2(&self) -> bool {
+        matches!(self.link, Link::H2(_))
+    }
+
+    /// Sends a request and, over HTTP/1, drives the connection until its response head is in (the
+    /// body follows as the caller polls it and keeps driving). A request that could not start
+    /// being sent is handed back in the error.
+    pub async fn send(
+        &mut self,
+        req: http::Request<UpstreamBody>,
+    ) -> Result<http::Response<Incoming>, SendError> {
+        match &mut self.link {
+            Link::H1(c) => c.send(req).await,
+            Link::H2(s) => s.send(req).await,
+        }
     }
 }
 
@@ -212,41 +289,93 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     /// At most this many idle connections are kept.
     pub max_idle: usize,
+    /// HTTP/2: most streams on one connection (the backend's own limit may be lower).
+    pub max_streams: u32,
 }
 
-/// The idle connections to one backend.
+/// The connections to one backend.
 pub struct Pool {
-    address: String,
+    connector: Connector,
     cfg: PoolConfig,
     clock: Clock,
-    idle: Mutex<Vec<(Conn, Nanos)>>,
+    /// HTTP/1: the idle connections.
+    idle: Mutex<Vec<(H1, Nanos)>>,
+    /// HTTP/2: the shared connections.
+    h2: Option<h2::H2Pool>,
 }
 
 impl Pool {
-    /// An empty pool for `address` (host:port).
+    /// An empty HTTP/1 pool for `address` (host:port).
     pub fn new(address: String, cfg: PoolConfig, clock: Clock) -> Self {
+        Self::with_protocol(address, Protocol::Http1, None, cfg, clock)
+    }
+
+    /// An empty pool for `address` (host:port) speaking `protocol`, over TLS with `tls`
+    /// (required for `h2` and `https`).
+    pub fn with_protocol(
+        address: String,
+        protocol: Protocol,
+        tls: Option<TlsTarget>,
+        cfg: PoolConfig,
+        clock: Clock,
+    ) -> Self {
+        let h2 = protocol.is_h2().then(|| {
+            let authority = address
+                .parse()
+                .unwrap_or_else(|_| http::uri::Authority::from_static("backend"));
+            h2::H2Pool::new(cfg.max_streams, protocol.is_tls(), authority, clock)
+        });
         Pool {
-            address,
+            connector: Connector {
+                address,
+                protocol,
+                tls,
+                timeout: cfg.connect_timeout,
+            },
             cfg,
             clock,
             idle: Mutex::new(Vec::new()),
+            h2,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Conn, Nanos)>> {
+    /// What the pool speaks.
+    pub fn protocol(&self) -> Protocol {
+        self.connector.protocol
+    }
+
+    /// How its connections are opened (for probes on a connection of their own).
+    pub fn connector(&self) -> &Connector {
+        &self.connector
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(H1, Nanos)>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A connection: the most recently used idle one that is still open and ready for a
-    /// request, or a new one.
+    /// A connection: over HTTP/2 a stream on a shared connection; over HTTP/1 the most recently
+    /// used idle connection that is still open and ready for a request, or a new one.
     pub async fn checkout(&self) -> Result<Conn, ConnectError> {
-        if let Some(conn) = self.take_idle() {
-            return Ok(conn);
+        if let Some(h2) = &self.h2 {
+            let stream = h2.checkout(&self.connector).await?;
+            return Ok(Conn {
+                reused: stream.reused,
+                link: Link::H2(stream),
+            });
         }
-        self.connect().await
+        if let Some(conn) = self.take_idle() {
+            return Ok(Conn {
+                link: Link::H1(conn),
+                reused: true,
+            });
+        }
+        Ok(Conn {
+            link: Link::H1(self.connect().await?),
+            reused: false,
+        })
     }
 
-    fn take_idle(&self) -> Option<Conn> {
+    fn take_idle(&self) -> Option<H1> {
         let idle_ns = self.cfg.idle_timeout.as_nanos() as Nanos;
         let now = self.clock.now();
         loop {
@@ -260,40 +389,34 @@ impl Pool {
             // Ready: it finished its last exchange and waits for a request. A connection that is
             // not (the backend's last response was cut short, or it closed) is dropped.
             if conn.is_open() && conn.sender.is_ready() {
-                conn.reused = true;
                 return Some(conn);
             }
         }
     }
 
-    /// A new TCP connection to the backend, within the connect timeout, outside the pool (an
-    /// upgraded connection is never given back to it).
-    pub async fn connect_tcp(&self) -> Result<TcpStream, ConnectError> {
-        let stream =
-            tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(&self.address))
-                .await
-                .map_err(|_| ConnectError::Timeout)?
-                .map_err(|e| ConnectError::from_connect(&self.address, e))?;
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
+    /// A new connection to the backend (TLS for `https`), within the connect timeout, outside
+    /// the pool: an upgraded connection is never given back to it. WebSocket tunnels speak
+    /// HTTP/1.1, so an `h2`/`h2c` backend answers the handshake with an error.
+    pub async fn connect_tunnel(&self) -> Result<Io, ConnectError> {
+        self.connector.connect().await
     }
 
-    async fn connect(&self) -> Result<Conn, ConnectError> {
-        let stream = self.connect_tcp().await?;
-        let (sender, driver) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ConnectError::Failed(format!("handshake with {}: {e}", self.address)))?;
-        Ok(Conn {
+    async fn connect(&self) -> Result<H1, ConnectError> {
+        let io = self.connector.connect().await?;
+        let (sender, driver) = http1::handshake(TokioIo::new(io)).await.map_err(|e| {
+            ConnectError::Failed(format!("handshake with {}: {e}", self.connector.address))
+        })?;
+        Ok(H1 {
             sender,
             driver: Some(Box::new(driver)),
-            reused: false,
         })
     }
 
     /// Returns a connection whose response was read to the end, for the next request. Not
     /// polled here: the next checkout polls it anyway, and a close before then is what it has
-    /// to notice.
+    /// to notice. An HTTP/2 stream is simply let go.
     pub fn checkin(&self, conn: Conn) {
+        let Link::H1(conn) = conn.link else { return };
         if !conn.is_open() {
             return;
         }
@@ -307,20 +430,30 @@ impl Pool {
     pub fn sweep(&self) {
         let now = self.clock.now();
         let idle_ns = self.cfg.idle_timeout.as_nanos() as Nanos;
+        if let Some(h2) = &self.h2 {
+            h2.sweep(now, idle_ns);
+        }
         self.lock().retain_mut(|(c, since)| {
             c.poll_idle();
             c.is_open() && now.saturating_sub(*since) <= idle_ns
         });
     }
 
-    /// Closes every idle connection (the backend is leaving).
+    /// Closes every idle connection (the backend is leaving); HTTP/2 connections close once
+    /// their last stream ends.
     pub fn close_idle(&self) {
+        if let Some(h2) = &self.h2 {
+            h2.close_idle();
+        }
         self.lock().clear();
     }
 
-    /// Idle connections held.
+    /// Idle HTTP/1 connections held, or HTTP/2 connections held.
     pub fn idle_count(&self) -> usize {
-        self.lock().len()
+        match &self.h2 {
+            Some(h2) => h2.connections(),
+            None => self.lock().len(),
+        }
     }
 }
 
@@ -373,6 +506,7 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
     use tokio::sync::{mpsc, watch};
 
     /// A keep-alive backend that answers every request with `ok`, counts connections, and closes
@@ -454,6 +588,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(60),
             max_idle: 4,
+            max_streams: 100,
         };
         Arc::new(Pool::new(addr, cfg, Clock::new()))
     }

@@ -11,7 +11,9 @@ use crate::policy::{BackendView, Candidates};
 use crate::pool::{Pool, PoolConfig};
 use crate::proxy::Tunnels;
 use crate::slow_start::{starts_ramp, Ramp, SlowStart};
+use crate::upstream_tls::UpstreamTls;
 use ebbtide_config::time::Nanos;
+use ebbtide_config::Protocol;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
@@ -48,6 +50,30 @@ pub struct BackendSpec {
     pub lease_until: Option<Nanos>,
     /// Its own slow-start window instead of `[balancer] slow_start`; None: the balancer's.
     pub slow_start: Option<Nanos>,
+    /// How the proxy speaks to it.
+    pub transport: Transport,
+}
+
+/// How the proxy speaks to a backend: the protocol, and for TLS the authorities and the name to
+/// verify it with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Transport {
+    /// `http1` (the default), `h2c`, `h2` or `https`.
+    pub protocol: Protocol,
+    /// TLS: a PEM file of authorities of its own, instead of `[upstream] ca`.
+    pub tls_ca: Option<String>,
+    /// TLS: the name to verify its certificate against (default: the host of its address).
+    pub server_name: Option<String>,
+}
+
+impl Transport {
+    /// `protocol` with the shared authorities and the address's host as the server name.
+    pub fn protocol(protocol: Protocol) -> Self {
+        Transport {
+            protocol,
+            ..Transport::default()
+        }
+    }
 }
 
 /// Status codes counted per backend: 100..=599.
@@ -332,6 +358,7 @@ impl Backend {
             requests: self.response_counts().map(|(_, n)| n).sum(),
             failures: self.failures.load(Ordering::Relaxed),
             ramp: self.ramp(slow_start, now).as_f64(),
+            protocol: self.pool.protocol(),
         }
     }
 }
@@ -397,6 +424,7 @@ impl RegistryConfig {
                 connect_timeout: std::time::Duration::from_secs(1),
                 idle_timeout: std::time::Duration::from_secs(90),
                 max_idle: 64,
+                max_streams: 100,
             },
             adaptive_limit: false,
             outlier: Default::default(),
@@ -413,6 +441,8 @@ pub struct Registry {
     /// cannot interleave: lock order `current`, then `cfg`).
     cfg: std::sync::Mutex<RegistryConfig>,
     clock: Clock,
+    /// The authorities TLS backends are verified with, unless they name their own.
+    tls: UpstreamTls,
 }
 
 /// Why a backend could not be added.
@@ -420,12 +450,15 @@ pub struct Registry {
 pub enum AddError {
     /// The address is not host:port.
     BadAddress(String),
+    /// Its TLS settings cannot be used (a CA file unreadable, a bad server name).
+    Tls(String),
 }
 
 impl std::fmt::Display for AddError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AddError::BadAddress(a) => write!(f, "`{a}` is not host:port"),
+            AddError::Tls(e) => write!(f, "TLS: {e}"),
         }
     }
 }
@@ -442,7 +475,14 @@ impl Registry {
             next_id: AtomicU64::new(1),
             cfg: std::sync::Mutex::new(cfg),
             clock,
+            tls: UpstreamTls::default(),
         }
+    }
+
+    /// Verifies TLS backends with `tls` (from `[upstream] ca`) instead of the system's bundle.
+    pub fn with_upstream_tls(mut self, tls: UpstreamTls) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The fleet now. Cheap: a read lock and a reference count.
@@ -483,6 +523,16 @@ impl Registry {
         if authority.port_u16().is_none() {
             return Err(AddError::BadAddress(spec.address));
         }
+        let t = &spec.transport;
+        let tls = self
+            .tls
+            .target(
+                t.protocol,
+                &spec.address,
+                t.tls_ca.as_deref(),
+                t.server_name.as_deref(),
+            )
+            .map_err(AddError::Tls)?;
         let mut result = None;
         self.update(|list| {
             if let Some(b) = list
@@ -509,7 +559,13 @@ impl Registry {
                 ewma: PeakEwma::new(cfg.ewma_decay),
                 responses: (0..CODES).map(|_| AtomicU64::new(0)).collect(),
                 failures: AtomicU64::new(0),
-                pool: Pool::new(spec.address.clone(), cfg.pool, self.clock),
+                pool: Pool::with_protocol(
+                    spec.address.clone(),
+                    spec.transport.protocol,
+                    tls,
+                    cfg.pool,
+                    self.clock,
+                ),
                 tunnels: Tunnels::default(),
                 limit: (spec.capacity.is_none() && cfg.adaptive_limit)
                     .then(|| AdaptiveLimit::new(Default::default())),
@@ -613,6 +669,7 @@ mod tests {
             origin: Origin::Api,
             lease_until: None,
             slow_start: None,
+            transport: Transport::default(),
         }
     }
 

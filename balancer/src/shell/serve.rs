@@ -11,6 +11,7 @@ use crate::pool::PoolConfig;
 use crate::proxy::{Peer, Proxy, ProxySettings};
 use crate::registry::{BackendSpec, BackendState, Origin, Registry, RegistryConfig};
 use crate::signals::SignalWindow;
+use crate::upstream_tls::UpstreamTls;
 use ebbtide_config::{AccessLogFormat, Config, PolicyKind};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -65,6 +66,7 @@ pub fn registry_config(cfg: &Config) -> RegistryConfig {
             connect_timeout: cfg.upstream.connect_timeout.0,
             idle_timeout: cfg.upstream.idle_timeout.0,
             max_idle: cfg.upstream.max_idle_per_backend,
+            max_streams: cfg.upstream.max_streams_per_connection,
         },
         adaptive_limit: cfg.overload.adaptive_limit,
         outlier: outlier_config(cfg),
@@ -136,6 +138,8 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         idle_timeout,
         max_idle_per_backend,
         tunnel_idle_timeout: _,
+        ca,
+        max_streams_per_connection: upstream_streams,
     } = upstream;
     let Overload {
         max_queue: _,
@@ -197,6 +201,11 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         (
             *max_idle_per_backend != ru.max_idle_per_backend,
             "[upstream] max_idle_per_backend",
+        ),
+        (*ca != ru.ca, "[upstream] ca"),
+        (
+            *upstream_streams != ru.max_streams_per_connection,
+            "[upstream] max_streams_per_connection",
         ),
         (
             *adaptive_limit != r.overload.adaptive_limit,
@@ -276,7 +285,10 @@ impl Server {
     /// port; [`Server::local_addr`] tells which).
     pub async fn bind(cfg: &Config) -> Result<Server, String> {
         let clock = Clock::new();
-        let registry = Arc::new(Registry::new(registry_config(cfg), clock));
+        let registry = Arc::new(
+            Registry::new(registry_config(cfg), clock)
+                .with_upstream_tls(UpstreamTls::new(cfg.upstream.ca.clone())),
+        );
         for b in &cfg.backends {
             registry
                 .add_or_renew(
@@ -288,6 +300,11 @@ impl Server {
                         origin: Origin::Static,
                         lease_until: None,
                         slow_start: b.slow_start.map(|d| d.as_nanos()),
+                        transport: crate::registry::Transport {
+                            protocol: b.protocol,
+                            tls_ca: b.tls_ca.clone(),
+                            server_name: b.server_name.clone(),
+                        },
                     },
                     initial_state(cfg),
                 )
@@ -893,6 +910,7 @@ mod tests {
                     origin: Origin::Api,
                     lease_until: None,
                     slow_start: None,
+                    transport: Default::default(),
                 },
                 BackendState::Starting,
             )

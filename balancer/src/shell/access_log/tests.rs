@@ -12,6 +12,7 @@ fn backend(address: &str) -> Arc<Backend> {
             origin: Origin::Static,
             lease_until: None,
             slow_start: None,
+            transport: Default::default(),
         },
         BackendState::Active,
     )

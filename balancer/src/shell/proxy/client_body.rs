@@ -131,6 +131,11 @@ pub struct ClientBody {
     inner: Incoming,
     /// Bytes read ahead by [`ClientBody::read_prefix`], sent before the rest.
     prefix: bytes::BytesMut,
+    /// Trailers read ahead by [`ClientBody::read_prefix`], sent after the prefix (boxed: rare,
+    /// and the body stays small).
+    trailers: Option<Box<http::HeaderMap>>,
+    /// Whether `limits` apply (not to a gRPC stream: see `grpc`).
+    timed: bool,
     limits: BodyLimits,
     start: Instant,
     last: Instant,
@@ -153,6 +158,8 @@ impl ClientBody {
         ClientBody {
             inner,
             prefix: bytes::BytesMut::new(),
+            trailers: None,
+            timed: true,
             limits,
             start: now,
             last: now,
@@ -164,19 +171,31 @@ impl ClientBody {
         }
     }
 
+    /// Without the body read timeout and minimum rate: for streams that may be quiet for long
+    /// (gRPC), bounded by their deadline instead.
+    pub fn untimed(mut self) -> Self {
+        self.timed = false;
+        self
+    }
+
     /// Reads ahead until the body ends (`Ok(true)`) or more than `limit` bytes were read
     /// (`Ok(false)`); what was read is sent first when the body is then polled, or taken whole
-    /// with [`ClientBody::take_prefix`]. Trailers are dropped.
+    /// with [`ClientBody::take_prefix`]. A body that ends with trailers reads as not whole
+    /// (`Ok(false)`), so that they are sent after the prefix.
     pub async fn read_prefix(&mut self, limit: usize) -> Result<bool, ClientBodyError> {
         while self.prefix.len() <= limit {
             match std::future::poll_fn(|cx| self.poll_client(cx)).await {
                 None => return Ok(true),
                 Some(Err(e)) => return Err(e),
-                Some(Ok(f)) => {
-                    if let Ok(d) = f.into_data() {
-                        self.prefix.extend_from_slice(&d);
+                Some(Ok(f)) => match f.into_data() {
+                    Ok(d) => self.prefix.extend_from_slice(&d),
+                    Err(f) => {
+                        if let Ok(t) = f.into_trailers() {
+                            self.trailers = Some(Box::new(t));
+                            return Ok(false);
+                        }
                     }
-                }
+                },
             }
         }
         Ok(false)
@@ -212,6 +231,7 @@ impl ClientBody {
                 this.end();
                 Poll::Ready(None)
             }
+            Poll::Pending if !this.timed => Poll::Pending,
             Poll::Pending => {
                 let deadline = this.limits.deadline(this.start, this.last, this.received);
                 let timer = match this.timer.as_mut() {
@@ -264,11 +284,16 @@ impl Body for ClientBody {
             let prefix = std::mem::take(&mut this.prefix).freeze();
             return Poll::Ready(Some(Ok(Frame::data(prefix))));
         }
+        if let Some(t) = this.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(*t))));
+        }
         this.poll_client(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.prefix.is_empty() && (self.done || self.inner.is_end_stream())
+        self.prefix.is_empty()
+            && self.trailers.is_none()
+            && (self.done || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -3,6 +3,7 @@
 
 use super::client_body::{BodyWatch, ClientBody, ClientBodyError, ClientFault};
 use super::completion::{Body, Completion};
+use super::grpc;
 use super::headers::{
     content_length, keep_headers, prepare_head, rebuild_headers, request_key, strip_hop_by_hop,
 };
@@ -50,6 +51,11 @@ impl Proxy {
             Ok(h) => h,
             Err(answer) => return self.not_reached(start, answer),
         };
+        let grpc = grpc::is_grpc(&head.headers);
+        let grpc_deadline = grpc
+            .then(|| grpc::timeout(&head.headers))
+            .flatten()
+            .map(|t| start.saturating_add(t.as_nanos() as Nanos));
         let retries = &settings.retries;
         let max_attempts = retries.max_attempts.max(1);
         let idempotent = is_idempotent(&head.method);
@@ -58,10 +64,11 @@ impl Proxy {
         // client does to it is not blamed on the backend.
         let length = content_length(&head.headers);
         let keep_for_retry = idempotent && max_attempts > 1 && retries.buffer_limit > 0;
-        let read_whole = length.is_some_and(|n| {
-            n <= settings.request_buffer as u64
-                || (keep_for_retry && n <= retries.buffer_limit as u64)
-        });
+        let read_whole = !grpc
+            && length.is_some_and(|n| {
+                n <= settings.request_buffer as u64
+                    || (keep_for_retry && n <= retries.buffer_limit as u64)
+            });
         let mut watch = None;
         let mut body = if incoming.is_end_stream() {
             UpstreamBody::Empty
@@ -82,10 +89,13 @@ impl Proxy {
             let w = Arc::new(BodyWatch::default());
             let mut client =
                 ClientBody::new(incoming, settings.body_limits, Some(w.clone()), self.clock);
+            if grpc {
+                client = client.untimed();
+            }
             // No Content-Length (chunked, or HTTP/2 without one): read up to request_buffer
             // before taking a slot; a body that ends within it is sent whole, a longer one is
-            // streamed after what was read.
-            if length.is_none() && settings.request_buffer > 0 {
+            // streamed after what was read. Not a gRPC call's: it streams at once.
+            if length.is_none() && settings.request_buffer > 0 && !grpc {
                 match client.read_prefix(settings.request_buffer).await {
                     Ok(true) => UpstreamBody::Full(Some(client.take_prefix())),
                     Ok(false) => {
@@ -114,6 +124,11 @@ impl Proxy {
             retries.per_try_timeout.0
         };
         let deadline = (!retries.deadline.0.is_zero()).then(|| start + retries.deadline.as_nanos());
+        // A gRPC call's deadline bounds its wait for a slot and every try.
+        let deadline = match (deadline, grpc_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let budget = &live.budget;
         let mut tried = Tried::new();
         let mut attempt = 0;
@@ -136,10 +151,19 @@ impl Proxy {
                 max_attempts,
                 deadline_passed,
             };
-            let acquired = self.dispatcher.acquire(key, tried).await;
+            let acquired = match grpc_deadline {
+                None => Ok(self.dispatcher.acquire(key, tried).await),
+                Some(d) => {
+                    let left = Duration::from_nanos(d.saturating_sub(self.clock.now()));
+                    tokio::time::timeout(left, self.dispatcher.acquire(key, tried)).await
+                }
+            };
             if logging {
                 tries.queue_ns += self.clock.now().saturating_sub(acquire_from);
             }
+            let Ok(acquired) = acquired else {
+                return self.deadline_passed(start, None, reached);
+            };
             let slot = match acquired {
                 Ok(s) => s,
                 Err(shed) => {
@@ -150,6 +174,10 @@ impl Proxy {
                 }
             };
             tries.attempts = attempt;
+            if grpc_deadline.is_some_and(|d| self.clock.now() >= d) {
+                // Passed while it waited: no try, and nothing held against a backend.
+                return self.deadline_passed(start, Some(slot), reached);
+            }
             let backend = slot.backend().clone();
             // One try: how it ended, when, and the backend's response if it answered.
             let (outcome, now, answered) = match backend.pool.checkout().await {
@@ -181,6 +209,15 @@ impl Proxy {
                     };
                     *up.version_mut() = Version::HTTP_11;
                     *up.headers_mut() = std::mem::take(&mut head.headers);
+                    if head.te_trailers && conn.is_h2() {
+                        up.headers_mut()
+                            .insert(header::TE, HeaderValue::from_static("trailers"));
+                    }
+                    if let Some(d) = grpc_deadline {
+                        let left = Duration::from_nanos(d.saturating_sub(self.clock.now()));
+                        up.headers_mut()
+                            .insert(&grpc::TIMEOUT, grpc::timeout_header(left));
+                    }
                     let reused = conn.reused;
                     let sent_at = self.clock.now();
                     let in_flight = backend.in_flight();
@@ -245,10 +282,17 @@ impl Proxy {
                         }
                         Err(_) => {
                             reached = true;
-                            self.on_failure(
-                                &backend,
-                                Some((backend_start(sent_at, watch), in_flight)),
-                            );
+                            // A gRPC deadline shorter than the per-try timeout is the client's
+                            // choice, not a sign of a failing backend.
+                            let client_deadline = grpc_deadline.is_some_and(|d| {
+                                d < sent_at.saturating_add(per_try.as_nanos() as Nanos)
+                            });
+                            if !client_deadline {
+                                self.on_failure(
+                                    &backend,
+                                    Some((backend_start(sent_at, watch), in_flight)),
+                                );
+                            }
                             tracing::warn!(backend = %backend.address, timeout = ?limit, "backend did not answer in time");
                             (TryOutcome::TryTimedOut, self.clock.now(), None)
                         }
@@ -277,6 +321,11 @@ impl Proxy {
                         .ready_at(ready);
                     resp.map(|b| ProxyBody::upstream(b, guard))
                 }
+                (Verdict::Answer(LocalAnswer::Timeout), _)
+                    if grpc_deadline.is_some_and(|d| now >= d) =>
+                {
+                    return self.deadline_passed(start, Some(slot), reached);
+                }
                 (Verdict::Answer(answer), _) => self.local(start, Some(slot), answer),
                 (v, _) => {
                     unreachable!("{v:?} after {outcome:?}: only a backend's answer passes through")
@@ -286,6 +335,22 @@ impl Proxy {
                 response: with_tries(response, tries),
                 reached_backend: reached,
             };
+        }
+    }
+
+    /// A gRPC call whose deadline passed before a backend answered: DEADLINE_EXCEEDED (see
+    /// `grpc`), counted as ebbtide's 504.
+    fn deadline_passed(
+        self: &Arc<Self>,
+        start: Nanos,
+        slot: Option<crate::dispatch::Slot>,
+        reached: bool,
+    ) -> Forwarded {
+        self.counters.count_local(LocalAnswer::Timeout);
+        let guard = Completion::new(self.clone(), start, slot, None);
+        Forwarded {
+            response: grpc::deadline_exceeded(ProxyBody::full(bytes::Bytes::new(), Some(guard))),
+            reached_backend: reached,
         }
     }
 

@@ -41,6 +41,10 @@ pub(super) struct Head {
     pub(super) method: Method,
     pub(super) uri: Uri,
     pub(super) headers: HeaderMap,
+    /// The client sent `TE: trailers`: it accepts trailers. TE is hop-by-hop (RFC 9110
+    /// §10.1.4), so it is removed with the others, and sent again to HTTP/2 backends, where
+    /// `TE: trailers` is the one value allowed (RFC 9113 §8.2.2) and gRPC servers require it.
+    pub(super) te_trailers: bool,
 }
 
 pub(super) fn content_length(h: &HeaderMap) -> Option<u64> {
@@ -171,6 +175,12 @@ pub(super) fn prepare_head(parts: http::request::Parts, peer: &Peer) -> Result<H
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let target = Uri::from(path);
+    let te_trailers = headers.get(header::TE).is_some_and(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().split(';').next() == Some("trailers"))
+        })
+    });
     strip_hop_by_hop(&mut headers);
     drop_underscored(&mut headers);
     // The target's authority (absolute-form, or HTTP/2's `:authority`) is the request's host:
@@ -203,6 +213,7 @@ pub(super) fn prepare_head(parts: http::request::Parts, peer: &Peer) -> Result<H
         method,
         uri: target,
         headers,
+        te_trailers,
     })
 }
 #[cfg(test)]
@@ -300,6 +311,29 @@ mod tests {
         assert_eq!(head.headers["traceparent"], tp);
         assert_eq!(head.headers["tracestate"], ts);
         assert_eq!(head.headers["x-request-id"], "r-1");
+    }
+
+    #[test]
+    fn te_trailers_is_noted_and_te_removed() {
+        let peer = Peer::new("192.0.2.7:5555".parse().unwrap());
+        let head = |te: &'static str| {
+            let b = Request::builder()
+                .uri("/")
+                .header("host", "h")
+                .header("te", te);
+            prepare_head(b.body(()).unwrap().into_parts().0, &peer).unwrap()
+        };
+        for (te, wanted) in [
+            ("trailers", true),
+            ("gzip, trailers", true),
+            ("trailers;q=1", true),
+            ("gzip", false),
+            ("trailersx", false),
+        ] {
+            let h = head(te);
+            assert_eq!(h.te_trailers, wanted, "{te}");
+            assert!(!h.headers.contains_key("te"), "{te}");
+        }
     }
 
     #[test]

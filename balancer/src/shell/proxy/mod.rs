@@ -21,6 +21,7 @@
 //! - `completion`: the guard that ends a request when its response ends;
 //! - `headers`: header hygiene, `X-Forwarded-*`, the hash key;
 //! - `forward`: the try loop;
+//! - `grpc`: gRPC calls: recognised, streamed, their `grpc-timeout` as the deadline;
 //! - `retry`: when a request may be sent again (pure: no I/O, no clock);
 //! - `strict`: what a request head must be to be forwarded (target, Host, framing);
 //! - `local`: ebbtide's own answers, each with its status and text;
@@ -34,6 +35,7 @@ mod client_body;
 mod completion;
 mod counters;
 mod forward;
+mod grpc;
 mod headers;
 mod idempotent;
 mod local;

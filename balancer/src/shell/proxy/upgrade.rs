@@ -268,7 +268,7 @@ impl Proxy {
         sent_at: Nanos,
         in_flight: u32,
     ) -> Handshake {
-        let stream = match backend.pool.connect_tcp().await {
+        let stream = match backend.pool.connect_tunnel().await {
             Ok(s) => s,
             Err(e) => {
                 if !e.is_local() {
