@@ -155,6 +155,13 @@ fn reference_lists_every_key() {
     // Every optional key set, so the serialised form has all of them.
     let mut full = reference_expected();
     full.admin.token = Some("t".into());
+    full.listener.tls = vec![ebbtide_config::TlsCert {
+        cert: "c".into(),
+        key: "k".into(),
+    }];
+    full.listener.client_ca = Some("ca".into());
+    full.listener.client_auth = Some(ebbtide_config::ClientAuth::Optional);
+    full.listener.redirect_address = Some("127.0.0.1:1".into());
     full.runtime.worker_threads = Some(1);
     full.health.path = Some("/healthz".into());
     full.autoscaler.as_mut().unwrap().overload_max_queue = Some(100);

@@ -94,9 +94,13 @@ pub fn start_ebbtide(config: &str) -> Ebbtide {
     }
 }
 
-/// Parses "ebbtide listening on http://A (admin http://B)".
+/// Parses "ebbtide listening on http://A (admin http://B)" (or https://A, with a
+/// "(redirect http://C)" before the admin part).
 pub fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
-    let rest = line.split("listening on http://").nth(1)?;
+    let rest = line.split("listening on http").nth(1)?;
+    let rest = rest
+        .strip_prefix("s://")
+        .or_else(|| rest.strip_prefix("://"))?;
     let (addr, rest) = rest.split_once(' ')?;
     let admin = rest
         .split("admin http://")

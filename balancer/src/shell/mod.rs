@@ -13,3 +13,4 @@ pub mod pool;
 pub mod proxy;
 pub mod registry;
 pub mod serve;
+pub mod tls;
