@@ -305,10 +305,7 @@ fn tls_paths_are_relative_to_the_config_file() {
     let cfg = Config::from_file(&file);
     let _ = std::fs::remove_dir_all(&dir);
     let l = cfg.unwrap().listener;
-    assert_eq!(
-        l.tls[0].cert,
-        dir.join("certs/a.pem").display().to_string()
-    );
+    assert_eq!(l.tls[0].cert, dir.join("certs/a.pem").display().to_string());
     assert_eq!(l.tls[0].key, "/abs/a.key");
     assert_eq!(l.client_ca, Some(dir.join("ca.pem").display().to_string()));
 }

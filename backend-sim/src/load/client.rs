@@ -49,9 +49,7 @@ impl Target {
             .authority()
             .ok_or_else(|| format!("`{url}`: no host"))?
             .clone();
-        let port = authority
-            .port_u16()
-            .unwrap_or(if https { 443 } else { 80 });
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let addr = tokio::net::lookup_host((authority.host(), port))
             .await
             .map_err(|e| format!("`{url}`: cannot resolve {}: {e}", authority.host()))?
@@ -225,7 +223,11 @@ impl Conn {
                 .unwrap_or("/")
                 .to_string();
             if let Ok(uri) = Uri::builder()
-                .scheme(if h2.dial.tls.is_some() { "https" } else { "http" })
+                .scheme(if h2.dial.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                })
                 .authority(host.as_bytes())
                 .path_and_query(pq)
                 .build()
