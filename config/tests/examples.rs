@@ -36,6 +36,7 @@ fn every_example_loads_without_error() {
         "docker.toml",
         "reference.toml",
         "static-backends.toml",
+        "tls.toml",
     ] {
         assert!(names.iter().any(|n| n == name), "{name} missing: {names:?}");
     }
@@ -98,6 +99,21 @@ fn examples_mean_what_their_names_say() {
     assert_eq!(p.env.to_list(), ["RUST_LOG=info"]);
     // No owner written: the admin address names this ebbtide's containers.
     assert_eq!(p.owner.as_deref(), Some("admin-127.0.0.1:9901"));
+
+    let t = example("tls.toml");
+    assert_eq!(t.listener.tls.len(), 1);
+    // Relative to the example's own directory, wherever the test runs from.
+    assert_eq!(
+        t.listener.tls[0].cert,
+        examples_dir()
+            .join("tls/localhost.pem")
+            .display()
+            .to_string()
+    );
+    assert_eq!(
+        t.listener.redirect_address.as_deref(),
+        Some("127.0.0.1:8081")
+    );
 
     let h = example("consistent-hash.toml");
     assert_eq!(h.balancer.policy, PolicyKind::ConsistentHash);

@@ -879,6 +879,18 @@ mod tests {
         live.listener.min_body_rate = 3;
         live.listener.max_uri_bytes = 3000;
         assert_eq!(restart_needed(&running, &live), Vec::<&str>::new());
+        // New certificates and client CA settings are used by new handshakes.
+        let cert = |name: &str| ebbtide_config::TlsCert {
+            cert: format!("{name}.pem"),
+            key: format!("{name}.key"),
+        };
+        let mut with_tls = running.clone();
+        with_tls.listener.tls = vec![cert("a")];
+        let mut rotated = with_tls.clone();
+        rotated.listener.tls = vec![cert("b"), cert("c")];
+        rotated.listener.client_ca = Some("ca.pem".into());
+        rotated.listener.client_auth = Some(ebbtide_config::ClientAuth::Optional);
+        assert_eq!(restart_needed(&with_tls, &rotated), Vec::<&str>::new());
     }
 
     #[test]
@@ -922,6 +934,21 @@ mod tests {
         let mut other = running.clone();
         other.listener.address = "127.0.0.1:3".into();
         assert_eq!(restart_needed(&running, &other), ["[listener] address"]);
+        let mut other = running.clone();
+        other.listener.tls = vec![ebbtide_config::TlsCert {
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+        }];
+        assert_eq!(
+            restart_needed(&running, &other),
+            ["[listener] tls (turning TLS on or off)"]
+        );
+        let mut redirected = other.clone();
+        redirected.listener.redirect_address = Some("127.0.0.1:4".into());
+        assert_eq!(
+            restart_needed(&other, &redirected),
+            ["[listener] redirect_address"]
+        );
         let mut other = running.clone();
         other.admin.token = Some("t".into());
         assert_eq!(restart_needed(&running, &other), ["[admin]"]);
