@@ -58,12 +58,13 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
     -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
 cat "$WORK/cert.pem" "$WORK/key.pem" >"$WORK/haproxy.pem"
 
-wait_port() { # PORT: until something listens there (10 s at most)
+wait_port() { # PORT [LOG]: until something listens there (10 s at most)
     for _ in $(seq 100); do
         (exec 3<>"/dev/tcp/$H/$1") 2>/dev/null && return 0
         sleep 0.1
     done
     echo "nothing listens on $H:$1" >&2
+    [ -z "${2:-}" ] || tail -5 "$2" >&2
     return 1
 }
 
@@ -93,7 +94,7 @@ EOF
 cat >"$WORK/haproxy.cfg" <<EOF
 global
     nbthread 1
-    maxconn 20000
+    maxconn 4096
     ssl-default-bind-options ssl-min-ver TLSv1.2
 defaults
     mode http
@@ -162,7 +163,7 @@ for proxy in ebbtide haproxy nginx; do
     start_proxy "$proxy"
     pid=$PID
     port=$(port_of "$proxy")
-    wait_port "$port"
+    wait_port "$port" "$WORK/$proxy.out"
     # Warm up (first connections, lazy allocations) before measuring.
     taskset -c "$LOAD_CORE" "$BIN" load --target "https://$H:$port/" --insecure --closed \
         --no-keepalive --connections 4 --threads 1 --duration 1s --quiet >/dev/null 2>&1 || true
