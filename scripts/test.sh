@@ -15,6 +15,8 @@ have docker-compose || need_apt+=(docker-compose)
 # Headless Chromium and its WebDriver for the dashboard test.
 have chromium || need_apt+=(chromium)
 have chromedriver || need_apt+=(chromium-driver)
+# A real TLS client (SNI, ALPN, protocol versions, client certificates) for tests/tls.rs.
+have curl || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -25,7 +27,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     systemctl stop prometheus >/dev/null 2>&1 || service prometheus stop >/dev/null 2>&1 || true
   fi
 fi
-for t in prometheus promtool chromium chromedriver; do
+for t in prometheus promtool chromium chromedriver curl; do
   have "$t" || { echo "$t is still missing after the install; the tests that need it would fail" >&2; exit 1; }
 done
 

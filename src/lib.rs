@@ -56,6 +56,24 @@ pub fn health_probe(cfg: &ebbtide_config::Config) -> ebbtide_autoscaler::provide
     })
 }
 
+/// Reads the TLS files `cfg` names (certificates, keys, client CA) as `ebbtide serve` would,
+/// for `ebbtide check` and before start: each problem at its key and line in `path`.
+pub fn tls_usable(
+    cfg: &ebbtide_config::Config,
+    path: &std::path::Path,
+) -> Result<(), ebbtide_config::ConfigErrors> {
+    let problems = ebbtide_balancer::tls::Tls::check(&cfg.listener);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(ebbtide_config::ConfigErrors(
+        problems
+            .into_iter()
+            .map(|p| ebbtide_config::ConfigError::at_key(path, &p.key, p.message))
+            .collect(),
+    ))
+}
+
 /// A tokio runtime with `threads` workers (default: the number of cores). One worker means the
 /// current-thread runtime: no work-stealing queues or cross-thread wake-ups to pay for when
 /// there is no other thread to share with.

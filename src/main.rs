@@ -50,7 +50,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve { config: None });
     match command {
-        Command::Check { file } => match Config::from_file(&file) {
+        Command::Check { file } => match Config::from_file(&file)
+            .and_then(|cfg| ebbtide::tls_usable(&cfg, &file).map(|()| cfg))
+        {
             Ok(cfg) => {
                 println!("{}: ok: {}", file.display(), cfg.summary());
                 ExitCode::SUCCESS
@@ -62,7 +64,9 @@ fn main() -> ExitCode {
         },
         Command::Serve { config } => {
             let cfg = match &config {
-                Some(path) => match Config::from_file(path) {
+                Some(path) => match Config::from_file(path)
+                    .and_then(|cfg| ebbtide::tls_usable(&cfg, path).map(|()| cfg))
+                {
                     Ok(cfg) => cfg,
                     Err(errors) => {
                         eprintln!("{errors}");

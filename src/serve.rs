@@ -20,8 +20,13 @@ const DRAIN: Duration = Duration::from_secs(30);
 pub async fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
     let server = Arc::new(Server::bind(&cfg).await?);
     // Tests and scripts read the bound addresses from this line (ports may be 0 in config).
+    let redirect = match server.redirect_addr() {
+        Some(a) => format!(" (redirect http://{a})"),
+        None => String::new(),
+    };
     println!(
-        "ebbtide listening on http://{} (admin http://{})",
+        "ebbtide listening on {}://{}{redirect} (admin http://{})",
+        if server.is_tls() { "https" } else { "http" },
         server.local_addr(),
         server.admin_addr()
     );

@@ -22,6 +22,7 @@ mod raw;
 pub mod report;
 mod requests;
 pub mod schedule;
+mod tls;
 
 use crate::timer::Oversleep;
 use bytes::Bytes;
@@ -47,7 +48,7 @@ use std::time::{Duration, Instant, SystemTime};
     subcommand_negates_reqs = true
 )]
 pub struct LoadArgs {
-    /// URL to send requests to (http:// only), e.g. http://127.0.0.1:8080/.
+    /// URL to send requests to, http:// or https://, e.g. http://127.0.0.1:8080/.
     #[arg(long, required_unless_present = "requests")]
     pub target: Option<String>,
 
@@ -104,10 +105,20 @@ pub struct LoadArgs {
     #[arg(long, conflicts_with = "h2")]
     pub no_keepalive: bool,
 
-    /// HTTP/2 over cleartext (h2c, prior knowledge), --streams requests at once on each of the
-    /// --connections (default with --h2: one connection per thread).
+    /// HTTP/2 (h2c with prior knowledge over http://, ALPN h2 over https://), --streams
+    /// requests at once on each of the --connections (default with --h2: one per thread).
     #[arg(long)]
     pub h2: bool,
+
+    /// https: trust the CA certificates in this PEM file (default: the system's bundle,
+    /// /etc/ssl/certs/ca-certificates.crt or $SSL_CERT_FILE).
+    #[arg(long, conflicts_with = "insecure")]
+    pub cacert: Option<PathBuf>,
+
+    /// https: accept any server certificate (encryption without authentication, for tests
+    /// against self-signed certificates).
+    #[arg(long)]
+    pub insecure: bool,
 
     /// With --h2: concurrent streams per connection.
     #[arg(long, default_value_t = 100, requires = "h2")]
@@ -395,7 +406,18 @@ pub async fn run(args: LoadArgs) -> Result<i32, String> {
         start,
         args.timeout,
         args.late_after,
-        target.addr,
+        tls::Dial {
+            addr: target.addr,
+            tls: match &target.tls_name {
+                Some(host) => Some(Arc::new(tls::Tls::new(
+                    host,
+                    args.cacert.as_deref(),
+                    args.insecure,
+                    args.h2,
+                )?)),
+                None => None,
+            },
+        },
         !args.no_keepalive,
         args.h2.then_some(args.streams.max(1)),
         requests,
@@ -510,7 +532,13 @@ pub async fn run(args: LoadArgs) -> Result<i32, String> {
     report.mode = if args.closed { "closed" } else { "open" }.to_string();
     report.connections = connections;
     report.threads = threads;
-    report.protocol = if args.h2 { "h2c" } else { "http/1.1" }.to_string();
+    report.protocol = match (args.h2, target.tls_name.is_some()) {
+        (true, true) => "h2",
+        (true, false) => "h2c",
+        (false, true) => "http/1.1 (TLS)",
+        (false, false) => "http/1.1",
+    }
+    .to_string();
     report.streams = if args.h2 { args.streams.max(1) } else { 1 };
     report.thresholds = thresholds(&args.out, &report);
     write_outputs(&report, &args.out)

@@ -19,7 +19,7 @@ pub use crate::core::{
 };
 pub use shell::{
     access_log, admin, body, clock, dispatch, health, idempotency, metrics, pool, proxy, registry,
-    serve, upstream_tls,
+    serve, tls, upstream_tls,
 };
 
 pub use policy::{BackendView, Candidates, Policy};

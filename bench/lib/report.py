@@ -508,7 +508,16 @@ def main():
                "(1 worker thread, round robin, two trivial backends) under `wrk -t1 -c64`; self time, "
                "top 15 symbols.\n", md_profile(prof), ""]
     md += ["## Targets\n", targets(closed, fixed, rss_r, bal), ""]
-    open(sys.argv[4], "w").write("\n".join(md) + "\n")
+    # Sections other scripts wrote (e.g. bench/tls-handshake.sh's), below KEPT_MARK, stay.
+    try:
+        old = open(sys.argv[4]).read()
+    except OSError:
+        old = ""
+    kept = old[old.index(KEPT_MARK):] if KEPT_MARK in old else KEPT_MARK + "\n"
+    open(sys.argv[4], "w").write("\n".join(md) + "\n" + kept)
+
+
+KEPT_MARK = "<!-- Below: other benchmarks' sections, kept when bench/run.sh rewrites this file. -->"
 
 
 if __name__ == "__main__":

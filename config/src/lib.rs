@@ -56,14 +56,23 @@ impl Config {
                 message: format!("cannot read: {e}"),
             }])
         })?;
-        Config::from_toml(&text, &file)
+        let mut cfg = Config::from_toml(&text, &file)?;
+        if let Some(dir) = path.parent() {
+            cfg.listener.resolve_paths(dir);
+        }
+        Ok(cfg)
     }
 
     /// A one-line human summary of what this config runs, for `ebbtide check` and start-up logs,
     /// e.g. `listener 127.0.0.1:8080, admin 127.0.0.1:9901, policy p2c, 3 static backends,
     /// local provider x2`.
     pub fn summary(&self) -> String {
-        let mut parts = vec![format!("listener {}", self.listener.address)];
+        let l = &self.listener;
+        let mut parts = vec![match l.tls.len() {
+            0 => format!("listener {}", l.address),
+            1 => format!("listener {} (TLS)", l.address),
+            n => format!("listener {} (TLS, {n} certificates)", l.address),
+        }];
         parts.push(match self.admin.token {
             Some(_) => format!("admin {} (token)", self.admin.address),
             None => format!("admin {}", self.admin.address),

@@ -75,6 +75,60 @@ pub struct Listener {
     pub max_connections_per_client: u32,
     /// Most concurrent HTTP/2 streams on one client connection.
     pub max_streams_per_connection: u32,
+    /// `[[listener.tls]]`: TLS on this listener (TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`).
+    /// The first certificate is the default; the others are chosen by SNI from their DNS
+    /// names. Empty: plain HTTP. Certificates reload on SIGHUP and when their files change.
+    pub tls: Vec<TlsCert>,
+    /// PEM file of the CA certificates that sign client certificates: clients are asked for a
+    /// certificate (mutual TLS, RFC 8446 4.3.2). Relative paths are from the config's directory.
+    pub client_ca: Option<String>,
+    /// With `client_ca`: "required" (the default; a client without a valid certificate is
+    /// refused in the handshake) or "optional" (a certificate, if sent, must be valid).
+    pub client_auth: Option<ClientAuth>,
+    /// A plain-HTTP listener that answers every request with 308 to the same host and path
+    /// over https (as NGINX's `return 308 https://$host$request_uri`); needs `tls`.
+    pub redirect_address: Option<String>,
+}
+
+/// One `[[listener.tls]]` entry: a certificate chain and its private key, PEM files. Relative
+/// paths are from the config file's directory.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCert {
+    /// The certificate chain, leaf first.
+    pub cert: String,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+}
+
+/// `[listener] client_auth`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// A client without a valid certificate is refused.
+    #[default]
+    Required,
+    /// A client may send no certificate; one it sends must be valid.
+    Optional,
+}
+
+impl Listener {
+    /// Makes the relative paths of `tls` and `client_ca` relative to `dir` (the config file's
+    /// directory), so that `ebbtide serve` finds the files wherever it is started from.
+    pub fn resolve_paths(&mut self, dir: &std::path::Path) {
+        let resolve = |p: &mut String| {
+            if !p.is_empty() && std::path::Path::new(p.as_str()).is_relative() {
+                *p = dir.join(p.as_str()).display().to_string();
+            }
+        };
+        for t in &mut self.tls {
+            resolve(&mut t.cert);
+            resolve(&mut t.key);
+        }
+        if let Some(ca) = &mut self.client_ca {
+            resolve(ca);
+        }
+    }
 }
 
 impl Default for Listener {
@@ -90,6 +144,10 @@ impl Default for Listener {
             max_uri_bytes: 8 * 1024,
             max_connections_per_client: 1024,
             max_streams_per_connection: 100,
+            tls: Vec::new(),
+            client_ca: None,
+            client_auth: None,
+            redirect_address: None,
         }
     }
 }

@@ -457,6 +457,7 @@ const CHECKS: &[Check] = &[
     check_listener_admin_differ,
     check_admin_token,
     check_listener_timeouts,
+    check_listener_tls,
     check_runtime_worker_threads,
     check_balancer_choices,
     check_balancer_ewma_decay,
@@ -655,19 +656,22 @@ fn check_admin_address(cfg: &Config, out: &mut Problems) {
     socket_address("admin.address", &cfg.admin.address, out);
 }
 
-fn check_listener_admin_differ(cfg: &Config, out: &mut Problems) {
-    let (Ok(l), Ok(a)) = (
-        cfg.listener.address.trim().parse::<SocketAddr>(),
-        cfg.admin.address.trim().parse::<SocketAddr>(),
+/// Whether two socket addresses ebbtide binds would take the same port. Port 0 means "any free
+/// port": two of those never clash. A wildcard address clashes with any address on the same port.
+fn addresses_clash(a: &str, b: &str) -> bool {
+    let (Ok(a), Ok(b)) = (
+        a.trim().parse::<SocketAddr>(),
+        b.trim().parse::<SocketAddr>(),
     ) else {
-        return;
+        return false;
     };
-    // Port 0 means "any free port": two of those never clash. A wildcard address clashes with
-    // any address on the same port.
-    let clash = l.port() != 0
-        && l.port() == a.port()
-        && (l.ip() == a.ip() || l.ip().is_unspecified() || a.ip().is_unspecified());
-    if clash {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+fn check_listener_admin_differ(cfg: &Config, out: &mut Problems) {
+    if addresses_clash(&cfg.listener.address, &cfg.admin.address) {
         out.add(
             "admin.address",
             format!(
@@ -714,6 +718,63 @@ fn check_admin_token(cfg: &Config, out: &mut Problems) {
 fn positive(key: &str, d: Duration, out: &mut Problems) {
     if d.is_zero() {
         out.add(key, "is 0; must be greater than zero, e.g. \"1s\"");
+    }
+}
+
+/// `[[listener.tls]]`, `client_ca`, `client_auth` and `redirect_address`. The files themselves
+/// are read by the balancer's TLS module (`ebbtide check` and start both run it), which also
+/// checks that each key matches its certificate.
+fn check_listener_tls(cfg: &Config, out: &mut Problems) {
+    let l = &cfg.listener;
+    for (i, t) in l.tls.iter().enumerate() {
+        for (name, value, what) in [
+            ("cert", &t.cert, "certificate chain"),
+            ("key", &t.key, "private key"),
+        ] {
+            if value.trim().is_empty() {
+                out.add(
+                    format!("listener.tls[{i}].{name}"),
+                    format!("is empty; give the PEM file of the {what}"),
+                );
+            }
+        }
+    }
+    let needs_tls = |key: &str, out: &mut Problems| {
+        out.add(
+            key,
+            "needs TLS on the listener: add a [[listener.tls]] entry with cert and key",
+        )
+    };
+    match &l.client_ca {
+        Some(ca) if ca.trim().is_empty() => out.add(
+            "listener.client_ca",
+            "is empty; give the PEM file of the CA certificates that sign client certificates",
+        ),
+        Some(_) if l.tls.is_empty() => needs_tls("listener.client_ca", out),
+        _ => {}
+    }
+    if l.client_auth.is_some() && l.client_ca.is_none() {
+        out.add(
+            "listener.client_auth",
+            "needs listener.client_ca, the CA certificates that client certificates are checked against",
+        );
+    }
+    if let Some(r) = &l.redirect_address {
+        socket_address("listener.redirect_address", r, out);
+        if l.tls.is_empty() {
+            needs_tls("listener.redirect_address", out);
+        }
+        for (other, key) in [
+            (&l.address, "listener.address"),
+            (&cfg.admin.address, "admin.address"),
+        ] {
+            if addresses_clash(r, other) {
+                out.add(
+                    "listener.redirect_address",
+                    format!("`{r}` clashes with {key} `{other}`; the redirect listener needs a port of its own"),
+                );
+            }
+        }
     }
 }
 

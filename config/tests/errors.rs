@@ -228,6 +228,89 @@ fn listener_and_admin_must_differ() {
 }
 
 #[test]
+fn tls_keys_are_checked_where_they_are_written() {
+    one(
+        "[listener]\naddress = \"127.0.0.1:8443\"\n[[listener.tls]]\ncert = \"\"\nkey = \"k.pem\"\n",
+        "listener.tls[0].cert",
+        4,
+        "give the PEM file of the certificate chain",
+    );
+    one(
+        "[listener]\naddress = \"127.0.0.1:8443\"\n[[listener.tls]]\ncert = \"c.pem\"\n",
+        "listener.tls[0]",
+        3,
+        "missing required key `key`",
+    );
+    one(
+        "[listener]\naddress = \"127.0.0.1:8443\"\n[[listener.tls]]\ncert = \"c.pem\"\nkey = \"k.pem\"\nkeyfile = \"x\"\n",
+        "listener.tls[0].keyfile",
+        6,
+        "unknown key",
+    );
+    one(
+        "[listener]\naddress = \"127.0.0.1:8080\"\nclient_ca = \"ca.pem\"\n",
+        "listener.client_ca",
+        3,
+        "needs TLS on the listener",
+    );
+    one(
+        "[listener]\nclient_auth = \"optional\"\n[[listener.tls]]\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+        "listener.client_auth",
+        2,
+        "needs listener.client_ca",
+    );
+    one(
+        "[listener]\nclient_ca = \"ca.pem\"\nclient_auth = \"sometimes\"\n",
+        "listener.client_auth",
+        3,
+        "expected `required` or `optional`",
+    );
+    one(
+        "[listener]\nredirect_address = \"127.0.0.1:8081\"\n",
+        "listener.redirect_address",
+        2,
+        "needs TLS on the listener",
+    );
+    one(
+        "[listener]\naddress = \"127.0.0.1:8443\"\nredirect_address = \"127.0.0.1:8443\"\n\
+         [[listener.tls]]\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+        "listener.redirect_address",
+        3,
+        "clashes with listener.address",
+    );
+    let cfg = ok(
+        "[listener]\naddress = \"127.0.0.1:8443\"\nredirect_address = \"127.0.0.1:8080\"\n\
+         client_ca = \"ca.pem\"\nclient_auth = \"optional\"\n\
+         [[listener.tls]]\ncert = \"a.pem\"\nkey = \"a.key\"\n\
+         [[listener.tls]]\ncert = \"/etc/b.pem\"\nkey = \"b.key\"\n",
+    );
+    assert_eq!(cfg.listener.tls.len(), 2);
+    assert_eq!(cfg.listener.tls[1].cert, "/etc/b.pem");
+    assert_eq!(
+        cfg.listener.client_auth,
+        Some(ebbtide_config::ClientAuth::Optional)
+    );
+}
+
+#[test]
+fn tls_paths_are_relative_to_the_config_file() {
+    let dir = std::env::temp_dir().join(format!("ebbtide-tls-paths-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tls.toml");
+    std::fs::write(
+        &file,
+        "[listener]\nclient_ca = \"ca.pem\"\n[[listener.tls]]\ncert = \"certs/a.pem\"\nkey = \"/abs/a.key\"\n",
+    )
+    .unwrap();
+    let cfg = Config::from_file(&file);
+    let _ = std::fs::remove_dir_all(&dir);
+    let l = cfg.unwrap().listener;
+    assert_eq!(l.tls[0].cert, dir.join("certs/a.pem").display().to_string());
+    assert_eq!(l.tls[0].key, "/abs/a.key");
+    assert_eq!(l.client_ca, Some(dir.join("ca.pem").display().to_string()));
+}
+
+#[test]
 fn admin_token_is_required_off_loopback() {
     // Not written: points at the [admin] header.
     one(

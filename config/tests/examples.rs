@@ -36,6 +36,7 @@ fn every_example_loads_without_error() {
         "docker.toml",
         "reference.toml",
         "static-backends.toml",
+        "tls.toml",
     ] {
         assert!(names.iter().any(|n| n == name), "{name} missing: {names:?}");
     }
@@ -105,6 +106,21 @@ fn examples_mean_what_their_names_say() {
     // No owner written: the admin address names this ebbtide's containers.
     assert_eq!(p.owner.as_deref(), Some("admin-127.0.0.1:9901"));
 
+    let t = example("tls.toml");
+    assert_eq!(t.listener.tls.len(), 1);
+    // Relative to the example's own directory, wherever the test runs from.
+    assert_eq!(
+        t.listener.tls[0].cert,
+        examples_dir()
+            .join("tls/localhost.pem")
+            .display()
+            .to_string()
+    );
+    assert_eq!(
+        t.listener.redirect_address.as_deref(),
+        Some("127.0.0.1:8081")
+    );
+
     let h = example("consistent-hash.toml");
     assert_eq!(h.balancer.policy, PolicyKind::ConsistentHash);
     assert_eq!(h.balancer.hash_key, HashKey::Header("x-user".into()));
@@ -166,6 +182,13 @@ fn reference_lists_every_key() {
     let mut full = reference_expected();
     full.admin.token = Some("t".into());
     full.log.access_path = Some("/l".into());
+    full.listener.tls = vec![ebbtide_config::TlsCert {
+        cert: "c".into(),
+        key: "k".into(),
+    }];
+    full.listener.client_ca = Some("ca".into());
+    full.listener.client_auth = Some(ebbtide_config::ClientAuth::Optional);
+    full.listener.redirect_address = Some("127.0.0.1:1".into());
     full.runtime.worker_threads = Some(1);
     full.health.path = Some("/healthz".into());
     full.autoscaler.as_mut().unwrap().overload_max_queue = Some(100);

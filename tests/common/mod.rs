@@ -24,6 +24,8 @@ pub struct Ebbtide {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub config: tempfile_path::TempPath,
+    /// The "listening on" line it printed.
+    pub line: String,
 }
 
 impl Drop for Ebbtide {
@@ -91,12 +93,17 @@ pub fn start_ebbtide(config: &str) -> Ebbtide {
         addr,
         admin,
         config: file,
+        line,
     }
 }
 
-/// Parses "ebbtide listening on http://A (admin http://B)".
+/// Parses "ebbtide listening on http://A (admin http://B)" (or https://A, with a
+/// "(redirect http://C)" before the admin part).
 pub fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
-    let rest = line.split("listening on http://").nth(1)?;
+    let rest = line.split("listening on http").nth(1)?;
+    let rest = rest
+        .strip_prefix("s://")
+        .or_else(|| rest.strip_prefix("://"))?;
     let (addr, rest) = rest.split_once(' ')?;
     let admin = rest
         .split("admin http://")
@@ -521,4 +528,84 @@ pub async fn sim_backend(args: &[&str]) -> SimBackend {
     )
     .await;
     b
+}
+
+/// Test certificates, made with rcgen at test time: a CA, and certificates it signs written as
+/// PEM files into a directory removed when dropped.
+pub mod pki {
+    use std::path::{Path, PathBuf};
+
+    pub struct Pki {
+        pub dir: PathBuf,
+        ca: rcgen::Certificate,
+        ca_key: rcgen::KeyPair,
+    }
+
+    impl Pki {
+        /// A new CA in a fresh directory; its certificate is `ca.pem`.
+        pub fn new(name: &str) -> Pki {
+            let dir =
+                std::env::temp_dir().join(format!("ebbtide-pki-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let ca_key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, format!("ebbtide test CA {name}"));
+            params.key_usages = vec![
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::DigitalSignature,
+            ];
+            let ca = params.self_signed(&ca_key).unwrap();
+            std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+            Pki { dir, ca, ca_key }
+        }
+
+        pub fn ca(&self) -> PathBuf {
+            self.dir.join("ca.pem")
+        }
+
+        /// A certificate with common name `cn` for `names` (DNS names or IP addresses) signed by
+        /// the CA, as `{stem}.pem` and `{stem}.key`; their paths.
+        pub fn issue(&self, stem: &str, cn: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let mut params = rcgen::CertificateParams::new(names).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
+            params.extended_key_usages = vec![
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+            let (c, k) = (
+                self.path(&format!("{stem}.pem")),
+                self.path(&format!("{stem}.key")),
+            );
+            write_replacing(&k, &key.serialize_pem());
+            write_replacing(&c, &cert.pem());
+            (c, k)
+        }
+
+        pub fn path(&self, file: &str) -> PathBuf {
+            self.dir.join(file)
+        }
+    }
+
+    /// Writes `path` whole at once (a temp file renamed over it), as certificate tooling does,
+    /// so a reader never sees half a file.
+    fn write_replacing(path: &Path, text: &str) {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    impl Drop for Pki {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }

@@ -14,6 +14,7 @@ use std::rc::Rc;
 use super::raw::RawConn;
 use super::report::ErrorKind;
 use super::requests::Outgoing;
+use super::tls::Dial;
 
 /// Where requests go, parsed once.
 #[derive(Debug, Clone)]
@@ -22,6 +23,8 @@ pub struct Target {
     pub url: String,
     /// The socket address its host resolved to.
     pub addr: SocketAddr,
+    /// `https://`: the host name to send as SNI and check the certificate against.
+    pub tls_name: Option<String>,
     /// The Host header.
     pub host: HeaderValue,
     /// The origin-form request target (path and query).
@@ -29,23 +32,24 @@ pub struct Target {
 }
 
 impl Target {
-    /// Parses an `http://host[:port]/path?query` URL and resolves its host.
+    /// Parses an `http[s]://host[:port]/path?query` URL and resolves its host.
     pub async fn resolve(url: &str) -> Result<Target, String> {
         let uri: Uri = url.parse().map_err(|e| format!("`{url}`: {e}"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
             Some(other) => {
                 return Err(format!(
-                    "`{url}`: scheme `{other}` is not supported; use http://"
+                    "`{url}`: scheme `{other}` is not supported; use http:// or https://"
                 ))
             }
             None => return Err(format!("`{url}`: give a full URL, e.g. http://{url}")),
-        }
+        };
         let authority = uri
             .authority()
             .ok_or_else(|| format!("`{url}`: no host"))?
             .clone();
-        let port = authority.port_u16().unwrap_or(80);
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let addr = tokio::net::lookup_host((authority.host(), port))
             .await
             .map_err(|e| format!("`{url}`: cannot resolve {}: {e}", authority.host()))?
@@ -60,6 +64,7 @@ impl Target {
         Ok(Target {
             url: url.to_string(),
             addr,
+            tls_name: https.then(|| authority.host().to_string()),
             host: HeaderValue::from_str(authority.as_str()).map_err(|e| format!("`{url}`: {e}"))?,
             path,
         })
@@ -88,16 +93,16 @@ pub struct Answer {
 /// An HTTP/2 connection (h2c, prior knowledge) shared by the loops of its streams: opened by the
 /// first loop that needs it, reopened after it closed.
 pub(crate) struct H2Conn {
-    addr: SocketAddr,
+    dial: Dial,
     sender: RefCell<Option<http2::SendRequest<Full<Bytes>>>>,
     opening: tokio::sync::Mutex<()>,
 }
 
 impl H2Conn {
-    /// A connection to `addr`, not opened yet.
-    pub(crate) fn new(addr: SocketAddr) -> H2Conn {
+    /// A connection made by `dial`, not opened yet.
+    pub(crate) fn new(dial: Dial) -> H2Conn {
         H2Conn {
-            addr,
+            dial,
             sender: RefCell::new(None),
             opening: tokio::sync::Mutex::new(()),
         }
@@ -120,10 +125,7 @@ impl H2Conn {
         if let Some(s) = self.current() {
             return Ok(s);
         }
-        let stream = tokio::net::TcpStream::connect(self.addr)
-            .await
-            .map_err(|_| ErrorKind::Connect)?;
-        let _ = stream.set_nodelay(true);
+        let stream = self.dial.connect().await?;
         let (sender, conn) = http2::Builder::new(LocalExec)
             .handshake(TokioIo::new(stream))
             .await
@@ -169,11 +171,11 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    /// An HTTP/1.1 connection to `addr`, not opened yet; with `keepalive` false each request gets
-    /// its own.
-    pub(crate) fn h1(addr: SocketAddr, keepalive: bool) -> Conn {
+    /// An HTTP/1.1 connection made by `dial`, not opened yet; with `keepalive` false each
+    /// request gets its own.
+    pub(crate) fn h1(dial: Dial, keepalive: bool) -> Conn {
         Conn {
-            link: Link::H1(RawConn::new(addr, keepalive)),
+            link: Link::H1(RawConn::new(dial, keepalive)),
         }
     }
 
@@ -221,7 +223,11 @@ impl Conn {
                 .unwrap_or("/")
                 .to_string();
             if let Ok(uri) = Uri::builder()
-                .scheme("http")
+                .scheme(if h2.dial.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                })
                 .authority(host.as_bytes())
                 .path_and_query(pq)
                 .build()

@@ -15,9 +15,9 @@
 use super::client::{Conn, H2Conn};
 use super::report::{ErrorKind, Outcome, Recorder};
 use super::requests::Requests;
+use super::tls::Dial;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,9 +41,11 @@ pub(crate) struct Shared {
     pub(crate) stop: AtomicBool,
     pub(crate) timeout: Duration,
     pub(crate) late_after: Duration,
-    pub(crate) addr: SocketAddr,
+    /// How connections reach the target (TCP, or TCP and TLS).
+    pub(crate) dial: Dial,
     pub(crate) keepalive: bool,
-    /// HTTP/2 (h2c) with this many streams per connection; HTTP/1.1 when None.
+    /// HTTP/2 (h2c, or h2 by ALPN over TLS) with this many streams per connection; HTTP/1.1
+    /// when None.
     pub(crate) h2_streams: Option<usize>,
     pub(crate) requests: Requests,
 }
@@ -56,7 +58,7 @@ impl Shared {
         start: Instant,
         timeout: Duration,
         late_after: Duration,
-        addr: SocketAddr,
+        dial: Dial,
         keepalive: bool,
         h2_streams: Option<usize>,
         requests: Requests,
@@ -70,7 +72,7 @@ impl Shared {
             stop: AtomicBool::new(false),
             timeout,
             late_after,
-            addr,
+            dial,
             keepalive,
             h2_streams,
             requests,
@@ -144,11 +146,11 @@ struct Local {
 fn links(shared: &Shared, connections: usize) -> Vec<Conn> {
     match shared.h2_streams {
         None => (0..connections)
-            .map(|_| Conn::h1(shared.addr, shared.keepalive))
+            .map(|_| Conn::h1(shared.dial.clone(), shared.keepalive))
             .collect(),
         Some(streams) => (0..connections)
             .flat_map(|_| {
-                let h2 = Rc::new(H2Conn::new(shared.addr));
+                let h2 = Rc::new(H2Conn::new(shared.dial.clone()));
                 (0..streams.max(1)).map(move |_| Conn::h2(h2.clone()))
             })
             .collect(),

@@ -6,9 +6,8 @@
 
 use super::report::ErrorKind;
 use super::requests::Outgoing;
-use std::net::SocketAddr;
+use super::tls::{Dial, Stream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// What came back.
 pub(crate) struct Reply {
@@ -18,8 +17,8 @@ pub(crate) struct Reply {
 
 /// One keep-alive connection, opened on first use and reopened after it closed or broke.
 pub(crate) struct RawConn {
-    addr: SocketAddr,
-    stream: Option<TcpStream>,
+    dial: Dial,
+    stream: Option<Stream>,
     /// Bytes read and not consumed yet.
     buf: Vec<u8>,
     /// Where the unconsumed bytes of `buf` start.
@@ -39,9 +38,9 @@ enum Framing {
 }
 
 impl RawConn {
-    pub(crate) fn new(addr: SocketAddr, keepalive: bool) -> RawConn {
+    pub(crate) fn new(dial: Dial, keepalive: bool) -> RawConn {
         RawConn {
-            addr,
+            dial,
             stream: None,
             buf: Vec::with_capacity(16 * 1024),
             pos: 0,
@@ -56,11 +55,7 @@ impl RawConn {
         if self.stream.is_some() {
             return Ok(());
         }
-        let stream = TcpStream::connect(self.addr)
-            .await
-            .map_err(|_| ErrorKind::Connect)?;
-        let _ = stream.set_nodelay(true);
-        self.stream = Some(stream);
+        self.stream = Some(self.dial.connect().await?);
         self.buf.clear();
         self.pos = 0;
         self.used = 0;
@@ -344,7 +339,7 @@ mod tests {
 
     /// A server that answers each request (after reading its head and body) with the next of
     /// `answers`, then closes.
-    async fn server(answers: Vec<&'static [u8]>) -> SocketAddr {
+    async fn server(answers: Vec<&'static [u8]>) -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -403,7 +398,7 @@ mod tests {
             b"HTTP/1.1 503 Busy\r\nConnection: close\r\n\r\nslow down",
         ])
         .await;
-        let mut c = RawConn::new(addr, true);
+        let mut c = RawConn::new(Dial { addr, tls: None }, true);
         let r = c.send(&get()).await.ok().unwrap();
         assert_eq!((r.status, r.bytes), (200, 5));
         let mut post = get();

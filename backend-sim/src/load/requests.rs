@@ -200,13 +200,14 @@ impl Requests {
         .with_fixed()
     }
 
-    /// `http://host:port/` of the first request of the mix in `text`, when its url is absolute.
+    /// `http[s]://host:port/` of the first request of the mix in `text`, when its url is
+    /// absolute.
     pub(crate) fn first_origin(text: &str, name: &str) -> Result<Option<String>, String> {
         let specs = parse_file(text, name)?;
         Ok(specs.first().and_then(|s| {
-            let rest = s.url.strip_prefix("http://")?;
+            let (scheme, rest) = split_scheme(&s.url)?;
             let authority = rest.split('/').next()?;
-            Some(format!("http://{authority}/"))
+            Some(format!("{scheme}://{authority}/"))
         }))
     }
 
@@ -406,15 +407,22 @@ fn parse_file(text: &str, name: &str) -> Result<Vec<Spec>, String> {
     }
 }
 
+/// `("http", rest)` or `("https", rest)` of an absolute URL.
+fn split_scheme(url: &str) -> Option<(&'static str, &str)> {
+    match url.strip_prefix("https://") {
+        Some(rest) => Some(("https", rest)),
+        None => Some(("http", url.strip_prefix("http://")?)),
+    }
+}
+
 /// The origin-form path of `url` on `target`: `url` is a path, or an absolute URL to the same
 /// host and port.
 fn path_of(url: &str, target: &Target) -> Result<String, String> {
     if url.starts_with('/') {
         return Ok(url.to_string());
     }
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("url `{url}`: give a path (/x) or an http:// URL"))?;
+    let (_, rest) = split_scheme(url)
+        .ok_or_else(|| format!("url `{url}`: give a path (/x) or an http:// or https:// URL"))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -436,6 +444,7 @@ mod tests {
         Target {
             url: "http://127.0.0.1:9/".into(),
             addr: "127.0.0.1:9".parse().unwrap(),
+            tls_name: None,
             host: HeaderValue::from_static("127.0.0.1:9"),
             path: Uri::from_static("/"),
         }

@@ -14,4 +14,5 @@ pub mod pool;
 pub mod proxy;
 pub mod registry;
 pub mod serve;
+pub mod tls;
 pub mod upstream_tls;

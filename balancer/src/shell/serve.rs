@@ -11,6 +11,7 @@ use crate::pool::PoolConfig;
 use crate::proxy::{Peer, Proxy, ProxySettings};
 use crate::registry::{BackendSpec, BackendState, Origin, Registry, RegistryConfig};
 use crate::signals::SignalWindow;
+use crate::tls::Tls;
 use crate::upstream_tls::UpstreamTls;
 use ebbtide_config::{AccessLogFormat, Config, PolicyKind};
 use hyper::service::service_fn;
@@ -37,6 +38,11 @@ pub struct Server {
     started: Config,
     /// The health check settings in force; the probe loop starts again when they change.
     health: watch::Sender<ebbtide_config::Health>,
+    /// TLS on the client listener, when `[[listener.tls]]` is set.
+    tls: Option<Arc<Tls>>,
+    /// `[listener] redirect_address`: plain HTTP answered with 308 to https.
+    redirect_listener: std::sync::Mutex<Option<TcpListener>>,
+    redirect_addr: Option<SocketAddr>,
 }
 
 fn settings(cfg: &Config) -> ProxySettings {
@@ -96,7 +102,9 @@ fn outlier_config(cfg: &Config) -> crate::outlier::OutlierConfig {
 /// `[retries]`, `[idempotency] enabled` and `max_body`, `[listener]` request_buffer,
 /// body_read_timeout, min_body_rate and max_uri_bytes (read per request from the proxy's
 /// settings), `[log]` access (between "combined" and "json"), access_path and request_id (the
-/// access log's file is opened again on every reload, for logrotate). `[simulation]` is not used by `ebbtide serve`. The rest needs a restart.
+/// access log's file is opened again on every reload, for logrotate), `[listener]` tls
+/// certificates and keys, client_ca and client_auth (new handshakes use them). `[simulation]`
+/// is not used by `ebbtide serve`. The rest needs a restart.
 pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     use ebbtide_config::{Health, Idempotency, Listener, Log, Overload, Upstream};
     let Config {
@@ -131,6 +139,10 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         max_uri_bytes: _,
         max_connections_per_client,
         max_streams_per_connection,
+        tls,
+        client_ca: _,
+        client_auth: _,
+        redirect_address,
     } = listener;
     let Upstream {
         connect_timeout,
@@ -189,6 +201,14 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         (
             *max_streams_per_connection != rl.max_streams_per_connection,
             "[listener] max_streams_per_connection",
+        ),
+        (
+            tls.is_empty() != rl.tls.is_empty(),
+            "[listener] tls (turning TLS on or off)",
+        ),
+        (
+            *redirect_address != rl.redirect_address,
+            "[listener] redirect_address",
         ),
         (*admin != r.admin, "[admin]"),
         (*runtime != r.runtime, "[runtime]"),
@@ -340,8 +360,23 @@ impl Server {
             cfg.lifecycle.drain_timeout.0,
             initial_state(cfg),
         ));
+        let tls = match cfg.listener.tls.is_empty() {
+            true => None,
+            false => Some(Arc::new(Tls::new(&cfg.listener).map_err(|problems| {
+                let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+                lines.join("\n")
+            })?)),
+        };
         let listener = bind("clients", &cfg.listener.address).await?;
         let admin_listener = bind("the admin API", &cfg.admin.address).await?;
+        let redirect_listener = match &cfg.listener.redirect_address {
+            Some(a) => Some(bind("the https redirect", a).await?),
+            None => None,
+        };
+        let redirect_addr = redirect_listener
+            .as_ref()
+            .map(|l| l.local_addr().map_err(|e| e.to_string()))
+            .transpose()?;
         let local_addr = listener.local_addr().map_err(|e| e.to_string())?;
         let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
         Ok(Server {
@@ -353,6 +388,9 @@ impl Server {
             admin_addr,
             started: cfg.clone(),
             health: watch::Sender::new(cfg.health.clone()),
+            tls,
+            redirect_listener: std::sync::Mutex::new(redirect_listener),
+            redirect_addr,
         })
     }
 
@@ -364,6 +402,16 @@ impl Server {
     /// Where the admin API listens.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// Whether clients connect over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Where the plain-HTTP listener that redirects to https listens, if there is one.
+    pub fn redirect_addr(&self) -> Option<SocketAddr> {
+        self.redirect_addr
     }
 
     /// Applies a reloaded config: the policy, the proxy settings (response timeout, hash key,
@@ -379,6 +427,10 @@ impl Server {
             .dispatcher
             .set_queue_limits(cfg.overload.max_queue, cfg.overload.queue_timeout.0);
         self.proxy.set_settings(settings(cfg));
+        if let (Some(tls), false) = (&self.tls, cfg.listener.tls.is_empty()) {
+            // Problems are logged; the running certificates stay.
+            let _ = tls.reload(&cfg.listener);
+        }
         if let Some(log) = self.proxy.access_log() {
             log.reload(cfg.log.access, cfg.log.access_path.clone());
         }
@@ -458,13 +510,39 @@ impl Server {
         let client_limits = ConnLimits {
             first_request_timeout: Some(l.header_read_timeout.0),
             max_per_client: l.max_connections_per_client,
+            tls: self.tls.clone(),
         };
         let admin_limits = ConnLimits {
             first_request_timeout: Some(l.header_read_timeout.0),
             max_per_client: 0,
+            tls: None,
         };
+        let mut side_tasks = Vec::new();
+        if let Some(tls) = &self.tls {
+            let watch = tls
+                .clone()
+                .watch(crate::tls::WATCH_INTERVAL, stop_rx.clone());
+            side_tasks.push(tokio::spawn(watch));
+        }
+        let redirect_listener = self.redirect_listener.lock().unwrap().take();
+        if let Some(redirect_listener) = redirect_listener {
+            let port = self.local_addr.port();
+            side_tasks.push(tokio::spawn(accept_loop_with(
+                redirect_listener,
+                builder.clone(),
+                graceful.clone(),
+                stop_rx.clone(),
+                admin_limits.clone(),
+                move |_peer| {
+                    service_fn(move |req| async move {
+                        Ok::<_, std::convert::Infallible>(crate::tls::redirect(&req, port))
+                    })
+                },
+            )));
+        }
 
         let proxy = self.proxy.clone();
+        let over_tls = self.tls.is_some();
         let clients = tokio::spawn(accept_loop_with(
             listener,
             builder.clone(),
@@ -473,7 +551,10 @@ impl Server {
             client_limits,
             move |peer| {
                 let proxy = proxy.clone();
-                let peer = Peer::new(peer);
+                let peer = match over_tls {
+                    true => Peer::new(peer).over_tls(),
+                    false => Peer::new(peer),
+                };
                 service_fn(move |req| {
                     let proxy = proxy.clone();
                     let peer = peer.clone();
@@ -522,6 +603,9 @@ impl Server {
         let _ = admin_task.await;
         let _ = ticker.await;
         let _ = health.await;
+        for t in side_tasks {
+            let _ = t.await;
+        }
         let graceful = Arc::try_unwrap(graceful).map_err(|_| "connections still shared")?;
         if tokio::time::timeout(drain, graceful.shutdown())
             .await
@@ -540,7 +624,7 @@ impl Server {
 }
 
 /// What a listener allows each connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct ConnLimits {
     /// A new connection must have sent its first request's headers (and, for HTTP/2, its
     /// preface) this long after accept, or it is closed. hyper's own header timeout starts only
@@ -548,6 +632,9 @@ pub struct ConnLimits {
     pub first_request_timeout: Option<Duration>,
     /// Most connections open at once from one client IP address; 0: no limit.
     pub max_per_client: u32,
+    /// TLS to terminate: the handshake counts against `first_request_timeout`, and the
+    /// protocol ALPN chose (`h2`, else HTTP/1.1) is served.
+    pub tls: Option<Arc<Tls>>,
 }
 
 impl Default for ConnLimits {
@@ -555,6 +642,7 @@ impl Default for ConnLimits {
         ConnLimits {
             first_request_timeout: Some(Duration::from_secs(10)),
             max_per_client: 0,
+            tls: None,
         }
     }
 }
@@ -678,6 +766,11 @@ pub async fn accept_loop_with<F, S, B>(
         })
     });
     let mut last_warning: Option<std::time::Instant> = None;
+    // Over TLS, ALPN has already chosen the protocol: no need to sniff for the HTTP/2 preface.
+    let by_alpn = limits.tls.as_ref().map(|_| {
+        let b = (*builder).clone();
+        Arc::new((b.clone().http1_only(), b.http2_only()))
+    });
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -711,36 +804,79 @@ pub async fn accept_loop_with<F, S, B>(
             inner: make_service(peer),
             seen: seen.clone(),
         };
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        let first_request_timeout = limits.first_request_timeout;
+        // The first request is due this long after accept, the TLS handshake included.
+        let deadline = limits
+            .first_request_timeout
+            .map(|t| tokio::time::Instant::now() + t);
+        let watcher = graceful.watcher();
+        let (builder, tls) = (builder.clone(), limits.tls.clone());
+        let by_alpn = by_alpn.clone();
         tokio::spawn(async move {
             let _counted = counted;
-            let mut conn = std::pin::pin!(conn);
-            let result = match first_request_timeout {
-                None => conn.await,
-                Some(limit) => {
-                    let ended = tokio::select! {
-                        r = conn.as_mut() => Some(r),
-                        () = tokio::time::sleep(limit) => None,
-                    };
-                    match ended {
-                        Some(r) => r,
-                        // A request arrived in time: hyper's own timeouts take over.
-                        None if seen.load(std::sync::atomic::Ordering::Relaxed) => conn.await,
-                        None => {
-                            tracing::debug!(%peer, "no request within header_read_timeout of accept; closed");
-                            return;
-                        }
-                    }
+            let Some(tls) = tls else {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                return serve_until(conn.into_owned(), watcher, deadline, &seen, peer).await;
+            };
+            let handshake = tls.accept(stream);
+            let accepted = match deadline {
+                Some(d) => tokio::time::timeout_at(d, handshake).await,
+                None => Ok(handshake.await),
+            };
+            let (stream, h2) = match accepted {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "no TLS handshake within header_read_timeout of accept; closed");
+                    return;
                 }
             };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
-            }
+            let builder = match (by_alpn.as_deref(), h2) {
+                (Some((_, h2_only)), true) => h2_only,
+                (Some((h1_only, _)), false) => h1_only,
+                (None, _) => &*builder,
+            };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            serve_until(conn.into_owned(), watcher, deadline, &seen, peer).await;
         });
+    }
+}
+
+/// Serves `conn` under graceful shutdown; closes it at `deadline` unless a request head came
+/// (`seen`), after which hyper's own timeouts take over.
+async fn serve_until<C>(
+    conn: C,
+    watcher: hyper_util::server::graceful::Watcher,
+    deadline: Option<tokio::time::Instant>,
+    seen: &std::sync::atomic::AtomicBool,
+    peer: SocketAddr,
+) where
+    C: hyper_util::server::graceful::GracefulConnection,
+    C::Error: std::fmt::Display,
+{
+    let mut conn = std::pin::pin!(watcher.watch(conn));
+    let result = match deadline {
+        None => conn.await,
+        Some(deadline) => {
+            let ended = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                () = tokio::time::sleep_until(deadline) => None,
+            };
+            match ended {
+                Some(r) => r,
+                // A request arrived in time: hyper's own timeouts take over.
+                None if seen.load(std::sync::atomic::Ordering::Relaxed) => conn.await,
+                None => {
+                    tracing::debug!(%peer, "no request within header_read_timeout of accept; closed");
+                    return;
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, %peer, "connection ended with an error");
     }
 }
 
@@ -809,6 +945,18 @@ mod tests {
         live.listener.min_body_rate = 3;
         live.listener.max_uri_bytes = 3000;
         assert_eq!(restart_needed(&running, &live), Vec::<&str>::new());
+        // New certificates and client CA settings are used by new handshakes.
+        let cert = |name: &str| ebbtide_config::TlsCert {
+            cert: format!("{name}.pem"),
+            key: format!("{name}.key"),
+        };
+        let mut with_tls = running.clone();
+        with_tls.listener.tls = vec![cert("a")];
+        let mut rotated = with_tls.clone();
+        rotated.listener.tls = vec![cert("b"), cert("c")];
+        rotated.listener.client_ca = Some("ca.pem".into());
+        rotated.listener.client_auth = Some(ebbtide_config::ClientAuth::Optional);
+        assert_eq!(restart_needed(&with_tls, &rotated), Vec::<&str>::new());
     }
 
     #[test]
@@ -852,6 +1000,21 @@ mod tests {
         let mut other = running.clone();
         other.listener.address = "127.0.0.1:3".into();
         assert_eq!(restart_needed(&running, &other), ["[listener] address"]);
+        let mut other = running.clone();
+        other.listener.tls = vec![ebbtide_config::TlsCert {
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+        }];
+        assert_eq!(
+            restart_needed(&running, &other),
+            ["[listener] tls (turning TLS on or off)"]
+        );
+        let mut redirected = other.clone();
+        redirected.listener.redirect_address = Some("127.0.0.1:4".into());
+        assert_eq!(
+            restart_needed(&other, &redirected),
+            ["[listener] redirect_address"]
+        );
         let mut other = running.clone();
         other.admin.token = Some("t".into());
         assert_eq!(restart_needed(&running, &other), ["[admin]"]);

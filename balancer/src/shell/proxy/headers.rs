@@ -16,6 +16,8 @@ pub struct Peer {
     /// The client's address.
     pub addr: SocketAddr,
     forwarded_for: HeaderValue,
+    /// The connection came over TLS: `X-Forwarded-Proto: https`.
+    tls: bool,
 }
 
 impl Peer {
@@ -26,7 +28,13 @@ impl Peer {
             addr,
             forwarded_for: HeaderValue::from_maybe_shared(Bytes::from(ip))
                 .expect("an IP address is a valid header value"),
+            tls: false,
         }
+    }
+
+    /// The same peer, connected over TLS.
+    pub fn over_tls(self) -> Self {
+        Peer { tls: true, ..self }
     }
 }
 
@@ -205,7 +213,8 @@ pub(super) fn prepare_head(parts: http::request::Parts, peer: &Peer) -> Result<H
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    let proto = if peer.tls { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     if let Some(h) = host {
         headers.insert(X_FORWARDED_HOST.clone(), h);
     }
@@ -291,6 +300,11 @@ mod tests {
         assert_eq!(v6.forwarded_for, "2001:db8::1");
         assert_eq!(head(None).uri, "/x?y=1");
         assert_eq!(head(None).headers["x-forwarded-host"], "h");
+        assert_eq!(head(None).headers["x-forwarded-proto"], "http");
+        let tls = Peer::new("192.0.2.7:5555".parse().unwrap()).over_tls();
+        let req = Request::builder().uri("/").header("host", "h");
+        let head = prepare_head(req.body(()).unwrap().into_parts().0, &tls).unwrap();
+        assert_eq!(head.headers["x-forwarded-proto"], "https");
     }
 
     #[test]
