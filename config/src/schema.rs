@@ -73,6 +73,10 @@ pub struct Listener {
     pub max_connections_per_client: u32,
     /// Most concurrent HTTP/2 streams on one client connection.
     pub max_streams_per_connection: u32,
+    /// Most concurrent HTTP/2 streams from one client IP address across all of its
+    /// connections; more are refused with `REFUSED_STREAM` (the client may retry them). 0: no
+    /// limit.
+    pub max_streams_per_client: u32,
 }
 
 impl Default for Listener {
@@ -88,6 +92,7 @@ impl Default for Listener {
             max_uri_bytes: 8 * 1024,
             max_connections_per_client: 1024,
             max_streams_per_connection: 100,
+            max_streams_per_client: 1024,
         }
     }
 }

@@ -130,6 +130,8 @@ pub struct BackendStats {
     pub in_flight: AtomicU64,
     pub max_in_flight: AtomicU64,
     pub body_bytes: AtomicU64,
+    /// `/upload` bodies that ended in an error (the request was aborted, not completed).
+    pub body_errors: AtomicU64,
 }
 
 /// A scriptable backend on 127.0.0.1:0, served on the test's tokio runtime:
@@ -229,7 +231,10 @@ async fn backend_handle(
                             n += d.len() as u64;
                         }
                     }
-                    Err(_) => break,
+                    Err(_) => {
+                        stats.body_errors.fetch_add(1, Ordering::SeqCst);
+                        break;
+                    }
                 }
             }
             stats.body_bytes.fetch_add(n, Ordering::SeqCst);

@@ -9,6 +9,8 @@ use crate::policies;
 use crate::pool::PoolConfig;
 use crate::proxy::{Peer, Proxy, ProxySettings};
 use crate::registry::{BackendSpec, BackendState, Origin, Registry, RegistryConfig};
+use crate::shell::head_deadline::HeadDeadline;
+use crate::shell::per_client::{ConnService, PerClient};
 use crate::signals::SignalWindow;
 use ebbtide_config::{Config, PolicyKind};
 use hyper::service::service_fn;
@@ -122,6 +124,7 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         max_uri_bytes: _,
         max_connections_per_client,
         max_streams_per_connection,
+        max_streams_per_client,
     } = listener;
     let Upstream {
         connect_timeout,
@@ -171,6 +174,10 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         (
             *max_streams_per_connection != rl.max_streams_per_connection,
             "[listener] max_streams_per_connection",
+        ),
+        (
+            *max_streams_per_client != rl.max_streams_per_client,
+            "[listener] max_streams_per_client",
         ),
         (*admin != r.admin, "[admin]"),
         (*runtime != r.runtime, "[runtime]"),
@@ -400,10 +407,12 @@ impl Server {
         let client_limits = ConnLimits {
             first_request_timeout: Some(l.header_read_timeout.0),
             max_per_client: l.max_connections_per_client,
+            max_streams_per_client: l.max_streams_per_client,
         };
         let admin_limits = ConnLimits {
             first_request_timeout: Some(l.header_read_timeout.0),
             max_per_client: 0,
+            max_streams_per_client: 0,
         };
 
         let proxy = self.proxy.clone();
@@ -482,6 +491,9 @@ pub struct ConnLimits {
     pub first_request_timeout: Option<Duration>,
     /// Most connections open at once from one client IP address; 0: no limit.
     pub max_per_client: u32,
+    /// Most HTTP/2 streams in flight at once from one client IP address, across all of its
+    /// connections; more are refused with `RST_STREAM(REFUSED_STREAM)`. 0: no limit.
+    pub max_streams_per_client: u32,
 }
 
 impl Default for ConnLimits {
@@ -489,67 +501,8 @@ impl Default for ConnLimits {
         ConnLimits {
             first_request_timeout: Some(Duration::from_secs(10)),
             max_per_client: 0,
+            max_streams_per_client: 0,
         }
-    }
-}
-
-/// Connections open per client IP address, for [`ConnLimits::max_per_client`].
-struct PerClient {
-    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
-    max: u32,
-}
-
-/// One connection counted in [`PerClient`]; uncounted when dropped.
-struct ClientConn {
-    table: Arc<PerClient>,
-    ip: std::net::IpAddr,
-}
-
-impl PerClient {
-    /// Counts a connection from `ip`, or `None` when `ip` has `max` open already.
-    fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<ClientConn> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let n = open.entry(ip).or_insert(0);
-        if *n >= self.max {
-            return None;
-        }
-        *n += 1;
-        Some(ClientConn {
-            table: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for ClientConn {
-    fn drop(&mut self) {
-        let mut open = self.table.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.ip);
-            }
-        }
-    }
-}
-
-/// A service that notes its first call: the connection has sent a whole request head.
-struct NoteFirst<S> {
-    inner: S,
-    seen: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl<S, R> hyper::service::Service<R> for NoteFirst<S>
-where
-    S: hyper::service::Service<R>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn call(&self, req: R) -> Self::Future {
-        self.seen.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.inner.call(req)
     }
 }
 
@@ -569,7 +522,7 @@ pub async fn accept_loop<F, S, B>(
         > + Send
         + 'static,
     S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     accept_loop_with(
@@ -602,15 +555,10 @@ pub async fn accept_loop_with<F, S, B>(
         > + Send
         + 'static,
     S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let per_client = (limits.max_per_client > 0).then(|| {
-        Arc::new(PerClient {
-            open: Default::default(),
-            max: limits.max_per_client,
-        })
-    });
+    let per_client = PerClient::new(limits.max_per_client, limits.max_streams_per_client);
     let mut last_warning: Option<std::time::Instant> = None;
     loop {
         let (stream, peer) = tokio::select! {
@@ -641,37 +589,15 @@ pub async fn accept_loop_with<F, S, B>(
         };
         let _ = stream.set_nodelay(true);
         let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let service = NoteFirst {
-            inner: make_service(peer),
-            seen: seen.clone(),
-        };
+        let service = ConnService::new(make_service(peer), seen.clone(), counted.as_ref());
+        let io = HeadDeadline::new(stream, limits.first_request_timeout, seen);
         let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection(TokioIo::new(io), service)
             .into_owned();
         let conn = graceful.watch(conn);
-        let first_request_timeout = limits.first_request_timeout;
         tokio::spawn(async move {
             let _counted = counted;
-            let mut conn = std::pin::pin!(conn);
-            let result = match first_request_timeout {
-                None => conn.await,
-                Some(limit) => {
-                    let ended = tokio::select! {
-                        r = conn.as_mut() => Some(r),
-                        () = tokio::time::sleep(limit) => None,
-                    };
-                    match ended {
-                        Some(r) => r,
-                        // A request arrived in time: hyper's own timeouts take over.
-                        None if seen.load(std::sync::atomic::Ordering::Relaxed) => conn.await,
-                        None => {
-                            tracing::debug!(%peer, "no request within header_read_timeout of accept; closed");
-                            return;
-                        }
-                    }
-                }
-            };
-            if let Err(e) = result {
+            if let Err(e) = conn.await {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
         });
