@@ -416,7 +416,7 @@ impl Server {
         };
 
         let proxy = self.proxy.clone();
-        let clients = tokio::spawn(accept_loop_with(
+        let clients = tokio::spawn(accept_loop(
             listener,
             builder.clone(),
             graceful.clone(),
@@ -433,7 +433,7 @@ impl Server {
             },
         ));
         let admin = self.admin.clone();
-        let admin_task = tokio::spawn(accept_loop_with(
+        let admin_task = tokio::spawn(accept_loop(
             admin_listener,
             builder,
             graceful.clone(),
@@ -506,40 +506,10 @@ impl Default for ConnLimits {
     }
 }
 
-/// [`accept_loop_with`] with the default [`ConnLimits`].
-pub async fn accept_loop<F, S, B>(
-    listener: TcpListener,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    graceful: Arc<GracefulShutdown>,
-    stop: watch::Receiver<bool>,
-    make_service: F,
-) where
-    F: Fn(SocketAddr) -> S,
-    S: hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<B>,
-            Error = std::convert::Infallible,
-        > + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    accept_loop_with(
-        listener,
-        builder,
-        graceful,
-        stop,
-        ConnLimits::default(),
-        make_service,
-    )
-    .await
-}
-
 /// Accepts connections until `stop`; each is served by `make_service(peer)` within `limits`.
 /// Shared by the proxy, its admin API and `ebbtide autoscale`'s admin API, so all back off alike
 /// when accept fails (out of file descriptors) instead of spinning.
-pub async fn accept_loop_with<F, S, B>(
+pub async fn accept_loop<F, S, B>(
     listener: TcpListener,
     builder: Arc<auto::Builder<TokioExecutor>>,
     graceful: Arc<GracefulShutdown>,
