@@ -2,6 +2,8 @@
 //! scriptable HTTP/1.1 backend on 127.0.0.1, and a client.
 #![allow(dead_code)]
 
+pub mod process;
+
 use bytes::Bytes;
 use ebbtide_balancer::api::client::{AdminClient, CallError};
 use ebbtide_balancer::api::{BackendInfo, Signals};
