@@ -169,15 +169,7 @@ impl Proxy {
         self.counters.arrivals.fetch_add(1, Ordering::Relaxed);
         let live = self.live();
         live.budget.deposit(start);
-        let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
-            + req.uri().authority().map_or(0, |a| a.as_str().len());
-        if target_len > live.settings.max_uri_bytes {
-            return self.local(start, None, LocalAnswer::UriTooLong);
-        }
-        if req.method() == Method::CONNECT {
-            return self.local(start, None, LocalAnswer::ConnectNotSupported);
-        }
-        if let Err(answer) = strict::check(req.method(), req.uri(), req.version(), req.headers()) {
+        if let Err(answer) = admit(&req, live.settings.max_uri_bytes) {
             return self.local(start, None, answer);
         }
         if live.settings.idempotency.enabled {
@@ -213,4 +205,35 @@ impl Proxy {
         };
         answer.response(Some(guard))
     }
+}
+
+/// Whether a request head may be forwarded at all: its target's length, its method (CONNECT is
+/// not proxied) and [`strict::check`]; the answer to give when not.
+fn admit<B>(req: &Request<B>, max_uri_bytes: usize) -> Result<(), LocalAnswer> {
+    let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
+        + req.uri().authority().map_or(0, |a| a.as_str().len());
+    if target_len > max_uri_bytes {
+        return Err(LocalAnswer::UriTooLong);
+    }
+    if req.method() == Method::CONNECT {
+        return Err(LocalAnswer::ConnectNotSupported);
+    }
+    strict::check(req.method(), req.uri(), req.version(), req.headers())
+}
+
+/// The proxy's verdict on a request head, for the fuzz targets in fuzz/ (built only with the
+/// `fuzzing` feature): the head as it would be sent to a backend (method, origin-form target,
+/// headers after hop-by-hop removal, `Host` and `X-Forwarded-*`), or the status of ebbtide's
+/// own answer. The same functions, in the same order, as [`Proxy::handle`] before a backend is
+/// chosen.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_forwarded_head<B>(
+    req: Request<B>,
+    peer: &Peer,
+    max_uri_bytes: usize,
+) -> Result<(Method, http::Uri, http::HeaderMap), http::StatusCode> {
+    admit(&req, max_uri_bytes).map_err(LocalAnswer::status)?;
+    let (parts, _) = req.into_parts();
+    let head = headers::prepare_head(parts, peer).map_err(LocalAnswer::status)?;
+    Ok((head.method, head.uri, head.headers))
 }
