@@ -187,7 +187,8 @@ async fn serve_admin(
         hyper_util::rt::TokioExecutor::new(),
     ));
     let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
-    ebbtide_balancer::serve::accept_loop(listener, builder, graceful, stop, move |_peer| {
+    let limits = ebbtide_balancer::serve::ConnLimits::default();
+    ebbtide_balancer::serve::accept_loop(listener, builder, graceful, stop, limits, move |_peer| {
         let base = base.clone();
         hyper::service::service_fn(move |req| {
             let resp = base

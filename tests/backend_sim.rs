@@ -1,86 +1,21 @@
 //! End-to-end tests of `ebbtide backend` and `ebbtide load`: real processes on 127.0.0.1, every
 //! child killed when its guard drops, every load bounded in time.
 
+mod common;
+
+use common::process::{backend, temp_path, Child};
 use ebbtide_balancer::api::{BackendInfo, BackendState, Origin};
 use ebbtide_config::rng::Rng;
 use ebbtide_config::service_time::ServiceTime;
 use ebbtide_sim::load::schedule::{ArrivalProcess, Arrivals, Profile, Source};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ebbtide");
-
-/// A child process that is killed when the guard drops.
-struct Child {
-    child: std::process::Child,
-}
-
-impl Child {
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// Waits up to `limit` for the process to exit; its exit code, or None if it is still running.
-    fn wait_exit(&mut self, limit: Duration) -> Option<Option<i32>> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status.code());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `ebbtide backend --listen 127.0.0.1:0 ARGS` and returns it with the address it printed.
-fn backend(args: &[&str]) -> (Child, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args(["backend", "--listen", "127.0.0.1:0"])
-        .args(args)
-        .env("EBBTIDE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn ebbtide backend");
-    let stdout = child.stdout.take().expect("stdout");
-    let guard = Child { child };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(first)) = lines.next() {
-            let _ = tx.send(first);
-        }
-        // Keep draining so that later lines never block the child.
-        for _ in lines {}
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("backend printed its address");
-    let addr = line
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .expect("an address");
-    (guard, addr)
-}
-
-fn temp_path(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ebbtide-backend-sim-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir.join(name)
-}
 
 /// Starts `ebbtide load --quiet --json FILE ARGS` without waiting.
 fn start_load(args: &[String], json: &PathBuf) -> Child {
@@ -94,7 +29,7 @@ fn start_load(args: &[String], json: &PathBuf) -> Child {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn ebbtide load");
-    Child { child }
+    Child(child)
 }
 
 /// Waits for a load run (at most `limit`) and returns its exit code and JSON report.

@@ -3,8 +3,10 @@
 //! (latency from the scheduled time, late counted, exit codes), with generous bounds, since the
 //! machine may be busy.
 
+mod common;
+
+use common::process::{backend, temp_path, Child};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -19,53 +21,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A child process that is killed when the guard drops.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `ebbtide backend --listen 127.0.0.1:0 ARGS` and returns it with its address.
-fn backend(args: &[&str]) -> (Child, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args(["backend", "--listen", "127.0.0.1:0"])
-        .args(args)
-        .env("EBBTIDE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn ebbtide backend");
-    let stdout = child.stdout.take().expect("stdout");
-    let guard = Child(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(first)) = lines.next() {
-            let _ = tx.send(first);
-        }
-        for _ in lines {}
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("backend printed its address");
-    let addr = line
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .expect("an address");
-    (guard, addr)
-}
-
-fn temp_path(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ebbtide-load-engine-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir.join(name)
 }
 
 /// What a finished `ebbtide load` left: exit code, stdout, stderr.

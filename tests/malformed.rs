@@ -97,6 +97,59 @@ async fn connections_that_send_nothing_or_crawl_are_closed_at_the_header_timeout
     assert_eq!(status, Some(200));
 }
 
+/// A client that sends part of its first request head and then stalls gets `408 Request
+/// Timeout` at `header_read_timeout` (from accept), then the close, as from HAProxy; one that
+/// sent nothing, or part of the HTTP/2 preface (an HTTP/1.1 answer would be noise to it), is
+/// closed without an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_stalled_midway_gets_408_then_the_close() {
+    let b = test_backend("b1").await;
+    let lb = start_ebbtide(&config("header_read_timeout = \"1s\"", b.addr));
+    let cases: [(&str, &[u8], Option<u16>); 5] = [
+        ("a request line", b"GET / HTTP/1.1\r\n", Some(408)),
+        (
+            "a header cut short",
+            b"POST /upload HTTP/1.1\r\nHost: lb.test\r\nContent-Le",
+            Some(408),
+        ),
+        ("one byte", b"G", Some(408)),
+        ("nothing", b"", None),
+        ("part of the HTTP/2 preface", b"PRI * HTTP/2.0\r\n", None),
+    ];
+    let tasks: Vec<_> = cases
+        .into_iter()
+        .map(|(what, sent, want)| {
+            let addr = lb.addr;
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                s.write_all(sent).await.unwrap();
+                let (buf, closed) = read_all(&mut s, Duration::from_secs(5)).await;
+                let took = t.elapsed();
+                assert!(closed, "{what}: still open after {took:?}");
+                assert!(
+                    took >= Duration::from_millis(900),
+                    "{what}: answered after {took:?}, before the 1 s header timeout"
+                );
+                assert_eq!(
+                    status_of(&buf),
+                    want,
+                    "{what}: got {:?}",
+                    String::from_utf8_lossy(&buf)
+                );
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // The backend saw none of them.
+    assert_eq!(
+        b.stats.requests.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
 /// Header block over `max_header_bytes` -> 431; more than `max_headers` fields -> 431; a
 /// target over `max_uri_bytes` -> 414; just under each limit passes.
 #[tokio::test]

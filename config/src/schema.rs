@@ -75,6 +75,10 @@ pub struct Listener {
     pub max_connections_per_client: u32,
     /// Most concurrent HTTP/2 streams on one client connection.
     pub max_streams_per_connection: u32,
+    /// Most concurrent HTTP/2 streams from one client IP address across all of its
+    /// connections; more are refused with `REFUSED_STREAM` (the client may retry them). 0: no
+    /// limit.
+    pub max_streams_per_client: u32,
     /// `[[listener.tls]]`: TLS on this listener (TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`).
     /// The first certificate is the default; the others are chosen by SNI from their DNS
     /// names. Empty: plain HTTP. Certificates reload on SIGHUP and when their files change.
@@ -144,6 +148,7 @@ impl Default for Listener {
             max_uri_bytes: 8 * 1024,
             max_connections_per_client: 1024,
             max_streams_per_connection: 100,
+            max_streams_per_client: 1024,
             tls: Vec::new(),
             client_ca: None,
             client_auth: None,

@@ -2,6 +2,8 @@
 //! scriptable HTTP/1.1 backend on 127.0.0.1, and a client.
 #![allow(dead_code)]
 
+pub mod process;
+
 use bytes::Bytes;
 use ebbtide_balancer::api::client::{AdminClient, CallError};
 use ebbtide_balancer::api::{BackendInfo, Signals};
@@ -137,6 +139,8 @@ pub struct BackendStats {
     pub in_flight: AtomicU64,
     pub max_in_flight: AtomicU64,
     pub body_bytes: AtomicU64,
+    /// `/upload` bodies that ended in an error (the request was aborted, not completed).
+    pub body_errors: AtomicU64,
 }
 
 /// A scriptable backend on 127.0.0.1:0, served on the test's tokio runtime:
@@ -236,7 +240,10 @@ async fn backend_handle(
                             n += d.len() as u64;
                         }
                     }
-                    Err(_) => break,
+                    Err(_) => {
+                        stats.body_errors.fetch_add(1, Ordering::SeqCst);
+                        break;
+                    }
                 }
             }
             stats.body_bytes.fetch_add(n, Ordering::SeqCst);

@@ -10,6 +10,8 @@ use crate::policies;
 use crate::pool::PoolConfig;
 use crate::proxy::{Peer, Proxy, ProxySettings};
 use crate::registry::{BackendSpec, BackendState, Origin, Registry, RegistryConfig};
+use crate::shell::head_deadline::HeadDeadline;
+use crate::shell::per_client::{ConnService, PerClient};
 use crate::signals::SignalWindow;
 use crate::tls::Tls;
 use crate::upstream_tls::UpstreamTls;
@@ -143,6 +145,7 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         client_ca: _,
         client_auth: _,
         redirect_address,
+        max_streams_per_client,
     } = listener;
     let Upstream {
         connect_timeout,
@@ -209,6 +212,10 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         (
             *redirect_address != rl.redirect_address,
             "[listener] redirect_address",
+        ),
+        (
+            *max_streams_per_client != rl.max_streams_per_client,
+            "[listener] max_streams_per_client",
         ),
         (*admin != r.admin, "[admin]"),
         (*runtime != r.runtime, "[runtime]"),
@@ -511,11 +518,13 @@ impl Server {
             first_request_timeout: Some(l.header_read_timeout.0),
             max_per_client: l.max_connections_per_client,
             tls: self.tls.clone(),
+            max_streams_per_client: l.max_streams_per_client,
         };
         let admin_limits = ConnLimits {
             first_request_timeout: Some(l.header_read_timeout.0),
             max_per_client: 0,
             tls: None,
+            max_streams_per_client: 0,
         };
         let mut side_tasks = Vec::new();
         if let Some(tls) = &self.tls {
@@ -527,7 +536,7 @@ impl Server {
         let redirect_listener = self.redirect_listener.lock().unwrap().take();
         if let Some(redirect_listener) = redirect_listener {
             let port = self.local_addr.port();
-            side_tasks.push(tokio::spawn(accept_loop_with(
+            side_tasks.push(tokio::spawn(accept_loop(
                 redirect_listener,
                 builder.clone(),
                 graceful.clone(),
@@ -543,7 +552,7 @@ impl Server {
 
         let proxy = self.proxy.clone();
         let over_tls = self.tls.is_some();
-        let clients = tokio::spawn(accept_loop_with(
+        let clients = tokio::spawn(accept_loop(
             listener,
             builder.clone(),
             graceful.clone(),
@@ -563,7 +572,7 @@ impl Server {
             },
         ));
         let admin = self.admin.clone();
-        let admin_task = tokio::spawn(accept_loop_with(
+        let admin_task = tokio::spawn(accept_loop(
             admin_listener,
             builder,
             graceful.clone(),
@@ -635,6 +644,9 @@ pub struct ConnLimits {
     /// TLS to terminate: the handshake counts against `first_request_timeout`, and the
     /// protocol ALPN chose (`h2`, else HTTP/1.1) is served.
     pub tls: Option<Arc<Tls>>,
+    /// Most HTTP/2 streams in flight at once from one client IP address, across all of its
+    /// connections; more are refused with `RST_STREAM(REFUSED_STREAM)`. 0: no limit.
+    pub max_streams_per_client: u32,
 }
 
 impl Default for ConnLimits {
@@ -643,104 +655,15 @@ impl Default for ConnLimits {
             first_request_timeout: Some(Duration::from_secs(10)),
             max_per_client: 0,
             tls: None,
+            max_streams_per_client: 0,
         }
     }
-}
-
-/// Connections open per client IP address, for [`ConnLimits::max_per_client`].
-struct PerClient {
-    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
-    max: u32,
-}
-
-/// One connection counted in [`PerClient`]; uncounted when dropped.
-struct ClientConn {
-    table: Arc<PerClient>,
-    ip: std::net::IpAddr,
-}
-
-impl PerClient {
-    /// Counts a connection from `ip`, or `None` when `ip` has `max` open already.
-    fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<ClientConn> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let n = open.entry(ip).or_insert(0);
-        if *n >= self.max {
-            return None;
-        }
-        *n += 1;
-        Some(ClientConn {
-            table: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for ClientConn {
-    fn drop(&mut self) {
-        let mut open = self.table.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.ip);
-            }
-        }
-    }
-}
-
-/// A service that notes its first call: the connection has sent a whole request head.
-struct NoteFirst<S> {
-    inner: S,
-    seen: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl<S, R> hyper::service::Service<R> for NoteFirst<S>
-where
-    S: hyper::service::Service<R>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn call(&self, req: R) -> Self::Future {
-        self.seen.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.inner.call(req)
-    }
-}
-
-/// [`accept_loop_with`] with the default [`ConnLimits`].
-pub async fn accept_loop<F, S, B>(
-    listener: TcpListener,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    graceful: Arc<GracefulShutdown>,
-    stop: watch::Receiver<bool>,
-    make_service: F,
-) where
-    F: Fn(SocketAddr) -> S,
-    S: hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<B>,
-            Error = std::convert::Infallible,
-        > + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    accept_loop_with(
-        listener,
-        builder,
-        graceful,
-        stop,
-        ConnLimits::default(),
-        make_service,
-    )
-    .await
 }
 
 /// Accepts connections until `stop`; each is served by `make_service(peer)` within `limits`.
 /// Shared by the proxy, its admin API and `ebbtide autoscale`'s admin API, so all back off alike
 /// when accept fails (out of file descriptors) instead of spinning.
-pub async fn accept_loop_with<F, S, B>(
+pub async fn accept_loop<F, S, B>(
     listener: TcpListener,
     builder: Arc<auto::Builder<TokioExecutor>>,
     graceful: Arc<GracefulShutdown>,
@@ -756,15 +679,10 @@ pub async fn accept_loop_with<F, S, B>(
         > + Send
         + 'static,
     S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let per_client = (limits.max_per_client > 0).then(|| {
-        Arc::new(PerClient {
-            open: Default::default(),
-            max: limits.max_per_client,
-        })
-    });
+    let per_client = PerClient::new(limits.max_per_client, limits.max_streams_per_client);
     let mut last_warning: Option<std::time::Instant> = None;
     // Over TLS, ALPN has already chosen the protocol: no need to sniff for the HTTP/2 preface.
     let by_alpn = limits.tls.as_ref().map(|_| {
@@ -800,23 +718,21 @@ pub async fn accept_loop_with<F, S, B>(
         };
         let _ = stream.set_nodelay(true);
         let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let service = NoteFirst {
-            inner: make_service(peer),
-            seen: seen.clone(),
-        };
-        // The first request is due this long after accept, the TLS handshake included.
-        let deadline = limits
-            .first_request_timeout
-            .map(|t| tokio::time::Instant::now() + t);
+        let service = ConnService::new(make_service(peer), seen.clone(), counted.as_ref());
+        let accepted_at = tokio::time::Instant::now();
+        let first_request_timeout = limits.first_request_timeout;
         let watcher = graceful.watcher();
         let (builder, tls) = (builder.clone(), limits.tls.clone());
         let by_alpn = by_alpn.clone();
         tokio::spawn(async move {
             let _counted = counted;
             let Some(tls) = tls else {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                return serve_until(conn.into_owned(), watcher, deadline, &seen, peer).await;
+                let io = HeadDeadline::new(stream, first_request_timeout, seen);
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                return serve_watched(conn.into_owned(), watcher, peer).await;
             };
+            // The first request is due this long after accept, the TLS handshake included.
+            let deadline = first_request_timeout.map(|t| accepted_at + t);
             let handshake = tls.accept(stream);
             let accepted = match deadline {
                 Some(d) => tokio::time::timeout_at(d, handshake).await,
@@ -833,49 +749,28 @@ pub async fn accept_loop_with<F, S, B>(
                     return;
                 }
             };
+            // What is left of the deadline bounds the first head, answered with 408 over TLS.
+            let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+            let io = HeadDeadline::new(stream, left, seen);
             let builder = match (by_alpn.as_deref(), h2) {
                 (Some((_, h2_only)), true) => h2_only,
                 (Some((h1_only, _)), false) => h1_only,
                 (None, _) => &*builder,
             };
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            serve_until(conn.into_owned(), watcher, deadline, &seen, peer).await;
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            serve_watched(conn.into_owned(), watcher, peer).await;
         });
     }
 }
 
-/// Serves `conn` under graceful shutdown; closes it at `deadline` unless a request head came
-/// (`seen`), after which hyper's own timeouts take over.
-async fn serve_until<C>(
-    conn: C,
-    watcher: hyper_util::server::graceful::Watcher,
-    deadline: Option<tokio::time::Instant>,
-    seen: &std::sync::atomic::AtomicBool,
-    peer: SocketAddr,
-) where
+/// Serves `conn` under graceful shutdown (the first head's deadline is on its IO, see
+/// [`HeadDeadline`]).
+async fn serve_watched<C>(conn: C, watcher: hyper_util::server::graceful::Watcher, peer: SocketAddr)
+where
     C: hyper_util::server::graceful::GracefulConnection,
     C::Error: std::fmt::Display,
 {
-    let mut conn = std::pin::pin!(watcher.watch(conn));
-    let result = match deadline {
-        None => conn.await,
-        Some(deadline) => {
-            let ended = tokio::select! {
-                r = conn.as_mut() => Some(r),
-                () = tokio::time::sleep_until(deadline) => None,
-            };
-            match ended {
-                Some(r) => r,
-                // A request arrived in time: hyper's own timeouts take over.
-                None if seen.load(std::sync::atomic::Ordering::Relaxed) => conn.await,
-                None => {
-                    tracing::debug!(%peer, "no request within header_read_timeout of accept; closed");
-                    return;
-                }
-            }
-        }
-    };
-    if let Err(e) = result {
+    if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(error = %e, %peer, "connection ended with an error");
     }
 }

@@ -171,6 +171,25 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// Turns a client request head into the head sent to backends: origin-form target, hop-by-hop
 /// headers removed, `Host` kept (or made from an HTTP/2 `:authority`), `X-Forwarded-For`
 /// appended, `X-Forwarded-Proto` and `-Host` set.
+/// The origin-form target for `uri` (RFC 9112 3.2.1: an absolute path, and the query). An
+/// absolute-form target may have no path (`http://a`, `http://a?q`, or only a fragment, which
+/// `http::Uri` drops: `http://a#f`); forwarded as it is, the request line would have an empty
+/// target or one starting with `?`, which no server accepts. Found by fuzz/ (target `request`).
+fn origin_form(uri: &Uri) -> http::uri::PathAndQuery {
+    use http::uri::PathAndQuery;
+    let Some(p) = uri.path_and_query() else {
+        return PathAndQuery::from_static("/");
+    };
+    match p.as_str() {
+        // An empty one reads as "/" here but is written as "" in the request line.
+        "/" => PathAndQuery::from_static("/"),
+        s if s.starts_with('/') || s == "*" => p.clone(),
+        s => format!("/{s}")
+            .parse()
+            .unwrap_or_else(|_| PathAndQuery::from_static("/")),
+    }
+}
+
 pub(super) fn prepare_head(parts: http::request::Parts, peer: &Peer) -> Result<Head, LocalAnswer> {
     let http::request::Parts {
         method,
@@ -178,11 +197,7 @@ pub(super) fn prepare_head(parts: http::request::Parts, peer: &Peer) -> Result<H
         mut headers,
         ..
     } = parts;
-    let path = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    let target = Uri::from(path);
+    let target = Uri::from(origin_form(&uri));
     let te_trailers = headers.get(header::TE).is_some_and(|v| {
         v.to_str().is_ok_and(|v| {
             v.split(',')
@@ -348,6 +363,24 @@ mod tests {
             assert_eq!(h.te_trailers, wanted, "{te}");
             assert!(!h.headers.contains_key("te"), "{te}");
         }
+    }
+
+    #[test]
+    fn an_absolute_target_without_a_path_is_forwarded_as_slash() {
+        let peer = Peer::new("192.0.2.7:5555".parse().unwrap());
+        let target = |uri: &str| {
+            let req = Request::builder().uri(uri).header("host", "h");
+            prepare_head(req.body(()).unwrap().into_parts().0, &peer)
+                .unwrap()
+                .uri
+        };
+        // What fuzz/ found: `Ttp://b#test:81/p?q` was forwarded with an empty request target.
+        assert_eq!(target("Ttp://b#test:81/p?q"), "/");
+        assert_eq!(target("http://b"), "/");
+        assert_eq!(target("http://b?q=1"), "/?q=1");
+        assert_eq!(target("http://b/p?q"), "/p?q");
+        assert_eq!(target("/p#f"), "/p");
+        assert_eq!(target("*"), "*");
     }
 
     #[test]

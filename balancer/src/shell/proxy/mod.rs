@@ -227,20 +227,13 @@ impl Proxy {
         start: Nanos,
         live: Arc<Live>,
     ) -> Response<Body> {
-        let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
-            + req.uri().authority().map_or(0, |a| a.as_str().len());
-        if target_len > live.settings.max_uri_bytes {
-            return self.local(start, None, LocalAnswer::UriTooLong);
-        }
-        match upgrade::classify(&req) {
-            upgrade::Ask::Plain => {}
-            upgrade::Ask::Refuse(answer) => return self.local(start, None, answer),
-            upgrade::Ask::WebSocket { h2 } => {
-                return self.tunnel(req, &peer, start, &live, h2).await;
-            }
-        }
-        if let Err(answer) = strict::check(req.method(), req.uri(), req.version(), req.headers()) {
-            return self.local(start, None, answer);
+        let h2 = match admit(&req, live.settings.max_uri_bytes) {
+            Ok(upgrade::Ask::WebSocket { h2 }) => Some(h2),
+            Ok(_) => None,
+            Err(answer) => return self.local(start, None, answer),
+        };
+        if let Some(h2) = h2 {
+            return self.tunnel(req, &peer, start, &live, h2).await;
         }
         if live.settings.idempotency.enabled {
             if let Some(key) = req.headers().get(&IDEMPOTENCY_KEY) {
@@ -289,4 +282,41 @@ impl Proxy {
         };
         answer.response(Some(guard))
     }
+}
+
+/// Whether a request head may be forwarded at all: its target's length, its method (CONNECT is
+/// not proxied) and [`strict::check`]; the answer to give when not.
+fn admit<B>(req: &Request<B>, max_uri_bytes: usize) -> Result<upgrade::Ask, LocalAnswer> {
+    let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
+        + req.uri().authority().map_or(0, |a| a.as_str().len());
+    if target_len > max_uri_bytes {
+        return Err(LocalAnswer::UriTooLong);
+    }
+    // CONNECT is refused here but for HTTP/2's extended CONNECT of a WebSocket.
+    let ask = upgrade::classify(req);
+    match ask {
+        upgrade::Ask::Refuse(answer) => Err(answer),
+        upgrade::Ask::Plain => {
+            strict::check(req.method(), req.uri(), req.version(), req.headers())?;
+            Ok(ask)
+        }
+        upgrade::Ask::WebSocket { .. } => Ok(ask),
+    }
+}
+
+/// The proxy's verdict on a request head, for the fuzz targets in fuzz/ (built only with the
+/// `fuzzing` feature): the head as it would be sent to a backend (method, origin-form target,
+/// headers after hop-by-hop removal, `Host` and `X-Forwarded-*`), or the status of ebbtide's
+/// own answer. The same functions, in the same order, as [`Proxy::handle`] before a backend is
+/// chosen.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_forwarded_head<B>(
+    req: Request<B>,
+    peer: &Peer,
+    max_uri_bytes: usize,
+) -> Result<(Method, http::Uri, http::HeaderMap), http::StatusCode> {
+    admit(&req, max_uri_bytes).map_err(LocalAnswer::status)?;
+    let (parts, _) = req.into_parts();
+    let head = headers::prepare_head(parts, peer).map_err(LocalAnswer::status)?;
+    Ok((head.method, head.uri, head.headers))
 }
