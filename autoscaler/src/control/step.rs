@@ -57,6 +57,7 @@ pub struct ControlStep {
     meter: CostMeter,
     desired: u32,
     overload: OverloadAction,
+    measured_boot: Option<Nanos>,
 }
 
 impl ControlStep {
@@ -75,6 +76,7 @@ impl ControlStep {
             meter: CostMeter::from_config(cfg),
             desired: cfg.min,
             overload: OverloadAction::None,
+            measured_boot: None,
         }
     }
 
@@ -86,6 +88,7 @@ impl ControlStep {
             meter,
             desired: count,
             overload: OverloadAction::None,
+            measured_boot: None,
         }
     }
 
@@ -124,6 +127,14 @@ impl ControlStep {
         }
     }
 
+    /// Feeds the provider's measured launch-to-ready times (recent launches) to the cost rules:
+    /// their median replaces the configured `boot_time` from the next tick on.
+    pub fn set_boot_times(&mut self, times: &[std::time::Duration]) {
+        let mut t: Vec<Nanos> = times.iter().map(|d| d.as_nanos() as Nanos).collect();
+        t.sort_unstable();
+        self.measured_boot = t.get(t.len() / 2).copied();
+    }
+
     /// Decides the fleet size at `now` and plans how to get there.
     pub fn tick(&mut self, now: Nanos) -> Tick {
         let from = self.members.current();
@@ -136,7 +147,8 @@ impl ControlStep {
                 max,
                 ..
             } => {
-                let view = FleetView::from_members(self.members.view(), *min, *max);
+                let mut view = FleetView::from_members(self.members.view(), *min, *max);
+                view.measured_boot = self.measured_boot;
                 let decision = decider.decide(windows, &view, now);
                 let direction = events.record(now, decider.name(), from, &decision);
                 (decision.desired, Some(decision), direction)
@@ -284,6 +296,20 @@ mod tests {
                 assert!(matches!(next, Some(Command::Admit(_))));
             }
         }
+    }
+
+    #[test]
+    fn the_median_of_measured_boot_times_reaches_the_decider() {
+        let mut step = ControlStep::fixed(1, CostMeter::new(0.0, 0));
+        assert_eq!(step.measured_boot, None);
+        step.set_boot_times(&[
+            Duration::from_secs(9),
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+        ]);
+        assert_eq!(step.measured_boot, Some(2_000_000_000));
+        step.set_boot_times(&[]);
+        assert_eq!(step.measured_boot, None);
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod body;
 pub mod clock;
 pub mod dashboard;
+pub mod discovery;
 pub mod dispatch;
 pub mod health;
 pub mod idempotency;

@@ -88,7 +88,8 @@ fn outlier_config(cfg: &Config) -> crate::outlier::OutlierConfig {
 /// `[health]` interval, timeout, rise, fall and path (while checks stay on), `[outlier]`,
 /// `[retries]`, `[idempotency] enabled` and `max_body`, `[listener]` request_buffer,
 /// body_read_timeout, min_body_rate and max_uri_bytes (read per request from the proxy's
-/// settings). `[simulation]` is not used by `ebbtide serve`. The rest needs a restart.
+/// settings). `[simulation]` and `[leader_election]` are not used by `ebbtide serve`. The rest
+/// needs a restart.
 pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     use ebbtide_config::{Health, Idempotency, Listener, Overload, Upstream};
     let Config {
@@ -106,6 +107,8 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         idempotency,
         backends,
         provider,
+        discovery,
+        leader_election: _,
         autoscaler,
         simulation: _,
     } = new;
@@ -198,6 +201,7 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         (*max_entries != ri.max_entries, "[idempotency] max_entries"),
         (*backends != r.backends, "[[backends]]"),
         (*provider != r.provider, "[provider]"),
+        (*discovery != r.discovery, "[discovery]"),
         (*autoscaler != r.autoscaler, "[autoscaler]"),
     ]
     .into_iter()
