@@ -14,12 +14,18 @@ use std::process::Command;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-fn kubectl_raw(fake: &KubeFake, path: &str) -> Value {
-    let out = Command::new("kubectl")
-        .args(["--server", &fake.url(), "get", "--raw", path])
-        .env("KUBECONFIG", "/dev/null")
-        .output()
-        .expect("kubectl is needed by this test (scripts/test.sh installs it)");
+/// `kubectl --server URL get --raw PATH`, on a blocking thread (the fake serves on this one).
+async fn kubectl_raw(fake: &KubeFake, path: &str) -> Value {
+    let (url, p) = (fake.url(), path.to_string());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("kubectl")
+            .args(["--server", &url, "get", "--raw", &p])
+            .env("KUBECONFIG", "/dev/null")
+            .output()
+            .expect("kubectl is needed by this test (scripts/test.sh installs it)")
+    })
+    .await
+    .unwrap();
     assert!(
         out.status.success(),
         "kubectl get --raw {path}: {}",
@@ -65,16 +71,16 @@ async fn kubectl_reads_what_the_fake_serves() {
     opts.replicas = 3;
     let fake = KubeFake::start(opts).await;
     ready_count(&fake, 3).await;
-    let scale = kubectl_raw(&fake, SCALE);
+    let scale = kubectl_raw(&fake, SCALE).await;
     assert_eq!(scale["kind"], "Scale");
     assert_eq!(scale["spec"]["replicas"], 3);
     assert_eq!(scale["status"]["selector"], "app=web");
-    let deploy = kubectl_raw(&fake, "/apis/apps/v1/namespaces/default/deployments/web");
+    let deploy = kubectl_raw(&fake, "/apis/apps/v1/namespaces/default/deployments/web").await;
     assert_eq!(deploy["status"]["readyReplicas"], 3);
-    let pods = kubectl_raw(&fake, "/api/v1/namespaces/default/pods?labelSelector=app%3Dweb");
+    let pods = kubectl_raw(&fake, "/api/v1/namespaces/default/pods?labelSelector=app%3Dweb").await;
     assert_eq!(pods["items"].as_array().unwrap().len(), 3);
     // Three endpoints over two slices (at most two per slice), all ready, each a pod's IP.
-    let slices = kubectl_raw(&fake, SLICES);
+    let slices = kubectl_raw(&fake, SLICES).await;
     let items = slices["items"].as_array().unwrap();
     assert_eq!(items.len(), 2, "{slices}");
     let mut ips: Vec<String> = items
@@ -94,10 +100,7 @@ async fn kubectl_reads_what_the_fake_serves() {
         .collect();
     want.sort();
     assert_eq!(ips, want);
-    let hpas = kubectl_raw(
-        &fake,
-        "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers",
-    );
+    let hpas = kubectl_raw(&fake, "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers").await;
     assert_eq!(hpas["items"], json!([]));
     // Each pod answers on its address, as a pod IP would.
     for addr in fake.ready_pods().values() {
