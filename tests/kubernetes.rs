@@ -294,6 +294,10 @@ fn discovery_config(fake: &KubeFake, port: &str) -> String {
 async fn discovery_follows_endpoint_slices_through_410_and_dropped_watches() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let fake = Arc::new(KubeFake::start(fake_options(3)).await);
+    eventually("three ready pods", Duration::from_secs(30), || async {
+        (fake.ready_pods().len() == 3).then_some(())
+    })
+    .await;
     let lb = Serve::start(&discovery_config(&fake, "80"));
     // Three endpoints over two slices (two per slice): the union.
     agrees(&fake, lb.admin).await;
