@@ -40,7 +40,11 @@ fn yaml_docs(yaml: &str) -> Vec<serde_json::Value> {
         .arg(file.path())
         .output()
         .expect("python3 with PyYAML");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -64,7 +68,13 @@ fn the_kustomization_builds_and_passes_the_schema_check() {
     assert_eq!(passed, docs.len(), "{text}");
     let kinds: Vec<String> = docs
         .iter()
-        .map(|d| format!("{}/{}", d["kind"].as_str().unwrap(), d["metadata"]["name"].as_str().unwrap()))
+        .map(|d| {
+            format!(
+                "{}/{}",
+                d["kind"].as_str().unwrap(),
+                d["metadata"]["name"].as_str().unwrap()
+            )
+        })
         .collect();
     for want in [
         "Namespace/ebbtide",
@@ -84,7 +94,11 @@ fn the_kustomization_builds_and_passes_the_schema_check() {
     // Everything in the one namespace; the autoscaler runs two replicas.
     for d in &docs {
         if d["kind"] != "Namespace" {
-            assert_eq!(d["metadata"]["namespace"], "ebbtide", "{}", d["metadata"]["name"]);
+            assert_eq!(
+                d["metadata"]["namespace"], "ebbtide",
+                "{}",
+                d["metadata"]["name"]
+            );
         }
     }
     let autoscaler = docs

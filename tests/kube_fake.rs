@@ -45,7 +45,9 @@ async fn call(fake: &KubeFake, method: &str, path: &str, body: Option<Value>) ->
         .method(method)
         .uri(format!("{}{path}", fake.url()))
         .header("content-type", ct)
-        .body(common::body(body.map(|b| b.to_string()).unwrap_or_default()))
+        .body(common::body(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        ))
         .unwrap();
     let (status, _, bytes) = send(req).await;
     (
@@ -77,7 +79,11 @@ async fn kubectl_reads_what_the_fake_serves() {
     assert_eq!(scale["status"]["selector"], "app=web");
     let deploy = kubectl_raw(&fake, "/apis/apps/v1/namespaces/default/deployments/web").await;
     assert_eq!(deploy["status"]["readyReplicas"], 3);
-    let pods = kubectl_raw(&fake, "/api/v1/namespaces/default/pods?labelSelector=app%3Dweb").await;
+    let pods = kubectl_raw(
+        &fake,
+        "/api/v1/namespaces/default/pods?labelSelector=app%3Dweb",
+    )
+    .await;
     assert_eq!(pods["items"].as_array().unwrap().len(), 3);
     // Three endpoints over two slices (at most two per slice), all ready, each a pod's IP.
     let slices = kubectl_raw(&fake, SLICES).await;
@@ -100,7 +106,11 @@ async fn kubectl_reads_what_the_fake_serves() {
         .collect();
     want.sort();
     assert_eq!(ips, want);
-    let hpas = kubectl_raw(&fake, "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers").await;
+    let hpas = kubectl_raw(
+        &fake,
+        "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers",
+    )
+    .await;
     assert_eq!(hpas["items"], json!([]));
     // Each pod answers on its address, as a pod IP would.
     for addr in fake.ready_pods().values() {
@@ -116,7 +126,10 @@ async fn a_stale_resource_version_gets_409_and_the_replicaset_follows_replicas()
     let fake = KubeFake::start(opts).await;
     let (s, scale) = call(&fake, "GET", SCALE, None).await;
     assert_eq!(s, 200);
-    let rv = scale["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let rv = scale["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let put = |replicas: u32, rv: &str| {
         json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
                "metadata": {"name": "web", "namespace": "default", "resourceVersion": rv},
@@ -144,7 +157,13 @@ async fn a_stale_resource_version_gets_409_and_the_replicaset_follows_replicas()
     let (s, _) = call(&fake, "PUT", &format!("{leases}/l"), Some(upd)).await;
     assert_eq!(s, 409);
     // KEDA is not installed: its list is 404, as on a cluster without the CRD.
-    let (s, _) = call(&fake, "GET", "/apis/keda.sh/v1alpha1/namespaces/default/scaledobjects", None).await;
+    let (s, _) = call(
+        &fake,
+        "GET",
+        "/apis/keda.sh/v1alpha1/namespaces/default/scaledobjects",
+        None,
+    )
+    .await;
     assert_eq!(s, 404);
 }
 
@@ -166,10 +185,7 @@ async fn next_event<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Value {
     }
 }
 
-async fn open_watch(
-    fake: &KubeFake,
-    rv: &str,
-) -> (BufReader<tokio::net::TcpStream>, String) {
+async fn open_watch(fake: &KubeFake, rv: &str) -> (BufReader<tokio::net::TcpStream>, String) {
     let mut c = tokio::net::TcpStream::connect(fake.addr).await.unwrap();
     let path = format!("{SLICES}&watch=true&allowWatchBookmarks=true&resourceVersion={rv}");
     c.write_all(format!("GET {path} HTTP/1.1\r\nHost: fake\r\n\r\n").as_bytes())
@@ -196,9 +212,15 @@ async fn the_watch_streams_changes_bookmarks_and_410_for_a_compacted_version() {
     let fake = KubeFake::start(opts).await;
     ready_count(&fake, 1).await;
     let (_, list) = call(&fake, "GET", SLICES, None).await;
-    let rv = list["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (mut w, head) = open_watch(&fake, &rv).await;
-    assert!(head.to_lowercase().contains("transfer-encoding: chunked"), "{head}");
+    assert!(
+        head.to_lowercase().contains("transfer-encoding: chunked"),
+        "{head}"
+    );
     fake.set_replicas(2, "test");
     // A new endpoint appears (first not ready, then ready); bookmarks come between.
     let mut saw_ready = 0;
@@ -263,7 +285,10 @@ async fn scale_down_takes_the_cheapest_pod_once_the_controller_sees_the_mark() {
     // The cache (resourceVersion=0) shows it only after the lag.
     let cached = format!("/api/v1/namespaces/default/pods/{chosen}?resourceVersion=0");
     let (_, c) = call(&fake, "GET", &cached, None).await;
-    assert!(c["metadata"]["annotations"].get(DELETION_COST).is_none(), "{c}");
+    assert!(
+        c["metadata"]["annotations"].get(DELETION_COST).is_none(),
+        "{c}"
+    );
     eventually("the mark in the cache", Duration::from_secs(5), || async {
         let (_, c) = call(&fake, "GET", &cached, None).await;
         (c["metadata"]["annotations"][DELETION_COST] == "-100").then_some(())
@@ -293,13 +318,21 @@ async fn a_not_ready_pod_goes_first_whatever_the_cost() {
     let pods: Vec<String> = fake.ready_pods().keys().cloned().collect();
     for p in &pods {
         let patch = json!({"metadata": {"annotations": {DELETION_COST: if *p == pods[0] { "-5" } else { "1000" }}}});
-        call(&fake, "PATCH", &format!("/api/v1/namespaces/default/pods/{p}"), Some(patch)).await;
+        call(
+            &fake,
+            "PATCH",
+            &format!("/api/v1/namespaces/default/pods/{p}"),
+            Some(patch),
+        )
+        .await;
     }
     // The expensive pod crashes: until its restart is ready, it is not ready, and goes first.
     fake.crash(&pods[1]);
-    eventually("the crashed pod not ready", Duration::from_secs(5), || async {
-        (!fake.ready_pods().contains_key(&pods[1])).then_some(())
-    })
+    eventually(
+        "the crashed pod not ready",
+        Duration::from_secs(5),
+        || async { (!fake.ready_pods().contains_key(&pods[1])).then_some(()) },
+    )
     .await;
     fake.set_replicas(1, "test");
     eventually("a pod deleted", Duration::from_secs(5), || async {

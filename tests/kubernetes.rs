@@ -63,7 +63,10 @@ const AUTOSCALER: &str = "[autoscaler]\ndecider = \"concurrency\"\nmin = 1\nmax 
      [autoscaler.cost]\nbackend_per_hour = 0.05\nbilling_period = \"1h\"\nrelease_margin = \"1h\"";
 
 /// Samples the fake's spec.replicas every 250 ms until `stop`.
-fn sample_replicas(fake: Arc<KubeFake>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<u32>> {
+fn sample_replicas(
+    fake: Arc<KubeFake>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<u32>> {
     tokio::spawn(async move {
         let mut seen = Vec::new();
         while !stop.load(Ordering::Relaxed) {
@@ -95,8 +98,7 @@ async fn load_step(fake: &Arc<KubeFake>, lb: &Serve) -> (serde_json::Value, Vec<
     .unwrap();
     eventually("scale-in to one pod", Duration::from_secs(90), || async {
         let pods = fake.pods();
-        (fake.replicas() == 1 && pods.len() == 1 && active(lb.admin).await.len() == 1)
-            .then_some(())
+        (fake.replicas() == 1 && pods.len() == 1 && active(lb.admin).await.len() == 1).then_some(())
     })
     .await;
     stop.store(true, Ordering::Relaxed);
@@ -161,7 +163,10 @@ async fn a_load_step_scales_the_deployment_out_and_in_removing_the_drained_pods(
         .iter()
         .filter(|w| w.resource.ends_with("/scale"))
         .all(|w| w.verb == "update"));
-    assert!(boots.len() >= 3, "every launch logs its boot time: {boots:?}");
+    assert!(
+        boots.len() >= 3,
+        "every launch logs its boot time: {boots:?}"
+    );
     check_rbac(&fake, "provider");
 }
 
@@ -212,7 +217,12 @@ fn serve_exit(config: &str) -> (bool, String) {
         if let Some(status) = child.try_wait().unwrap() {
             let mut err = String::new();
             use std::io::Read;
-            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
             return (status.success(), err);
         }
         if Instant::now() > deadline {
@@ -268,7 +278,8 @@ async fn replicas_reset_behind_ebbtides_back_is_warned_about_and_lost_pods_repla
     // A GitOps sync puts replicas back to what the manifest says.
     fake.set_replicas(1, "argocd");
     eventually("the warning", Duration::from_secs(10), || async {
-        lb.log_has("replicas was changed by another writer").then_some(())
+        lb.log_has("replicas was changed by another writer")
+            .then_some(())
     })
     .await;
     // The pod the ReplicaSet removed is reported lost and replaced: two again.
@@ -305,9 +316,8 @@ async fn discovery_follows_endpoint_slices_through_410_and_dropped_watches() {
     // Scale in under load: the removed pod's endpoint turns terminating, the balancer stops
     // sending to it at once; no request fails.
     let (addr, admin) = (lb.addr, lb.admin);
-    let load_task = tokio::task::spawn_blocking(move || {
-        load(&url(addr, "/"), Some(admin), "steps:150@12s")
-    });
+    let load_task =
+        tokio::task::spawn_blocking(move || load(&url(addr, "/"), Some(admin), "steps:150@12s"));
     tokio::time::sleep(Duration::from_secs(3)).await;
     fake.set_replicas(2, "test");
     eventually("two pods", Duration::from_secs(20), || async {
@@ -349,7 +359,10 @@ async fn discovery_follows_endpoint_slices_through_410_and_dropped_watches() {
     .await
     .unwrap();
     assert!(!ok);
-    assert!(err.contains("Service web has no port 81; it has: http (80)"), "{err}");
+    assert!(
+        err.contains("Service web has no port 81; it has: http (80)"),
+        "{err}"
+    );
     check_rbac(&fake, "discovery");
 }
 
@@ -400,7 +413,11 @@ fn role_rules() -> BTreeSet<(String, String, String)> {
         ])
         .output()
         .expect("python3 with PyYAML (scripts/test.sh installs it)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let docs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     let role = docs
         .iter()
@@ -463,7 +480,10 @@ fn check_rbac(fake: &KubeFake, name: &str) {
         .collect();
     let role = role_rules();
     let extra: Vec<_> = used.difference(&role).collect();
-    assert!(extra.is_empty(), "used but not granted by the Role: {extra:?}");
+    assert!(
+        extra.is_empty(),
+        "used but not granted by the Role: {extra:?}"
+    );
     let unused: Vec<_> = part(name).difference(&used).cloned().collect();
     assert!(unused.is_empty(), "the {name} never used: {unused:?}");
     eprintln!("rbac {name}: used {used:?}");
@@ -557,11 +577,15 @@ impl Drop for Autoscale {
 async fn leader_election_hands_over_when_the_leader_is_killed_with_no_double_write() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let fake = Arc::new(KubeFake::start(fake_options(1)).await);
-    let lb = Serve::start(&base_config("[health]\npath = \"/healthz\"\ninterval = \"500ms\"\n"));
+    let lb = Serve::start(&base_config(
+        "[health]\npath = \"/healthz\"\ninterval = \"500ms\"\n",
+    ));
     let mut alice = Autoscale::start(&fake, "alice", lb.admin, 2);
-    eventually("alice to lead and scale to 2", Duration::from_secs(30), || async {
-        (alice.log_has("acquired the lease") && fake.replicas() == 2).then_some(())
-    })
+    eventually(
+        "alice to lead and scale to 2",
+        Duration::from_secs(30),
+        || async { (alice.log_has("acquired the lease") && fake.replicas() == 2).then_some(()) },
+    )
     .await;
     let bob = Autoscale::start(&fake, "bob", lb.admin, 3);
     eventually("bob to wait", Duration::from_secs(10), || async {
@@ -574,11 +598,16 @@ async fn leader_election_hands_over_when_the_leader_is_killed_with_no_double_wri
     let killed = Instant::now();
     alice.child.kill().unwrap();
     alice.child.wait().unwrap();
-    eventually("bob to take over and scale to 3", Duration::from_secs(30), || async {
-        (bob.log_has("acquired the lease") && fake.replicas() == 3).then_some(())
-    })
+    eventually(
+        "bob to take over and scale to 3",
+        Duration::from_secs(30),
+        || async { (bob.log_has("acquired the lease") && fake.replicas() == 3).then_some(()) },
+    )
     .await;
-    eprintln!("leader: bob took over and wrote {:?} after alice was killed", killed.elapsed());
+    eprintln!(
+        "leader: bob took over and wrote {:?} after alice was killed",
+        killed.elapsed()
+    );
     let writes = fake.writes();
     let mut by = BTreeSet::new();
     for w in &writes {

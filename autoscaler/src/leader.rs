@@ -78,7 +78,9 @@ impl Elector {
                         logged = true;
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "leader election: cannot read or write the lease"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "leader election: cannot read or write the lease")
+                }
             }
             tokio::time::sleep(self.retry_period).await;
         }

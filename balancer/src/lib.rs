@@ -17,7 +17,8 @@ pub use crate::core::{
     ewma, histogram, lifecycle, limit, outlier, policies, policy, queue, retry_budget, signals,
 };
 pub use shell::{
-    admin, body, clock, discovery, dispatch, health, idempotency, metrics, pool, proxy, registry, serve,
+    admin, body, clock, discovery, dispatch, health, idempotency, metrics, pool, proxy, registry,
+    serve,
 };
 
 pub use policy::{BackendView, Candidates, Policy};

@@ -580,8 +580,7 @@ impl ScaleTarget {
         let valid_name = |n: &str| {
             !n.is_empty()
                 && n.len() <= 253
-                && n
-                    .chars()
+                && n.chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
         };
         let (group, version, kind, plural, name) = match parts.as_slice() {
@@ -597,7 +596,13 @@ impl ScaleTarget {
                         ))
                     }
                 };
-                ("apps".to_string(), "v1".to_string(), kind.to_string(), plural, *name)
+                (
+                    "apps".to_string(),
+                    "v1".to_string(),
+                    kind.to_string(),
+                    plural,
+                    *name,
+                )
             }
             [group, version, plural, name] if !group.is_empty() && !version.is_empty() => {
                 let singular = plural.strip_suffix('s').unwrap_or(plural);

@@ -1060,13 +1060,16 @@ fn namespace(key: &str, ns: &Option<String>, out: &mut Problems) {
     if let Some(n) = ns {
         let ok = !n.is_empty()
             && n.len() <= 63
-            && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && n.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             && !n.starts_with('-')
             && !n.ends_with('-');
         if !ok {
             out.add(
                 key,
-                format!("`{n}` is not a namespace name (lowercase letters, digits and `-`, at most 63)"),
+                format!(
+                    "`{n}` is not a namespace name (lowercase letters, digits and `-`, at most 63)"
+                ),
             );
         }
     }
@@ -1118,7 +1121,11 @@ fn check_discovery(cfg: &Config, out: &mut Problems) {
             "discovery.service",
             "is required; give the Service whose endpoints are the backends, e.g. \"web\"",
         ),
-        Some(s) if s.is_empty() || s.chars().any(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')) => {
+        Some(s)
+            if s.is_empty()
+                || s.chars()
+                    .any(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')) =>
+        {
             out.add(
                 "discovery.service",
                 format!("`{s}` is not a Service name (lowercase letters, digits and `-`)"),
@@ -1127,14 +1134,20 @@ fn check_discovery(cfg: &Config, out: &mut Problems) {
         Some(_) => {}
     }
     match &d.port {
-        Some(crate::PortRef::Number(0)) => out.add("discovery.port", "is 0; must be from 1 to 65535"),
-        Some(crate::PortRef::Name(n)) if n.is_empty() => {
-            out.add("discovery.port", "is empty; give the Service port's name or number")
+        Some(crate::PortRef::Number(0)) => {
+            out.add("discovery.port", "is 0; must be from 1 to 65535")
         }
+        Some(crate::PortRef::Name(n)) if n.is_empty() => out.add(
+            "discovery.port",
+            "is empty; give the Service port's name or number",
+        ),
         _ => {}
     }
     if d.capacity == Some(0) {
-        out.add("discovery.capacity", "is 0; must be at least 1, or left out for no limit");
+        out.add(
+            "discovery.capacity",
+            "is 0; must be at least 1, or left out for no limit",
+        );
     }
     if d.weight == 0 {
         out.add("discovery.weight", "is 0; must be at least 1");
@@ -1145,7 +1158,9 @@ fn check_discovery(cfg: &Config, out: &mut Problems) {
 }
 
 fn check_leader_election(cfg: &Config, out: &mut Problems) {
-    let Some(l) = &cfg.leader_election else { return };
+    let Some(l) = &cfg.leader_election else {
+        return;
+    };
     if l.lease.is_empty()
         || l.lease.len() > 253
         || !l
@@ -1155,7 +1170,10 @@ fn check_leader_election(cfg: &Config, out: &mut Problems) {
     {
         out.add(
             "leader_election.lease",
-            format!("`{}` is not a Lease name (lowercase letters, digits, `-`, `.`)", l.lease),
+            format!(
+                "`{}` is not a Lease name (lowercase letters, digits, `-`, `.`)",
+                l.lease
+            ),
         );
     }
     positive("leader_election.retry_period", l.retry_period.0, out);

@@ -341,10 +341,11 @@ impl KubeFake {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         // A /24 of loopback of its own, so that two fakes never share pod addresses.
-        let seed = std::process::id() as u64 ^ SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .subsec_nanos() as u64
+        let seed = std::process::id() as u64
+            ^ SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .subsec_nanos() as u64
             ^ u64::from(addr.port()) << 7;
         let base = [127, 100 + (seed % 150) as u8, ((seed >> 8) % 250) as u8 + 1];
         let port = {
@@ -429,7 +430,13 @@ impl KubeFake {
     pub fn set_replicas(&self, n: u32, who: &str) {
         let mut st = lock(&self.state);
         st.set_replicas(n);
-        st.record_write(who, "update", "deployments/scale", "", format!("replicas={n}"));
+        st.record_write(
+            who,
+            "update",
+            "deployments/scale",
+            "",
+            format!("replicas={n}"),
+        );
     }
 
     /// Pod names (not deleting) that are ready, with their address.
@@ -590,7 +597,11 @@ impl State {
 
     fn deployment(&self) -> Value {
         let o = &self.opts;
-        let ready = self.pods.values().filter(|p| p.ready && p.deleting.is_none()).count();
+        let ready = self
+            .pods
+            .values()
+            .filter(|p| p.ready && p.deleting.is_none())
+            .count();
         json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": o.deployment, "namespace": o.namespace, "uid": "uid-deploy",
@@ -725,7 +736,11 @@ impl State {
                     (if old.is_some() { "MODIFIED" } else { "ADDED" }, n)
                 }
             };
-            let rv = if kind == "DELETED" { self.bump() } else { self.rv };
+            let rv = if kind == "DELETED" {
+                self.bump()
+            } else {
+                self.rv
+            };
             let mut obj = obj;
             obj["metadata"]["resourceVersion"] = json!(rv.to_string());
             let event = json!({"type": kind, "object": obj});
@@ -812,7 +827,11 @@ impl State {
                 .and_then(|s| s.parse::<i32>().ok().filter(|v| v.to_string() == s))
                 .map_or(0, i64::from)
         };
-        let mut live: Vec<&Pod> = self.pods.values().filter(|p| p.deleting.is_none()).collect();
+        let mut live: Vec<&Pod> = self
+            .pods
+            .values()
+            .filter(|p| p.deleting.is_none())
+            .collect();
         live.sort_by(|a, b| {
             a.ready
                 .cmp(&b.ready)
@@ -1021,7 +1040,14 @@ async fn handle(s: &Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Body>
         _ => None,
     };
     let Some((group, ns, rest)) = parsed else {
-        return reply(404, &status(404, "NotFound", "the server could not find the requested resource"));
+        return reply(
+            404,
+            &status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
+        );
     };
     let (resource, name, sub) = match rest {
         [r] => (*r, None, None),
@@ -1045,7 +1071,10 @@ async fn handle(s: &Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Body>
     };
     let mut st = lock(s);
     let resp = if ns != st.opts.namespace {
-        reply(404, &status(404, "NotFound", &format!("namespaces \"{ns}\" not found")))
+        reply(
+            404,
+            &status(404, "NotFound", &format!("namespaces \"{ns}\" not found")),
+        )
     } else {
         route(&mut st, &who, verb, group, &full_resource, name, &q, &body)
     };
@@ -1060,7 +1089,10 @@ async fn handle(s: &Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Body>
 }
 
 fn not_found(kind: &str, name: &str) -> Response<Body> {
-    reply(404, &status(404, "NotFound", &format!("{kind} \"{name}\" not found")))
+    reply(
+        404,
+        &status(404, "NotFound", &format!("{kind} \"{name}\" not found")),
+    )
 }
 
 fn conflict(kind: &str, name: &str) -> Response<Body> {
@@ -1102,16 +1134,28 @@ fn route(
                 return reply(400, &status(400, "BadRequest", "body is not JSON"));
             };
             let Some(replicas) = v.pointer("/spec/replicas").and_then(Value::as_u64) else {
-                return reply(422, &status(422, "Invalid", "spec.replicas: Required value"));
+                return reply(
+                    422,
+                    &status(422, "Invalid", "spec.replicas: Required value"),
+                );
             };
-            if let Some(rv) = v.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+            if let Some(rv) = v
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+            {
                 if !rv.is_empty() && rv != st.deploy_rv.to_string() {
                     return conflict("deployments.apps", n);
                 }
             }
             let old = st.replicas;
             st.set_replicas(replicas as u32);
-            st.record_write(who, "update", resource, n, format!("replicas {old}->{replicas}"));
+            st.record_write(
+                who,
+                "update",
+                resource,
+                n,
+                format!("replicas {old}->{replicas}"),
+            );
             reply(200, &st.scale())
         }
         ("apps", "deployments/scale", "patch", Some(n)) => {
@@ -1119,11 +1163,20 @@ fn route(
                 return reply(400, &status(400, "BadRequest", "body is not JSON"));
             };
             let Some(replicas) = v.pointer("/spec/replicas").and_then(Value::as_u64) else {
-                return reply(422, &status(422, "Invalid", "spec.replicas: Required value"));
+                return reply(
+                    422,
+                    &status(422, "Invalid", "spec.replicas: Required value"),
+                );
             };
             let old = st.replicas;
             st.set_replicas(replicas as u32);
-            st.record_write(who, "patch", resource, n, format!("replicas {old}->{replicas}"));
+            st.record_write(
+                who,
+                "patch",
+                resource,
+                n,
+                format!("replicas {old}->{replicas}"),
+            );
             reply(200, &st.scale())
         }
         ("", "services", "get", Some(n)) if n == st.opts.service => reply(200, &st.service()),
@@ -1131,7 +1184,10 @@ fn route(
         ("", "pods", "list", None) => {
             let Some(sel) = parse_selector(q.get("labelSelector").map_or("", String::as_str))
             else {
-                return reply(400, &status(400, "BadRequest", "unsupported label selector"));
+                return reply(
+                    400,
+                    &status(400, "BadRequest", "unsupported label selector"),
+                );
             };
             let items: Vec<Value> = st
                 .pods
@@ -1161,21 +1217,29 @@ fn route(
             let Some(p) = st.pods.get_mut(n) else {
                 return not_found("pods", n);
             };
-            if let Some(want) = v.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+            if let Some(want) = v
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+            {
                 if want != p.rv.to_string() {
                     return conflict("pods", n);
                 }
             }
             let only_annotations = v.as_object().is_some_and(|o| {
                 o.keys().all(|k| k == "metadata")
-                    && v["metadata"]
-                        .as_object()
-                        .is_some_and(|m| m.keys().all(|k| k == "annotations" || k == "resourceVersion"))
+                    && v["metadata"].as_object().is_some_and(|m| {
+                        m.keys()
+                            .all(|k| k == "annotations" || k == "resourceVersion")
+                    })
             });
             if !only_annotations {
                 return reply(
                     422,
-                    &status(422, "Invalid", "the fake API server patches only metadata.annotations"),
+                    &status(
+                        422,
+                        "Invalid",
+                        "the fake API server patches only metadata.annotations",
+                    ),
                 );
             }
             let mut a = Value::Object(p.annotations.clone());
@@ -1186,14 +1250,23 @@ fn route(
                 .push((now + cache_lag, now + ctrl_lag, p.annotations.clone()));
             p.rv = rv;
             st.rv = rv;
-            st.record_write(who, "patch", "pods", n, v["metadata"]["annotations"].to_string());
+            st.record_write(
+                who,
+                "patch",
+                "pods",
+                n,
+                v["metadata"]["annotations"].to_string(),
+            );
             let p = &st.pods[n];
             reply(200, &st.pod(p, false))
         }
         ("discovery.k8s.io", "endpointslices", "list" | "watch", None) => {
             let Some(sel) = parse_selector(q.get("labelSelector").map_or("", String::as_str))
             else {
-                return reply(400, &status(400, "BadRequest", "unsupported label selector"));
+                return reply(
+                    400,
+                    &status(400, "BadRequest", "unsupported label selector"),
+                );
             };
             if verb == "list" {
                 let items: Vec<Value> = st
@@ -1253,7 +1326,11 @@ fn route(
             ),
             None => reply(
                 404,
-                &status(404, "NotFound", "the server could not find the requested resource"),
+                &status(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                ),
             ),
         },
         ("coordination.k8s.io", "leases", "get", Some(n)) => match st.leases.get(n) {
@@ -1264,14 +1341,24 @@ fn route(
             let Some(mut v) = parsed else {
                 return reply(400, &status(400, "BadRequest", "body is not JSON"));
             };
-            let Some(n) = v.pointer("/metadata/name").and_then(Value::as_str).map(String::from)
+            let Some(n) = v
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .map(String::from)
             else {
-                return reply(422, &status(422, "Invalid", "metadata.name: Required value"));
+                return reply(
+                    422,
+                    &status(422, "Invalid", "metadata.name: Required value"),
+                );
             };
             if st.leases.contains_key(&n) {
                 return reply(
                     409,
-                    &status(409, "AlreadyExists", &format!("leases.coordination.k8s.io \"{n}\" already exists")),
+                    &status(
+                        409,
+                        "AlreadyExists",
+                        &format!("leases.coordination.k8s.io \"{n}\" already exists"),
+                    ),
                 );
             }
             let rv = st.bump();
@@ -1288,8 +1375,14 @@ fn route(
             let Some(cur) = st.leases.get(n) else {
                 return not_found("leases.coordination.k8s.io", n);
             };
-            let want = v.pointer("/metadata/resourceVersion").and_then(Value::as_str);
-            if want != cur.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+            let want = v
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str);
+            if want
+                != cur
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+            {
                 return conflict("leases.coordination.k8s.io", n);
             }
             let rv = st.bump();
@@ -1300,7 +1393,11 @@ fn route(
         }
         _ => reply(
             404,
-            &status(404, "NotFound", "the server could not find the requested resource"),
+            &status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
         ),
     }
 }

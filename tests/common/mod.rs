@@ -664,4 +664,3 @@ pub fn load(target: &str, admin: Option<SocketAddr>, profile: &str) -> serde_jso
     assert!(status.success(), "ebbtide load failed: {status}");
     serde_json::from_str(&std::fs::read_to_string(out.path()).unwrap()).unwrap()
 }
-

@@ -38,8 +38,8 @@ use k8s_openapi::api::autoscaling::v1::Scale;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{
-    Api, ApiResource, DynamicObject, GetParams, GroupVersionKind, ListParams, Patch,
-    PatchParams, PostParams,
+    Api, ApiResource, DynamicObject, GetParams, GroupVersionKind, ListParams, Patch, PatchParams,
+    PostParams,
 };
 use kube::Client;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -204,7 +204,8 @@ pub async fn connect(
     }
     config.read_timeout = Some(Duration::from_secs(300));
     let ns = config.default_namespace.clone();
-    let client = Client::try_from(config).map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
+    let client =
+        Client::try_from(config).map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
     Ok((client, ns))
 }
 
@@ -316,10 +317,7 @@ impl Inner {
 
     /// Read-modify-write of replicas: `change` maps the current value to the new one. Retries
     /// on 409 Conflict with a fresh read, as HPA's scale client does. Returns (old, new).
-    async fn rewrite(
-        self: &Arc<Self>,
-        change: impl Fn(i32) -> i32,
-    ) -> Result<(i32, i32), String> {
+    async fn rewrite(self: &Arc<Self>, change: impl Fn(i32) -> i32) -> Result<(i32, i32), String> {
         let client = self.client().await?;
         let api = self.targets(client);
         let name = &self.target.name;
@@ -336,7 +334,10 @@ impl Inner {
                 scale.spec.get_or_insert_with(Default::default).replicas = Some(new);
                 // Only the fields an update takes: the resourceVersion guards the write.
                 scale.status = None;
-                match api.replace_scale(name, &PostParams::default(), &scale).await {
+                match api
+                    .replace_scale(name, &PostParams::default(), &scale)
+                    .await
+                {
                     Ok(_) => {
                         self.state().replicas = Some(new);
                         return Ok((old, new));
@@ -551,10 +552,14 @@ impl Inner {
                     }
                 }
                 Err(e) if is_status(&e, 404) => return Err(format!("pod {pod} is gone")),
-                Err(e) => tracing::warn!(error = %describe(&e, "read a pod"), "waiting for the mark"),
+                Err(e) => {
+                    tracing::warn!(error = %describe(&e, "read a pod"), "waiting for the mark")
+                }
             }
             if Instant::now() >= deadline {
-                return Err(format!("the mark on {pod} did not show within {STEP_TIMEOUT:?}"));
+                return Err(format!(
+                    "the mark on {pod} did not show within {STEP_TIMEOUT:?}"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -591,8 +596,10 @@ impl Inner {
                     .filter(|p| !p.deleting)
                     .map(|p| p.name.as_str())
                     .collect();
-                let removed: Vec<&String> =
-                    before.iter().filter(|n| !live.contains(n.as_str())).collect();
+                let removed: Vec<&String> = before
+                    .iter()
+                    .filter(|n| !live.contains(n.as_str()))
+                    .collect();
                 if removed.iter().any(|n| *n == id) {
                     tracing::info!(pod = %id, "the ReplicaSet removed the drained pod");
                     return Ok(());
@@ -645,7 +652,9 @@ impl Inner {
                             self.note_replicas(r);
                         }
                     }
-                    Err(e) => tracing::warn!(error = %describe(&e, "read the scale"), "kubernetes provider"),
+                    Err(e) => {
+                        tracing::warn!(error = %describe(&e, "read the scale"), "kubernetes provider")
+                    }
                 }
             }
             let held: Vec<String> = self.state().table.keys().cloned().collect();

@@ -89,9 +89,7 @@ pub fn build(cfg: &ebbtide_config::Provider, probe: Probe) -> Result<Box<dyn Pro
         }
         ebbtide_config::ProviderKind::Command => Box::new(CommandProvider::new(cfg, probe)?),
         ebbtide_config::ProviderKind::Docker => Box::new(DockerProvider::new(cfg, probe)?),
-        ebbtide_config::ProviderKind::Kubernetes => {
-            Box::new(KubernetesProvider::new(cfg, probe)?)
-        }
+        ebbtide_config::ProviderKind::Kubernetes => Box::new(KubernetesProvider::new(cfg, probe)?),
     })
 }
 

@@ -104,9 +104,7 @@ pub fn resolve_port(
         .and_then(|s| s.ports.clone())
         .unwrap_or_default();
     let found = match want {
-        Some(ebbtide_config::PortRef::Number(n)) => {
-            ports.iter().find(|p| p.port == i32::from(*n))
-        }
+        Some(ebbtide_config::PortRef::Number(n)) => ports.iter().find(|p| p.port == i32::from(*n)),
         Some(ebbtide_config::PortRef::Name(n)) => {
             ports.iter().find(|p| p.name.as_deref() == Some(n.as_str()))
         }
@@ -192,7 +190,9 @@ impl Sync {
                             self.tracked.insert(address.clone(), b);
                             changed = true;
                         }
-                        Err(e) => tracing::warn!(backend = %address, error = %e, "cannot add an endpoint"),
+                        Err(e) => {
+                            tracing::warn!(backend = %address, error = %e, "cannot add an endpoint")
+                        }
                     }
                 }
                 (None, _) => {}
@@ -390,9 +390,15 @@ mod tests {
         }))
         .unwrap();
         let n = ebbtide_config::PortRef::Number(80);
-        assert_eq!(resolve_port(&svc, Some(&n)).unwrap().as_deref(), Some("http"));
+        assert_eq!(
+            resolve_port(&svc, Some(&n)).unwrap().as_deref(),
+            Some("http")
+        );
         let named = ebbtide_config::PortRef::Name("admin".into());
-        assert_eq!(resolve_port(&svc, Some(&named)).unwrap().as_deref(), Some("admin"));
+        assert_eq!(
+            resolve_port(&svc, Some(&named)).unwrap().as_deref(),
+            Some("admin")
+        );
         let e = resolve_port(&svc, Some(&ebbtide_config::PortRef::Number(81))).unwrap_err();
         assert!(e.contains("http (80)"), "{e}");
         assert!(resolve_port(&svc, None).unwrap_err().contains("2 ports"));
