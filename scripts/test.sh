@@ -17,6 +17,9 @@ have chromium || need_apt+=(chromium)
 have chromedriver || need_apt+=(chromium-driver)
 # A real TLS client (SNI, ALPN, protocol versions, client certificates) for tests/tls.rs.
 have curl || need_apt+=(curl)
+# kubectl cross-checks the Kubernetes API fake (tests/kube_fake.rs).
+have kubectl || need_apt+=(kubernetes-client)
+have python3 || need_apt+=(python3 python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -27,7 +30,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     systemctl stop prometheus >/dev/null 2>&1 || service prometheus stop >/dev/null 2>&1 || true
   fi
 fi
-for t in prometheus promtool chromium chromedriver curl; do
+# The schema check of deploy/kubernetes (offline: the package ships the schemas) and PyYAML
+# for the RBAC test.
+have kubernetes-validate || pip install -q kubernetes-validate 2>/dev/null \
+  || pip install -q --break-system-packages kubernetes-validate
+for t in prometheus promtool chromium chromedriver kubectl kubernetes-validate curl; do
   have "$t" || { echo "$t is still missing after the install; the tests that need it would fail" >&2; exit 1; }
 done
 

@@ -32,9 +32,30 @@ pub async fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    if let Some(d) = &cfg.discovery {
+        let (client, _) = ebbtide_autoscaler::providers::kubernetes::connect(
+            d.api_server.as_deref(),
+            d.namespace.as_deref(),
+        )
+        .await?;
+        let watch = ebbtide_balancer::discovery::Watch::new(
+            server.proxy().clone(),
+            client,
+            d,
+            cfg.lifecycle.drain_timeout.0,
+        )
+        .await?;
+        let stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = watch.run(stop).await {
+                tracing::error!(error = %e, "discovery stopped");
+            }
+        }));
+    }
     let fleet = match &cfg.provider {
         Some(p) => {
             let provider = ebbtide_autoscaler::providers::build(p, crate::health_probe(&cfg))?;
+            provider.prepare().await?;
             let membership = Arc::new(InProcess::new(server.proxy().clone(), &cfg, p));
             let clock = server.proxy().clock();
             let now: Now = Arc::new(move || clock.now());

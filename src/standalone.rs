@@ -61,6 +61,28 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         admins.len(),
         admins.join(", ")
     );
+    // With several replicas, only the Lease holder goes on from here.
+    let mut elector = match &cfg.leader_election {
+        Some(l) => {
+            let (client, _) = ebbtide_autoscaler::providers::kubernetes::connect(
+                l.api_server.as_deref(),
+                l.namespace.as_deref(),
+            )
+            .await?;
+            Some(ebbtide_autoscaler::leader::Elector::new(client, l))
+        }
+        None => None,
+    };
+    if let Some(e) = elector.as_mut() {
+        tracing::info!(identity = %e.identity(), "leader election: waiting for the lease");
+        tokio::select! {
+            _ = e.acquire() => {}
+            _ = crate::serve::shutdown_signal() => {
+                tracing::info!("stopped while waiting for the lease");
+                return Ok(());
+            }
+        }
+    }
     let clock = Clock::new();
     let balancers = Arc::new(Balancers::new(
         admins,
@@ -70,6 +92,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         cfg.lifecycle.drain_timeout.0,
     ));
     let provider = ebbtide_autoscaler::providers::build(&p, crate::health_probe(&cfg))?;
+    provider.prepare().await?;
     let now = Arc::new(move || clock.now());
     let driver = Driver::new(
         ControlStep::new(&a, EVENTS_SHOWN).with_kinds(&p, &a),
@@ -101,11 +124,27 @@ pub async fn run(cfg: Config) -> Result<(), String> {
                 .await
         })
     };
-    crate::serve::shutdown_signal().await;
+    let lost = async {
+        match elector.as_mut() {
+            Some(e) => e.hold().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = crate::serve::shutdown_signal() => {}
+        why = lost => {
+            // Another replica may hold the lease from now on: no write of this one may follow.
+            tracing::error!(%why, "leader election: lost the lease; stopping every write at once");
+            std::process::exit(3);
+        }
+    }
     tracing::info!("stopping: draining this autoscaler's backends from the balancers");
     let _ = stop_tx.send(true);
     let _ = control.await;
     driver.shutdown(true).await;
+    if let Some(e) = elector.as_mut() {
+        e.release().await;
+    }
     let _ = admin.await;
     let _ = fleet_reader.await;
     tracing::info!("stopped");

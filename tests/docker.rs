@@ -13,11 +13,9 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The tests take turns: they share the daemon and the machine's two cores.
@@ -176,100 +174,6 @@ impl Drop for Owned {
     }
 }
 
-/// A running `ebbtide serve` whose log lines are kept; stopped with SIGTERM (then SIGKILL)
-/// when dropped.
-struct Serve {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    logs: Arc<Mutex<Vec<String>>>,
-    _config: tempfile_path::TempPath,
-}
-
-impl Serve {
-    fn start(config: &str) -> Serve {
-        let file = tempfile_path::TempPath::with_contents("toml", config);
-        let mut child = Command::new(ebbtide_bin())
-            .args(["serve", "--config"])
-            .arg(file.path())
-            .env("EBBTIDE_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start ebbtide");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let keep = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("docker") || line.contains("WARN") || line.contains("ERROR") {
-                    eprintln!("ebbtide: {line}");
-                }
-                keep.lock().unwrap().push(line);
-            }
-        });
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let (addr, admin) = parse_listening(&line)
-            .unwrap_or_else(|| panic!("ebbtide did not report its addresses; printed {line:?}"));
-        Serve {
-            child,
-            addr,
-            admin,
-            logs,
-            _config: file,
-        }
-    }
-
-    /// SIGTERM, and waits for the exit (SIGKILL after `limit`); true when it exited by itself.
-    fn stop(&mut self, limit: Duration) -> bool {
-        if self.child.try_wait().ok().flatten().is_some() {
-            return true;
-        }
-        sigterm(self.child.id());
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        false
-    }
-
-    /// Launch-to-healthy of every container, from the "container healthy" log lines.
-    fn boot_times_ms(&self) -> Vec<u64> {
-        self.logs
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains("container healthy"))
-            .filter_map(|l| {
-                l.split("boot_ms=")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .collect()
-    }
-
-    fn log_has(&self, needle: &str) -> bool {
-        self.logs.lock().unwrap().iter().any(|l| l.contains(needle))
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        self.stop(Duration::from_secs(30));
-    }
-}
-
 /// `ebbtide serve` with the docker provider (exp 20 ms, 4 workers, half a core, 64 MiB) and
 /// `rest` appended (an `[autoscaler]`, or `count`).
 fn docker_config(owner: &str, rest: &str) -> String {
@@ -294,35 +198,6 @@ boot_timeout = "30s"
     ))
 }
 
-fn url(addr: SocketAddr, path: &str) -> String {
-    format!("http://{addr}{path}")
-}
-
-/// The balancer's backends by state.
-async fn backends(admin: SocketAddr) -> Vec<(String, String)> {
-    let (_, _, body) = get(&url(admin, "/api/v1/backends")).await;
-    let list: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap_or_default();
-    list.iter()
-        .map(|b| {
-            (
-                b["address"].as_str().unwrap_or_default().to_string(),
-                b["state"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
-}
-
-async fn active(admin: SocketAddr) -> Vec<String> {
-    let mut a: Vec<String> = backends(admin)
-        .await
-        .into_iter()
-        .filter(|(_, s)| s == "active")
-        .map(|(a, _)| a)
-        .collect();
-    a.sort();
-    a
-}
-
 /// Polls `f` (a blocking check) every 200 ms until it returns Some, or panics after `limit`.
 fn eventually_sync<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
@@ -340,21 +215,6 @@ fn inspect(name: &str, format: &str) -> String {
     let (ok, out, err) = docker(&["inspect", "-f", format, name]);
     assert!(ok, "docker inspect {name}: {err}");
     out.trim().to_string()
-}
-
-/// Runs `ebbtide load` against `target` and returns its JSON report.
-fn load(target: &str, admin: Option<SocketAddr>, profile: &str) -> serde_json::Value {
-    let out = tempfile_path::TempPath::with_contents("json", "");
-    let mut cmd = Command::new(ebbtide_bin());
-    cmd.args(["load", "--target", target, "--profile", profile, "--quiet"])
-        .args(["--timeout", "10s", "--json"])
-        .arg(out.path());
-    if let Some(a) = admin {
-        cmd.args(["--admin", &format!("http://{a}")]);
-    }
-    let status = cmd.status().unwrap();
-    assert!(status.success(), "ebbtide load failed: {status}");
-    serde_json::from_str(&std::fs::read_to_string(out.path()).unwrap()).unwrap()
 }
 
 /// Counts this owner's running containers every second on a thread until `stop` is set.

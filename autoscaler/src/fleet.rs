@@ -32,6 +32,9 @@ pub struct FleetView {
     /// Each backend with its launch time, when known; empty means the cost rules cannot choose
     /// which backend to remove and leave that to the caller.
     pub members: Vec<Member>,
+    /// Launch-to-ready time the provider measured (the median of its recent launches); the
+    /// cost rules use it in place of the configured `boot_time` when present.
+    pub measured_boot: Option<Nanos>,
 }
 
 impl FleetView {
@@ -44,6 +47,7 @@ impl FleetView {
             min,
             max,
             members: Vec::new(),
+            measured_boot: None,
         }
     }
 
@@ -57,6 +61,7 @@ impl FleetView {
             min,
             max,
             members,
+            measured_boot: None,
         }
     }
 

@@ -18,6 +18,7 @@ mod decision;
 pub mod erlang;
 mod events;
 mod fleet;
+pub mod leader;
 pub mod providers;
 mod signals;
 mod windows;

@@ -18,8 +18,8 @@ pub use crate::core::{
     slow_start,
 };
 pub use shell::{
-    access_log, admin, body, clock, dispatch, health, idempotency, metrics, pool, proxy, registry,
-    serve, tls, upstream_tls,
+    access_log, admin, body, clock, discovery, dispatch, health, idempotency, metrics, pool, proxy,
+    registry, serve, tls, upstream_tls,
 };
 
 pub use policy::{BackendView, Candidates, Policy};

@@ -36,6 +36,10 @@ pub struct Config {
     pub backends: Vec<StaticBackend>,
     /// Backends that ebbtide starts itself.
     pub provider: Option<Provider>,
+    /// Backends found in a service registry (Kubernetes EndpointSlices).
+    pub discovery: Option<Discovery>,
+    /// `ebbtide autoscale` with several replicas: only the holder of a Kubernetes Lease acts.
+    pub leader_election: Option<LeaderElection>,
     /// Scaling the provider's fleet; absent: a fixed `provider.count`.
     pub autoscaler: Option<crate::autoscaler::Autoscaler>,
     /// What `ebbtide simulate` runs; ignored by `ebbtide serve`.
@@ -563,6 +567,8 @@ pub enum ProviderKind {
     Command,
     /// Containers on a Docker Engine, from `image`, with CPU and memory limits.
     Docker,
+    /// The replicas of a Kubernetes Deployment (any resource with a scale subresource).
+    Kubernetes,
 }
 
 impl ProviderKind {
@@ -572,6 +578,7 @@ impl ProviderKind {
             ProviderKind::Local => "local",
             ProviderKind::Command => "command",
             ProviderKind::Docker => "docker",
+            ProviderKind::Kubernetes => "kubernetes",
         }
     }
 }
@@ -612,7 +619,8 @@ pub struct Provider {
     /// nothing is pulled).
     pub image: Option<String>,
     /// `docker`: the container port the backend listens on (required). Published on
-    /// 127.0.0.1 at a free host port, unless `network` is set.
+    /// 127.0.0.1 at a free host port, unless `network` is set. `kubernetes`: the container port
+    /// of the pods (default: the first port of the pod's first container).
     pub port: Option<u16>,
     /// `docker`: a Docker network to attach each container to; the backend is then reached at
     /// the container's address on it (for ebbtide running in a container on the same network).
@@ -631,6 +639,15 @@ pub struct Provider {
     pub owner: Option<String>,
     /// Instance kinds (`[[provider.kinds]]`): none = one kind, the provider's own keys.
     pub kinds: Vec<crate::kinds::InstanceKind>,
+    /// `kubernetes`: the namespace of `target` (default: the kubeconfig context's, or the
+    /// pod's own namespace in-cluster).
+    pub namespace: Option<String>,
+    /// `kubernetes`: what to scale, `deployment/NAME` (also `replicaset/`, `statefulset/`, or
+    /// `GROUP/VERSION/PLURAL/NAME` for any resource with a scale subresource). Required.
+    pub target: Option<String>,
+    /// `kubernetes`: the API server's URL, e.g. "http://127.0.0.1:8001" (`kubectl proxy`);
+    /// default: kubeconfig (`$KUBECONFIG`, ~/.kube/config), then in-cluster credentials.
+    pub api_server: Option<String>,
 }
 
 impl Provider {
@@ -681,6 +698,180 @@ impl Default for Provider {
             labels: Default::default(),
             owner: None,
             kinds: Vec::new(),
+            namespace: None,
+            target: None,
+            api_server: None,
+        }
+    }
+}
+
+/// The discovery kinds.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DiscoveryKind {
+    /// The EndpointSlices of a Kubernetes Service.
+    #[default]
+    Kubernetes,
+}
+
+/// A port of a Service: its name, or its number.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum PortRef {
+    /// The Service port's `port` number.
+    Number(u16),
+    /// The Service port's `name`.
+    Name(String),
+}
+
+/// `[discovery]`: backends from a service registry, kept up to date by a watch.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Discovery {
+    /// Where backends are found.
+    pub kind: DiscoveryKind,
+    /// The Service's namespace (default: the kubeconfig context's, or the pod's own).
+    pub namespace: Option<String>,
+    /// The Service whose endpoints are the backends (required).
+    pub service: Option<String>,
+    /// Which of the Service's ports (name or number); may be left out when it has one port.
+    pub port: Option<PortRef>,
+    /// The API server's URL; default: kubeconfig, then in-cluster credentials.
+    pub api_server: Option<String>,
+    /// Capacity each discovered backend is registered with.
+    pub capacity: Option<u32>,
+    /// Weight of each discovered backend.
+    pub weight: u32,
+    /// Price of one discovered backend per hour.
+    pub cost_per_hour: f64,
+}
+
+impl Default for Discovery {
+    fn default() -> Self {
+        Discovery {
+            kind: DiscoveryKind::Kubernetes,
+            namespace: None,
+            service: None,
+            port: None,
+            api_server: None,
+            capacity: None,
+            weight: 1,
+            cost_per_hour: 0.0,
+        }
+    }
+}
+
+/// A resource with a scale subresource, from `[provider] target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScaleTarget {
+    /// API group ("apps"; "" for the core group).
+    pub group: String,
+    /// API version ("v1").
+    pub version: String,
+    /// Kind ("Deployment"), as an HPA's scaleTargetRef names it.
+    pub kind: String,
+    /// Resource name in URLs ("deployments").
+    pub plural: String,
+    /// The object's name.
+    pub name: String,
+}
+
+impl ScaleTarget {
+    /// Parses `deployment/NAME`, `replicaset/NAME`, `statefulset/NAME`, or
+    /// `GROUP/VERSION/PLURAL/NAME` (the kind is then PLURAL without its final `s`, capitalised,
+    /// for matching an HPA's scaleTargetRef; give the kind's own spelling when that is wrong).
+    pub fn parse(text: &str) -> Result<ScaleTarget, String> {
+        let parts: Vec<&str> = text.split('/').collect();
+        let valid_name = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 253
+                && n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        };
+        let (group, version, kind, plural, name) = match parts.as_slice() {
+            [kind, name] => {
+                let (kind, plural) = match kind.to_ascii_lowercase().as_str() {
+                    "deployment" | "deployments" | "deploy" => ("Deployment", "deployments"),
+                    "replicaset" | "replicasets" | "rs" => ("ReplicaSet", "replicasets"),
+                    "statefulset" | "statefulsets" | "sts" => ("StatefulSet", "statefulsets"),
+                    other => {
+                        return Err(format!(
+                            "`{other}` is not a kind ebbtide knows; write deployment/NAME, \
+                             replicaset/NAME, statefulset/NAME or GROUP/VERSION/PLURAL/NAME"
+                        ))
+                    }
+                };
+                (
+                    "apps".to_string(),
+                    "v1".to_string(),
+                    kind.to_string(),
+                    plural,
+                    *name,
+                )
+            }
+            [group, version, plural, name] if !group.is_empty() && !version.is_empty() => {
+                let singular = plural.strip_suffix('s').unwrap_or(plural);
+                let mut kind = singular.to_string();
+                if let Some(f) = kind.get_mut(0..1) {
+                    f.make_ascii_uppercase();
+                }
+                (group.to_string(), version.to_string(), kind, *plural, *name)
+            }
+            _ => {
+                return Err(format!(
+                    "`{text}` is not KIND/NAME (e.g. \"deployment/web\") or \
+                     GROUP/VERSION/PLURAL/NAME"
+                ))
+            }
+        };
+        if !valid_name(name) {
+            return Err(format!(
+                "`{name}` is not a Kubernetes object name (lowercase letters, digits, `-`, `.`)"
+            ));
+        }
+        Ok(ScaleTarget {
+            group,
+            version,
+            kind,
+            plural: plural.to_string(),
+            name: name.to_string(),
+        })
+    }
+}
+
+/// `[leader_election]`: several `ebbtide autoscale` replicas, one acting: the holder of a
+/// `coordination.k8s.io` Lease, with client-go's semantics (a holder renews every
+/// `retry_period`; one that cannot renew within `renew_deadline` stops at once; the others take
+/// the Lease once it has gone unrenewed for `lease_duration`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LeaderElection {
+    /// The Lease's name.
+    pub lease: String,
+    /// Its namespace (default: the kubeconfig context's, or the pod's own).
+    pub namespace: Option<String>,
+    /// This replica's name in the Lease (default: `$POD_NAME`, else the host name and pid).
+    pub identity: Option<String>,
+    /// How long a Lease holds without renewal.
+    pub lease_duration: HumanDuration,
+    /// A holder that has not renewed for this long stops acting (before the Lease runs out).
+    pub renew_deadline: HumanDuration,
+    /// How often the holder renews and the others try.
+    pub retry_period: HumanDuration,
+    /// The API server's URL; default: kubeconfig, then in-cluster credentials.
+    pub api_server: Option<String>,
+}
+
+impl Default for LeaderElection {
+    fn default() -> Self {
+        LeaderElection {
+            lease: "ebbtide-autoscaler".into(),
+            namespace: None,
+            identity: None,
+            lease_duration: HumanDuration::from_secs(15),
+            renew_deadline: HumanDuration::from_secs(10),
+            retry_period: HumanDuration::from_secs(2),
+            api_server: None,
         }
     }
 }

@@ -481,6 +481,9 @@ const CHECKS: &[Check] = &[
     check_provider_boot_timeout,
     check_provider_docker,
     check_provider_kinds,
+    check_provider_kubernetes,
+    check_discovery,
+    check_leader_election,
     check_central_queue_capacities,
     check_health,
     check_outlier,
@@ -1129,11 +1132,11 @@ fn check_backend_cost(cfg: &Config, out: &mut Problems) {
 fn check_provider_scripts(cfg: &Config, out: &mut Problems) {
     let Some(p) = &cfg.provider else { return };
     match p.kind {
-        ProviderKind::Local | ProviderKind::Docker => {
-            let runs = if p.kind == ProviderKind::Local {
-                "\"local\", which runs provider.command"
-            } else {
-                "\"docker\", which runs provider.image"
+        ProviderKind::Local | ProviderKind::Docker | ProviderKind::Kubernetes => {
+            let runs = match p.kind {
+                ProviderKind::Local => "\"local\", which runs provider.command",
+                ProviderKind::Docker => "\"docker\", which runs provider.image",
+                _ => "\"kubernetes\", which scales provider.target",
             };
             for (key, words) in [
                 ("provider.launch", &p.launch),
@@ -1247,6 +1250,167 @@ fn check_provider_boot_timeout(cfg: &Config, out: &mut Problems) {
     positive("provider.boot_timeout", p.boot_timeout.0, out);
 }
 
+/// An API server URL: http:// or https:// and a host.
+fn api_server(key: &str, url: &Option<String>, out: &mut Problems) {
+    if let Some(u) = url {
+        let ok = u
+            .strip_prefix("http://")
+            .or_else(|| u.strip_prefix("https://"))
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace));
+        if !ok {
+            out.add(
+                key,
+                format!("`{u}` is not a URL such as \"https://10.0.0.1:6443\" or \"http://127.0.0.1:8001\""),
+            );
+        }
+    }
+}
+
+/// A namespace: a DNS label (RFC 1123), as Kubernetes requires.
+fn namespace(key: &str, ns: &Option<String>, out: &mut Problems) {
+    if let Some(n) = ns {
+        let ok = !n.is_empty()
+            && n.len() <= 63
+            && n.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !n.starts_with('-')
+            && !n.ends_with('-');
+        if !ok {
+            out.add(
+                key,
+                format!(
+                    "`{n}` is not a namespace name (lowercase letters, digits and `-`, at most 63)"
+                ),
+            );
+        }
+    }
+}
+
+fn check_provider_kubernetes(cfg: &Config, out: &mut Problems) {
+    let Some(p) = &cfg.provider else { return };
+    if p.kind != ProviderKind::Kubernetes {
+        for (key, is_set) in [
+            ("provider.namespace", p.namespace.is_some()),
+            ("provider.target", p.target.is_some()),
+            ("provider.api_server", p.api_server.is_some()),
+        ] {
+            if is_set {
+                out.add(
+                    key,
+                    format!(
+                        "is only used with provider.kind = \"kubernetes\"; this provider is \"{}\"",
+                        p.kind.name()
+                    ),
+                );
+            }
+        }
+        return;
+    }
+    match &p.target {
+        None => out.add(
+            "provider.target",
+            "is required because provider.kind is \"kubernetes\"; give the resource to scale, \
+             e.g. \"deployment/web\"",
+        ),
+        Some(t) => {
+            if let Err(e) = crate::ScaleTarget::parse(t) {
+                out.add("provider.target", e);
+            }
+        }
+    }
+    if p.port == Some(0) {
+        out.add("provider.port", "is 0; must be from 1 to 65535");
+    }
+    namespace("provider.namespace", &p.namespace, out);
+    api_server("provider.api_server", &p.api_server, out);
+}
+
+fn check_discovery(cfg: &Config, out: &mut Problems) {
+    let Some(d) = &cfg.discovery else { return };
+    match &d.service {
+        None => out.add(
+            "discovery.service",
+            "is required; give the Service whose endpoints are the backends, e.g. \"web\"",
+        ),
+        Some(s)
+            if s.is_empty()
+                || s.chars()
+                    .any(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')) =>
+        {
+            out.add(
+                "discovery.service",
+                format!("`{s}` is not a Service name (lowercase letters, digits and `-`)"),
+            )
+        }
+        Some(_) => {}
+    }
+    match &d.port {
+        Some(crate::PortRef::Number(0)) => {
+            out.add("discovery.port", "is 0; must be from 1 to 65535")
+        }
+        Some(crate::PortRef::Name(n)) if n.is_empty() => out.add(
+            "discovery.port",
+            "is empty; give the Service port's name or number",
+        ),
+        _ => {}
+    }
+    if d.capacity == Some(0) {
+        out.add(
+            "discovery.capacity",
+            "is 0; must be at least 1, or left out for no limit",
+        );
+    }
+    if d.weight == 0 {
+        out.add("discovery.weight", "is 0; must be at least 1");
+    }
+    price("discovery.cost_per_hour", d.cost_per_hour, out);
+    namespace("discovery.namespace", &d.namespace, out);
+    api_server("discovery.api_server", &d.api_server, out);
+}
+
+fn check_leader_election(cfg: &Config, out: &mut Problems) {
+    let Some(l) = &cfg.leader_election else {
+        return;
+    };
+    if l.lease.is_empty()
+        || l.lease.len() > 253
+        || !l
+            .lease
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+    {
+        out.add(
+            "leader_election.lease",
+            format!(
+                "`{}` is not a Lease name (lowercase letters, digits, `-`, `.`)",
+                l.lease
+            ),
+        );
+    }
+    positive("leader_election.retry_period", l.retry_period.0, out);
+    if l.renew_deadline.0 >= l.lease_duration.0 {
+        out.add(
+            "leader_election.renew_deadline",
+            format!(
+                "is {}; must be shorter than lease_duration ({}), so that a holder stops before \
+                 another may take the Lease",
+                l.renew_deadline, l.lease_duration
+            ),
+        );
+    }
+    if l.retry_period.0 >= l.renew_deadline.0 {
+        out.add(
+            "leader_election.retry_period",
+            format!(
+                "is {}; must be shorter than renew_deadline ({}), to renew more than once in it",
+                l.retry_period, l.renew_deadline
+            ),
+        );
+    }
+    namespace("leader_election.namespace", &l.namespace, out);
+    api_server("leader_election.api_server", &l.api_server, out);
+}
+
 /// The smallest memory limit the Docker Engine accepts.
 const DOCKER_MIN_MEMORY: u64 = 6 * 1024 * 1024;
 
@@ -1255,7 +1419,10 @@ fn check_provider_docker(cfg: &Config, out: &mut Problems) {
     if p.kind != ProviderKind::Docker {
         let set = [
             ("provider.image", p.image.is_some()),
-            ("provider.port", p.port.is_some()),
+            (
+                "provider.port",
+                p.port.is_some() && p.kind != ProviderKind::Kubernetes,
+            ),
             ("provider.network", p.network.is_some()),
             ("provider.cpus", p.cpus.is_some()),
             ("provider.memory", p.memory.is_some()),

@@ -616,3 +616,144 @@ pub mod pki {
         }
     }
 }
+/// A running `ebbtide serve` whose log lines are kept; stopped with SIGTERM (then SIGKILL)
+/// when dropped.
+pub struct Serve {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub logs: Arc<std::sync::Mutex<Vec<String>>>,
+    _config: tempfile_path::TempPath,
+}
+
+impl Serve {
+    pub fn start(config: &str) -> Serve {
+        let file = tempfile_path::TempPath::with_contents("toml", config);
+        let mut child = Command::new(ebbtide_bin())
+            .args(["serve", "--config"])
+            .arg(file.path())
+            .env("EBBTIDE_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ebbtide");
+        let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let keep = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("docker")
+                    || line.contains("kube")
+                    || line.contains("WARN")
+                    || line.contains("ERROR")
+                {
+                    eprintln!("ebbtide: {line}");
+                }
+                keep.lock().unwrap().push(line);
+            }
+        });
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let (addr, admin) = parse_listening(&line)
+            .unwrap_or_else(|| panic!("ebbtide did not report its addresses; printed {line:?}"));
+        Serve {
+            child,
+            addr,
+            admin,
+            logs,
+            _config: file,
+        }
+    }
+
+    /// SIGTERM, and waits for the exit (SIGKILL after `limit`); true when it exited by itself.
+    pub fn stop(&mut self, limit: Duration) -> bool {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return true;
+        }
+        sigterm(self.child.id());
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+
+    /// Launch-to-healthy of every backend, from the `boot_ms=` of the providers' log lines.
+    pub fn boot_times_ms(&self) -> Vec<u64> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(" healthy"))
+            .filter_map(|l| {
+                l.split("boot_ms=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    }
+
+    pub fn log_has(&self, needle: &str) -> bool {
+        self.logs.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(30));
+    }
+}
+
+pub fn url(addr: SocketAddr, path: &str) -> String {
+    format!("http://{addr}{path}")
+}
+
+/// The balancer's backends by state.
+pub async fn backends(admin: SocketAddr) -> Vec<(String, String)> {
+    let (_, _, body) = get(&url(admin, "/api/v1/backends")).await;
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap_or_default();
+    list.iter()
+        .map(|b| {
+            (
+                b["address"].as_str().unwrap_or_default().to_string(),
+                b["state"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+pub async fn active(admin: SocketAddr) -> Vec<String> {
+    let mut a: Vec<String> = backends(admin)
+        .await
+        .into_iter()
+        .filter(|(_, s)| s == "active")
+        .map(|(a, _)| a)
+        .collect();
+    a.sort();
+    a
+}
+
+/// Runs `ebbtide load` against `target` and returns its JSON report.
+pub fn load(target: &str, admin: Option<SocketAddr>, profile: &str) -> serde_json::Value {
+    let out = tempfile_path::TempPath::with_contents("json", "");
+    let mut cmd = Command::new(ebbtide_bin());
+    cmd.args(["load", "--target", target, "--profile", profile, "--quiet"])
+        .args(["--timeout", "10s", "--json"])
+        .arg(out.path());
+    if let Some(a) = admin {
+        cmd.args(["--admin", &format!("http://{a}")]);
+    }
+    let status = cmd.status().unwrap();
+    assert!(status.success(), "ebbtide load failed: {status}");
+    serde_json::from_str(&std::fs::read_to_string(out.path()).unwrap()).unwrap()
+}

@@ -137,6 +137,10 @@ impl Driver {
         for (id, why) in self.provider.lost() {
             self.report(Report::Lost { id, why });
         }
+        let boots = self.provider.boot_times();
+        if !boots.is_empty() {
+            self.shared.lock().set_boot_times(&boots);
+        }
         // Renewed before this tick's decision, so no renewal can follow a drain it starts.
         let serving = self.shared.lock().members().serving();
         self.membership.refresh(&serving).await;

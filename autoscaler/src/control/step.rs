@@ -67,6 +67,7 @@ pub struct ControlStep {
     desired: u32,
     overload: OverloadAction,
     kinds: Option<Kinds>,
+    measured_boot: Option<Nanos>,
 }
 
 impl ControlStep {
@@ -86,6 +87,7 @@ impl ControlStep {
             desired: cfg.min,
             overload: OverloadAction::None,
             kinds: None,
+            measured_boot: None,
         }
     }
 
@@ -189,6 +191,7 @@ impl ControlStep {
             desired: count,
             overload: OverloadAction::None,
             kinds: None,
+            measured_boot: None,
         }
     }
 
@@ -240,6 +243,14 @@ impl ControlStep {
         }
     }
 
+    /// Feeds the provider's measured launch-to-ready times (recent launches) to the cost rules:
+    /// their median replaces the configured `boot_time` from the next tick on.
+    pub fn set_boot_times(&mut self, times: &[std::time::Duration]) {
+        let mut t: Vec<Nanos> = times.iter().map(|d| d.as_nanos() as Nanos).collect();
+        t.sort_unstable();
+        self.measured_boot = t.get(t.len() / 2).copied();
+    }
+
     /// Decides the fleet size at `now` and plans how to get there.
     pub fn tick(&mut self, now: Nanos) -> Tick {
         if self.kinds.is_some() {
@@ -255,7 +266,8 @@ impl ControlStep {
                 max,
                 ..
             } => {
-                let view = FleetView::from_members(self.members.view(), *min, *max);
+                let mut view = FleetView::from_members(self.members.view(), *min, *max);
+                view.measured_boot = self.measured_boot;
                 let decision = decider.decide(windows, &view, now);
                 let direction = events.record(now, decider.name(), from, &decision);
                 (decision.desired, Some(decision), direction)
@@ -503,6 +515,20 @@ mod tests {
                 assert!(matches!(next, Some(Command::Admit(_))));
             }
         }
+    }
+
+    #[test]
+    fn the_median_of_measured_boot_times_reaches_the_decider() {
+        let mut step = ControlStep::fixed(1, CostMeter::new(0.0, 0));
+        assert_eq!(step.measured_boot, None);
+        step.set_boot_times(&[
+            Duration::from_secs(9),
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+        ]);
+        assert_eq!(step.measured_boot, Some(2_000_000_000));
+        step.set_boot_times(&[]);
+        assert_eq!(step.measured_boot, None);
     }
 
     #[test]

@@ -102,10 +102,10 @@ impl<D: Decider> CostRules<D> {
 
     /// (rate now, rate expected once a backend ordered now is ready), from the arrival-rate
     /// trend; `None` without a trend.
-    fn lookahead(&self, windows: &Windows, now: Nanos) -> Option<(f64, f64)> {
+    fn lookahead(&self, windows: &Windows, now: Nanos, boot: Nanos) -> Option<(f64, f64)> {
         let panic = windows.panic(now);
         let rate = panic.arrival_rate?;
-        let horizon = (panic.to as f64 - panic.centre()) / 1e9 + secs(self.boot_time);
+        let horizon = (panic.to as f64 - panic.centre()) / 1e9 + secs(boot);
         // A trend measured over a span shorter than the one it is stretched over is noise (the
         // first seconds of traffic look like a steep ramp from zero): extrapolate only once the
         // stable window holds at least 4 horizons of history, or half of itself.
@@ -152,9 +152,11 @@ impl<D: Decider> Decider for CostRules<D> {
         let mut notes: Vec<String> = Vec::new();
         let mut choice = d.desired;
         let mut wanted = d.wanted;
+        // The provider's measured boot time, when it measures one.
+        let boot = fleet.measured_boot.unwrap_or(self.boot_time);
 
         // 1. Boot-time lookahead on the arrival-rate trend.
-        if let Some((rate, ahead)) = self.lookahead(windows, now) {
+        if let Some((rate, ahead)) = self.lookahead(windows, now, boot) {
             d.inputs.insert("arrival_rate_ahead".into(), ahead);
             // A rise within two standard deviations of a Poisson count over the panic window
             // is noise, not a trend worth a backend.
@@ -169,7 +171,7 @@ impl<D: Decider> Decider for CostRules<D> {
                     notes.push(format!(
                         "arrival rate rising to {ahead:.1}/s from {rate:.1}/s within the \
                          {}s boot time: {choice} -> {n}",
-                        secs(self.boot_time)
+                        secs(boot)
                     ));
                     choice = n;
                 }
@@ -177,7 +179,7 @@ impl<D: Decider> Decider for CostRules<D> {
         }
 
         // 2. No scale-in of what would be bought back within one boot time.
-        let horizon = now.saturating_sub(self.boot_time);
+        let horizon = now.saturating_sub(boot);
         while self.recent.front().is_some_and(|(at, _)| *at < horizon) {
             self.recent.pop_front();
         }
@@ -195,7 +197,7 @@ impl<D: Decider> Decider for CostRules<D> {
                 notes.push(format!(
                     "{m} were wanted within the last {}s (one boot time): scale-in to {keep}, \
                      not {choice}",
-                    secs(self.boot_time)
+                    secs(boot)
                 ));
                 choice = keep;
             }

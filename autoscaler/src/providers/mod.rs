@@ -11,10 +11,12 @@
 pub mod command;
 pub mod docker;
 pub mod kinds;
+pub mod kubernetes;
 pub mod local;
 
 pub use command::CommandProvider;
 pub use docker::DockerProvider;
+pub use kubernetes::KubernetesProvider;
 pub use local::LocalProvider;
 
 use std::future::Future;
@@ -37,8 +39,14 @@ pub type ProviderFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Starts and stops backends. Implementations keep their own table of what they started.
 pub trait Provider: Send + Sync {
-    /// The config name of this kind (`local`, `command`, `docker`), for logs.
+    /// The config name of this kind (`local`, `command`, `docker`, `kubernetes`), for logs.
     fn kind(&self) -> &'static str;
+
+    /// Connects and checks what must hold before the first launch (for `kubernetes`: no other
+    /// autoscaler scales the same resource); an error stops ebbtide from starting.
+    fn prepare(&self) -> ProviderFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
 
     /// Starts one backend and returns once it has an address; it may still be booting.
     fn launch(&self) -> ProviderFuture<'_, Result<Instance, String>>;
@@ -93,6 +101,7 @@ pub fn build(cfg: &ebbtide_config::Provider, probe: Probe) -> Result<Box<dyn Pro
         }
         ebbtide_config::ProviderKind::Command => Box::new(CommandProvider::new(cfg, probe)?),
         ebbtide_config::ProviderKind::Docker => Box::new(DockerProvider::new(cfg, probe)?),
+        ebbtide_config::ProviderKind::Kubernetes => Box::new(KubernetesProvider::new(cfg, probe)?),
     })
 }
 

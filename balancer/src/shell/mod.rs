@@ -6,6 +6,7 @@ pub mod admin;
 pub mod body;
 pub mod clock;
 pub mod dashboard;
+pub mod discovery;
 pub mod dispatch;
 pub(crate) mod head_deadline;
 pub mod health;

@@ -31,6 +31,8 @@ pub enum Origin {
     Api,
     /// Started by ebbtide's provider.
     Provider,
+    /// Found by `[discovery]` (a Kubernetes Service's endpoints).
+    Discovery,
 }
 
 /// What is needed to add a backend.

@@ -106,7 +106,7 @@ fn outlier_config(cfg: &Config) -> crate::outlier::OutlierConfig {
 /// settings), `[log]` access (between "combined" and "json"), access_path and request_id (the
 /// access log's file is opened again on every reload, for logrotate), `[listener]` tls
 /// certificates and keys, client_ca and client_auth (new handshakes use them). `[simulation]`
-/// is not used by `ebbtide serve`. The rest needs a restart.
+/// and `[leader_election]` are not used by `ebbtide serve`. The rest needs a restart.
 pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     use ebbtide_config::{Health, Idempotency, Listener, Log, Overload, Upstream};
     let Config {
@@ -124,6 +124,8 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         idempotency,
         backends,
         provider,
+        discovery,
+        leader_election: _,
         autoscaler,
         simulation: _,
         log,
@@ -248,6 +250,7 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         (*max_entries != ri.max_entries, "[idempotency] max_entries"),
         (*backends != r.backends, "[[backends]]"),
         (*provider != r.provider, "[provider]"),
+        (*discovery != r.discovery, "[discovery]"),
         (*autoscaler != r.autoscaler, "[autoscaler]"),
         // The writer thread and its channel are made at start; the format, the file and
         // request ids follow a reload.

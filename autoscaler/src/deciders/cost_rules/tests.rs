@@ -343,6 +343,26 @@ fn no_scale_in_of_what_was_wanted_within_one_boot_time() {
     assert_eq!(d.decide(&w, &fleet, 91 * S).desired, 3);
 }
 
+#[test]
+fn a_measured_boot_time_replaces_the_configured_one() {
+    // Configured 30 s, but the provider measured 5 s: a scale-in waits 5 s, not 30.
+    let c = Autoscaler {
+        boot_time: HumanDuration::from_secs(30),
+        ..cfg()
+    };
+    let w = steady(100.0, 60);
+    let mut fleet = FleetView::counts(6, 0, 1, 100);
+    fleet.measured_boot = Some(5 * S);
+    let mut d = CostRules::new(Wants(6), &c);
+    assert_eq!(d.decide(&w, &fleet, 60 * S).desired, 6);
+    d.inner.0 = 3;
+    for t in 61..=65 {
+        assert_eq!(d.decide(&w, &fleet, t * S).desired, 6, "t={t}");
+    }
+    let dec = d.decide(&w, &fleet, 66 * S);
+    assert_eq!(dec.desired, 3, "{}", dec.reason);
+}
+
 /// [`Wants`], in panic mode.
 struct Panics(u32);
 
