@@ -965,7 +965,7 @@ impl Sim<'_> {
                     if let Some(slot) = slot_of(self, &instance.id) {
                         if self.fleet.get(slot).state == BackendState::Starting {
                             self.fleet.activate(slot, now);
-                                                        if let Some(k) = self.kind_of(&instance.id) {
+                            if let Some(k) = self.kind_of(&instance.id) {
                                 self.schedule_preemption(slot, k);
                             }
                             self.dispatch_queue();
