@@ -332,7 +332,10 @@ max = 2
         .map(|l| l.split_once(' ').unwrap())
         .collect();
     let mut expected = FAMILIES_BEFORE_CLIENT.to_vec();
-    expected.insert(11, ("ebbtide_access_log_dropped_total", "counter"));
+    // Added since: the WebSocket tunnel families and the access log's dropped lines.
+    expected.insert(4, ("ebbtide_tunnels_open", "gauge"));
+    expected.insert(5, ("ebbtide_tunnels_closed_total", "counter"));
+    expected.insert(13, ("ebbtide_access_log_dropped_total", "counter"));
     assert_eq!(families, expected, "{text}");
     // The series too: each backend's requests by code, histogram buckets as before.
     for series in [
