@@ -161,7 +161,7 @@ fn unknown_policy_lists_every_policy() {
         assert!(e.message.contains(&format!("`{}`", p.name())), "{e}");
     }
     one(
-        "[provider]\nkind = \"kubernetes\"\n",
+        "[provider]\nkind = \"nomad\"\n",
         "provider.kind",
         2,
         "`local`",

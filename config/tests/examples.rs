@@ -212,6 +212,9 @@ fn reference_lists_every_key() {
         p.env.0.insert("RUST_LOG".into(), "info".into());
         p.labels.insert("team".into(), "web".into());
         p.owner = Some("o".into());
+        p.namespace = Some("n".into());
+        p.target = Some("deployment/web".into());
+        p.api_server = Some("http://127.0.0.1:1".into());
         p.kinds.push(ebbtide_config::kinds::InstanceKind {
             name: "k".into(),
             workers: 1,
@@ -227,6 +230,20 @@ fn reference_lists_every_key() {
         });
     }
     full.autoscaler.as_mut().unwrap().balancer_token = Some("t".into());
+    full.discovery = Some(ebbtide_config::Discovery {
+        namespace: Some("n".into()),
+        service: Some("web".into()),
+        port: Some(ebbtide_config::PortRef::Name("http".into())),
+        api_server: Some("http://127.0.0.1:1".into()),
+        capacity: Some(1),
+        ..Default::default()
+    });
+    full.leader_election = Some(ebbtide_config::LeaderElection {
+        namespace: Some("n".into()),
+        identity: Some("a".into()),
+        api_server: Some("http://127.0.0.1:1".into()),
+        ..Default::default()
+    });
     let mut schema = BTreeSet::new();
     leaf_keys("", &toml::Value::try_from(&full).unwrap(), &mut schema);
 
@@ -236,8 +253,8 @@ fn reference_lists_every_key() {
         .lines()
         .map(|l| {
             let rest = l.strip_prefix("# ").unwrap_or(l);
-            if rest.starts_with("[[") {
-                // A commented-out array of tables (`# [[provider.kinds]]`).
+            if rest.starts_with('[') {
+                // A commented-out table (`# [discovery]`, `# [[provider.kinds]]`).
                 return rest;
             }
             let is_key = rest

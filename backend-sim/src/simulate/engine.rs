@@ -249,9 +249,11 @@ fn sim_kinds(sc: &Scenario) -> Vec<SimKind> {
         .map(|k| SimKind {
             name: k.name.clone(),
             workers: k.workers,
-            capacity: match sc.sim.capacity {
-                Some(ebbtide_config::simulation::SimCapacity::Workers) => Some(k.workers),
-                _ => k.capacity,
+            // As `ebbtide serve` registers a backend of this kind (`Provider::for_kind`),
+            // unless the simulation asks for slots = workers.
+            capacity: match sc.capacity_setting() {
+                ebbtide_config::simulation::SimCapacity::Workers => Some(k.workers),
+                _ => p.for_kind(k).capacity,
             },
             cost_per_hour: k.cost_per_hour,
             boot: k.boot(a.boot_time).as_nanos(),
