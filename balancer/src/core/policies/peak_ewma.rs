@@ -142,21 +142,14 @@ mod tests {
     /// times the requests of each full one.
     #[test]
     fn a_ramping_backend_holds_its_factor_of_the_load() {
-        use crate::slow_start::Ramp;
+        use crate::policies::test_support::ramped_share;
         for f in [0.1, 0.5, 1.0] {
             let p = PeakEwmaP2c::new(2, 9);
             let mut fleet = fleet(4);
             for b in &mut fleet {
                 b.ewma_latency_ns = 5 * MS;
             }
-            fleet[3].ramp = Ramp::from_f64(f);
-            for _ in 0..4_000 {
-                let i = p.pick(&fleet, None, 0).unwrap();
-                fleet[i].in_flight += 1;
-            }
-            let full =
-                f64::from(fleet[0].in_flight + fleet[1].in_flight + fleet[2].in_flight) / 3.0;
-            let ratio = f64::from(fleet[3].in_flight) / full;
+            let (ratio, fleet) = ramped_share(&p, fleet, f);
             assert!((ratio - f).abs() < 0.03, "f={f}: {fleet:?}");
         }
     }

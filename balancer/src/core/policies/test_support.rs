@@ -18,6 +18,24 @@ pub(crate) fn fleet_with_capacity(n: usize, capacity: u32) -> Vec<BackendView> {
     f
 }
 
+/// A closed loop of 4,000 picks (each request stays in flight) over `fleet`, whose last backend
+/// ramps at factor `f`: its requests over the mean of the others, with the fleet at the end.
+pub(crate) fn ramped_share(
+    policy: &dyn crate::policy::Policy,
+    mut fleet: Vec<BackendView>,
+    f: f64,
+) -> (f64, Vec<BackendView>) {
+    let last = fleet.len() - 1;
+    fleet[last].ramp = crate::slow_start::Ramp::from_f64(f);
+    for _ in 0..4_000 {
+        let i = policy.pick(&fleet, None, 0).unwrap();
+        fleet[i].in_flight += 1;
+    }
+    let others: u32 = fleet[..last].iter().map(|b| b.in_flight).sum();
+    let ratio = f64::from(fleet[last].in_flight) / (f64::from(others) / last as f64);
+    (ratio, fleet)
+}
+
 /// Candidates that record which indices a pick looked at.
 pub(crate) struct Recording<'a> {
     /// The fleet.
