@@ -355,10 +355,10 @@ mod tests {
         c.0.observe("local", 200_000_000);
         let out = encode(&[Arc::new(c)]);
         for line in [
-            "ebbtide_cold_start_seconds_bucket{le=\"1\",provider=\"docker\"} 0\n",
-            "ebbtide_cold_start_seconds_bucket{le=\"2.5\",provider=\"docker\"} 1\n",
-            "ebbtide_cold_start_seconds_bucket{le=\"5\",provider=\"docker\"} 2\n",
-            "ebbtide_cold_start_seconds_bucket{le=\"+Inf\",provider=\"docker\"} 2\n",
+            "ebbtide_cold_start_seconds_bucket{provider=\"docker\",le=\"1\"} 0\n",
+            "ebbtide_cold_start_seconds_bucket{provider=\"docker\",le=\"2.5\"} 1\n",
+            "ebbtide_cold_start_seconds_bucket{provider=\"docker\",le=\"5\"} 2\n",
+            "ebbtide_cold_start_seconds_bucket{provider=\"docker\",le=\"+Inf\"} 2\n",
             "ebbtide_cold_start_seconds_count{provider=\"docker\"} 2\n",
             "ebbtide_cold_start_seconds_sum{provider=\"docker\"} 5.5\n",
             "ebbtide_cold_start_seconds_count{provider=\"local\"} 1\n",
