@@ -7,6 +7,7 @@ use ebbtide_autoscaler::{Membership, OverloadAction, Reading, SignalSource};
 use ebbtide_balancer::lifecycle::Event;
 use ebbtide_balancer::proxy::Proxy;
 use ebbtide_balancer::registry::{Backend, BackendSpec, BackendState, Origin, Transport};
+use ebbtide_config::time::Nanos;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -46,6 +47,8 @@ pub(crate) struct InProcess {
     terms: Terms,
     /// `[provider] protocol`.
     protocol: ebbtide_config::Protocol,
+    /// `[provider] kind`, the `provider` label of its backends' cold starts.
+    provider: &'static str,
     drain_timeout: Duration,
     /// `[overload]` `max_queue` and `queue_timeout`: the queue an overload action bounds.
     queue: (usize, Duration),
@@ -64,6 +67,7 @@ impl InProcess {
             proxy,
             terms: Terms::new(provider),
             protocol: provider.protocol,
+            provider: provider.kind.name(),
             drain_timeout: cfg.lifecycle.drain_timeout.0,
             queue: (cfg.overload.max_queue, cfg.overload.queue_timeout.0),
             backends: Mutex::new(HashMap::new()),
@@ -76,7 +80,7 @@ impl InProcess {
 }
 
 impl Membership for InProcess {
-    fn starting(&self, instance: &Instance, kind: Option<&str>) {
+    fn starting(&self, instance: &Instance, kind: Option<&str>, decided_at: Nanos) {
         let (capacity, cost_per_hour) = self.terms.of(kind);
         let spec = BackendSpec {
             address: instance.address.clone(),
@@ -94,6 +98,7 @@ impl Membership for InProcess {
             .add_or_renew(spec, BackendState::Starting)
         {
             Ok((b, _)) => {
+                b.expect_first_request(self.provider, decided_at);
                 self.table().insert(instance.id.clone(), b);
             }
             Err(e) => {

@@ -7,6 +7,8 @@
 use ebbtide_autoscaler::providers::{Instance, ProviderFuture};
 use ebbtide_autoscaler::{Membership, OverloadAction, Reading, SignalSource};
 use ebbtide_balancer::api::{self, client::AdminClient};
+use ebbtide_balancer::clock::Clock;
+use ebbtide_config::time::Nanos;
 use http::StatusCode;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,6 +30,12 @@ pub(crate) struct Balancers {
     drain_timeout: Duration,
     /// The id each balancer gave each instance (by balancer index and instance id).
     ids: Mutex<HashMap<(usize, String), u64>>,
+    /// `[provider] kind`, sent with first registrations for the cold-start metric.
+    provider: &'static str,
+    /// When the launch of each booting instance was decided, until its first registration.
+    launches: Mutex<HashMap<String, Nanos>>,
+    /// The driver's clock, that `launches` is read on.
+    clock: Clock,
 }
 
 impl Balancers {
@@ -39,6 +47,7 @@ impl Balancers {
         provider: &ebbtide_config::Provider,
         lease: Duration,
         drain_timeout: Duration,
+        clock: Clock,
     ) -> Self {
         Balancers {
             admins,
@@ -49,6 +58,9 @@ impl Balancers {
             lease_seconds: lease.as_secs_f64(),
             drain_timeout,
             ids: Mutex::new(HashMap::new()),
+            provider: provider.kind.name(),
+            launches: Mutex::new(HashMap::new()),
+            clock,
         }
     }
 
@@ -57,7 +69,13 @@ impl Balancers {
     }
 
     /// Registers (or renews) `instance` with one balancer and remembers the id it got there.
-    async fn register(&self, balancer: usize, instance: &Instance) -> Result<(), String> {
+    /// `decided_at`: when its launch was decided, for its first registration.
+    async fn register(
+        &self,
+        balancer: usize,
+        instance: &Instance,
+        decided_at: Option<Nanos>,
+    ) -> Result<(), String> {
         let terms = self
             .kinds
             .lock()
@@ -75,6 +93,10 @@ impl Balancers {
             // still accept the registration.
             protocol: (self.protocol != api::Protocol::Http1).then_some(self.protocol),
             server_name: None,
+            launched: decided_at.map(|at| api::Launched {
+                provider: self.provider.to_string(),
+                seconds_ago: self.clock.now().saturating_sub(at) as f64 / 1e9,
+            }),
         };
         let info = self
             .client
@@ -86,9 +108,9 @@ impl Balancers {
     }
 
     /// Registers `instance` with every balancer, logging the ones that refuse.
-    async fn register_everywhere(&self, instance: &Instance) {
+    async fn register_everywhere(&self, instance: &Instance, decided_at: Option<Nanos>) {
         for b in 0..self.admins.len() {
-            if let Err(e) = self.register(b, instance).await {
+            if let Err(e) = self.register(b, instance, decided_at).await {
                 tracing::warn!(error = %e, "could not register a backend");
             }
         }
@@ -101,6 +123,10 @@ impl Balancers {
     }
 
     fn forget_kind(&self, instance: &Instance) {
+        self.launches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&instance.id);
         self.kinds
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -132,7 +158,11 @@ impl Balancers {
 impl Membership for Balancers {
     /// Remote balancers hear of a backend only once it is healthy; its kind's terms are kept
     /// for then.
-    fn starting(&self, instance: &Instance, kind: Option<&str>) {
+    fn starting(&self, instance: &Instance, kind: Option<&str>, decided_at: Nanos) {
+        self.launches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(instance.id.clone(), decided_at);
         if kind.is_some() {
             let terms = self.terms.of(kind);
             self.kinds
@@ -142,8 +172,14 @@ impl Membership for Balancers {
         }
     }
 
+    /// The first registration carries the launch decision's age (the cold start's start).
     fn ready<'a>(&'a self, instance: &'a Instance) -> ProviderFuture<'a, ()> {
-        Box::pin(self.register_everywhere(instance))
+        let decided_at = self
+            .launches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&instance.id);
+        Box::pin(self.register_everywhere(instance, decided_at))
     }
 
     /// DELETE at every balancer, then wait until none lists it (each drains it and removes it
@@ -186,7 +222,7 @@ impl Membership for Balancers {
     fn refresh<'a>(&'a self, ready: &'a [Instance]) -> ProviderFuture<'a, ()> {
         Box::pin(async move {
             for i in ready {
-                self.register_everywhere(i).await;
+                self.register_everywhere(i, None).await;
             }
         })
     }

@@ -90,6 +90,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         &p,
         a.registration_lease.0,
         cfg.lifecycle.drain_timeout.0,
+        clock,
     ));
     let provider = ebbtide_autoscaler::providers::build(&p, crate::health_probe(&cfg))?;
     provider.prepare().await?;

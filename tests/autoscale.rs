@@ -115,6 +115,27 @@ async fn scales_out_under_a_step_and_back_in_without_failing_requests() {
         "p99 took {p99_back_after}s to come back under the SLO"
     );
     assert_eq!(errors, 0, "requests failed while the fleet changed");
+    // Cold start, decision to first request served: every backend that served has one, none
+    // shorter than the 1 s container boot; those launched under the load (at least the 3 of
+    // the scale-out) were sent requests as soon as they were healthy.
+    let cold = cold_start_metric(lb.admin, "local").await;
+    let listed: Vec<f64> = admin_backends(lb.admin)
+        .await
+        .iter()
+        .filter_map(|b| b.cold_start_seconds)
+        .collect();
+    eprintln!(
+        "step: cold starts {} (sum {:.2} s, mean {:.2} s), buckets {:?}; listed now {listed:?}",
+        cold.count,
+        cold.sum_seconds,
+        cold.sum_seconds / cold.count.max(1) as f64,
+        cold.buckets
+    );
+    assert!(cold.count >= 5, "{cold:?}");
+    assert_eq!(cold.at_most(0.5), 0, "faster than the boot: {cold:?}");
+    assert!(cold.sum_seconds >= cold.count as f64, "{cold:?}");
+    assert!(cold.at_most(10.0) >= 3, "{cold:?}");
+    assert!(listed.iter().all(|&s| s >= 1.0), "{listed:?}");
     // After the load, back to the minimum.
     let waited = Instant::now();
     eventually(

@@ -198,6 +198,15 @@ billing_period = "0s"
         "remote scale-out: {peak} active backends during the load; load report: sent {} ok {ok}",
         report["sent"]
     );
+    // The first registration carried the launch decision's age: the balancer measured each
+    // backend's cold start, decision to first request served, on its own clock.
+    let cold = cold_start_metric(lb.admin, "command").await;
+    println!(
+        "remote cold starts: {} (sum {:.2} s), buckets {:?}",
+        cold.count, cold.sum_seconds, cold.buckets
+    );
+    assert!(cold.count >= 4, "{cold:?}");
+    assert!(cold.sum_seconds > 0.0, "{cold:?}");
 
     // The autoscaler's own admin API shows the decisions and the metrics.
     let (_, _, events) = get(&format!("http://{}/api/v1/events", autoscale.admin)).await;

@@ -536,6 +536,7 @@ fn json_csv_and_plot_are_written_and_parse() {
         failures: 0,
         ramp: 1.0,
         protocol: Default::default(),
+        cold_start_seconds: None,
     })
     .collect();
     let admin = fake_admin(serde_json::to_string(&listed).unwrap());

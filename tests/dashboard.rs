@@ -332,6 +332,7 @@ async fn the_page_shows_the_fleet_and_charts_live_in_chromium() {
                 cost_per_hour: 0.1,
                 protocol: None,
                 server_name: None,
+                launched: None,
             },
         )
         .await

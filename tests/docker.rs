@@ -286,6 +286,7 @@ async fn docker_fleet_scales_out_and_in_under_load_without_failed_requests() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let counts = sampler.join().unwrap();
     let boots = lb.boot_times_ms();
+    let cold = cold_start_metric(lb.admin, "docker").await;
     eprintln!(
         "docker scale: sent {}, ok {}, errors {errors} ({:?}), status {:?}, p99 {} ms",
         report["sent"],
@@ -299,7 +300,18 @@ async fn docker_fleet_scales_out_and_in_under_load_without_failed_requests() {
         "docker scale: most active backends {most}; back to 1 container {back_in:?} after the load"
     );
     eprintln!("docker scale: launch-to-healthy per container (ms): {boots:?}");
+    eprintln!(
+        "docker scale: cold starts (decision to first request) {}, sum {:.2} s, buckets {:?}",
+        cold.count, cold.sum_seconds, cold.buckets
+    );
     assert_eq!(errors, 0, "requests failed while the fleet changed");
+    // Every container that served had its cold start measured; each is at least its boot.
+    assert!(cold.count >= 3, "{cold:?}");
+    let boot_sum: u64 = boots.iter().sum();
+    assert!(
+        cold.count != boots.len() as u64 || cold.sum_seconds * 1000.0 >= boot_sum as f64,
+        "cold starts {cold:?} shorter than the boots {boots:?}"
+    );
     assert!(most >= 3, "never scaled out to 3 backends: {counts:?}");
     assert!(counts.iter().max().copied().unwrap_or(0) >= 3, "{counts:?}");
     assert!(

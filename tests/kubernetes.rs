@@ -135,6 +135,7 @@ async fn a_load_step_scales_the_deployment_out_and_in_removing_the_drained_pods(
     let deleted: BTreeSet<String> = fake.deleted().into_iter().collect();
     let marked = marked(&fake);
     let boots = lb.boot_times_ms();
+    let cold = cold_start_metric(lb.admin, "kubernetes").await;
     eprintln!(
         "kube scale: sent {}, ok {}, errors {errors} ({:?}), status {:?}, p99 {} ms",
         report["sent"],
@@ -145,6 +146,10 @@ async fn a_load_step_scales_the_deployment_out_and_in_removing_the_drained_pods(
     );
     eprintln!("kube scale: replicas every 250 ms: {replicas:?}");
     eprintln!("kube scale: deleted {deleted:?}, marked {marked:?}, boot ms {boots:?}");
+    eprintln!(
+        "kube scale: cold starts {}, sum {:.2} s, buckets {:?}",
+        cold.count, cold.sum_seconds, cold.buckets
+    );
     assert_eq!(errors, 0, "requests failed while the Deployment scaled");
     assert!(most >= 3, "never scaled out to 3 replicas: {replicas:?}");
     assert!(!deleted.is_empty());
@@ -166,6 +171,22 @@ async fn a_load_step_scales_the_deployment_out_and_in_removing_the_drained_pods(
     assert!(
         boots.len() >= 3,
         "every launch logs its boot time: {boots:?}"
+    );
+    // Each pod that served has its cold start (decision to first request).
+    assert!(cold.count >= 3, "{cold:?}");
+    // The pod selector is read once: listing pods does not read the scale each time.
+    let served = fake.served();
+    let count = |verb: &str, resource: &str| {
+        served
+            .iter()
+            .filter(|s| s.verb == verb && s.resource == resource)
+            .count()
+    };
+    let (scale_gets, pod_lists) = (count("get", "deployments/scale"), count("list", "pods"));
+    eprintln!("kube scale: {scale_gets} scale reads, {pod_lists} pod lists");
+    assert!(
+        pod_lists > scale_gets,
+        "{scale_gets} scale reads for {pod_lists} pod lists"
     );
     check_rbac(&fake, "provider");
 }
@@ -196,10 +217,68 @@ async fn when_the_replicaset_removes_another_pod_ebbtide_reconciles() {
         lb.log_has("another pod than the drained one"),
         "the wrong victim was never noticed"
     );
+    // Requests sent to the pod the ReplicaSet removed (SIGTERM at once, its endpoint refusing)
+    // went elsewhere, or waited for the drained pod to be claimed back when it was the last.
+    assert_eq!(
+        report["errors"].as_u64(),
+        Some(0),
+        "requests failed in the scale-in race: {}",
+        report["errors_by_kind"]
+    );
     // The drained pod was claimed back: the balancer serves exactly the pods that exist, and
     // the Deployment has as many pods as replicas.
     agrees(&fake, lb.admin).await;
     assert_eq!(fake.pods().len() as u32, fake.replicas());
+}
+
+/// The full elastic system in one `ebbtide serve`: the kubernetes provider scales the
+/// Deployment while `[discovery]` follows the Service's EndpointSlices. Both name the same pods:
+/// each is one backend, and a pod the ReplicaSet deletes is drained as soon as its endpoint says
+/// terminating, whoever registered it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_and_discovery_in_one_serve_scale_out_and_in_without_failed_requests() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let fake = Arc::new(KubeFake::start(fake_options(1)).await);
+    let discovery = format!(
+        "[discovery]\nkind = \"kubernetes\"\napi_server = \"{}\"\nnamespace = \"default\"\n\
+         service = \"web\"\nport = \"http\"\n",
+        fake.url()
+    );
+    let lb = Serve::start(&provider_config(
+        &fake,
+        &format!("{AUTOSCALER}\n{discovery}"),
+    ));
+    eventually("the first pod active", Duration::from_secs(30), || async {
+        (active(lb.admin).await.len() == 1).then_some(())
+    })
+    .await;
+    let (report, replicas) = load_step(&fake, &lb).await;
+    let errors = report["errors"].as_u64().unwrap();
+    let cold = cold_start_metric(lb.admin, "kubernetes").await;
+    eprintln!(
+        "kube provider+discovery: sent {}, ok {}, errors {errors} ({:?}), status {:?}; \
+         replicas {replicas:?}; deleted {:?}, marked {:?}; cold starts {} (sum {:.2} s)",
+        report["sent"],
+        report["ok"],
+        report["errors_by_kind"],
+        report["status_codes"],
+        fake.deleted(),
+        marked(&fake),
+        cold.count,
+        cold.sum_seconds
+    );
+    assert_eq!(errors, 0, "requests failed while the Deployment scaled");
+    assert!(
+        replicas.iter().max().copied().unwrap_or(0) >= 3,
+        "{replicas:?}"
+    );
+    agrees(&fake, lb.admin).await;
+    // One backend per pod address, whoever saw it first.
+    let listed = backends(lb.admin).await;
+    let addresses: BTreeSet<&String> = listed.iter().map(|(a, _)| a).collect();
+    assert_eq!(addresses.len(), listed.len(), "{listed:?}");
+    assert!(lb.log_has("watching endpoints"));
+    assert!(cold.count >= 3, "{cold:?}");
 }
 
 /// `ebbtide serve` with `config`; (exit success, stderr), within 30 s.

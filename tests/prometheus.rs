@@ -37,6 +37,9 @@ const FAMILIES: &[&str] = &[
     "ebbtide_request_duration_seconds_bucket",
     "ebbtide_request_duration_seconds_count",
     "ebbtide_request_duration_seconds_sum",
+    "ebbtide_cold_start_seconds_bucket",
+    "ebbtide_cold_start_seconds_count",
+    "ebbtide_cold_start_seconds_sum",
     "ebbtide_queue_depth",
     "ebbtide_backend_in_flight",
     "ebbtide_backends",
@@ -336,6 +339,8 @@ max = 2
     expected.insert(4, ("ebbtide_tunnels_open", "gauge"));
     expected.insert(5, ("ebbtide_tunnels_closed_total", "counter"));
     expected.insert(13, ("ebbtide_access_log_dropped_total", "counter"));
+    // And the cold start of launched backends (issue 13).
+    expected.insert(2, ("ebbtide_cold_start_seconds", "histogram"));
     assert_eq!(families, expected, "{text}");
     // The series too: each backend's requests by code, histogram buckets as before.
     for series in [
@@ -358,6 +363,17 @@ max = 2
         .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
         .sum();
     assert_eq!(served, 20);
+    // The local provider launched both backends: each one that served has had its cold start.
+    let serving: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("ebbtide_requests_total{backend=\"127.0.0.1:"))
+        .filter_map(|l| l.split('"').nth(1))
+        .collect();
+    let cold = format!(
+        "ebbtide_cold_start_seconds_count{{provider=\"local\"}} {}",
+        serving.len()
+    );
+    assert!(text.contains(&cold), "{cold} missing:\n{text}");
 
     let mut check = Command::new(tool("promtool"))
         .args(["check", "metrics"])

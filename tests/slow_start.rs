@@ -88,6 +88,7 @@ async fn a_registered_backend_gets_a_growing_share_over_its_ramp() {
                 cost_per_hour: 0.0,
                 protocol: None,
                 server_name: None,
+                launched: None,
             },
         )
         .await

@@ -519,6 +519,7 @@ async fn a_backend_registered_as_h2c_is_probed_and_used_over_http2() {
         cost_per_hour: 0.0,
         protocol: Some(ebbtide_balancer::api::Protocol::H2c),
         server_name: None,
+        launched: None,
     };
     let info = admin_client()
         .register(&lb.admin.to_string(), &reg)

@@ -124,6 +124,10 @@ pub struct BackendInfo {
     /// not ramping (`[balancer] slow_start`).
     #[serde(default = "full_ramp")]
     pub ramp: f64,
+    /// Seconds from the autoscaler's decision to launch it to its first served request, once
+    /// served; absent for backends ebbtide did not launch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold_start_seconds: Option<f64>,
 }
 
 fn full_ramp() -> f64 {
@@ -156,6 +160,21 @@ pub struct Register {
     /// TLS: the name its certificate is verified against (default: the host of `address`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
+    /// Sent by `ebbtide autoscale` with a backend's first registration: which provider
+    /// launched it and how long ago that was decided, so that the balancer measures its cold
+    /// start (`ebbtide_cold_start_seconds`) up to the first request it serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launched: Option<Launched>,
+}
+
+/// [`Register::launched`]: the launch decision of a backend an autoscaler started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Launched {
+    /// The provider's config name: `local`, `command`, `docker` or `kubernetes`.
+    pub provider: String,
+    /// Seconds from the launch decision to this registration (>= 0).
+    pub seconds_ago: f64,
 }
 
 fn one() -> u32 {
@@ -377,6 +396,7 @@ mod tests {
             failures: 1,
             ramp: 0.5,
             protocol: Protocol::H2c,
+            cold_start_seconds: None,
         };
         let got = serde_json::to_string(&b).unwrap();
         assert_eq!(
@@ -384,6 +404,16 @@ mod tests {
             r#"{"id":3,"address":"127.0.0.1:8081","state":"draining","in_flight":2,"capacity":4,"learnt_limit":null,"weight":1,"cost_per_hour":0.5,"origin":"api","ewma_latency_ms":12.5,"lease_remaining_seconds":30.0,"requests":100,"failures":1,"protocol":"h2c","ramp":0.5}"#
         );
         assert_eq!(serde_json::from_str::<BackendInfo>(&got).unwrap(), b);
+        // A backend ebbtide launched says how long its cold start took, once served.
+        let launched = BackendInfo {
+            cold_start_seconds: Some(2.5),
+            ..b
+        };
+        let got = serde_json::to_string(&launched).unwrap();
+        assert!(
+            got.ends_with(r#""ramp":0.5,"cold_start_seconds":2.5}"#),
+            "{got}"
+        );
     }
 
     #[test]
@@ -399,6 +429,7 @@ mod tests {
                 cost_per_hour: 0.0,
                 protocol: None,
                 server_name: None,
+                launched: None,
             }
         );
         assert_eq!(

@@ -14,8 +14,8 @@ pub mod core;
 pub mod shell;
 
 pub use crate::core::{
-    ewma, histogram, lifecycle, limit, outlier, policies, policy, queue, retry_budget, signals,
-    slow_start,
+    cold_start, ewma, histogram, lifecycle, limit, outlier, policies, policy, queue, retry_budget,
+    signals, slow_start,
 };
 pub use shell::{
     access_log, admin, body, clock, discovery, dispatch, health, idempotency, metrics, pool, proxy,

@@ -352,6 +352,60 @@ pub async fn admin_backends(admin: SocketAddr) -> Vec<BackendInfo> {
     }
 }
 
+/// One provider's `ebbtide_cold_start_seconds` histogram as `/metrics` shows it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ColdStartMetric {
+    pub count: u64,
+    pub sum_seconds: f64,
+    /// (le, cumulative count), `+Inf` last.
+    pub buckets: Vec<(f64, u64)>,
+}
+
+impl ColdStartMetric {
+    /// Observations of at most `le` seconds (a bound of the histogram).
+    pub fn at_most(&self, le: f64) -> u64 {
+        self.buckets
+            .iter()
+            .find(|(b, _)| *b == le)
+            .unwrap_or_else(|| panic!("no bucket le={le} in {self:?}"))
+            .1
+    }
+}
+
+/// The cold starts of `provider`'s backends in the `/metrics` of the balancer at `admin`.
+pub async fn cold_start_metric(admin: SocketAddr, provider: &str) -> ColdStartMetric {
+    let (status, _, body) = get(&format!("http://{admin}/metrics")).await;
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let mut m = ColdStartMetric::default();
+    let label = format!("provider=\"{provider}\"");
+    for line in text.lines().filter(|l| l.contains(&label)) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        if series.starts_with("ebbtide_cold_start_seconds_count{") {
+            m.count = value.parse().unwrap();
+        } else if series.starts_with("ebbtide_cold_start_seconds_sum{") {
+            m.sum_seconds = value.parse().unwrap();
+        } else if series.starts_with("ebbtide_cold_start_seconds_bucket{") {
+            let le = series
+                .split("le=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap();
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap()
+            };
+            m.buckets.push((le, value.parse().unwrap()));
+        }
+    }
+    m
+}
+
 /// `GET /api/v1/signals` of the balancer at `admin`, typed.
 pub async fn admin_signals(admin: SocketAddr) -> Signals {
     admin_client()

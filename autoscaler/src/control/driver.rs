@@ -12,15 +12,16 @@ use crate::signals::SignalSource;
 use ebbtide_config::time::Nanos;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 /// How the autoscaler tells balancers about its backends: the balancer in this process, or
 /// balancers elsewhere through their admin APIs.
 pub trait Membership: Send + Sync {
     /// A launched instance (of instance kind `kind`, `None` without kinds) is booting: not to
     /// be sent traffic yet, but worth listing. The kind chooses its registered capacity and
-    /// price (`[[provider.kinds]]`).
-    fn starting(&self, instance: &Instance, kind: Option<&str>);
+    /// price (`[[provider.kinds]]`). Its launch was decided at `decided_at` (the driver's
+    /// clock): the balancers measure its cold start from then to its first served request.
+    fn starting(&self, instance: &Instance, kind: Option<&str>, decided_at: Nanos);
     /// It passed its health check: send it traffic.
     fn ready<'a>(&'a self, instance: &'a Instance) -> ProviderFuture<'a, ()>;
     /// No new requests for it; resolves once its in-flight requests finished (or the drain
@@ -68,6 +69,8 @@ pub struct Driver {
     interval: Duration,
     reports: mpsc::UnboundedSender<Report>,
     inbox: Mutex<Option<mpsc::UnboundedReceiver<Report>>>,
+    /// Woken by the provider when it has lost instances to report.
+    lost: Arc<Notify>,
 }
 
 impl Driver {
@@ -80,6 +83,8 @@ impl Driver {
         interval: Duration,
     ) -> Arc<Driver> {
         let (reports, inbox) = mpsc::unbounded_channel();
+        let lost = Arc::new(Notify::new());
+        provider.wake_on_lost(lost.clone());
         Arc::new(Driver {
             shared: Arc::new(Shared {
                 step: Mutex::new(step),
@@ -90,6 +95,7 @@ impl Driver {
             interval,
             reports,
             inbox: Mutex::new(Some(inbox)),
+            lost,
         })
     }
 
@@ -128,15 +134,22 @@ impl Driver {
             tokio::select! {
                 _ = tick.tick() => self.tick(source.as_mut()).await,
                 Some(report) = inbox.recv() => self.report(report),
+                // A lost backend is taken out and replaced now, not at the next interval.
+                _ = self.lost.notified() => self.tick(source.as_mut()).await,
                 _ = stop.changed() => return,
             }
         }
     }
 
-    async fn tick(self: &Arc<Self>, source: Option<&mut Box<dyn SignalSource>>) {
+    /// Takes the instances the provider lost out of the fleet (and the balancers).
+    fn collect_lost(self: &Arc<Self>) {
         for (id, why) in self.provider.lost() {
             self.report(Report::Lost { id, why });
         }
+    }
+
+    async fn tick(self: &Arc<Self>, source: Option<&mut Box<dyn SignalSource>>) {
+        self.collect_lost();
         let boots = self.provider.boot_times();
         if !boots.is_empty() {
             self.shared.lock().set_boot_times(&boots);
@@ -197,13 +210,17 @@ impl Driver {
                     });
                 }
                 Command::Boot(instance) => {
-                    let kind = d
-                        .shared
-                        .lock()
-                        .members()
-                        .kind_of(&instance.id)
-                        .map(str::to_string);
-                    d.membership.starting(&instance, kind.as_deref());
+                    let (kind, decided_at) = {
+                        let step = d.shared.lock();
+                        let members = step.members();
+                        (
+                            members.kind_of(&instance.id).map(str::to_string),
+                            members.launched_at_of(&instance.id),
+                        )
+                    };
+                    let decided_at = decided_at.unwrap_or_else(|| d.shared.now());
+                    d.membership
+                        .starting(&instance, kind.as_deref(), decided_at);
                     tokio::spawn(async move {
                         let report = match d.provider.wait_ready(&instance).await {
                             Ok(()) => Report::Ready { id: instance.id },

@@ -199,6 +199,14 @@ impl Members {
             .and_then(|m| m.kind.as_deref())
     }
 
+    /// When the launch of member `id` was decided (None when unknown).
+    pub fn launched_at_of(&self, id: &str) -> Option<Nanos> {
+        self.members
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| m.launched_at)
+    }
+
     /// Starts removing `id` (starting or serving). A backend still launching has no instance to
     /// drain yet: it is stopped when its launch finishes.
     pub fn retire(&mut self, id: &str) -> Option<Command> {

@@ -114,6 +114,12 @@ impl Provider for KindedProvider {
             .collect()
     }
 
+    fn wake_on_lost(&self, wake: std::sync::Arc<tokio::sync::Notify>) {
+        for (_, p) in &self.kinds {
+            p.wake_on_lost(wake.clone());
+        }
+    }
+
     fn shutdown(&self) -> ProviderFuture<'_, ()> {
         Box::pin(async move {
             for (_, p) in &self.kinds {

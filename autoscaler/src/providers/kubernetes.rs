@@ -102,6 +102,11 @@ struct Inner {
     probe: Probe,
     state: Mutex<State>,
     watcher: Mutex<Option<JoinHandle<()>>>,
+    /// Woken when a pod is lost (see [`Provider::wake_on_lost`]).
+    wake: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
+    /// The target's pod selector (its scale's `status.selector`), read once: a Deployment's
+    /// selector cannot change (apps/v1), so the pods are listed without a read of the scale.
+    selector: OnceCell<String>,
 }
 
 /// Scales a Kubernetes Deployment (or any resource with a scale subresource).
@@ -171,6 +176,8 @@ impl KubernetesProvider {
                 probe,
                 state: Mutex::new(State::default()),
                 watcher: Mutex::new(None),
+                selector: OnceCell::new(),
+                wake: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -212,6 +219,25 @@ pub async fn connect(
 impl Inner {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reports `pod` lost (when this provider holds it), and wakes the caller to act on it now:
+    /// the pod has been sent SIGTERM already, its requests must go elsewhere.
+    fn lose(&self, pod: &str, why: String) -> bool {
+        let held = {
+            let mut st = self.state();
+            let held = st.table.remove(pod).is_some();
+            if held {
+                st.lost.push((pod.to_string(), why));
+            }
+            held
+        };
+        if held {
+            if let Some(w) = self.wake.get() {
+                w.notify_one();
+            }
+        }
+        held
     }
 
     fn watcher(&self) -> MutexGuard<'_, Option<JoinHandle<()>>> {
@@ -256,6 +282,9 @@ impl Inner {
                 t.kind.to_lowercase(),
                 t.name
             ));
+        }
+        if let Some(sel) = scale.status.as_ref().and_then(|s| s.selector.clone()) {
+            let _ = self.selector.set(sel);
         }
         let replicas = scale.spec.and_then(|s| s.replicas).unwrap_or(0);
         self.state().replicas = Some(replicas);
@@ -374,19 +403,30 @@ impl Inner {
         st.replicas = Some(now);
     }
 
+    /// The target's pod selector: read from its scale subresource the first time only.
+    async fn selector(self: &Arc<Self>) -> Result<&str, String> {
+        let client = self.client().await?;
+        self.selector
+            .get_or_try_init(|| async {
+                let scale = self
+                    .targets(client)
+                    .get_scale(&self.target.name)
+                    .await
+                    .map_err(|e| describe(&e, "read the scale subresource"))?;
+                scale
+                    .status
+                    .and_then(|s| s.selector)
+                    .ok_or_else(|| "the scale subresource has no status.selector".to_string())
+            })
+            .await
+            .map(String::as_str)
+    }
+
     /// The pods of the target (its scale's selector), from a consistent read.
     async fn list_pods(self: &Arc<Self>, cached: bool) -> Result<Vec<PodView>, String> {
         let client = self.client().await?;
-        let scale = self
-            .targets(client)
-            .get_scale(&self.target.name)
-            .await
-            .map_err(|e| describe(&e, "read the scale subresource"))?;
-        let selector = scale
-            .status
-            .and_then(|s| s.selector)
-            .ok_or("the scale subresource has no status.selector")?;
-        let mut lp = ListParams::default().labels(&selector);
+        let selector = self.selector().await?;
+        let mut lp = ListParams::default().labels(selector);
         if cached {
             lp = lp.match_any();
         }
@@ -613,15 +653,7 @@ impl Inner {
                          not have the deletion cost yet, or that pod was not ready); taking it out \
                          and claiming the drained pod back"
                     );
-                    {
-                        let mut st = self.state();
-                        if st.table.remove(&other).is_some() {
-                            st.lost.push((
-                                other.clone(),
-                                format!("the ReplicaSet removed it instead of {id}"),
-                            ));
-                        }
-                    }
+                    self.lose(&other, format!("the ReplicaSet removed it instead of {id}"));
                     if let Err(e) = self.mark(id, None).await {
                         tracing::warn!(error = %e, "could not unmark the drained pod");
                     }
@@ -672,13 +704,11 @@ impl Inner {
                     Some(p) if p.deleting => "the pod is being deleted outside ebbtide",
                     Some(_) => continue,
                 };
-                let mut st = self.state();
-                if st.leaving.contains(&name) {
+                if self.state().leaving.contains(&name) {
                     continue;
                 }
-                if st.table.remove(&name).is_some() {
+                if self.lose(&name, why.to_string()) {
                     tracing::warn!(pod = %name, why, "pod lost");
-                    st.lost.push((name, why.to_string()));
                 }
             }
         }
@@ -718,6 +748,10 @@ impl Provider for KubernetesProvider {
 
     fn lost(&self) -> Vec<(String, String)> {
         std::mem::take(&mut self.inner.state().lost)
+    }
+
+    fn wake_on_lost(&self, wake: Arc<tokio::sync::Notify>) {
+        let _ = self.inner.wake.set(wake);
     }
 
     fn boot_times(&self) -> Vec<Duration> {

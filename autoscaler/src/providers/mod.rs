@@ -74,6 +74,12 @@ pub trait Provider: Send + Sync {
         Vec::new()
     }
 
+    /// Hands over what to wake when [`Provider::lost`] has something new, so that the caller
+    /// takes a backend that is going away out of the balancers at once instead of at its next
+    /// interval (a pod Kubernetes deletes is sent SIGTERM as it is marked). Providers that
+    /// only poll leave it unused.
+    fn wake_on_lost(&self, _wake: Arc<tokio::sync::Notify>) {}
+
     /// Stops every instance, for the end of the run.
     fn shutdown(&self) -> ProviderFuture<'_, ()>;
 

@@ -2,6 +2,7 @@
 //! The proxy drives them per request; the simulator drives the very same code in virtual time;
 //! unit tests drive them with a fake clock.
 
+pub mod cold_start;
 pub mod ewma;
 pub mod histogram;
 pub mod lifecycle;

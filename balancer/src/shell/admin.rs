@@ -435,6 +435,20 @@ impl Admin {
                 )
             }
         };
+        let launched = match reg.launched {
+            None => None,
+            Some(l)
+                if l.seconds_ago.is_finite() && l.seconds_ago >= 0.0 && !l.provider.is_empty() =>
+            {
+                Some((l.provider, now.saturating_sub((l.seconds_ago * 1e9) as u64)))
+            }
+            Some(_) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "400 Bad Request: launched needs a provider and seconds_ago >= 0\n",
+                )
+            }
+        };
         let spec = BackendSpec {
             address: reg.address,
             capacity: reg.capacity,
@@ -451,6 +465,9 @@ impl Admin {
         };
         match self.proxy.registry.add_or_renew(spec, self.initial_state) {
             Ok((b, new)) => {
+                if let Some((provider, decided_at)) = launched {
+                    b.expect_first_request(&provider, decided_at);
+                }
                 if new {
                     tracing::info!(backend = %b.address, id = b.id, "backend registered through the admin API");
                     self.proxy.dispatcher.dispatch();

@@ -19,7 +19,9 @@
 //!
 //! Backends that something else registered at the same address (the provider of the same
 //! `ebbtide serve`, the admin API) are left to it until the address leaves the endpoints, so a
-//! drain the autoscaler ordered is not undone by an endpoint that still reads ready.
+//! drain the autoscaler ordered is not undone by an endpoint that still reads ready; but one
+//! whose endpoint turns terminating is drained at once, as discovery's own are (the ReplicaSet
+//! may delete another pod than the one the provider drained).
 
 use crate::health;
 use crate::lifecycle::Event;
@@ -195,7 +197,13 @@ impl Sync {
                         }
                     }
                 }
-                (None, _) => {}
+                (None, Condition::Terminating) => {
+                    // Someone else's backend (the provider's) on a pod Kubernetes is deleting:
+                    // a pod other than the one the provider drained (the ReplicaSet's choice),
+                    // or any pod `kubectl` deleted. No new request for it from now on.
+                    self.drain_foreign(address);
+                }
+                (None, Condition::NotReady) => {}
             }
         }
         let gone: Vec<String> = self
@@ -210,6 +218,27 @@ impl Sync {
         self.foreign.retain(|a| want.contains_key(a));
         if changed {
             self.proxy.dispatcher().dispatch();
+        }
+    }
+
+    /// Drains the backend something else registered at `address`, if it is still taking
+    /// requests; its owner removes it when it learns the pod is gone.
+    fn drain_foreign(&mut self, address: &str) {
+        let snapshot = self.proxy.registry().snapshot();
+        let Some(b) = snapshot
+            .backends
+            .iter()
+            .find(|b| b.address == address && b.state() != BackendState::Draining)
+        else {
+            return;
+        };
+        if b.apply(Event::ProviderDrain).is_some() {
+            tracing::info!(backend = %address, origin = ?b.origin, "endpoint terminating: draining");
+            tokio::spawn(health::drain(
+                self.proxy.clone(),
+                b.clone(),
+                self.drain_timeout,
+            ));
         }
     }
 

@@ -50,6 +50,8 @@ const MAX_TRIED: usize = 10;
 pub struct Tried {
     ids: [u64; MAX_TRIED],
     len: u8,
+    /// Never back to a tried backend: wait for another one (see [`Tried::strict`]).
+    strict: bool,
 }
 
 impl Tried {
@@ -58,7 +60,17 @@ impl Tried {
         Tried {
             ids: [0; MAX_TRIED],
             len: 0,
+            strict: false,
         }
+    }
+
+    /// The same set, but a request with it never goes back to a tried backend, even when
+    /// every accepting backend was tried: it waits in the queue for another one (a backend
+    /// that is added or becomes active). For a retry after backends refused the connection:
+    /// going straight back to one of them fails again at once.
+    pub const fn strict(mut self) -> Self {
+        self.strict = true;
+        self
     }
 
     /// Remembers backend `id` (beyond [`MAX_TRIED`] distinct ids, later ones are not kept).
@@ -120,6 +132,9 @@ fn pick_untried(
     let untried = Untried { fleet, tried };
     if let Some(i) = policy.pick(&untried, key, now) {
         return Some(i);
+    }
+    if tried.strict {
+        return None;
     }
     let any_untried = (0..untried.len()).any(|i| untried.view(i).accepting);
     if any_untried {
@@ -586,6 +601,43 @@ mod tests {
         tried.insert(backends[0].id);
         let slot = d.acquire(None, tried).await.unwrap();
         assert_eq!(slot.backend().id, backends[0].id);
+    }
+
+    /// A strict retry (its backends refused the connection) never goes back to them, even
+    /// when they are all it could go to: it waits until another backend is active.
+    #[tokio::test]
+    async fn a_strict_retry_waits_for_another_backend_instead_of_reusing_a_tried_one() {
+        let (d, refused) = one_backend(4);
+        let mut tried = Tried::new();
+        tried.insert(refused.id);
+        let mut retry = pin!(d.acquire(None, tried.strict()));
+        assert!(poll_once(retry.as_mut()).is_pending());
+        assert_eq!(
+            refused.in_flight(),
+            0,
+            "the refusing backend is not tried again"
+        );
+        let (other, _) = d
+            .registry
+            .add_or_renew(
+                BackendSpec {
+                    address: "127.0.0.1:10".into(),
+                    capacity: Some(4),
+                    weight: 1,
+                    cost_per_hour: 0.0,
+                    origin: Origin::Provider,
+                    lease_until: None,
+                    slow_start: None,
+                    transport: Default::default(),
+                },
+                BackendState::Active,
+            )
+            .unwrap();
+        d.dispatch();
+        let Poll::Ready(Ok(slot)) = poll_once(retry.as_mut()) else {
+            panic!("the new backend did not go to the waiting retry");
+        };
+        assert_eq!(slot.backend().id, other.id);
     }
 
     #[test]

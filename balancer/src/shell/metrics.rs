@@ -4,6 +4,7 @@
 //! part of ebbtide is a [`MetricsSource`], a `prometheus-client` collector that reads them at
 //! scrape time, so a request never touches the client's types.
 
+use crate::cold_start::ColdStarts;
 use crate::histogram::LatencyHistogram;
 use crate::proxy::Proxy;
 use crate::registry::BackendState;
@@ -128,6 +129,21 @@ pub fn histogram(
         .encode_histogram::<NoLabelSet>(snap.sum_seconds, snap.count, &snap.buckets, None)
 }
 
+/// `ebbtide_cold_start_seconds`: one histogram per provider (none before the first cold start).
+fn cold_starts(e: &mut DescriptorEncoder<'_>, h: &ColdStarts) -> fmt::Result {
+    let mut f = e.encode_descriptor(
+        "ebbtide_cold_start_seconds",
+        "Time from the autoscaler's decision to launch a backend to the first request it served, by provider.",
+        None,
+        MetricType::Histogram,
+    )?;
+    for s in h.snapshot() {
+        f.encode_family(&[("provider", s.provider.as_str())])?
+            .encode_histogram::<NoLabelSet>(s.sum_seconds, s.count, &s.buckets, None)?;
+    }
+    Ok(())
+}
+
 impl MetricsSource for Proxy {
     /// Every metric of the proxy.
     fn encode(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
@@ -158,6 +174,8 @@ fn encode_proxy(proxy: &Proxy, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
         "Time from a request's arrival to the end of its response, as the client sees it.",
         &proxy.duration,
     )?;
+
+    cold_starts(e, proxy.registry.cold_starts())?;
 
     single_gauge(
         e,
@@ -313,5 +331,39 @@ mod tests {
             .unwrap();
         assert!((sum - 45.001).abs() < 1e-9, "{sum}");
         assert_eq!(out.matches("_bucket").count(), 16);
+    }
+
+    struct Cold(ColdStarts);
+
+    impl MetricsSource for Cold {
+        fn encode(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
+            cold_starts(e, &self.0)
+        }
+    }
+
+    #[test]
+    fn cold_starts_are_one_histogram_series_per_provider() {
+        let c = Cold(ColdStarts::new());
+        let empty = encode(&[Arc::new(Cold(ColdStarts::new()))]);
+        assert!(
+            empty.contains("# TYPE ebbtide_cold_start_seconds histogram\n")
+                && !empty.contains("_count"),
+            "{empty}"
+        );
+        c.0.observe("docker", 1_500_000_000);
+        c.0.observe("docker", 4_000_000_000);
+        c.0.observe("local", 200_000_000);
+        let out = encode(&[Arc::new(c)]);
+        for line in [
+            "ebbtide_cold_start_seconds_bucket{provider=\"docker\",le=\"1\"} 0\n",
+            "ebbtide_cold_start_seconds_bucket{provider=\"docker\",le=\"2.5\"} 1\n",
+            "ebbtide_cold_start_seconds_bucket{provider=\"docker\",le=\"5\"} 2\n",
+            "ebbtide_cold_start_seconds_bucket{provider=\"docker\",le=\"+Inf\"} 2\n",
+            "ebbtide_cold_start_seconds_count{provider=\"docker\"} 2\n",
+            "ebbtide_cold_start_seconds_sum{provider=\"docker\"} 5.5\n",
+            "ebbtide_cold_start_seconds_count{provider=\"local\"} 1\n",
+        ] {
+            assert!(out.contains(line), "{line:?} missing from:\n{out}");
+        }
     }
 }

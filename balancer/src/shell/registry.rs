@@ -4,6 +4,7 @@
 
 pub use crate::api::BackendInfo;
 use crate::clock::Clock;
+use crate::cold_start::{ColdStarts, FirstRequest};
 use crate::ewma::PeakEwma;
 use crate::limit::AdaptiveLimit;
 use crate::outlier::{Ejection, OutlierDetector};
@@ -120,6 +121,10 @@ pub struct Backend {
     /// Its own slow-start window, if any.
     slow_start: Option<Nanos>,
     clock: Clock,
+    /// Its cold start, when the autoscaler launched it (see [`Backend::expect_first_request`]).
+    first_request: FirstRequest,
+    /// The registry's cold-start histogram, which its first request goes to.
+    cold_starts: Arc<ColdStarts>,
 }
 
 impl Backend {
@@ -220,11 +225,35 @@ impl Backend {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Counts a response status from it.
+    /// Counts a response status from it. The first answer below 500 after
+    /// [`Backend::expect_first_request`] ends its cold start.
     pub fn count_response(&self, status: u16) {
         if (100..600).contains(&status) {
             self.responses[(status - 100) as usize].fetch_add(1, Ordering::Relaxed);
         }
+        if status < 500 {
+            if let Some((provider, ns)) = self.first_request.served(|| self.clock.now()) {
+                self.cold_starts.observe(provider, ns);
+                tracing::info!(
+                    backend = %self.address,
+                    provider,
+                    cold_start_ms = ns / 1_000_000,
+                    "first request served"
+                );
+            }
+        }
+    }
+
+    /// The autoscaler decided at `decided_at` (core time) to launch this backend with
+    /// `provider`: its first served request records the cold start
+    /// (`ebbtide_cold_start_seconds`). A renewal keeps the first decision time.
+    pub fn expect_first_request(&self, provider: &str, decided_at: Nanos) {
+        self.first_request.arm(provider, decided_at);
+    }
+
+    /// Its cold start in nanoseconds, once its first request was served.
+    pub fn cold_start(&self) -> Option<Nanos> {
+        self.first_request.measured()
     }
 
     /// (status, count) for every status seen at least once.
@@ -361,6 +390,7 @@ impl Backend {
             failures: self.failures.load(Ordering::Relaxed),
             ramp: self.ramp(slow_start, now).as_f64(),
             protocol: self.pool.protocol(),
+            cold_start_seconds: self.cold_start().map(|ns| ns as f64 / 1e9),
         }
     }
 }
@@ -445,6 +475,8 @@ pub struct Registry {
     clock: Clock,
     /// The authorities TLS backends are verified with, unless they name their own.
     tls: UpstreamTls,
+    /// `ebbtide_cold_start_seconds`, fed by the backends' first requests.
+    cold_starts: Arc<ColdStarts>,
 }
 
 /// Why a backend could not be added.
@@ -478,7 +510,13 @@ impl Registry {
             cfg: std::sync::Mutex::new(cfg),
             clock,
             tls: UpstreamTls::default(),
+            cold_starts: Arc::default(),
         }
+    }
+
+    /// Cold starts so far: launch decision to first request served, by provider.
+    pub fn cold_starts(&self) -> &ColdStarts {
+        &self.cold_starts
     }
 
     /// Verifies TLS backends with `tls` (from `[upstream] ca`) instead of the system's bundle.
@@ -585,6 +623,8 @@ impl Registry {
                 ),
                 slow_start: spec.slow_start,
                 clock: self.clock,
+                first_request: FirstRequest::default(),
+                cold_starts: self.cold_starts.clone(),
             });
             list.push(b.clone());
             result = Some((b, true));

@@ -139,6 +139,12 @@ impl Proxy {
         let logging = self.access.get().is_some();
         let mut tries = Tries::default();
         let mut acquire_from = ready;
+        // Set after a try found no connection: the next one waits (once per request, at most
+        // the connect timeout) for a backend that did not refuse, rather than go straight back
+        // to one that did (a pod Kubernetes just sent SIGTERM, while its replacement is being
+        // admitted).
+        let mut refused_wait = None;
+        let mut waited_refused = false;
         loop {
             attempt += 1;
             if let Some(k) = kept.take() {
@@ -152,7 +158,20 @@ impl Proxy {
                 deadline_passed,
             };
             let acquired = match grpc_deadline {
-                None => Ok(self.dispatcher.acquire(key, tried).await),
+                None => match refused_wait.take() {
+                    Some(wait) => {
+                        match tokio::time::timeout(
+                            wait,
+                            self.dispatcher.acquire(key, tried.strict()),
+                        )
+                        .await
+                        {
+                            Ok(slot) => Ok(slot),
+                            Err(_) => Ok(self.dispatcher.acquire(key, tried).await),
+                        }
+                    }
+                    None => Ok(self.dispatcher.acquire(key, tried).await),
+                },
                 Some(d) => {
                     let left = Duration::from_nanos(d.saturating_sub(self.clock.now()));
                     tokio::time::timeout(left, self.dispatcher.acquire(key, tried)).await
@@ -307,6 +326,10 @@ impl Proxy {
             let verdict = match retry::verdict(outcome, facts(deadline_passed)) {
                 Verdict::Retry if self.budget_allows(budget, now) => {
                     tried.insert(backend.id);
+                    if outcome == TryOutcome::NoConnection && !waited_refused {
+                        waited_refused = true;
+                        refused_wait = Some(self.registry.config().pool.connect_timeout);
+                    }
                     tracing::debug!(backend = %backend.address, attempt, ?outcome, "retrying on another backend");
                     continue;
                 }
