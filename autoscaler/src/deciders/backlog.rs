@@ -475,9 +475,16 @@ mod tests {
         );
     }
 
+    /// No price on requests over the SLO: the backlog is drained in `drain_time`.
+    fn unpriced() -> Autoscaler {
+        let mut c = cfg();
+        c.cost.slo_violation_cost = 0.0;
+        c
+    }
+
     #[test]
     fn a_backlog_is_sized_to_drain_within_the_drain_time() {
-        let c = cfg();
+        let c = unpriced();
         let mut d = Backlog::new(&c);
         let mut w = Windows::from_config(&c);
         feed(&mut d, &mut w, 30, |_| 1000.0);
@@ -504,7 +511,7 @@ mod tests {
     fn what_queues_while_new_backends_boot_counts_as_backlog() {
         let c = Autoscaler {
             boot_time: HumanDuration::from_secs(30),
-            ..cfg()
+            ..unpriced()
         };
         let mut d = Backlog::new(&c);
         let mut w = Windows::from_config(&c);
@@ -642,12 +649,15 @@ mod tests {
         // 5,200 queued behind 4,000/s arriving (a 4x burst seen one second late, one boot):
         // draining in 2 s keeps arrivals waiting past 200 ms for ~2 s; the price of those
         // requests pays for draining in about a quarter of a second.
-        let (lambda, queued, mu) = (4000.0, 5200.0, 200.0);
+        let (lambda, queued, mu): (f64, f64, f64) = (4000.0, 5200.0, 200.0);
         let excess = queued - 0.2 * lambda;
         let priced = (1e-4 * lambda * excess * mu / period_price).sqrt();
         let x = d.drain_rate(lambda, queued, mu);
         assert!((x - priced).abs() < 1e-6, "{x} vs {priced}");
-        assert!(x > 5.0 * queued / 2.0, "{x}: far sooner than the 2 s drain time");
+        assert!(
+            x > 5.0 * queued / 2.0,
+            "{x}: far sooner than the 2 s drain time"
+        );
         assert!(x <= excess / 0.2, "never faster than within the SLO");
         // A backlog small enough to wait within the SLO behind the arrivals: the drain time.
         assert_eq!(d.drain_rate(lambda, 600.0, mu), 600.0 / 2.0);
@@ -662,13 +672,7 @@ mod tests {
         let slow = dear.drain_rate(lambda, queued, mu);
         assert!(slow < x && slow >= queued / 2.0, "{slow} vs {x}");
         // Without a price on misses it is the drain time alone.
-        let free = Backlog::new(&Autoscaler {
-            cost: ebbtide_config::autoscaler::Cost {
-                slo_violation_cost: 0.0,
-                ..c.cost.clone()
-            },
-            ..cfg()
-        });
+        let free = Backlog::new(&unpriced());
         assert_eq!(free.drain_rate(lambda, queued, mu), queued / 2.0);
         // Capped where the backlog drains within the SLO: a huge price buys no more.
         let precious = Backlog::new(&Autoscaler {
@@ -706,13 +710,25 @@ mod tests {
         // While the burst lasts its rate is the arrival rate itself, not headroom on top.
         let mut during = Backlog::new(&c);
         let mut w = Windows::from_config(&c);
-        feed(&mut during, &mut w, 108, |t| if t >= 100 { 4000.0 } else { 1000.0 });
+        feed(&mut during, &mut w, 108, |t| {
+            if t >= 100 {
+                4000.0
+            } else {
+                1000.0
+            }
+        });
         assert_eq!(during.burst_headroom().recalled, 0.0);
         // A step that lasts is no burst: nothing recalled, neither at once nor later.
         for end in [102, 103, 160, 400] {
             let mut step = Backlog::new(&c);
             let mut w = Windows::from_config(&c);
-            feed(&mut step, &mut w, end, |t| if t >= 100 { 5000.0 } else { 1000.0 });
+            feed(&mut step, &mut w, end, |t| {
+                if t >= 100 {
+                    5000.0
+                } else {
+                    1000.0
+                }
+            });
             let h = step.burst_headroom();
             assert_eq!((h.rate, h.recalled), (0.0, 0.0), "{end} s");
         }
@@ -740,7 +756,13 @@ mod tests {
         let mut w = Windows::from_config(&c);
         let mut fleet = FluidFleet::new(7, S, 0.02, 4);
         // 1,000/s with 4x for 10 s every minute from t = 60.
-        let load = |t: u64| if t >= 60 && t % 60 < 10 { 4000.0 } else { 1000.0 };
+        let load = |t: u64| {
+            if t >= 60 && t % 60 < 10 {
+                4000.0
+            } else {
+                1000.0
+            }
+        };
         let decisions = run(&mut d, &mut w, &mut fleet, 180, load);
         let queued = |from: u64, to: u64| {
             decisions
@@ -751,7 +773,10 @@ mod tests {
         };
         let (first, second) = (queued(60, 70), queued(120, 130));
         assert!(first > 1000.0, "the first burst queues: {first}");
-        assert_eq!(second, 0.0, "the second is met by headroom (first queued {first})");
+        assert_eq!(
+            second, 0.0,
+            "the second is met by headroom (first queued {first})"
+        );
     }
 
     #[test]
