@@ -20,8 +20,15 @@
 //!            least the windows one event spans (so one step or spike alone sets nothing);
 //!            at least 0. Absolute (requests/s), so traffic that switches on from nothing
 //!            counts too
+//! memory   = burst memory: the largest rise of the burst_window that the rate has since
+//!            fallen back from (min(rise, peak - rate now - noise): a step that lasts has no
+//!            fall), sized for on top of the rate now, so one burst that passed is enough to
+//!            meet the next
+//! drain    = backlog / drain_time, or faster where the requests that would wait behind the
+//!            backlog past the SLO cost more than the backends that drain it sooner
+//!            ([`Backlog::drain_rate`])
 //! n        = the smallest fleet with p99(M/M/(n x workers)) <= slo_p99 at the offered rate
-//!            lambda + burst + backlog / drain_time
+//!            max(lambda + burst, rate now + memory) + drain
 //! ```
 //!
 //! Erlang C on both: the backlog is offered to the model as extra arrivals spread over
