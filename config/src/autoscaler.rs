@@ -153,7 +153,8 @@ pub struct Autoscaler {
     /// Servers per backend (concurrent requests each serves), for the queueing model.
     pub workers: u32,
     /// `backlog`: what is queued in the balancer is to be drained within this long (served on
-    /// top of the arrival rate by the fleet it sizes).
+    /// top of the arrival rate by the fleet it sizes); sooner when the requests it would keep
+    /// over the SLO cost more (`cost.slo_violation_cost`) than the backends that drain it.
     pub drain_time: HumanDuration,
     /// `backlog`: the share of past boot-time windows whose rise in arrival rate (beyond
     /// Poisson noise) the headroom covers, e.g. 0.99; 0 = no burst headroom.

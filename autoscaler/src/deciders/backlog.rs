@@ -20,8 +20,15 @@
 //!            least the windows one event spans (so one step or spike alone sets nothing);
 //!            at least 0. Absolute (requests/s), so traffic that switches on from nothing
 //!            counts too
+//! memory   = burst memory: the largest rise of the burst_window that the rate has since
+//!            fallen back from (min(rise, peak - rate now - noise): a step that lasts has no
+//!            fall), sized for on top of the rate now, so one burst that passed is enough to
+//!            meet the next
+//! drain    = backlog / drain_time, or faster where the requests that would wait behind the
+//!            backlog past the SLO cost more than the backends that drain it sooner
+//!            ([`Backlog::drain_rate`])
 //! n        = the smallest fleet with p99(M/M/(n x workers)) <= slo_p99 at the offered rate
-//!            lambda + burst + backlog / drain_time
+//!            max(lambda + burst, rate now + memory) + drain
 //! ```
 //!
 //! Erlang C on both: the backlog is offered to the model as extra arrivals spread over
@@ -81,6 +88,11 @@ pub struct Backlog {
     season: Nanos,
     /// (time, arrival rate) over the last season and a bit, for the forecast.
     seasonal: VecDeque<(Nanos, f64)>,
+    /// Price of one backend for one billing period (at least one interval): what a backend
+    /// bought to drain a backlog costs, since it is kept to the end of its period.
+    backend_period_price: f64,
+    /// Price of one request over the SLO (`[autoscaler.cost] slo_violation_cost`).
+    violation_price: f64,
 }
 
 /// A forecast from one season ago.
@@ -103,6 +115,12 @@ pub struct BurstHeadroom {
     pub rate: f64,
     /// Reaction windows it was learnt from.
     pub windows: usize,
+    /// Burst memory: the largest burst of the history that has since passed (its rise, no
+    /// more than the rate has fallen back since), which one event sets alone. The fleet is
+    /// sized for at least `level` + this: the burst's peak, should it come back now.
+    pub recalled: f64,
+    /// The rate now: the mean over the last reaction window.
+    pub level: f64,
     /// Length of one reaction window, samples.
     pub samples_per_window: usize,
 }
@@ -122,7 +140,38 @@ impl Backlog {
             last_mu: None,
             season: cfg.season.as_nanos(),
             seasonal: VecDeque::new(),
+            backend_period_price: cfg.cost.backend_per_hour.max(0.0)
+                * cfg.cost.billing_period.0.max(cfg.interval.0).as_secs_f64()
+                / 3600.0,
+            violation_price: cfg.cost.slo_violation_cost.max(0.0),
         }
+    }
+
+    /// The rate, above the arrivals `lambda`, the fleet drains `backlog` at (`mu` per
+    /// backend): at least backlog / `drain_time`; more when the price of the requests that
+    /// would wait behind the backlog beyond the SLO pays for the backends that drain it sooner.
+    ///
+    /// Drained at x/s over the arrivals, the backlog keeps a request arriving meanwhile over the
+    /// SLO until it is down to slo x capacity: for (Q - slo lambda) / x seconds, so
+    /// lambda (Q - slo lambda) / x requests miss (less the SLO's own share). One more backend
+    /// adds mu to x and saves lambda (Q - slo lambda) mu / x^2 of them; it costs one billing
+    /// period. The best x is where the two meet:
+    ///
+    /// ```text
+    /// x* = sqrt(violation_price x lambda x (Q - slo x lambda) x mu / backend_period_price)
+    /// ```
+    ///
+    /// capped at (Q - slo x lambda) / slo (drained within the SLO: nothing more to save).
+    pub fn drain_rate(&self, lambda: f64, backlog: f64, mu: f64) -> f64 {
+        let floor = backlog / self.drain_time;
+        let excess = backlog - self.slo * lambda;
+        if excess <= 0.0 || self.violation_price <= 0.0 || self.backend_period_price <= 0.0 {
+            return floor;
+        }
+        let priced = (self.violation_price * lambda * excess * mu / self.backend_period_price)
+            .sqrt()
+            .min(excess / self.slo);
+        floor.max(priced)
     }
 
     /// The mean (or the highest) rate one season ago over [from, to) (times of today), from the
@@ -199,6 +248,8 @@ impl Backlog {
         let none = BurstHeadroom {
             rate: 0.0,
             windows: 0,
+            recalled: 0.0,
+            level: 0.0,
             samples_per_window: k,
         };
         if self.quantile <= 0.0 || self.history.len() < 2 * k {
@@ -211,8 +262,12 @@ impl Backlog {
             prefix.push(prefix.last().copied().unwrap_or(0.0) + r);
         }
         let span = k as f64 * interval_s;
+        let n = rates.len();
+        // The level now: the mean over the last reaction.
+        let now_level = (prefix[n] - prefix[n - k]) / k as f64;
         let mut rises: Vec<f64> = Vec::new();
-        for i in k..=rates.len() - k {
+        let mut recalled = 0.0f64;
+        for i in k..=n - k {
             // The mean over the last reaction against the highest sample of the next: what the
             // fleet sized on the past had to meet before a backend ordered then was ready.
             let before = (prefix[i] - prefix[i - k]) / k as f64;
@@ -220,11 +275,20 @@ impl Backlog {
             // A Poisson count over one interval has variance rate x interval, the mean before
             // over the reaction rate x span: rises within NOISE_SDS of their sum are noise.
             let noise = (after / interval_s + before / span).sqrt();
-            rises.push(after - before - NOISE_SDS * noise);
+            let rise = after - before - NOISE_SDS * noise;
+            rises.push(rise);
+            // Burst memory: a rise the rate has since fallen back from (a whole reaction later)
+            // was a burst, not a lasting step: it may come back.
+            if i + 2 * k <= n {
+                let noise_now = (after / interval_s + now_level / span).sqrt();
+                let fall = after - now_level - NOISE_SDS * noise_now;
+                recalled = recalled.max(rise.min(fall));
+            }
         }
         if rises.len() < MIN_BURST_WINDOWS {
             return BurstHeadroom {
                 windows: rises.len(),
+                level: now_level,
                 ..none
             };
         }
@@ -237,6 +301,8 @@ impl Backlog {
         BurstHeadroom {
             rate: rises[rank - 1].max(0.0),
             windows: rises.len(),
+            recalled: recalled.max(0.0),
+            level: now_level,
             samples_per_window: k,
         }
     }
@@ -290,7 +356,11 @@ impl Decider for Backlog {
         let growth = (latest.arrival_rate - fleet.ready as f64 * mu).max(0.0) * self.boot;
         let backlog = queued + growth;
         let burst = self.burst_headroom();
-        let offered = lambda + burst.rate + backlog / self.drain_time;
+        let drain = self.drain_rate(lambda, backlog, mu);
+        // The recalled burst on top of the rate now (not on the panic window's, which still
+        // holds the burst itself just after it).
+        let headroom = burst.rate.max(burst.level + burst.recalled - lambda);
+        let offered = lambda + headroom + drain;
         let model = FleetModel {
             arrival_rate: offered,
             service_rate_per_backend: mu,
@@ -304,16 +374,20 @@ impl Decider for Backlog {
         let desired = fleet.clamp(wanted);
         let at_desired = model.predict(desired);
         let reason = format!(
-            "arrival {lambda:.1}/s (panic window {}s) + burst headroom {:.1}/s (the {:.0}% quantile \
-             of rises over {} reaction windows of {}s) + backlog {backlog:.0} ({queued:.0} queued, \
-             {growth:.0} more while booting) drained in {}s: {offered:.1}/s offered at \
+            "arrival {lambda:.1}/s (panic window {}s) + burst headroom {headroom:.1}/s (the {:.0}% \
+             quantile of rises over {} reaction windows of {}s, {:.1}/s; or the largest burst that \
+             passed, {:.1}/s over the rate now, {:.1}/s) + backlog {backlog:.0} ({queued:.0} queued, \
+             {growth:.0} more while booting) drained at {drain:.1}/s (at least in {}s; sooner where \
+             the requests it delays cost more than the backends): {offered:.1}/s offered at \
              {mu:.1}/s per backend of {} workers; {wanted} backends give predicted p99 \
              {:.1}ms <= SLO {:.0}ms; desired {desired}",
             secs(panic.covered()),
-            burst.rate,
             self.quantile * 100.0,
             burst.windows,
             burst.samples_per_window as f64 * self.interval as f64 / 1e9,
+            burst.rate,
+            burst.recalled,
+            burst.level,
             self.drain_time,
             self.workers,
             model.predict(wanted).sojourn_quantile * 1000.0,
@@ -332,8 +406,10 @@ impl Decider for Backlog {
         };
         decision
             .input("arrival_rate", lambda)
-            .input("burst_headroom", burst.rate)
+            .input("burst_headroom", headroom)
             .input("backlog", backlog)
+            .input("drain_rate", drain)
+            .input("burst_recalled", burst.recalled)
             .input("queue_depth", queued)
             .input("offered_rate", offered)
             .input("service_rate_per_backend", mu)
@@ -349,7 +425,7 @@ impl Decider for Backlog {
 mod tests {
     use super::*;
     use crate::deciders::QueueingModel;
-    use crate::testkit::{FluidFleet, S};
+    use crate::testkit::{run, FluidFleet, S};
     use crate::windows::Observation;
     use ebbtide_config::autoscaler::DeciderKind;
     use ebbtide_config::time::HumanDuration;
@@ -406,9 +482,16 @@ mod tests {
         );
     }
 
+    /// No price on requests over the SLO: the backlog is drained in `drain_time`.
+    fn unpriced() -> Autoscaler {
+        let mut c = cfg();
+        c.cost.slo_violation_cost = 0.0;
+        c
+    }
+
     #[test]
     fn a_backlog_is_sized_to_drain_within_the_drain_time() {
-        let c = cfg();
+        let c = unpriced();
         let mut d = Backlog::new(&c);
         let mut w = Windows::from_config(&c);
         feed(&mut d, &mut w, 30, |_| 1000.0);
@@ -435,7 +518,7 @@ mod tests {
     fn what_queues_while_new_backends_boot_counts_as_backlog() {
         let c = Autoscaler {
             boot_time: HumanDuration::from_secs(30),
-            ..cfg()
+            ..unpriced()
         };
         let mut d = Backlog::new(&c);
         let mut w = Windows::from_config(&c);
@@ -562,6 +645,145 @@ mod tests {
             "{backlog_fleet} vs {need}"
         );
         assert!(qm_fleet.abs_diff(need) <= 1);
+    }
+
+    #[test]
+    fn a_backlog_that_delays_arrivals_past_the_slo_is_drained_as_fast_as_its_price_pays_for() {
+        // Defaults: 0.05/h per backend billed by the minute, 0.0001 per request over the SLO.
+        let c = cfg();
+        let d = Backlog::new(&c);
+        let period_price = 0.05 * 60.0 / 3600.0;
+        // 5,200 queued behind 4,000/s arriving (a 4x burst seen one second late, one boot):
+        // draining in 2 s keeps arrivals waiting past 200 ms for ~2 s; the price of those
+        // requests pays for draining in about a quarter of a second.
+        let (lambda, queued, mu): (f64, f64, f64) = (4000.0, 5200.0, 200.0);
+        let excess = queued - 0.2 * lambda;
+        let priced = (1e-4 * lambda * excess * mu / period_price).sqrt();
+        let x = d.drain_rate(lambda, queued, mu);
+        assert!((x - priced).abs() < 1e-6, "{x} vs {priced}");
+        assert!(
+            x > 5.0 * queued / 2.0,
+            "{x}: far sooner than the 2 s drain time"
+        );
+        assert!(x <= excess / 0.2, "never faster than within the SLO");
+        // A backlog small enough to wait within the SLO behind the arrivals: the drain time.
+        assert_eq!(d.drain_rate(lambda, 600.0, mu), 600.0 / 2.0);
+        // Dearer backends, or cheaper misses, drain slower (down to the drain time).
+        let dear = Backlog::new(&Autoscaler {
+            cost: ebbtide_config::autoscaler::Cost {
+                backend_per_hour: 5.0,
+                ..c.cost.clone()
+            },
+            ..cfg()
+        });
+        let slow = dear.drain_rate(lambda, queued, mu);
+        assert!(slow < x && slow >= queued / 2.0, "{slow} vs {x}");
+        // Without a price on misses it is the drain time alone.
+        let free = Backlog::new(&unpriced());
+        assert_eq!(free.drain_rate(lambda, queued, mu), queued / 2.0);
+        // Capped where the backlog drains within the SLO: a huge price buys no more.
+        let precious = Backlog::new(&Autoscaler {
+            cost: ebbtide_config::autoscaler::Cost {
+                slo_violation_cost: 1e3,
+                ..c.cost.clone()
+            },
+            ..cfg()
+        });
+        assert_eq!(precious.drain_rate(lambda, queued, mu), excess / 0.2);
+    }
+
+    #[test]
+    fn a_burst_that_passed_is_recalled_at_once_but_a_step_is_not() {
+        let c = cfg();
+        // 1,000/s, 4x for 10 s, back for 40 s: the one burst sets the headroom.
+        let mut once = Backlog::new(&c);
+        let mut w = Windows::from_config(&c);
+        feed(&mut once, &mut w, 150, |t| {
+            if (100..110).contains(&t) {
+                4000.0
+            } else {
+                1000.0
+            }
+        });
+        let h = once.burst_headroom();
+        assert!(h.recalled > 2500.0 && h.recalled <= 3000.0, "{h:?}");
+        assert_eq!(h.rate, 0.0, "one event sets no quantile: {h:?}");
+        assert_eq!(h.level, 1000.0);
+        // The fleet is sized for the burst's peak over the rate now.
+        let dec = once.decide(&w, &FleetView::counts(8, 0, 1, 1000), 149 * S);
+        assert_eq!(dec.inputs["burst_headroom"], h.recalled, "{}", dec.reason);
+        let peak = model(1000.0 + h.recalled).smallest_meeting_slo().unwrap();
+        assert_eq!(dec.desired, peak.backends, "{}", dec.reason);
+        // While the burst lasts its rate is the arrival rate itself, not headroom on top.
+        let mut during = Backlog::new(&c);
+        let mut w = Windows::from_config(&c);
+        feed(&mut during, &mut w, 108, |t| {
+            if t >= 100 {
+                4000.0
+            } else {
+                1000.0
+            }
+        });
+        assert_eq!(during.burst_headroom().recalled, 0.0);
+        // A step that lasts is no burst: nothing recalled, neither at once nor later.
+        for end in [102, 103, 160, 400] {
+            let mut step = Backlog::new(&c);
+            let mut w = Windows::from_config(&c);
+            feed(&mut step, &mut w, end, |t| {
+                if t >= 100 {
+                    5000.0
+                } else {
+                    1000.0
+                }
+            });
+            let h = step.burst_headroom();
+            assert_eq!((h.rate, h.recalled), (0.0, 0.0), "{end} s");
+        }
+        // Forgotten once the burst is older than the burst window.
+        let short = Autoscaler {
+            burst_window: HumanDuration::from_secs(60),
+            ..cfg()
+        };
+        let mut old = Backlog::new(&short);
+        let mut w = Windows::from_config(&short);
+        feed(&mut old, &mut w, 200, |t| {
+            if (100..110).contains(&t) {
+                4000.0
+            } else {
+                1000.0
+            }
+        });
+        assert_eq!(old.burst_headroom().recalled, 0.0);
+    }
+
+    #[test]
+    fn the_second_burst_of_a_pattern_is_met_by_headroom_the_first_left() {
+        let c = cfg();
+        let mut d = Backlog::new(&c);
+        let mut w = Windows::from_config(&c);
+        let mut fleet = FluidFleet::new(7, S, 0.02, 4);
+        // 1,000/s with 4x for 10 s every minute from t = 60.
+        let load = |t: u64| {
+            if t >= 60 && t % 60 < 10 {
+                4000.0
+            } else {
+                1000.0
+            }
+        };
+        let decisions = run(&mut d, &mut w, &mut fleet, 180, load);
+        let queued = |from: u64, to: u64| {
+            decisions
+                .iter()
+                .filter(|(t, _)| (from..to).contains(t))
+                .map(|(_, d)| d.inputs["queue_depth"])
+                .fold(0.0, f64::max)
+        };
+        let (first, second) = (queued(60, 70), queued(120, 130));
+        assert!(first > 1000.0, "the first burst queues: {first}");
+        assert_eq!(
+            second, 0.0,
+            "the second is met by headroom (first queued {first})"
+        );
     }
 
     #[test]
