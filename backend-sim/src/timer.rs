@@ -284,6 +284,8 @@ mod tests {
     #[tokio::test]
     async fn task_timer_wakes_at_the_deadline_not_before() {
         let timer = TaskTimer::new();
+        #[cfg(target_os = "linux")]
+        assert!(timer.fd.is_some(), "a timerfd, not the fallback");
         let start = Instant::now();
         for i in 1..=20u64 {
             let at = start + Duration::from_micros(700 * i);
