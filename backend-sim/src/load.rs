@@ -7,8 +7,8 @@
 //! time, so a server that stalls shows the stall in every request that was due meanwhile (no
 //! coordinated omission). A request that could not start on time, e.g. because all
 //! `--connections` were busy, waits for a connection and is counted as `late`; it is never skipped.
-//! A scheduler thread keeps the schedule and hands each arrival to the engine (the `engine` module): a fixed
-//! set of connections, each driven by its own loop, on `--threads` worker threads.
+//! The engine (the `engine` module): a fixed set of connections, each driven by its own loop, on
+//! `--threads` worker threads, each of which keeps its share of the schedule itself.
 //!
 //! Reports: a table, JSON, CSV, SVG, HTML (`html`), an HdrHistogram interval log that
 //! `ebbtide load merge` adds up across generators (`hdrlog`); thresholds set the exit code.
@@ -24,7 +24,6 @@ mod requests;
 pub mod schedule;
 mod tls;
 
-use crate::timer::Oversleep;
 use bytes::Bytes;
 use client::{RequestTemplate, Target};
 use ebbtide_config::time::parse_duration;
@@ -433,17 +432,17 @@ pub async fn run(args: LoadArgs) -> Result<i32, String> {
         ))
     });
 
-    let mut senders = Vec::new();
     let mut workers = Vec::new();
     for i in 0..threads {
         // Connections spread evenly, the first workers taking the remainder.
         let n = connections / threads + usize::from(i < connections % threads);
-        let feed = if args.closed {
-            Feed::Closed(start + Duration::from_secs_f64(duration))
-        } else {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            senders.push(tx);
-            Feed::Open(rx)
+        let feed = match &source {
+            None => Feed::Closed(start + Duration::from_secs_f64(duration)),
+            Some(source) => Feed::Open {
+                arrivals: Arrivals::new(source.clone(), duration, args.seed),
+                first: i,
+                step: threads,
+            },
         };
         let shared = shared.clone();
         workers.push(
@@ -453,19 +452,6 @@ pub async fn run(args: LoadArgs) -> Result<i32, String> {
                 .map_err(|e| format!("cannot start a worker thread: {e}"))?,
         );
     }
-    let scheduler = match source {
-        Some(source) => {
-            let shared = shared.clone();
-            let arrivals = Arrivals::new(source, duration, args.seed);
-            Some(
-                std::thread::Builder::new()
-                    .name("load-scheduler".into())
-                    .spawn(move || schedule_loop(shared, arrivals, senders))
-                    .map_err(|e| format!("cannot start the scheduler thread: {e}"))?,
-            )
-        }
-        None => None,
-    };
 
     if let Some(admin) = args.admin.clone() {
         tokio::spawn(poll_admin(
@@ -489,9 +475,6 @@ pub async fn run(args: LoadArgs) -> Result<i32, String> {
 
     // The workers end when their feed has ended and every request they took is finished.
     let _ = tokio::task::spawn_blocking(move || {
-        if let Some(s) = scheduler {
-            let _ = s.join();
-        }
         for w in workers {
             let _ = w.join();
         }
@@ -666,56 +649,6 @@ fn exit_code(report: &Report) -> i32 {
         code = 1;
     }
     code
-}
-
-/// The scheduler thread: waits for each arrival's time and hands it then to the worker with the
-/// fewest requests outstanding. Dropping the senders at the end tells the workers to finish.
-fn schedule_loop(
-    shared: Arc<Shared>,
-    arrivals: Arrivals,
-    senders: Vec<tokio::sync::mpsc::UnboundedSender<Instant>>,
-) {
-    let mut oversleep = Oversleep::new();
-    for offset in arrivals {
-        let at = shared.start + Duration::from_secs_f64(offset);
-        loop {
-            if shared.stop.load(Ordering::Relaxed) {
-                return;
-            }
-            let left = at.saturating_duration_since(Instant::now());
-            if left > Duration::from_millis(150) {
-                // Long gaps (traces) in slices, so that ctrl-c is noticed.
-                std::thread::sleep(Duration::from_millis(100));
-            } else {
-                sleep_until(&mut oversleep, at);
-                break;
-            }
-        }
-        let w = shared.pick_worker();
-        let _ = senders[w].send(at);
-    }
-}
-
-/// Sleeps until `at` without spinning. The kernel wakes this thread some tens of microseconds late
-/// (learnt by `oversleep`), so a sleep ends that much early; the last stretch is one more short
-/// sleep rather than yielding in a loop, which would take the core from the workers: at high rates
-/// the generator often has one core to itself. Arrivals are then handed over up to a few tens of
-/// microseconds after their time, in small batches, and that delay is in their measured latency.
-fn sleep_until(oversleep: &mut Oversleep, at: Instant) {
-    loop {
-        let now = Instant::now();
-        if now >= at {
-            return;
-        }
-        match oversleep.sleep_for(at, now) {
-            Some(d) => {
-                std::thread::sleep(d);
-                oversleep.observe(now, d, Instant::now());
-            }
-            None if at - now <= Duration::from_micros(10) => std::thread::yield_now(),
-            None => std::thread::sleep(Duration::from_micros(1)),
-        }
-    }
 }
 
 /// The live view, once a second: on a terminal three lines redrawn in place (elapsed, offered and

@@ -161,6 +161,111 @@ fn timer_thread(rx: mpsc::Receiver<(Instant, tokio::sync::oneshot::Sender<()>)>)
     }
 }
 
+/// A timer for one task, woken through the task's own runtime: on Linux a timerfd on the
+/// monotonic clock (the kernel's high-resolution timers, microseconds late at most, no thread
+/// between it and the task); elsewhere, or if the kernel refuses one, tokio's own millisecond
+/// timer. One armed deadline at a time; the load generator's dispatcher sleeps on one to each
+/// next arrival.
+#[derive(Debug)]
+pub struct TaskTimer {
+    #[cfg(target_os = "linux")]
+    fd: Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+}
+
+impl TaskTimer {
+    /// A timer of the current runtime (call from within one).
+    pub fn new() -> TaskTimer {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::FromRawFd;
+            // SAFETY: timerfd_create returns a new descriptor that only this value owns, or -1.
+            let fd = unsafe {
+                libc::timerfd_create(
+                    libc::CLOCK_MONOTONIC,
+                    libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+                )
+            };
+            let fd = (fd >= 0)
+                .then(|| {
+                    // SAFETY: see above; fd is valid and owned by nobody else.
+                    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+                    // SAFETY: an OwnedFd stays open, and is the same descriptor, for as long as
+                    // the AsyncFd that owns it.
+                    unsafe {
+                        tokio::io::unix::AsyncFd::register_with_interest(
+                            owned,
+                            tokio::io::Interest::READABLE,
+                        )
+                    }
+                    .ok()
+                })
+                .flatten();
+            TaskTimer { fd }
+        }
+        #[cfg(not(target_os = "linux"))]
+        TaskTimer {}
+    }
+
+    /// Completes at `deadline` or just after (at once if it has passed, after yielding once to
+    /// the runtime so that a caller looping on past deadlines still lets other tasks run).
+    pub async fn sleep_until(&self, deadline: Instant) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            tokio::task::yield_now().await;
+            return;
+        }
+        #[cfg(target_os = "linux")]
+        if let Some(fd) = &self.fd {
+            use std::os::fd::AsRawFd;
+            let spec = libc::itimerspec {
+                it_interval: libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                },
+                it_value: libc::timespec {
+                    tv_sec: left.as_secs() as libc::time_t,
+                    tv_nsec: left.subsec_nanos() as libc::c_long,
+                },
+            };
+            // SAFETY: a valid timerfd and a fully initialized itimerspec; no old value wanted.
+            let armed =
+                unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+            if armed == 0 {
+                loop {
+                    let Ok(mut ready) = fd.readable().await else {
+                        break;
+                    };
+                    let mut expirations = [0u8; 8];
+                    // SAFETY: reads at most 8 bytes into an 8-byte buffer from a valid fd.
+                    let read = ready.try_io(|inner| {
+                        let n = unsafe {
+                            libc::read(inner.as_raw_fd(), expirations.as_mut_ptr().cast(), 8)
+                        };
+                        if n < 0 {
+                            Err(std::io::Error::last_os_error())
+                        } else {
+                            Ok(())
+                        }
+                    });
+                    match read {
+                        Ok(Ok(())) => return,
+                        // Not expired yet (readiness was stale): wait again.
+                        Err(_) => continue,
+                        Ok(Err(_)) => break,
+                    }
+                }
+            }
+        }
+        tokio::time::sleep_until(deadline.into()).await;
+    }
+}
+
+impl Default for TaskTimer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +279,21 @@ mod tests {
             timer.sleep_until(at).await;
             assert!(Instant::now() >= at);
         }
+    }
+
+    #[tokio::test]
+    async fn task_timer_wakes_at_the_deadline_not_before() {
+        let timer = TaskTimer::new();
+        #[cfg(target_os = "linux")]
+        assert!(timer.fd.is_some(), "a timerfd, not the fallback");
+        let start = Instant::now();
+        for i in 1..=20u64 {
+            let at = start + Duration::from_micros(700 * i);
+            timer.sleep_until(at).await;
+            assert!(Instant::now() >= at);
+        }
+        // A deadline that has passed completes at once.
+        timer.sleep_until(start).await;
     }
 
     #[test]

@@ -3,9 +3,12 @@
 //! of a request is one exchange on a connection that already exists, not a task and a pool
 //! checkout.
 //!
-//! Open loop: the scheduler thread hands each arrival, at its scheduled time, to the worker with
-//! the fewest requests outstanding; there it waits in a FIFO for an idle connection of that worker
-//! (the most recently idle first, so a run that needs few connections opens few). A request that
+//! Open loop: every worker keeps its own share of the schedule (arrivals i, i + W, i + 2W, ... of
+//! W workers: together exactly the run's arrivals) with a dispatcher task that sleeps on a
+//! high-resolution timer ([`TaskTimer`]) to the next arrival and, when it wakes, queues every
+//! arrival already due at once, each with its own scheduled time; idle connections of that worker
+//! take them in order (the most recently idle first, so that a run that needs few connections
+//! opens few). No thread or channel stands between the schedule and the connections. A request that
 //! starts more than `--late-after` after its scheduled time is counted late, and its latency is
 //! measured from the scheduled time whatever happened meanwhile: no coordinated omission.
 //!
@@ -15,16 +18,18 @@
 use super::client::{Conn, H2Conn};
 use super::report::{ErrorKind, Outcome, Recorder};
 use super::requests::Requests;
+use super::schedule::Arrivals;
 use super::tls::Dial;
+use crate::timer::TaskTimer;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
-/// What every worker shares with the scheduler and the reporting side.
+/// What the workers share with each other and the reporting side.
 pub(crate) struct Shared {
     /// One recorder per worker (each locked by its own worker, so uncontended but for the
     /// once-a-second progress line); merged into one at the end.
@@ -33,7 +38,7 @@ pub(crate) struct Shared {
     outstanding: Vec<AtomicUsize>,
     /// Requests being sent or awaiting their answer, per worker.
     in_flight: Vec<AtomicUsize>,
-    /// Arrivals the scheduler has handed out (open loop).
+    /// Arrivals the workers' dispatchers have queued (open loop).
     pub(crate) dispatched: AtomicU64,
     /// The time the schedule counts from.
     pub(crate) start: Instant,
@@ -83,22 +88,6 @@ impl Shared {
         t.saturating_duration_since(self.start).as_secs() as usize
     }
 
-    /// The worker that gets the next arrival: the one with the fewest outstanding requests.
-    pub(crate) fn pick_worker(&self) -> usize {
-        let mut best = 0;
-        let mut least = usize::MAX;
-        for (i, o) in self.outstanding.iter().enumerate() {
-            let n = o.load(Ordering::Relaxed);
-            if n < least {
-                least = n;
-                best = i;
-            }
-        }
-        self.outstanding[best].fetch_add(1, Ordering::Relaxed);
-        self.dispatched.fetch_add(1, Ordering::Relaxed);
-        best
-    }
-
     /// Requests in flight now, over all workers.
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight
@@ -127,8 +116,12 @@ impl Shared {
 
 /// How the connections of a worker are fed.
 pub(crate) enum Feed {
-    /// Arrivals from the scheduler thread, each the instant it was due.
-    Open(mpsc::UnboundedReceiver<Instant>),
+    /// The run's arrivals, of which this worker takes every `step`-th from the `first`.
+    Open {
+        arrivals: Arrivals,
+        first: usize,
+        step: usize,
+    },
     /// Back to back until this instant.
     Closed(Instant),
 }
@@ -185,7 +178,11 @@ pub(crate) fn worker(shared: Arc<Shared>, index: usize, connections: usize, feed
                     )));
                 }
             }
-            Feed::Open(mut rx) => {
+            Feed::Open {
+                arrivals,
+                first,
+                step,
+            } => {
                 let state = Rc::new(Local {
                     queue: RefCell::new(VecDeque::new()),
                     idle: RefCell::new(Vec::new()),
@@ -199,26 +196,70 @@ pub(crate) fn worker(shared: Arc<Shared>, index: usize, connections: usize, feed
                         state.clone(),
                     )));
                 }
-                // The dispatcher: arrivals into the queue, one idle connection woken per arrival.
-                loops.push(tokio::task::spawn_local(async move {
-                    while let Some(at) = rx.recv().await {
-                        state.queue.borrow_mut().push_back(at);
-                        let idle = state.idle.borrow_mut().pop();
-                        if let Some(n) = idle {
-                            n.notify_one();
-                        }
-                    }
-                    state.closed.set(true);
-                    for n in state.idle.borrow_mut().drain(..) {
-                        n.notify_one();
-                    }
-                }));
+                let start = shared.start;
+                let mine = arrivals
+                    .skip(first)
+                    .step_by(step.max(1))
+                    .map(move |offset| start + Duration::from_secs_f64(offset));
+                loops.push(tokio::task::spawn_local(dispatch(
+                    shared.clone(),
+                    index,
+                    mine,
+                    state,
+                )));
             }
         }
         for l in loops {
             let _ = l.await;
         }
     });
+}
+
+/// The open loop's dispatcher of one worker: sleeps to the next of its arrivals, then queues all
+/// that are due (a burst, or a backlog after the thread was busy, in one wake), waking one idle
+/// connection per arrival. Each keeps its scheduled time, which its latency is measured from, so
+/// waking late delays requests but does not hide the delay.
+async fn dispatch(
+    shared: Arc<Shared>,
+    index: usize,
+    mut arrivals: impl Iterator<Item = Instant>,
+    state: Rc<Local>,
+) {
+    // The timer's deadline as the kernel's: no timer slack added to this thread's sleeps.
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl(PR_SET_TIMERSLACK) only changes the calling thread's timer slack.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
+    }
+    let timer = TaskTimer::new();
+    let mut next = arrivals.next();
+    while let Some(due) = next {
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let now = Instant::now();
+        if due > now {
+            // Long gaps (traces) in slices, so that ctrl-c is noticed.
+            timer
+                .sleep_until(due.min(now + Duration::from_millis(100)))
+                .await;
+            continue;
+        }
+        while let Some(at) = next.filter(|at| *at <= now) {
+            state.queue.borrow_mut().push_back(at);
+            shared.outstanding[index].fetch_add(1, Ordering::Relaxed);
+            shared.dispatched.fetch_add(1, Ordering::Relaxed);
+            let idle = state.idle.borrow_mut().pop();
+            if let Some(n) = idle {
+                n.notify_one();
+            }
+            next = arrivals.next();
+        }
+    }
+    state.closed.set(true);
+    for n in state.idle.borrow_mut().drain(..) {
+        n.notify_one();
+    }
 }
 
 /// One connection of the open loop: takes the oldest waiting arrival whenever it is idle.
