@@ -133,7 +133,7 @@ impl IdempotencyCache {
             _ => {}
         }
         if map.len() >= self.max_entries && !map.contains_key(key) {
-            Self::evict(&mut map, now);
+            Self::evict(&mut map, self.max_entries, now);
             if map.len() >= self.max_entries {
                 return Claim::Full;
             }
@@ -181,19 +181,24 @@ impl IdempotencyCache {
         map.retain(|_, e| !matches!(e, Entry::Done { expires, .. } if *expires <= now));
     }
 
-    fn evict(map: &mut HashMap<String, Entry>, now: Nanos) {
+    /// Makes room for one key when the map is full: forgets the expired keys, and if that is not
+    /// enough, the completed key that expires first. This runs for every new key while the cache
+    /// is full (10,000 keys by default): it copies no key but the one it removes.
+    fn evict(map: &mut HashMap<String, Entry>, max_entries: usize, now: Nanos) {
         map.retain(|_, e| !matches!(e, Entry::Done { expires, .. } if *expires <= now));
-        if map.len() < usize::MAX {
-            let oldest = map
-                .iter()
-                .filter_map(|(k, e)| match e {
-                    Entry::Done { expires, .. } => Some((*expires, k.clone())),
-                    Entry::Running { .. } => None,
-                })
-                .min();
-            if let Some((_, k)) = oldest {
-                map.remove(&k);
-            }
+        if map.len() < max_entries {
+            return;
+        }
+        let oldest = map
+            .iter()
+            .filter_map(|(k, e)| match e {
+                Entry::Done { expires, .. } => Some((*expires, k)),
+                Entry::Running { .. } => None,
+            })
+            .min_by_key(|(expires, _)| *expires)
+            .map(|(_, k)| k.clone());
+        if let Some(k) = oldest {
+            map.remove(&k);
         }
     }
 
@@ -297,6 +302,23 @@ mod tests {
         let kept = StoredResponse::detached(StatusCode::CREATED, &headers, Bytes::new());
         assert_eq!(kept.headers, headers);
         assert!(!kept.headers.values().any(in_buffer));
+    }
+
+    #[test]
+    fn expired_keys_make_room_before_a_live_one_is_evicted() {
+        let c = IdempotencyCache::new(1_000, 2);
+        for (key, at) in [("a", 0), ("b", 500)] {
+            let Claim::Execute(tx) = c.claim(key, 1, at) else {
+                panic!()
+            };
+            c.finish(key, tx, stored(key), at);
+        }
+        // At 1,200 "a" has expired: forgetting it is enough room for "c".
+        assert!(matches!(c.claim("c", 1, 1_200), Claim::Execute(_)));
+        assert!(
+            matches!(c.claim("b", 1, 1_201), Claim::Done(_)),
+            "b is still replayed"
+        );
     }
 
     #[test]
