@@ -26,6 +26,7 @@
 #   WARMUP_SECONDS [300, or a quarter of a shorter run] PROFILE [see above] SLOW_CLIENTS [20]
 #   SLOW_RATE [20] bytes/s of the slow uploads   PORT_BASE [19580] listener (and +1 admin)
 #   OUT_DIR [bench/soak-results]   EBBTIDE_BIN [target/release/ebbtide, built when missing]
+#   SOAK_CONFIG [bench/soak.toml] the balancer's config (its ports are replaced as above)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +39,7 @@ SLOW_RATE=${SLOW_RATE:-20}
 PORT_BASE=${PORT_BASE:-19580}
 OUT_DIR=${OUT_DIR:-bench/soak-results}
 EBBTIDE_BIN=${EBBTIDE_BIN:-target/release/ebbtide}
+SOAK_CONFIG=${SOAK_CONFIG:-bench/soak.toml}
 
 if [ ! -x "$EBBTIDE_BIN" ]; then
     cargo build --release --bin ebbtide
@@ -45,7 +47,7 @@ fi
 mkdir -p "$OUT_DIR"
 LISTEN="127.0.0.1:$PORT_BASE"
 ADMIN="127.0.0.1:$((PORT_BASE + 1))"
-sed -e "s/127.0.0.1:19580/$LISTEN/" -e "s/127.0.0.1:19581/$ADMIN/" bench/soak.toml >"$OUT_DIR/soak.toml"
+sed -e "s/127.0.0.1:19580/$LISTEN/" -e "s/127.0.0.1:19581/$ADMIN/" "$SOAK_CONFIG" >"$OUT_DIR/soak.toml"
 
 if [ -z "$PROFILE" ]; then
     # 5-minute cycles, repeated past the end (the load stops at --duration).
@@ -109,12 +111,19 @@ t = [float(r["seconds"]) for r in rows]
 rss = [int(r["rss_kb"]) for r in rows]
 fds = [int(r["fds"]) for r in rows]
 active = [int(r["active_backends"]) for r in rows if r["active_backends"]]
+def slope_per_hour(points):
+    """Least-squares slope of (seconds, kB) points, in kB per hour."""
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    var = sum((x - mx) ** 2 for x, _ in points)
+    return sum((x - mx) * (y - my) for x, y in points) / var * 3600 if var else 0.0
 late = [(x, y) for x, y in zip(t, rss) if x >= warmup] or list(zip(t, rss))
-n = len(late)
-mx = sum(x for x, _ in late) / n
-my = sum(y for _, y in late) / n
-var = sum((x - mx) ** 2 for x, _ in late)
-slope = sum((x - mx) * (y - my) for x, y in late) / var * 3600 if var else 0.0
+slope = slope_per_hour(late)
+# The last half hour (the last half of a shorter run): is the growth still going on at the end?
+tail_from = max(warmup, t[-1] - min(1800, t[-1] / 2))
+tail = [(x, y) for x, y in late if x >= tail_from] or late
+tail_slope = slope_per_hour(tail)
 load = json.load(open(f"{out}/load.json"))
 try:
     slow = json.loads(open(f"{out}/slow_clients.json").read() or "{}")
@@ -129,8 +138,9 @@ scale = f"up {decisions.get('up', '?')}, down {decisions.get('down', '?')}"
 def mb(kb):
     return f"{kb / 1024:.1f} MB"
 print(f"soak: {t[-1]:.0f} s, {len(rows)} samples every {t[1] - t[0] if len(t) > 1 else 0:.0f} s")
-print(f"RSS first {mb(rss[0])}, last {mb(rss[-1])}, max {mb(max(rss))}, after the load {mb(rss_after)}")
+print(f"RSS first {mb(rss[0])}, at {late[0][0]:.0f} s (end of warm-up) {mb(late[0][1])}, last {mb(rss[-1])}, max {mb(max(rss))}, after the load {mb(rss_after)}")
 print(f"RSS slope after {warmup:.0f} s (least squares): {slope / 1024:+.2f} MB/hour")
+print(f"RSS slope from {tail[0][0]:.0f} s to the end (least squares): {tail_slope / 1024:+.2f} MB/hour")
 print(f"open fds: first {fds[0]}, max {max(fds)}, after the load {fds_after}")
 print(f"active backends: min {min(active) if active else '?'}, max {max(active) if active else '?'}; scaling decisions: {scale}")
 keys = ("scheduled", "sent", "completed", "ok", "errors", "late")

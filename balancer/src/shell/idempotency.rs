@@ -6,6 +6,7 @@
 
 use bytes::Bytes;
 use ebbtide_config::time::Nanos;
+use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,30 @@ pub struct StoredResponse {
     pub headers: HeaderMap,
     /// The whole body.
     pub body: Bytes,
+}
+
+impl StoredResponse {
+    /// A response to keep, with copies of `headers` (names and values) that own their bytes.
+    /// hyper parses a response's header values as slices of its connection's read buffer: a
+    /// clone of them would keep that whole buffer (8 KiB or more) allocated for as long as the
+    /// response is kept (the TTL, up to `max_entries` responses), for a few hundred bytes.
+    pub fn detached(status: StatusCode, headers: &HeaderMap, body: Bytes) -> Self {
+        let mut owned = HeaderMap::with_capacity(headers.len());
+        for (name, value) in headers {
+            // Both were valid once parsed, so the copies are too (the clone is never used).
+            let mut copy =
+                HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+            copy.set_sensitive(value.is_sensitive());
+            let name =
+                HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or_else(|_| name.clone());
+            owned.append(name, copy);
+        }
+        StoredResponse {
+            status,
+            headers: owned,
+            body,
+        }
+    }
 }
 
 /// How the first execution ended, as duplicates see it.
@@ -108,7 +133,7 @@ impl IdempotencyCache {
             _ => {}
         }
         if map.len() >= self.max_entries && !map.contains_key(key) {
-            Self::evict(&mut map, now);
+            Self::evict(&mut map, self.max_entries, now);
             if map.len() >= self.max_entries {
                 return Claim::Full;
             }
@@ -156,19 +181,24 @@ impl IdempotencyCache {
         map.retain(|_, e| !matches!(e, Entry::Done { expires, .. } if *expires <= now));
     }
 
-    fn evict(map: &mut HashMap<String, Entry>, now: Nanos) {
+    /// Makes room for one key when the map is full: forgets the expired keys, and if that is not
+    /// enough, the completed key that expires first. This runs for every new key while the cache
+    /// is full (10,000 keys by default): it copies no key but the one it removes.
+    fn evict(map: &mut HashMap<String, Entry>, max_entries: usize, now: Nanos) {
         map.retain(|_, e| !matches!(e, Entry::Done { expires, .. } if *expires <= now));
-        if map.len() < usize::MAX {
-            let oldest = map
-                .iter()
-                .filter_map(|(k, e)| match e {
-                    Entry::Done { expires, .. } => Some((*expires, k.clone())),
-                    Entry::Running { .. } => None,
-                })
-                .min();
-            if let Some((_, k)) = oldest {
-                map.remove(&k);
-            }
+        if map.len() < max_entries {
+            return;
+        }
+        let oldest = map
+            .iter()
+            .filter_map(|(k, e)| match e {
+                Entry::Done { expires, .. } => Some((*expires, k)),
+                Entry::Running { .. } => None,
+            })
+            .min_by_key(|(expires, _)| *expires)
+            .map(|(_, k)| k.clone());
+        if let Some(k) = oldest {
+            map.remove(&k);
         }
     }
 
@@ -252,6 +282,42 @@ mod tests {
         assert!(
             matches!(c.claim("k", 1, 1), Claim::Execute(_)),
             "and the next claim executes"
+        );
+    }
+
+    /// hyper parses header values as slices of the connection's read buffer; a kept response
+    /// that cloned them would keep that whole buffer allocated for its TTL (10,000 keys of
+    /// 8 KiB buffers: 80 MB in bench/soak.sh). Its headers are copies that share nothing.
+    #[test]
+    fn a_kept_response_holds_no_part_of_the_buffer_its_headers_came_from() {
+        let buffer = Bytes::from(vec![b'a'; 8192]);
+        let within = buffer.as_ptr_range();
+        let in_buffer = |v: &HeaderValue| within.contains(&v.as_bytes().as_ptr());
+        let mut headers = HeaderMap::new();
+        for (name, at) in [("content-type", 0..16), ("x-order", 16..20)] {
+            let value = HeaderValue::from_maybe_shared(buffer.slice(at)).unwrap();
+            headers.append(name, value);
+        }
+        assert!(headers.values().all(in_buffer), "parsed as hyper does");
+        let kept = StoredResponse::detached(StatusCode::CREATED, &headers, Bytes::new());
+        assert_eq!(kept.headers, headers);
+        assert!(!kept.headers.values().any(in_buffer));
+    }
+
+    #[test]
+    fn expired_keys_make_room_before_a_live_one_is_evicted() {
+        let c = IdempotencyCache::new(1_000, 2);
+        for (key, at) in [("a", 0), ("b", 500)] {
+            let Claim::Execute(tx) = c.claim(key, 1, at) else {
+                panic!()
+            };
+            c.finish(key, tx, stored(key), at);
+        }
+        // At 1,200 "a" has expired: forgetting it is enough room for "c".
+        assert!(matches!(c.claim("c", 1, 1_200), Claim::Execute(_)));
+        assert!(
+            matches!(c.claim("b", 1, 1_201), Claim::Done(_)),
+            "b is still replayed"
         );
     }
 

@@ -119,11 +119,11 @@ impl Proxy {
                 None => break,
             }
         }
-        let stored = Arc::new(StoredResponse {
-            status: parts.status,
-            headers: parts.headers.clone(),
-            body: kept.freeze(),
-        });
+        let stored = Arc::new(StoredResponse::detached(
+            parts.status,
+            &parts.headers,
+            kept.freeze(),
+        ));
         self.idempotency
             .finish(key, tx, Outcome::Stored(stored.clone()), self.clock.now());
         // `body` (with its completion guard) is dropped here: the slot is freed and the latency
