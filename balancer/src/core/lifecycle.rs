@@ -184,16 +184,7 @@ mod tests {
 
     fn backend(state: BackendState) -> Arc<crate::registry::Backend> {
         let r = Registry::new(RegistryConfig::defaults(), Clock::new());
-        let spec = BackendSpec {
-            address: "127.0.0.1:1".into(),
-            capacity: None,
-            weight: 1,
-            cost_per_hour: 0.0,
-            origin: Origin::Api,
-            lease_until: None,
-            slow_start: None,
-            transport: Default::default(),
-        };
+        let spec = BackendSpec::plain("127.0.0.1:1", Origin::Api);
         r.add_or_renew(spec, state).unwrap().0
     }
 

@@ -420,14 +420,8 @@ mod tests {
         let (backend, _) = registry
             .add_or_renew(
                 BackendSpec {
-                    address: "127.0.0.1:9".into(),
                     capacity: Some(capacity),
-                    weight: 1,
-                    cost_per_hour: 0.0,
-                    origin: Origin::Static,
-                    lease_until: None,
-                    slow_start: None,
-                    transport: Default::default(),
+                    ..BackendSpec::plain("127.0.0.1:9", Origin::Static)
                 },
                 BackendState::Active,
             )
@@ -553,16 +547,7 @@ mod tests {
             ..RegistryConfig::defaults()
         };
         let registry = Arc::new(Registry::new(cfg, clock));
-        let spec = BackendSpec {
-            address: "127.0.0.1:9".into(),
-            capacity: None,
-            weight: 1,
-            cost_per_hour: 0.0,
-            origin: Origin::Api,
-            lease_until: None,
-            slow_start: None,
-            transport: Default::default(),
-        };
+        let spec = BackendSpec::plain("127.0.0.1:9", Origin::Api);
         let (backend, _) = registry.add_or_renew(spec, BackendState::Active).unwrap();
         let limit = backend
             .effective_capacity()
@@ -621,14 +606,8 @@ mod tests {
             .registry
             .add_or_renew(
                 BackendSpec {
-                    address: "127.0.0.1:10".into(),
                     capacity: Some(4),
-                    weight: 1,
-                    cost_per_hour: 0.0,
-                    origin: Origin::Provider,
-                    lease_until: None,
-                    slow_start: None,
-                    transport: Default::default(),
+                    ..BackendSpec::plain("127.0.0.1:10", Origin::Provider)
                 },
                 BackendState::Active,
             )

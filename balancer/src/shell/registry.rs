@@ -57,6 +57,24 @@ pub struct BackendSpec {
     pub transport: Transport,
 }
 
+#[cfg(test)]
+impl BackendSpec {
+    /// A backend of the unit tests: no capacity, weight 1, free, no lease, the balancer's slow
+    /// start, plain HTTP/1.1; tests override the fields they are about.
+    pub(crate) fn plain(address: impl Into<String>, origin: Origin) -> Self {
+        BackendSpec {
+            address: address.into(),
+            capacity: None,
+            weight: 1,
+            cost_per_hour: 0.0,
+            origin,
+            lease_until: None,
+            slow_start: None,
+            transport: Transport::default(),
+        }
+    }
+}
+
 /// How the proxy speaks to a backend: the protocol, and for TLS the authorities and the name to
 /// verify it with.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

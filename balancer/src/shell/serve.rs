@@ -963,16 +963,7 @@ mod tests {
             .proxy
             .registry
             .add_or_renew(
-                BackendSpec {
-                    address: "127.0.0.1:2".into(),
-                    capacity: None,
-                    weight: 1,
-                    cost_per_hour: 0.0,
-                    origin: Origin::Api,
-                    lease_until: None,
-                    slow_start: None,
-                    transport: Default::default(),
-                },
+                BackendSpec::plain("127.0.0.1:2", Origin::Api),
                 BackendState::Starting,
             )
             .unwrap();

@@ -4,16 +4,7 @@ use crate::registry::{BackendSpec, BackendState, Origin, Registry, RegistryConfi
 fn backend(address: &str) -> Arc<Backend> {
     let r = Registry::new(RegistryConfig::defaults(), Clock::new());
     r.add_or_renew(
-        BackendSpec {
-            address: address.into(),
-            capacity: None,
-            weight: 1,
-            cost_per_hour: 0.0,
-            origin: Origin::Static,
-            lease_until: None,
-            slow_start: None,
-            transport: Default::default(),
-        },
+        BackendSpec::plain(address, Origin::Static),
         BackendState::Active,
     )
     .unwrap()
