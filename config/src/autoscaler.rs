@@ -177,6 +177,10 @@ pub struct Autoscaler {
     /// signals from (summed) and registers its backends with. `ebbtide serve` ignores it: it
     /// scales its own balancer.
     pub balancers: Vec<String>,
+    /// `ebbtide autoscale` only, instead of `balancers`: the balancers are the ready endpoints of
+    /// a Kubernetes Service (their admin port), followed as replicas come and go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balancer_discovery: Option<BalancerDiscovery>,
     /// `ebbtide autoscale`: the bearer token of those admin APIs, when they require one.
     pub balancer_token: Option<String>,
     /// `ebbtide autoscale`: the lease its registrations carry, renewed every interval, so a
@@ -221,11 +225,32 @@ impl Default for Autoscaler {
             overload: OverloadMode::Queue,
             overload_max_queue: None,
             balancers: Vec::new(),
+            balancer_discovery: None,
             balancer_token: None,
             registration_lease: HumanDuration::from_secs(15),
             cost: Cost::default(),
         }
     }
+}
+
+/// `[autoscaler.balancer_discovery]`: the balancers `ebbtide autoscale` scales for, found as the
+/// ready endpoints of their admin Service (`deploy/kubernetes/balancer.yaml`'s `ebbtide-admin`),
+/// so that every balancer replica gets the backends and is read for signals, not only the one a
+/// Service's cluster IP picks.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct BalancerDiscovery {
+    /// Where balancers are found.
+    pub kind: crate::DiscoveryKind,
+    /// The Service's namespace (default: the kubeconfig context's, or the pod's own).
+    pub namespace: Option<String>,
+    /// The balancers' Service (required).
+    pub service: Option<String>,
+    /// Which of the Service's ports is the admin API (name or number); may be left out when it
+    /// has one port.
+    pub port: Option<crate::PortRef>,
+    /// The API server's URL; default: kubeconfig, then in-cluster credentials.
+    pub api_server: Option<String>,
 }
 
 /// `[autoscaler.cost]`: what backends and slow requests cost, so scaling can weigh them.

@@ -483,6 +483,7 @@ const CHECKS: &[Check] = &[
     check_provider_kinds,
     check_provider_kubernetes,
     check_discovery,
+    check_balancer_discovery,
     check_leader_election,
     check_central_queue_capacities,
     check_health,
@@ -1327,33 +1328,17 @@ fn check_provider_kubernetes(cfg: &Config, out: &mut Problems) {
 
 fn check_discovery(cfg: &Config, out: &mut Problems) {
     let Some(d) = &cfg.discovery else { return };
-    match &d.service {
-        None => out.add(
-            "discovery.service",
-            "is required; give the Service whose endpoints are the backends, e.g. \"web\"",
-        ),
-        Some(s)
-            if s.is_empty()
-                || s.chars()
-                    .any(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')) =>
-        {
-            out.add(
-                "discovery.service",
-                format!("`{s}` is not a Service name (lowercase letters, digits and `-`)"),
-            )
-        }
-        Some(_) => {}
-    }
-    match &d.port {
-        Some(crate::PortRef::Number(0)) => {
-            out.add("discovery.port", "is 0; must be from 1 to 65535")
-        }
-        Some(crate::PortRef::Name(n)) if n.is_empty() => out.add(
-            "discovery.port",
-            "is empty; give the Service port's name or number",
-        ),
-        _ => {}
-    }
+    service_ref(
+        "discovery",
+        "the Service whose endpoints are the backends, e.g. \"web\"",
+        ServiceRef {
+            service: &d.service,
+            port: &d.port,
+            namespace: &d.namespace,
+            api_server: &d.api_server,
+        },
+        out,
+    );
     if d.capacity == Some(0) {
         out.add(
             "discovery.capacity",
@@ -1364,8 +1349,70 @@ fn check_discovery(cfg: &Config, out: &mut Problems) {
         out.add("discovery.weight", "is 0; must be at least 1");
     }
     price("discovery.cost_per_hour", d.cost_per_hour, out);
-    namespace("discovery.namespace", &d.namespace, out);
-    api_server("discovery.api_server", &d.api_server, out);
+}
+
+/// `[autoscaler.balancer_discovery]`, and that it is not given with `autoscaler.balancers`
+/// (which of the two lists would be the balancers?).
+fn check_balancer_discovery(cfg: &Config, out: &mut Problems) {
+    let Some(a) = &cfg.autoscaler else { return };
+    let Some(d) = &a.balancer_discovery else {
+        return;
+    };
+    if !a.balancers.is_empty() {
+        out.add(
+            "autoscaler.balancer_discovery",
+            "is set together with autoscaler.balancers; keep one: the static list of admin URLs, \
+             or the Service whose endpoints are the balancers",
+        );
+    }
+    service_ref(
+        "autoscaler.balancer_discovery",
+        "the balancers' Service, e.g. \"ebbtide-admin\"",
+        ServiceRef {
+            service: &d.service,
+            port: &d.port,
+            namespace: &d.namespace,
+            api_server: &d.api_server,
+        },
+        out,
+    );
+}
+
+/// The keys that name a Kubernetes Service and one of its ports.
+struct ServiceRef<'a> {
+    service: &'a Option<String>,
+    port: &'a Option<crate::PortRef>,
+    namespace: &'a Option<String>,
+    api_server: &'a Option<String>,
+}
+
+/// Checks the Service keys under `section`; `what` says which Service is meant when it is missing.
+fn service_ref(section: &str, what: &str, r: ServiceRef<'_>, out: &mut Problems) {
+    let key = |k: &str| format!("{section}.{k}");
+    match r.service {
+        None => out.add(key("service"), format!("is required; give {what}")),
+        Some(s)
+            if s.is_empty()
+                || s.chars()
+                    .any(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')) =>
+        {
+            out.add(
+                key("service"),
+                format!("`{s}` is not a Service name (lowercase letters, digits and `-`)"),
+            )
+        }
+        Some(_) => {}
+    }
+    match r.port {
+        Some(crate::PortRef::Number(0)) => out.add(key("port"), "is 0; must be from 1 to 65535"),
+        Some(crate::PortRef::Name(n)) if n.is_empty() => out.add(
+            key("port"),
+            "is empty; give the Service port's name or number",
+        ),
+        _ => {}
+    }
+    namespace(&key("namespace"), r.namespace, out);
+    api_server(&key("api_server"), r.api_server, out);
 }
 
 fn check_leader_election(cfg: &Config, out: &mut Problems) {

@@ -802,6 +802,58 @@ fn balancer_urls_must_be_plain_admin_urls() {
 }
 
 #[test]
+fn balancer_discovery_keys_name_their_key_and_line() {
+    let cfg = ok("[provider]\n[autoscaler]\n[autoscaler.balancer_discovery]\nkind = \"kubernetes\"\n\
+                  namespace = \"ebbtide\"\nservice = \"ebbtide-admin\"\nport = \"admin\"\n");
+    let d = cfg.autoscaler.unwrap().balancer_discovery.unwrap();
+    assert_eq!(d.service.as_deref(), Some("ebbtide-admin"));
+    assert_eq!(d.port, Some(ebbtide_config::PortRef::Name("admin".into())));
+    let by_number = ok("[provider]\n[autoscaler.balancer_discovery]\nservice = \"a\"\nport = 9901\n");
+    assert_eq!(
+        by_number.autoscaler.unwrap().balancer_discovery.unwrap().port,
+        Some(ebbtide_config::PortRef::Number(9901))
+    );
+    one(
+        "[provider]\n[autoscaler]\n[autoscaler.balancer_discovery]\nport = \"admin\"\n",
+        "autoscaler.balancer_discovery.service",
+        3,
+        "is required; give the balancers' Service",
+    );
+    one(
+        "[provider]\n[autoscaler]\n[autoscaler.balancer_discovery]\nservice = \"Admin_1\"\n",
+        "autoscaler.balancer_discovery.service",
+        4,
+        "is not a Service name",
+    );
+    one(
+        "[provider]\n[autoscaler.balancer_discovery]\nservice = \"a\"\nport = 0\n",
+        "autoscaler.balancer_discovery.port",
+        4,
+        "is 0",
+    );
+    one(
+        "[provider]\n[autoscaler.balancer_discovery]\nservice = \"a\"\nnamespace = \"-x\"\n",
+        "autoscaler.balancer_discovery.namespace",
+        4,
+        "is not a namespace name",
+    );
+    one(
+        "[provider]\n[autoscaler.balancer_discovery]\nservice = \"a\"\nservce = \"b\"\n",
+        "autoscaler.balancer_discovery.servce",
+        4,
+        "service",
+    );
+    // Both the static list and the Service: which would be the balancers?
+    one(
+        "[provider]\n[autoscaler]\nbalancers = [\"http://127.0.0.1:9901\"]\n\
+         [autoscaler.balancer_discovery]\nservice = \"a\"\n",
+        "autoscaler.balancer_discovery",
+        4,
+        "keep one",
+    );
+}
+
+#[test]
 fn registration_lease_must_outlast_the_interval() {
     one(
         "[provider]\n[autoscaler]\ninterval = \"5s\"\nregistration_lease = \"5s\"\n",

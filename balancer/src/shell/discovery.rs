@@ -94,10 +94,11 @@ pub fn endpoints<'a>(
 }
 
 /// The Service port's name that `want` names (a number or a name), checked against the Service;
-/// None for an unnamed single port.
+/// None for an unnamed single port. `key`: the config key `want` came from, for the message.
 pub fn resolve_port(
     service: &Service,
     want: Option<&ebbtide_config::PortRef>,
+    key: &str,
 ) -> Result<Option<String>, String> {
     let name = service.metadata.name.clone().unwrap_or_default();
     let ports = service
@@ -113,7 +114,7 @@ pub fn resolve_port(
         None if ports.len() == 1 => ports.first(),
         None => {
             return Err(format!(
-                "Service {name} has {} ports; set discovery.port to the name or number of one",
+                "Service {name} has {} ports; set {key} to the name or number of one",
                 ports.len()
             ))
         }
@@ -274,11 +275,7 @@ impl Watch {
         drain_timeout: Duration,
     ) -> Result<Watch, String> {
         let service = cfg.service.clone().ok_or("discovery.service is required")?;
-        let svc: Service = Api::default_namespaced(client.clone())
-            .get(&service)
-            .await
-            .map_err(|e| format!("discovery: cannot read Service `{service}`: {e}"))?;
-        let port = resolve_port(&svc, cfg.port.as_ref()).map_err(|e| format!("discovery: {e}"))?;
+        let port = service_port(&client, &service, cfg.port.as_ref(), "discovery").await?;
         Ok(Watch {
             client,
             service,
@@ -303,54 +300,95 @@ impl Watch {
     }
 
     /// Watches the Service's EndpointSlices and keeps the registry in step until `stop`.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<(), String> {
+    pub async fn run(self, stop: watch::Receiver<bool>) -> Result<(), String> {
         let Watch {
             client,
             service,
             port,
             mut sync,
         } = self;
-        let api: Api<EndpointSlice> = Api::default_namespaced(client);
-        let config =
-            watcher::Config::default().labels(&format!("kubernetes.io/service-name={service}"));
-        let mut stream = watcher::watcher(api, config).default_backoff().boxed();
-        let mut slices: BTreeMap<String, EndpointSlice> = BTreeMap::new();
-        let mut relist: Option<BTreeMap<String, EndpointSlice>> = None;
-        tracing::info!(%service, port = port.as_deref().unwrap_or("(the only one)"), "watching endpoints");
-        loop {
-            let event = tokio::select! {
-                e = stream.next() => e,
-                _ = stop.changed() => return Ok(()),
-            };
-            let name = |s: &EndpointSlice| s.metadata.name.clone().unwrap_or_default();
-            match event {
-                None => return Err("the endpoint watch ended".into()),
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "endpoint watch failed; retrying with back-off");
-                    continue;
-                }
-                Some(Ok(WatchEvent::Init)) => {
-                    relist = Some(BTreeMap::new());
-                    continue;
-                }
-                Some(Ok(WatchEvent::InitApply(s))) => {
-                    relist.get_or_insert_with(BTreeMap::new).insert(name(&s), s);
-                    continue;
-                }
-                Some(Ok(WatchEvent::InitDone)) => {
-                    slices = relist.take().unwrap_or_default();
-                    tracing::info!(slices = slices.len(), "endpoints listed");
-                }
-                Some(Ok(WatchEvent::Apply(s))) => {
-                    slices.insert(name(&s), s);
-                }
-                Some(Ok(WatchEvent::Delete(s))) => {
-                    slices.remove(&name(&s));
-                }
-            }
-            sync.apply(&endpoints(slices.values(), port.as_deref()));
-        }
+        watch_endpoints(client, &service, port.as_deref(), stop, |e| sync.apply(e)).await
     }
+}
+
+/// Reads the Service `service` (in the client's default namespace) and resolves `port` against
+/// it: the port name to read its EndpointSlices on. Fails at once, with what to fix, when either
+/// is missing; `section` is the config section they came from (`discovery`), for the message.
+pub async fn service_port(
+    client: &Client,
+    service: &str,
+    port: Option<&ebbtide_config::PortRef>,
+    section: &str,
+) -> Result<Option<String>, String> {
+    let svc: Service = Api::default_namespaced(client.clone())
+        .get(service)
+        .await
+        .map_err(|e| format!("{section}: cannot read Service `{service}`: {e}"))?;
+    resolve_port(&svc, port, &format!("{section}.port")).map_err(|e| format!("{section}: {e}"))
+}
+
+/// Watches the EndpointSlices of `service` (in the client's default namespace) until `stop`,
+/// calling `on_change` with the endpoints on `port` (see [`endpoints`]) after the first list and
+/// after every change. kube's `watcher` lists again after `410 Gone` and resumes a dropped
+/// stream; a relist replaces the slices only once it is complete, so a slice deleted while the
+/// watch was down is forgotten and one listed halfway is never taken for the whole.
+pub async fn watch_endpoints(
+    client: Client,
+    service: &str,
+    port: Option<&str>,
+    mut stop: watch::Receiver<bool>,
+    mut on_change: impl FnMut(&BTreeMap<String, Condition>),
+) -> Result<(), String> {
+    let api: Api<EndpointSlice> = Api::default_namespaced(client);
+    let config =
+        watcher::Config::default().labels(&format!("kubernetes.io/service-name={service}"));
+    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    let mut slices: BTreeMap<String, EndpointSlice> = BTreeMap::new();
+    let mut relist: Option<BTreeMap<String, EndpointSlice>> = None;
+    tracing::info!(%service, port = port.unwrap_or("(the only one)"), "watching endpoints");
+    loop {
+        let event = tokio::select! {
+            e = stream.next() => e,
+            _ = stop.changed() => return Ok(()),
+        };
+        let name = |s: &EndpointSlice| s.metadata.name.clone().unwrap_or_default();
+        match event {
+            None => return Err("the endpoint watch ended".into()),
+            Some(Err(e)) => {
+                tracing::warn!(%service, error = %e, "endpoint watch failed; retrying with back-off");
+                continue;
+            }
+            Some(Ok(WatchEvent::Init)) => {
+                relist = Some(BTreeMap::new());
+                continue;
+            }
+            Some(Ok(WatchEvent::InitApply(s))) => {
+                relist.get_or_insert_with(BTreeMap::new).insert(name(&s), s);
+                continue;
+            }
+            Some(Ok(WatchEvent::InitDone)) => {
+                slices = relist.take().unwrap_or_default();
+                tracing::info!(%service, slices = slices.len(), "endpoints listed");
+            }
+            Some(Ok(WatchEvent::Apply(s))) => {
+                slices.insert(name(&s), s);
+            }
+            Some(Ok(WatchEvent::Delete(s))) => {
+                slices.remove(&name(&s));
+            }
+        }
+        on_change(&endpoints(slices.values(), port));
+    }
+}
+
+/// The addresses among `endpoints` that are ready for requests: a not-ready or terminating
+/// endpoint gets none (KEP-1672: `ready` is false while terminating).
+pub fn ready(endpoints: &BTreeMap<String, Condition>) -> std::collections::BTreeSet<String> {
+    endpoints
+        .iter()
+        .filter(|(_, c)| **c == Condition::Ready)
+        .map(|(a, _)| a.clone())
+        .collect()
 }
 
 #[cfg(test)]
@@ -408,6 +446,9 @@ mod tests {
         .map(|(a, c)| (a.to_string(), c))
         .collect();
         assert_eq!(got, want);
+        // Only ready ones are ready: not the terminating one.
+        let ready: Vec<String> = ready(&got).into_iter().collect();
+        assert_eq!(ready, ["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.4:8080"]);
         // No port name: only slices with a single port count.
         assert_eq!(endpoints([&other_port], None).len(), 1);
     }
@@ -422,16 +463,25 @@ mod tests {
         .unwrap();
         let n = ebbtide_config::PortRef::Number(80);
         assert_eq!(
-            resolve_port(&svc, Some(&n)).unwrap().as_deref(),
+            resolve_port(&svc, Some(&n), "discovery.port").unwrap().as_deref(),
             Some("http")
         );
         let named = ebbtide_config::PortRef::Name("admin".into());
         assert_eq!(
-            resolve_port(&svc, Some(&named)).unwrap().as_deref(),
+            resolve_port(&svc, Some(&named), "discovery.port").unwrap().as_deref(),
             Some("admin")
         );
-        let e = resolve_port(&svc, Some(&ebbtide_config::PortRef::Number(81))).unwrap_err();
+        let e = resolve_port(
+            &svc,
+            Some(&ebbtide_config::PortRef::Number(81)),
+            "discovery.port",
+        )
+        .unwrap_err();
         assert!(e.contains("http (80)"), "{e}");
-        assert!(resolve_port(&svc, None).unwrap_err().contains("2 ports"));
+        let e = resolve_port(&svc, None, "autoscaler.balancer_discovery.port").unwrap_err();
+        assert!(
+            e.contains("2 ports; set autoscaler.balancer_discovery.port"),
+            "{e}"
+        );
     }
 }
