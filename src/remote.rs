@@ -3,6 +3,11 @@
 //! every one of them (`POST /api/v1/backends`, with a lease renewed every interval so that a
 //! dead autoscaler's backends expire), and drains before it stops one (`DELETE`, then waiting
 //! until no balancer lists it).
+//!
+//! The balancers are a set keyed by admin address (`host:port`), fixed by `[autoscaler]
+//! balancers` or followed from a Service's endpoints (`[autoscaler.balancer_discovery]`): one
+//! that appears gets every serving backend at once, one that leaves is forgotten with the ids it
+//! gave, and drains wait only on the balancers that are still there.
 
 use ebbtide_autoscaler::providers::{Instance, ProviderFuture};
 use ebbtide_autoscaler::{Membership, OverloadAction, Reading, SignalSource};
@@ -10,16 +15,18 @@ use ebbtide_balancer::api::{self, client::AdminClient};
 use ebbtide_balancer::clock::Clock;
 use ebbtide_config::time::Nanos;
 use http::StatusCode;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Longest an admin call may take; a balancer slower than this is counted as not answering.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The balancers `[autoscaler] balancers` names.
+/// The balancers' admin APIs, as named by `[autoscaler] balancers` or found by
+/// `[autoscaler.balancer_discovery]`.
 pub(crate) struct Balancers {
-    admins: Vec<String>,
+    /// Their admin addresses (`host:port`), as last found.
+    admins: Mutex<BTreeSet<String>>,
     client: AdminClient,
     terms: crate::in_process::Terms,
     /// The terms of each instance with a kind, from `starting` on.
@@ -28,8 +35,11 @@ pub(crate) struct Balancers {
     protocol: api::Protocol,
     lease_seconds: f64,
     drain_timeout: Duration,
-    /// The id each balancer gave each instance (by balancer index and instance id).
-    ids: Mutex<HashMap<(usize, String), u64>>,
+    /// The id each balancer gave each instance (by balancer admin address and instance id).
+    ids: Mutex<HashMap<(String, String), u64>>,
+    /// The serving instances (the driver's last list, and those ready since), by id: what a
+    /// balancer that appears is given at once.
+    serving: Mutex<HashMap<String, Instance>>,
     /// `[provider] kind`, sent with first registrations for the cold-start metric.
     provider: &'static str,
     /// When the launch of each booting instance was decided, until its first registration.
@@ -39,10 +49,10 @@ pub(crate) struct Balancers {
 }
 
 impl Balancers {
-    /// Clients for the admin APIs at `admins` (`host:port`), registering backends with the
-    /// provider's capacity and price.
+    /// Clients for the admin APIs at `admins` (`host:port`; empty until [`Balancers::set`] when
+    /// they are discovered), registering backends with the provider's capacity and price.
     pub(crate) fn new(
-        admins: Vec<String>,
+        admins: BTreeSet<String>,
         token: Option<String>,
         provider: &ebbtide_config::Provider,
         lease: Duration,
@@ -50,7 +60,7 @@ impl Balancers {
         clock: Clock,
     ) -> Self {
         Balancers {
-            admins,
+            admins: Mutex::new(admins),
             client: AdminClient::new(token, CALL_TIMEOUT),
             terms: crate::in_process::Terms::new(provider),
             kinds: Mutex::new(HashMap::new()),
@@ -58,21 +68,61 @@ impl Balancers {
             lease_seconds: lease.as_secs_f64(),
             drain_timeout,
             ids: Mutex::new(HashMap::new()),
+            serving: Mutex::new(HashMap::new()),
             provider: provider.kind.name(),
             launches: Mutex::new(HashMap::new()),
             clock,
         }
     }
 
-    fn ids(&self) -> std::sync::MutexGuard<'_, HashMap<(usize, String), u64>> {
+    fn ids(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), u64>> {
         self.ids.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn serving(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instance>> {
+        self.serving.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The balancers' admin addresses now.
+    pub(crate) fn admins(&self) -> Vec<String> {
+        let admins = self.admins.lock().unwrap_or_else(|e| e.into_inner());
+        admins.iter().cloned().collect()
+    }
+
+    fn is_current(&self, admin: &str) -> bool {
+        let admins = self.admins.lock().unwrap_or_else(|e| e.into_inner());
+        admins.contains(admin)
+    }
+
+    /// Makes `now` the balancers: the ones that left are forgotten (with the ids they gave),
+    /// the ones that appeared get every serving backend before this returns.
+    pub(crate) async fn set(&self, now: BTreeSet<String>) {
+        let change = {
+            let mut admins = self.admins.lock().unwrap_or_else(|e| e.into_inner());
+            let change = Change::between(&admins, &now);
+            *admins = now;
+            change
+        };
+        for gone in &change.removed {
+            tracing::info!(balancer = %gone, "balancer gone: no more calls to it");
+            self.ids().retain(|(b, _), _| b != gone);
+        }
+        let serving: Vec<Instance> = self.serving().values().cloned().collect();
+        for new in &change.added {
+            tracing::info!(balancer = %new, backends = serving.len(), "balancer found: registering every serving backend with it");
+            for i in &serving {
+                if let Err(e) = self.register(new, i, None).await {
+                    tracing::warn!(error = %e, "could not register a backend");
+                }
+            }
+        }
     }
 
     /// Registers (or renews) `instance` with one balancer and remembers the id it got there.
     /// `decided_at`: when its launch was decided, for its first registration.
     async fn register(
         &self,
-        balancer: usize,
+        balancer: &str,
         instance: &Instance,
         decided_at: Option<Nanos>,
     ) -> Result<(), String> {
@@ -100,29 +150,34 @@ impl Balancers {
         };
         let info = self
             .client
-            .register(&self.admins[balancer], &body)
+            .register(balancer, &body)
             .await
-            .map_err(|e| format!("registering {}: {e}", instance.address))?;
-        self.ids().insert((balancer, instance.id.clone()), info.id);
+            .map_err(|e| format!("registering {} at {balancer}: {e}", instance.address))?;
+        // A balancer that left meanwhile is not to be called again: its id is not kept.
+        if self.is_current(balancer) {
+            self.ids()
+                .insert((balancer.to_string(), instance.id.clone()), info.id);
+        }
         Ok(())
     }
 
     /// Registers `instance` with every balancer, logging the ones that refuse.
     async fn register_everywhere(&self, instance: &Instance, decided_at: Option<Nanos>) {
-        for b in 0..self.admins.len() {
-            if let Err(e) = self.register(b, instance, decided_at).await {
+        for b in self.admins() {
+            if let Err(e) = self.register(&b, instance, decided_at).await {
                 tracing::warn!(error = %e, "could not register a backend");
             }
         }
     }
 
     /// The addresses one balancer lists, or None when it does not answer.
-    async fn listed(&self, balancer: usize) -> Option<Vec<String>> {
-        let list = self.client.backends(&self.admins[balancer]).await.ok()?;
+    async fn listed(&self, balancer: &str) -> Option<Vec<String>> {
+        let list = self.client.backends(balancer).await.ok()?;
         Some(list.into_iter().map(|b| b.address).collect())
     }
 
     fn forget_kind(&self, instance: &Instance) {
+        self.serving().remove(&instance.id);
         self.launches
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -134,10 +189,12 @@ impl Balancers {
     }
 
     /// Asks one balancer to drain `instance` (DELETE by the id it gave it).
-    async fn delete(&self, balancer: usize, instance: &Instance) {
-        let id = self.ids().remove(&(balancer, instance.id.clone()));
+    async fn delete(&self, balancer: &str, instance: &Instance) {
+        let id = self
+            .ids()
+            .remove(&(balancer.to_string(), instance.id.clone()));
         let Some(id) = id else { return };
-        match self.client.delete(&self.admins[balancer], id).await {
+        match self.client.delete(balancer, id).await {
             Ok(_) => {}
             Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => {}
             Err(e) => tracing::warn!(error = %e, "could not drain a backend"),
@@ -145,10 +202,10 @@ impl Balancers {
     }
 
     /// Reads one balancer's signals.
-    async fn signals(&self, balancer: usize) -> Result<Reading, String> {
+    async fn signals(&self, balancer: &str) -> Result<Reading, String> {
         let signals = self
             .client
-            .signals(&self.admins[balancer])
+            .signals(balancer)
             .await
             .map_err(|e| e.to_string())?;
         Ok(crate::reading::from_signals(&signals))
@@ -179,26 +236,29 @@ impl Membership for Balancers {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&instance.id);
+        self.serving().insert(instance.id.clone(), instance.clone());
         Box::pin(self.register_everywhere(instance, decided_at))
     }
 
     /// DELETE at every balancer, then wait until none lists it (each drains it and removes it
-    /// once its in-flight requests finished), bounded by the drain timeout plus a margin.
+    /// once its in-flight requests finished), bounded by the drain timeout plus a margin. A
+    /// balancer that leaves meanwhile is not waited for.
     fn drain<'a>(&'a self, instance: &'a Instance) -> ProviderFuture<'a, ()> {
         self.forget_kind(instance);
         Box::pin(async move {
-            for b in 0..self.admins.len() {
+            let admins = self.admins();
+            for b in &admins {
                 self.delete(b, instance).await;
             }
             let deadline = tokio::time::Instant::now() + self.drain_timeout + CALL_TIMEOUT;
-            for b in 0..self.admins.len() {
-                loop {
+            for b in &admins {
+                while self.is_current(b) {
                     match self.listed(b).await {
                         Some(list) if list.contains(&instance.address) => {}
                         _ => break,
                     }
                     if tokio::time::Instant::now() >= deadline {
-                        tracing::warn!(balancer = %self.admins[b], backend = %instance.address, "still listed after the drain timeout; stopping it anyway");
+                        tracing::warn!(balancer = %b, backend = %instance.address, "still listed after the drain timeout; stopping it anyway");
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -211,8 +271,8 @@ impl Membership for Balancers {
         // Nothing in flight at a dead backend is worth waiting for: DELETE, and no wait.
         self.forget_kind(instance);
         Box::pin(async move {
-            for b in 0..self.admins.len() {
-                self.delete(b, instance).await;
+            for b in self.admins() {
+                self.delete(&b, instance).await;
             }
         })
     }
@@ -220,6 +280,7 @@ impl Membership for Balancers {
     /// Re-registers every ready backend everywhere: renews its lease, and puts it back at a
     /// balancer that restarted and forgot it.
     fn refresh<'a>(&'a self, ready: &'a [Instance]) -> ProviderFuture<'a, ()> {
+        *self.serving() = ready.iter().map(|i| (i.id.clone(), i.clone())).collect();
         Box::pin(async move {
             for i in ready {
                 self.register_everywhere(i, None).await;
@@ -245,9 +306,13 @@ pub(crate) struct RemoteSignals(pub(crate) Arc<Balancers>);
 impl SignalSource for RemoteSignals {
     fn read(&mut self) -> ProviderFuture<'_, Result<Vec<Option<Reading>>, String>> {
         Box::pin(async move {
-            let mut out = Vec::with_capacity(self.0.admins.len());
+            let admins = self.0.admins();
+            if admins.is_empty() {
+                return Err("no balancer found (yet)".into());
+            }
+            let mut out = Vec::with_capacity(admins.len());
             let mut errors = Vec::new();
-            for b in 0..self.0.admins.len() {
+            for b in &admins {
                 match self.0.signals(b).await {
                     Ok(r) => out.push(Some(r)),
                     Err(e) => {
@@ -267,9 +332,70 @@ impl SignalSource for RemoteSignals {
     }
 }
 
+/// How the set of balancers changed.
+#[derive(Debug, PartialEq, Eq)]
+struct Change {
+    /// In the new set only: to be given every serving backend.
+    added: Vec<String>,
+    /// In the old set only: to be forgotten.
+    removed: Vec<String>,
+}
+
+impl Change {
+    fn between(old: &BTreeSet<String>, new: &BTreeSet<String>) -> Change {
+        Change {
+            added: new.difference(old).cloned().collect(),
+            removed: old.difference(new).cloned().collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_change_of_balancers_is_what_was_added_and_what_was_removed() {
+        let none = Change::between(&set(&["a:1", "b:1"]), &set(&["b:1", "a:1"]));
+        assert_eq!(
+            none,
+            Change {
+                added: vec![],
+                removed: vec![]
+            }
+        );
+        let c = Change::between(&set(&["a:1", "b:1"]), &set(&["b:1", "c:1", "d:1"]));
+        assert_eq!(c.added, ["c:1", "d:1"]);
+        assert_eq!(c.removed, ["a:1"]);
+        let from_nothing = Change::between(&set(&[]), &set(&["a:1"]));
+        assert_eq!(from_nothing.added, ["a:1"]);
+        assert!(Change::between(&set(&["a:1"]), &set(&[])).added.is_empty());
+    }
+
+    /// A balancer that leaves takes the ids it gave with it; one that comes back is given the
+    /// serving backends again (here none answers: the registration fails and no id is kept).
+    #[tokio::test]
+    async fn a_balancer_that_leaves_is_forgotten_with_its_ids() {
+        let provider = ebbtide_config::Provider::default();
+        let b = Balancers::new(
+            set(&["127.0.0.1:1", "127.0.0.1:2"]),
+            None,
+            &provider,
+            Duration::from_secs(15),
+            Duration::from_secs(1),
+            Clock::new(),
+        );
+        b.ids().insert(("127.0.0.1:1".into(), "i1".into()), 7);
+        b.ids().insert(("127.0.0.1:2".into(), "i1".into()), 9);
+        b.set(set(&["127.0.0.1:2"])).await;
+        assert_eq!(b.admins(), ["127.0.0.1:2"]);
+        let ids: Vec<_> = b.ids().keys().cloned().collect();
+        assert_eq!(ids, [("127.0.0.1:2".to_string(), "i1".to_string())]);
+    }
 
     #[test]
     fn signals_json_becomes_a_reading() {

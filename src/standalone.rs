@@ -4,6 +4,10 @@
 //! `/healthz`), and the dashboard (`/`, `/api/v1/stream`) for the fleet it manages: the signals
 //! summed over its balancers and the union of their backends, read every second. On SIGTERM or
 //! ctrl-c it drains its backends from every balancer, stops them, and exits 0.
+//!
+//! Its balancers are `[autoscaler] balancers` (a fixed list), or the ready endpoints of their
+//! admin Service (`[autoscaler.balancer_discovery]`), followed with the same EndpointSlice watch
+//! as `[discovery]` so that balancer replicas may come and go.
 
 use crate::admin_view::{AutoscalerView, EVENTS_SHOWN};
 use crate::remote::{Balancers, RemoteSignals};
@@ -11,8 +15,10 @@ use ebbtide_autoscaler::{ControlStep, Driver};
 use ebbtide_balancer::admin::AdminBase;
 use ebbtide_balancer::api::{self, client::AdminClient};
 use ebbtide_balancer::clock::Clock;
+use ebbtide_balancer::discovery;
 use ebbtide_balancer::shell::dashboard::FleetSource;
 use ebbtide_config::{Config, ConfigError};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,15 +30,18 @@ pub fn usable(cfg: &Config, path: &Path) -> Result<(), ConfigError> {
         return Err(ConfigError::at_key(
             path,
             "autoscaler",
-            "is missing; ebbtide autoscale needs an [autoscaler] section with `balancers`",
+            "is missing; ebbtide autoscale needs an [autoscaler] section with `balancers` or \
+             [autoscaler.balancer_discovery]",
         ));
     };
-    if a.balancers.is_empty() {
+    // Both set is a config error for every command (see the config crate's checks).
+    if a.balancers.is_empty() && a.balancer_discovery.is_none() {
         return Err(ConfigError::at_key(
             path,
             "autoscaler.balancers",
             "is empty; ebbtide autoscale needs the admin URLs of the balancers it scales, e.g. \
-             balancers = [\"http://127.0.0.1:9901\"]",
+             balancers = [\"http://127.0.0.1:9901\"], or their Service in \
+             [autoscaler.balancer_discovery]",
         ));
     }
     if cfg.provider.is_none() {
@@ -56,11 +65,18 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on admin.address {}: {e}", cfg.admin.address))?;
     let admin_addr = listener.local_addr().map_err(|e| e.to_string())?;
     // Tests and scripts read the bound address from this line (the port may be 0 in config).
-    println!(
-        "ebbtide autoscale on http://{admin_addr}, scaling {} balancer(s): {}",
-        admins.len(),
-        admins.join(", ")
-    );
+    match &a.balancer_discovery {
+        Some(d) => println!(
+            "ebbtide autoscale on http://{admin_addr}, scaling the balancers of Service {} (port {})",
+            d.service.as_deref().unwrap_or_default(),
+            port_text(d.port.as_ref()),
+        ),
+        None => println!(
+            "ebbtide autoscale on http://{admin_addr}, scaling {} balancer(s): {}",
+            admins.len(),
+            admins.iter().cloned().collect::<Vec<_>>().join(", ")
+        ),
+    }
     // With several replicas, only the Lease holder goes on from here.
     let mut elector = match &cfg.leader_election {
         Some(l) => {
@@ -83,6 +99,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             }
         }
     }
+    let (stop_tx, stop_rx) = watch::channel(false);
     let clock = Clock::new();
     let balancers = Arc::new(Balancers::new(
         admins,
@@ -92,6 +109,21 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         cfg.lifecycle.drain_timeout.0,
         clock,
     ));
+    // Discovered balancers: found (the first list of the Service's endpoints) before the first
+    // decision, so that it reads every balancer's signals.
+    let follower = match &a.balancer_discovery {
+        Some(d) => {
+            let found = discover_balancers(d, stop_rx.clone()).await?;
+            Some(tokio::select! {
+                f = follow_balancers(balancers.clone(), found) => f,
+                _ = crate::serve::shutdown_signal() => {
+                    tracing::info!("stopped while listing the balancers");
+                    return Ok(());
+                }
+            })
+        }
+        None => None,
+    };
     let provider = ebbtide_autoscaler::providers::build(&p, crate::health_probe(&cfg))?;
     provider.prepare().await?;
     let now = Arc::new(move || clock.now());
@@ -103,11 +135,10 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         a.interval.0,
     );
     let view = Arc::new(AutoscalerView(driver.shared()));
-    let (stop_tx, stop_rx) = watch::channel(false);
     let fleet = Arc::new(RemoteFleet::default());
     let fleet_reader = tokio::spawn(read_fleet(
         fleet.clone(),
-        admins_of(&a)?,
+        balancers.clone(),
         AdminClient::new(a.balancer_token.clone(), Duration::from_secs(2)),
         stop_rx.clone(),
     ));
@@ -148,15 +179,99 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     }
     let _ = admin.await;
     let _ = fleet_reader.await;
+    if let Some((watcher, follower)) = follower {
+        let _ = watcher.await;
+        let _ = follower.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
 
-fn admins_of(a: &ebbtide_config::autoscaler::Autoscaler) -> Result<Vec<String>, String> {
+/// The admin addresses `[autoscaler] balancers` names (none with balancer discovery).
+fn admins_of(a: &ebbtide_config::autoscaler::Autoscaler) -> Result<BTreeSet<String>, String> {
     a.balancers
         .iter()
         .map(|u| ebbtide_config::autoscaler::parse_admin_url(u))
-        .collect::<Result<Vec<_>, _>>()
+        .collect()
+}
+
+fn port_text(port: Option<&ebbtide_config::PortRef>) -> String {
+    match port {
+        Some(ebbtide_config::PortRef::Name(n)) => n.clone(),
+        Some(ebbtide_config::PortRef::Number(n)) => n.to_string(),
+        None => "its only one".into(),
+    }
+}
+
+/// The balancers' admin addresses: the ready endpoints of their Service, sent on the channel
+/// after the first list and after every change of the set, until `stop`. Fails at once when the
+/// Service or its port is missing. The watch is `[discovery]`'s (relists after `410 Gone`,
+/// resumes dropped streams); a balancer whose endpoint is not ready or terminating is not one.
+async fn discover_balancers(
+    d: &ebbtide_config::autoscaler::BalancerDiscovery,
+    stop: watch::Receiver<bool>,
+) -> Result<
+    (
+        tokio::task::JoinHandle<()>,
+        watch::Receiver<Option<BTreeSet<String>>>,
+    ),
+    String,
+> {
+    const SECTION: &str = "autoscaler.balancer_discovery";
+    let service = d
+        .service
+        .clone()
+        .ok_or(format!("{SECTION}.service is required"))?;
+    let (client, _) = ebbtide_autoscaler::providers::kubernetes::connect(
+        d.api_server.as_deref(),
+        d.namespace.as_deref(),
+    )
+    .await?;
+    let port = discovery::service_port(&client, &service, d.port.as_ref(), SECTION).await?;
+    let (tx, rx) = watch::channel(None);
+    let task = tokio::spawn(async move {
+        let send = |e: &std::collections::BTreeMap<String, discovery::Condition>| {
+            let ready = discovery::ready(e);
+            tx.send_if_modified(|last| {
+                let changed = last.as_ref() != Some(&ready);
+                *last = Some(ready);
+                changed
+            });
+        };
+        if let Err(e) =
+            discovery::watch_endpoints(client, &service, port.as_deref(), stop, send).await
+        {
+            tracing::error!(error = %e, "balancer discovery stopped");
+        }
+    });
+    Ok((task, rx))
+}
+
+/// Waits for the first set of balancers and applies it, then returns the watch task and a task
+/// that applies every later set (see [`Balancers::set`]) until the watch ends.
+async fn follow_balancers(
+    balancers: Arc<Balancers>,
+    (watcher, mut found): (
+        tokio::task::JoinHandle<()>,
+        watch::Receiver<Option<BTreeSet<String>>>,
+    ),
+) -> (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>) {
+    while found.changed().await.is_ok() {
+        let first = found.borrow_and_update().clone();
+        if let Some(first) = first {
+            balancers.set(first).await;
+            break;
+        }
+    }
+    let follower = tokio::spawn(async move {
+        while found.changed().await.is_ok() {
+            let now = found.borrow_and_update().clone();
+            if let Some(now) = now {
+                balancers.set(now).await;
+            }
+        }
+    });
+    (watcher, follower)
 }
 
 /// The balancers' fleet as last read, for the dashboard.
@@ -178,11 +293,12 @@ impl FleetSource for RemoteFleet {
 /// balancers, the state of the first that lists it).
 async fn read_fleet(
     fleet: Arc<RemoteFleet>,
-    admins: Vec<String>,
+    balancers: Arc<Balancers>,
     client: AdminClient,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
+        let admins = balancers.admins();
         let mut signals = Vec::new();
         let mut backends: Vec<api::BackendInfo> = Vec::new();
         for admin in &admins {

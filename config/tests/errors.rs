@@ -803,14 +803,22 @@ fn balancer_urls_must_be_plain_admin_urls() {
 
 #[test]
 fn balancer_discovery_keys_name_their_key_and_line() {
-    let cfg = ok("[provider]\n[autoscaler]\n[autoscaler.balancer_discovery]\nkind = \"kubernetes\"\n\
-                  namespace = \"ebbtide\"\nservice = \"ebbtide-admin\"\nport = \"admin\"\n");
+    let cfg = ok(
+        "[provider]\n[autoscaler]\n[autoscaler.balancer_discovery]\nkind = \"kubernetes\"\n\
+                  namespace = \"ebbtide\"\nservice = \"ebbtide-admin\"\nport = \"admin\"\n",
+    );
     let d = cfg.autoscaler.unwrap().balancer_discovery.unwrap();
     assert_eq!(d.service.as_deref(), Some("ebbtide-admin"));
     assert_eq!(d.port, Some(ebbtide_config::PortRef::Name("admin".into())));
-    let by_number = ok("[provider]\n[autoscaler.balancer_discovery]\nservice = \"a\"\nport = 9901\n");
+    let by_number =
+        ok("[provider]\n[autoscaler.balancer_discovery]\nservice = \"a\"\nport = 9901\n");
     assert_eq!(
-        by_number.autoscaler.unwrap().balancer_discovery.unwrap().port,
+        by_number
+            .autoscaler
+            .unwrap()
+            .balancer_discovery
+            .unwrap()
+            .port,
         Some(ebbtide_config::PortRef::Number(9901))
     );
     one(

@@ -463,12 +463,16 @@ mod tests {
         .unwrap();
         let n = ebbtide_config::PortRef::Number(80);
         assert_eq!(
-            resolve_port(&svc, Some(&n), "discovery.port").unwrap().as_deref(),
+            resolve_port(&svc, Some(&n), "discovery.port")
+                .unwrap()
+                .as_deref(),
             Some("http")
         );
         let named = ebbtide_config::PortRef::Name("admin".into());
         assert_eq!(
-            resolve_port(&svc, Some(&named), "discovery.port").unwrap().as_deref(),
+            resolve_port(&svc, Some(&named), "discovery.port")
+                .unwrap()
+                .as_deref(),
             Some("admin")
         );
         let e = resolve_port(
