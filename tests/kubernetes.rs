@@ -598,7 +598,8 @@ struct Autoscale {
 }
 
 impl Autoscale {
-    fn start(fake: &KubeFake, who: &str, balancer_admin: SocketAddr, min: u32) -> Autoscale {
+    /// `balancers`: the `[autoscaler]` keys (or tables) that name the balancers.
+    fn start(fake: &KubeFake, who: &str, balancers: &str, min: u32) -> Autoscale {
         use std::io::{BufRead, BufReader};
         let kc = kubeconfig(fake, who);
         let config = tempfile_path::TempPath::with_contents(
@@ -607,7 +608,7 @@ impl Autoscale {
                 "[admin]\naddress = \"127.0.0.1:0\"\n[health]\npath = \"/healthz\"\n\
                  [provider]\nkind = \"kubernetes\"\ntarget = \"deployment/web\"\nboot_timeout = \"30s\"\n\
                  [autoscaler]\ndecider = \"concurrency\"\nmin = {min}\nmax = 4\ninterval = \"1s\"\n\
-                 balancers = [\"http://{balancer_admin}\"]\n\
+                 {balancers}\n\
                  [leader_election]\nlease = \"ebbtide-autoscaler\"\nidentity = \"{who}\"\n\
                  lease_duration = \"3s\"\nrenew_deadline = \"2s\"\nretry_period = \"500ms\"\n"
             ),
@@ -627,7 +628,11 @@ impl Autoscale {
         let name = who.to_string();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("leader") || line.contains("WARN") || line.contains("ERROR") {
+                if line.contains("leader")
+                    || line.contains("balancer")
+                    || line.contains("WARN")
+                    || line.contains("ERROR")
+                {
                     eprintln!("{name}: {line}");
                 }
                 keep.lock().unwrap().push(line);
@@ -659,14 +664,15 @@ async fn leader_election_hands_over_when_the_leader_is_killed_with_no_double_wri
     let lb = Serve::start(&base_config(
         "[health]\npath = \"/healthz\"\ninterval = \"500ms\"\n",
     ));
-    let mut alice = Autoscale::start(&fake, "alice", lb.admin, 2);
+    let static_list = format!("balancers = [\"http://{}\"]", lb.admin);
+    let mut alice = Autoscale::start(&fake, "alice", &static_list, 2);
     eventually(
         "alice to lead and scale to 2",
         Duration::from_secs(30),
         || async { (alice.log_has("acquired the lease") && fake.replicas() == 2).then_some(()) },
     )
     .await;
-    let bob = Autoscale::start(&fake, "bob", lb.admin, 3);
+    let bob = Autoscale::start(&fake, "bob", &static_list, 3);
     eventually("bob to wait", Duration::from_secs(10), || async {
         bob.log_has("another replica holds the lease").then_some(())
     })
@@ -721,4 +727,92 @@ async fn leader_election_hands_over_when_the_leader_is_killed_with_no_double_wri
         .unwrap();
     assert!(first_bob > last_alice + Duration::from_secs(3));
     check_rbac(&fake, "leader");
+}
+
+/// The addresses a balancer lists (any state), sorted.
+async fn listed(admin: SocketAddr) -> Vec<String> {
+    let mut a: Vec<String> = backends(admin).await.into_iter().map(|(a, _)| a).collect();
+    a.sort();
+    a
+}
+
+/// The fake's ready pods' addresses, sorted.
+fn ready_pods(fake: &KubeFake) -> Vec<String> {
+    let mut pods: Vec<String> = fake.ready_pods().values().cloned().collect();
+    pods.sort();
+    pods
+}
+
+/// `ebbtide autoscale` with `[autoscaler.balancer_discovery]`: its balancers are the ready
+/// endpoints of their admin Service (real `ebbtide serve` processes, each on its own address
+/// and the same admin port, as pods are). Both get its backends; a third that turns ready in
+/// the slice gets them too, without a restart; one removed from the slice is no longer called,
+/// so its registrations (3 s leases, renewed every second at the others) run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoscale_follows_its_balancers_from_their_services_endpoints() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let fake = Arc::new(KubeFake::start(fake_options(1)).await);
+    let ips: Vec<std::net::Ipv4Addr> = (0..3).map(|n| fake.spare_ip(n)).collect();
+    let port = std::net::TcpListener::bind((ips[0], 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let lbs: Vec<Serve> = ips
+        .iter()
+        .map(|ip| {
+            Serve::start(&format!(
+                "[listener]\naddress = \"{ip}:0\"\n[admin]\naddress = \"{ip}:{port}\"\n\
+                 [health]\npath = \"/healthz\"\ninterval = \"500ms\"\n"
+            ))
+        })
+        .collect();
+    let admins: Vec<SocketAddr> = lbs.iter().map(|l| l.admin).collect();
+    fake.add_service("ebbtide-admin", "admin", port);
+    fake.set_endpoint("ebbtide-admin", ips[0], Some(true));
+    fake.set_endpoint("ebbtide-admin", ips[1], Some(true));
+    // Not ready (a failing readiness probe): not a balancer yet.
+    fake.set_endpoint("ebbtide-admin", ips[2], Some(false));
+    let scaler = Autoscale::start(
+        &fake,
+        "alice",
+        "registration_lease = \"3s\"\n[autoscaler.balancer_discovery]\nkind = \"kubernetes\"\n\
+         service = \"ebbtide-admin\"\nport = \"admin\"",
+        2,
+    );
+    eventually(
+        "both balancers to list the two pods",
+        Duration::from_secs(60),
+        || async {
+            let pods = ready_pods(&fake);
+            (pods.len() == 2 && listed(admins[0]).await == pods && listed(admins[1]).await == pods)
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(listed(admins[2]).await.is_empty());
+    // The third turns ready: it gets the backends without a restart of the autoscaler.
+    fake.set_endpoint("ebbtide-admin", ips[2], Some(true));
+    eventually(
+        "the third balancer to list the two pods",
+        Duration::from_secs(30),
+        || async { (listed(admins[2]).await == ready_pods(&fake)).then_some(()) },
+    )
+    .await;
+    assert!(scaler.log_has("balancer found"));
+    // The first leaves the slice: no more renewals there, so its registrations run out.
+    fake.set_endpoint("ebbtide-admin", ips[0], None);
+    eventually(
+        "the removed balancer to forget the backends",
+        Duration::from_secs(30),
+        || async { listed(admins[0]).await.is_empty().then_some(()) },
+    )
+    .await;
+    assert!(scaler.log_has("balancer gone"));
+    // The others keep them: their leases are renewed.
+    let pods = ready_pods(&fake);
+    assert_eq!(pods.len(), 2);
+    assert_eq!(listed(admins[1]).await, pods);
+    assert_eq!(listed(admins[2]).await, pods);
+    check_rbac(&fake, "discovery");
 }

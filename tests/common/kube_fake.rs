@@ -7,7 +7,9 @@
 //!   resourceVersion: a stale one answers `409 Conflict` as the real server does; merge `patch`);
 //! - `v1` Pods `list`/`get` (with `resourceVersion=0` answered from a lagging cache, as the real
 //!   watch cache may be) and `patch` (merge or strategic merge of `metadata.annotations`);
-//! - `v1` Service `get`;
+//! - `v1` Service `get`: the Deployment's, and others a test adds ([`KubeFake::add_service`])
+//!   whose one EndpointSlice lists what the test sets ([`KubeFake::set_endpoint`]), e.g. the
+//!   admin addresses of real `ebbtide serve` processes as the balancers' Service;
 //! - `discovery.k8s.io/v1` EndpointSlices `list` and `watch`: a chunked stream of JSON lines,
 //!   bookmarks when asked (`allowWatchBookmarks`), `timeoutSeconds`, an `ERROR` event with
 //!   `410 Gone`/`Expired` for a resourceVersion older than the kept history (see
@@ -180,6 +182,18 @@ struct State {
     /// Pods deleted by scale-down, in order.
     deleted: Vec<String>,
     last_bookmark: Instant,
+    /// Services the test added, by name.
+    extra: BTreeMap<String, Extra>,
+}
+
+/// A Service the test added, with one port, and the endpoints it set.
+struct Extra {
+    port_name: String,
+    port: u16,
+    /// Endpoint IP -> ready.
+    endpoints: BTreeMap<Ipv4Addr, bool>,
+    /// Its EndpointSlice as last published.
+    slice: Option<Value>,
 }
 
 /// A running fake API server; stops its pods when dropped.
@@ -379,6 +393,7 @@ impl KubeFake {
             writes: Vec::new(),
             deleted: Vec::new(),
             last_bookmark: Instant::now(),
+            extra: BTreeMap::new(),
         }));
         let s = state.clone();
         let server = tokio::spawn(async move {
@@ -522,6 +537,44 @@ impl KubeFake {
     /// Open watch streams.
     pub fn watchers(&self) -> usize {
         lock(&self.state).subs.len()
+    }
+
+    /// An address of this fake's loopback /24 that no pod gets (pods count up from .2), for
+    /// processes the test runs as the endpoints of a Service it adds: `n` from 0 to 50.
+    pub fn spare_ip(&self, n: u8) -> Ipv4Addr {
+        let b = lock(&self.state).base;
+        Ipv4Addr::new(b[0], b[1], b[2], 200 + n.min(50))
+    }
+
+    /// Adds a Service `name` with one port `port_name` (`port`, the same as its target), and
+    /// its EndpointSlice, empty until [`KubeFake::set_endpoint`].
+    pub fn add_service(&self, name: &str, port_name: &str, port: u16) {
+        let mut st = lock(&self.state);
+        st.extra.insert(
+            name.to_string(),
+            Extra {
+                port_name: port_name.to_string(),
+                port,
+                endpoints: BTreeMap::new(),
+                slice: None,
+            },
+        );
+        st.publish_extra(name);
+    }
+
+    /// Sets the endpoint `ip` of the Service `name` (added by [`KubeFake::add_service`]) ready
+    /// or not (`Some`), or removes it (`None`), as the EndpointSlice controller would.
+    pub fn set_endpoint(&self, name: &str, ip: Ipv4Addr, ready: Option<bool>) {
+        let mut st = lock(&self.state);
+        let e = st
+            .extra
+            .get_mut(name)
+            .expect("a Service added by add_service");
+        match ready {
+            Some(r) => e.endpoints.insert(ip, r),
+            None => e.endpoints.remove(&ip),
+        };
+        st.publish_extra(name);
     }
 
     /// Kills a pod's process without deleting the pod (a crash; the kubelet restarts it).
@@ -736,25 +789,79 @@ impl State {
                     (if old.is_some() { "MODIFIED" } else { "ADDED" }, n)
                 }
             };
-            let rv = if kind == "DELETED" {
-                self.bump()
-            } else {
-                self.rv
-            };
-            let mut obj = obj;
-            obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-            let event = json!({"type": kind, "object": obj});
-            self.history.push_back((rv, event.clone()));
-            while self.history.len() > 200 {
-                if let Some((rv, _)) = self.history.pop_front() {
-                    self.floor = rv + 1;
-                }
-            }
-            let line = Bytes::from(format!("{event}\n"));
-            let labels = obj["metadata"]["labels"].clone();
-            self.subs
-                .retain(|s| !matches(&labels, &s.selector) || s.tx.send(line.clone()).is_ok());
+            self.emit(kind, obj);
         }
+    }
+
+    /// Records a watch event on a slice (ADDED and MODIFIED with the version it was stored
+    /// with, DELETED with a new one) and sends it to the watches it matches.
+    fn emit(&mut self, kind: &str, mut obj: Value) {
+        let rv = if kind == "DELETED" {
+            self.bump()
+        } else {
+            self.rv
+        };
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let event = json!({"type": kind, "object": obj});
+        self.history.push_back((rv, event.clone()));
+        while self.history.len() > 200 {
+            if let Some((rv, _)) = self.history.pop_front() {
+                self.floor = rv + 1;
+            }
+        }
+        let line = Bytes::from(format!("{event}\n"));
+        let labels = obj["metadata"]["labels"].clone();
+        self.subs
+            .retain(|s| !matches(&labels, &s.selector) || s.tx.send(line.clone()).is_ok());
+    }
+
+    /// The Service `name` the test added.
+    fn extra_service(&self, name: &str) -> Option<Value> {
+        let e = self.extra.get(name)?;
+        Some(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": self.opts.namespace, "resourceVersion": "1"},
+            "spec": {"type": "ClusterIP",
+                     "ports": [{"name": e.port_name, "port": e.port, "targetPort": e.port, "protocol": "TCP"}]}
+        }))
+    }
+
+    /// Publishes the slice of the Service `name` the test added, when it changed.
+    fn publish_extra(&mut self, name: &str) {
+        let ns = self.opts.namespace.clone();
+        let Some(e) = self.extra.get(name) else {
+            return;
+        };
+        let endpoints: Vec<Value> = e
+            .endpoints
+            .iter()
+            .map(|(ip, ready)| {
+                json!({"addresses": [ip.to_string()],
+                       "conditions": {"ready": ready, "serving": ready, "terminating": false},
+                       "nodeName": "fake-node"})
+            })
+            .collect();
+        let mut new = json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{name}-x7k2q"), "namespace": ns,
+                         "labels": {"kubernetes.io/service-name": name,
+                                    "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": name}]},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"name": e.port_name, "port": e.port, "protocol": "TCP"}]
+        });
+        let kind = match &e.slice {
+            Some(old) if old["endpoints"] == new["endpoints"] => return,
+            Some(_) => "MODIFIED",
+            None => "ADDED",
+        };
+        let rv = self.bump();
+        new["metadata"]["resourceVersion"] = json!(rv.to_string());
+        if let Some(e) = self.extra.get_mut(name) {
+            e.slice = Some(new.clone());
+        }
+        self.emit(kind, new);
     }
 
     fn spawn_pod(&mut self) {
@@ -1180,7 +1287,10 @@ fn route(
             reply(200, &st.scale())
         }
         ("", "services", "get", Some(n)) if n == st.opts.service => reply(200, &st.service()),
-        ("", "services", "get", Some(n)) => not_found("services", n),
+        ("", "services", "get", Some(n)) => match st.extra_service(n) {
+            Some(svc) => reply(200, &svc),
+            None => not_found("services", n),
+        },
         ("", "pods", "list", None) => {
             let Some(sel) = parse_selector(q.get("labelSelector").map_or("", String::as_str))
             else {
@@ -1272,6 +1382,7 @@ fn route(
                 let items: Vec<Value> = st
                     .slices
                     .values()
+                    .chain(st.extra.values().filter_map(|e| e.slice.as_ref()))
                     .filter(|v| matches(&v["metadata"]["labels"], &sel))
                     .cloned()
                     .collect();
