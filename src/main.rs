@@ -33,9 +33,11 @@ enum Command {
     /// within a share of requests over the SLO; writes the winning section.
     Tune(ebbtide_sim::simulate::tune::TuneArgs),
     /// Run the autoscaler alone, for balancers in other processes: reads their signals and
-    /// registers its backends through their admin APIs (`[autoscaler] balancers`).
+    /// registers its backends through their admin APIs (`[autoscaler] balancers`, or the
+    /// endpoints of their Service: `[autoscaler.balancer_discovery]`).
     Autoscale {
-        /// Config file with `[autoscaler]` (and its `balancers`) and `[provider]`.
+        /// Config file with `[autoscaler]` (and its `balancers` or `balancer_discovery`) and
+        /// `[provider]`.
         #[arg(long, short)]
         config: PathBuf,
     },

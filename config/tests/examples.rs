@@ -230,6 +230,14 @@ fn reference_lists_every_key() {
         });
     }
     full.autoscaler.as_mut().unwrap().balancer_token = Some("t".into());
+    full.autoscaler.as_mut().unwrap().balancer_discovery =
+        Some(ebbtide_config::autoscaler::BalancerDiscovery {
+            namespace: Some("n".into()),
+            service: Some("a".into()),
+            port: Some(ebbtide_config::PortRef::Name("admin".into())),
+            api_server: Some("http://127.0.0.1:1".into()),
+            ..Default::default()
+        });
     full.discovery = Some(ebbtide_config::Discovery {
         namespace: Some("n".into()),
         service: Some("web".into()),
