@@ -283,9 +283,18 @@ async fn provider_and_discovery_in_one_serve_scale_out_and_in_without_failed_req
 
 /// `ebbtide serve` with `config`; (exit success, stderr), within 30 s.
 fn serve_exit(config: &str) -> (bool, String) {
+    exit_of("serve", config, None)
+}
+
+/// `ebbtide COMMAND` with `config` (and `$KUBECONFIG`); (exit success, stderr), within 30 s.
+fn exit_of(command: &str, config: &str, kubeconfig: Option<&std::path::Path>) -> (bool, String) {
     let file = tempfile_path::TempPath::with_contents("toml", config);
-    let mut child = Command::new(ebbtide_bin())
-        .args(["serve", "--config"])
+    let mut cmd = Command::new(ebbtide_bin());
+    if let Some(k) = kubeconfig {
+        cmd.env("KUBECONFIG", k);
+    }
+    let mut child = cmd
+        .args([command, "--config"])
         .arg(file.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -307,7 +316,7 @@ fn serve_exit(config: &str) -> (bool, String) {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("ebbtide kept running with a competing autoscaler");
+            panic!("ebbtide {command} kept running");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -815,4 +824,22 @@ async fn autoscale_follows_its_balancers_from_their_services_endpoints() {
     assert_eq!(listed(admins[1]).await, pods);
     assert_eq!(listed(admins[2]).await, pods);
     check_rbac(&fake, "discovery");
+    // A Service that is not there: refused at start, naming the section.
+    let kc = kubeconfig(&fake, "carol");
+    let (ok, err) = tokio::task::spawn_blocking(move || {
+        exit_of(
+            "autoscale",
+            "[admin]\naddress = \"127.0.0.1:0\"\n[provider]\nkind = \"kubernetes\"\n\
+             target = \"deployment/web\"\n[autoscaler]\n[autoscaler.balancer_discovery]\n\
+             service = \"nope\"\n",
+            Some(kc.path()),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(!ok);
+    assert!(
+        err.contains("autoscaler.balancer_discovery: cannot read Service `nope`"),
+        "{err}"
+    );
 }
