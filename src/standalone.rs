@@ -111,16 +111,33 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     ));
     // Discovered balancers: found (the first list of the Service's endpoints) before the first
     // decision, so that it reads every balancer's signals.
+    // The Lease is handed back when this stops or fails before acting, so that another replica
+    // need not wait for it to expire.
     let follower = match &a.balancer_discovery {
         Some(d) => {
-            let found = discover_balancers(d, stop_rx.clone()).await?;
-            Some(tokio::select! {
-                f = follow_balancers(balancers.clone(), found) => f,
-                _ = crate::serve::shutdown_signal() => {
-                    tracing::info!("stopped while listing the balancers");
-                    return Ok(());
+            let found = tokio::select! {
+                found = discover_balancers(d, stop_rx.clone()) => found.map(Some),
+                _ = crate::serve::shutdown_signal() => Ok(None),
+            };
+            let followed = match found {
+                Ok(Some(found)) => tokio::select! {
+                    f = follow_balancers(balancers.clone(), found) => Ok(Some(f)),
+                    _ = crate::serve::shutdown_signal() => Ok(None),
+                },
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
+            match followed {
+                Ok(Some(f)) => Some(f),
+                stopped_or_failed => {
+                    if let Some(e) = elector.as_mut() {
+                        e.release().await;
+                    }
+                    let _ = stop_tx.send(true);
+                    return stopped_or_failed
+                        .map(|_| tracing::info!("stopped while finding the balancers"));
                 }
-            })
+            }
         }
         None => None,
     };
