@@ -756,7 +756,8 @@ fn ready_pods(fake: &KubeFake) -> Vec<String> {
 /// endpoints of their admin Service (real `ebbtide serve` processes, each on its own address
 /// and the same admin port, as pods are). Both get its backends; a third that turns ready in
 /// the slice gets them too, without a restart; one removed from the slice is no longer called,
-/// so its registrations (3 s leases, renewed every second at the others) run out.
+/// so its registrations (3 s leases, renewed every second at the others) run out; it comes back
+/// through a dropped watch and a 410 Gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autoscale_follows_its_balancers_from_their_services_endpoints() {
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -823,6 +824,17 @@ async fn autoscale_follows_its_balancers_from_their_services_endpoints() {
     assert_eq!(pods.len(), 2);
     assert_eq!(listed(admins[1]).await, pods);
     assert_eq!(listed(admins[2]).await, pods);
+    // Through a dropped watch and a compacted history (410 Gone, a relist): the first comes
+    // back and is given the backends again.
+    fake.compact();
+    fake.drop_watches();
+    fake.set_endpoint("ebbtide-admin", ips[0], Some(true));
+    eventually(
+        "the balancer back in the slice to list the pods again",
+        Duration::from_secs(30),
+        || async { (listed(admins[0]).await == ready_pods(&fake)).then_some(()) },
+    )
+    .await;
     check_rbac(&fake, "discovery");
     // A Service that is not there: refused at start, naming the section.
     let kc = kubeconfig(&fake, "carol");
