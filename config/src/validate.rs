@@ -1328,17 +1328,9 @@ fn check_provider_kubernetes(cfg: &Config, out: &mut Problems) {
 
 fn check_discovery(cfg: &Config, out: &mut Problems) {
     let Some(d) = &cfg.discovery else { return };
-    service_ref(
-        "discovery",
-        "the Service whose endpoints are the backends, e.g. \"web\"",
-        ServiceRef {
-            service: &d.service,
-            port: &d.port,
-            namespace: &d.namespace,
-            api_server: &d.api_server,
-        },
-        out,
-    );
+    let keys = (&d.service, &d.port, &d.namespace, &d.api_server);
+    let what = "the Service whose endpoints are the backends, e.g. \"web\"";
+    service_ref("discovery", what, keys, out);
     if d.capacity == Some(0) {
         out.add(
             "discovery.capacity",
@@ -1365,31 +1357,25 @@ fn check_balancer_discovery(cfg: &Config, out: &mut Problems) {
              or the Service whose endpoints are the balancers",
         );
     }
-    service_ref(
-        "autoscaler.balancer_discovery",
-        "the balancers' Service, e.g. \"ebbtide-admin\"",
-        ServiceRef {
-            service: &d.service,
-            port: &d.port,
-            namespace: &d.namespace,
-            api_server: &d.api_server,
-        },
-        out,
-    );
+    let keys = (&d.service, &d.port, &d.namespace, &d.api_server);
+    let what = "the balancers' Service, e.g. \"ebbtide-admin\"";
+    service_ref("autoscaler.balancer_discovery", what, keys, out);
 }
 
-/// The keys that name a Kubernetes Service and one of its ports.
-struct ServiceRef<'a> {
-    service: &'a Option<String>,
-    port: &'a Option<crate::PortRef>,
-    namespace: &'a Option<String>,
-    api_server: &'a Option<String>,
-}
+/// The keys that name a Kubernetes Service and one of its ports: `service`, `port`,
+/// `namespace`, `api_server`.
+type ServiceKeys<'a> = (
+    &'a Option<String>,
+    &'a Option<crate::PortRef>,
+    &'a Option<String>,
+    &'a Option<String>,
+);
 
 /// Checks the Service keys under `section`; `what` says which Service is meant when it is missing.
-fn service_ref(section: &str, what: &str, r: ServiceRef<'_>, out: &mut Problems) {
+fn service_ref(section: &str, what: &str, keys: ServiceKeys<'_>, out: &mut Problems) {
+    let (service, port, ns, server) = keys;
     let key = |k: &str| format!("{section}.{k}");
-    match r.service {
+    match service {
         None => out.add(key("service"), format!("is required; give {what}")),
         Some(s)
             if s.is_empty()
@@ -1403,7 +1389,7 @@ fn service_ref(section: &str, what: &str, r: ServiceRef<'_>, out: &mut Problems)
         }
         Some(_) => {}
     }
-    match r.port {
+    match port {
         Some(crate::PortRef::Number(0)) => out.add(key("port"), "is 0; must be from 1 to 65535"),
         Some(crate::PortRef::Name(n)) if n.is_empty() => out.add(
             key("port"),
@@ -1411,8 +1397,8 @@ fn service_ref(section: &str, what: &str, r: ServiceRef<'_>, out: &mut Problems)
         ),
         _ => {}
     }
-    namespace(&key("namespace"), r.namespace, out);
-    api_server(&key("api_server"), r.api_server, out);
+    namespace(&key("namespace"), ns, out);
+    api_server(&key("api_server"), server, out);
 }
 
 fn check_leader_election(cfg: &Config, out: &mut Problems) {
