@@ -321,15 +321,7 @@ impl Backlog {
             return none;
         }
         let rates: Vec<f64> = self.history.iter().map(|&(_, r)| r).collect();
-        // Prefix sums of r and of j x r, for the mean and the least-squares trend of any span.
-        let mut prefix = Vec::with_capacity(rates.len() + 1);
-        let mut moment = Vec::with_capacity(rates.len() + 1);
-        prefix.push(0.0);
-        moment.push(0.0);
-        for (j, r) in rates.iter().enumerate() {
-            prefix.push(prefix.last().copied().unwrap_or(0.0) + r);
-            moment.push(moment.last().copied().unwrap_or(0.0) + j as f64 * r);
-        }
+        let (prefix, moment) = prefix_sums(&rates);
         let span = k as f64 * interval_s;
         let n = rates.len();
         // The level now: the mean over the last reaction.
@@ -376,6 +368,20 @@ impl Backlog {
             samples_per_window: k,
         }
     }
+}
+
+/// Prefix sums of r\[j\] and of j x r\[j\]: the mean and the least-squares trend of any span
+/// in O(1) ([`Backlog::trend_rise`]).
+fn prefix_sums(rates: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let mut prefix = Vec::with_capacity(rates.len() + 1);
+    let mut moment = Vec::with_capacity(rates.len() + 1);
+    prefix.push(0.0);
+    moment.push(0.0);
+    for (j, r) in rates.iter().enumerate() {
+        prefix.push(prefix[j] + r);
+        moment.push(moment[j] + j as f64 * r);
+    }
+    (prefix, moment)
 }
 
 impl Decider for Backlog {
@@ -905,6 +911,14 @@ mod tests {
         assert_eq!(changed.forecast(&w4, 375 * S), None);
     }
 
+    /// A fresh rule and its windows fed `seconds` of `rate(t)` (see [`feed`]).
+    fn fed(c: &Autoscaler, seconds: u64, rate: impl FnMut(u64) -> f64) -> (Backlog, Windows) {
+        let mut d = Backlog::new(c);
+        let mut w = Windows::from_config(c);
+        feed(&mut d, &mut w, seconds, rate);
+        (d, w)
+    }
+
     /// A fleet of `ready` backends and of backends starting, launched at the given times.
     fn booting(ready: u32, launched: &[Nanos]) -> FleetView {
         let mut members: Vec<Member> = (0..ready)
@@ -967,46 +981,24 @@ mod tests {
             boot_time: HumanDuration::from_secs(30),
             ..cfg()
         };
-        let mut ramp = Backlog::new(&c);
-        let mut w = Windows::from_config(&c);
-        feed(&mut ramp, &mut w, 600, |t| 1000.0 + 10.0 * t as f64);
+        let (ramp, _) = fed(&c, 600, |t| 1000.0 + 10.0 * t as f64);
         let h = ramp.burst_headroom();
         assert!(h.windows >= MIN_BURST_WINDOWS, "{h:?}");
         assert_eq!(h.rate, 0.0, "the trend is no burst: {h:?}");
         // The same ramp with a 2,000/s burst for 5 s every minute: the bursts still count.
-        let mut bursty = Backlog::new(&c);
-        let mut w = Windows::from_config(&c);
-        feed(&mut bursty, &mut w, 600, |t| {
+        let (bursty, _) = fed(&c, 600, |t| {
             1000.0 + 10.0 * t as f64 + if t % 60 < 5 { 2000.0 } else { 0.0 }
         });
         let b = bursty.burst_headroom();
         assert!(b.rate > 1000.0 && b.rate < 2500.0, "{b:?}");
         // The discount is the trend before the window, rising only: flat history, none.
-        let mut flat = Backlog::new(&c);
-        let mut w = Windows::from_config(&c);
-        feed(&mut flat, &mut w, 200, |t| {
-            if t % 2 == 0 {
-                900.0
-            } else {
-                1100.0
-            }
-        });
+        let (flat, _) = fed(&c, 200, |t| if t % 2 == 0 { 900.0 } else { 1100.0 });
         let rates: Vec<f64> = flat.history.iter().map(|&(_, r)| r).collect();
-        let (mut prefix, mut moment) = (vec![0.0], vec![0.0]);
-        for (j, r) in rates.iter().enumerate() {
-            prefix.push(prefix[j] + r);
-            moment.push(moment[j] + j as f64 * r);
-        }
+        let (prefix, moment) = prefix_sums(&rates);
         assert!(flat.trend_rise(&prefix, &moment, 100, 31).abs() < 20.0);
-        let mut falling = Backlog::new(&c);
-        let mut w = Windows::from_config(&c);
-        feed(&mut falling, &mut w, 200, |t| 5000.0 - 10.0 * t as f64);
+        let (falling, _) = fed(&c, 200, |t| 5000.0 - 10.0 * t as f64);
         let rates: Vec<f64> = falling.history.iter().map(|&(_, r)| r).collect();
-        let (mut prefix, mut moment) = (vec![0.0], vec![0.0]);
-        for (j, r) in rates.iter().enumerate() {
-            prefix.push(prefix[j] + r);
-            moment.push(moment[j] + j as f64 * r);
-        }
+        let (prefix, moment) = prefix_sums(&rates);
         assert_eq!(falling.trend_rise(&prefix, &moment, 100, 31), 0.0);
     }
 
@@ -1018,16 +1010,8 @@ mod tests {
             ..cfg()
         };
         // 1,000/s with every fifth second at 1,400/s (noise-like spikes): the highest sample
-        // ahead is 1,400, the highest 6 s mean 1,080 or so.
-        let mut d = Backlog::new(&c);
-        let mut w = Windows::from_config(&c);
-        feed(&mut d, &mut w, 400, |t| {
-            if t % 5 == 0 {
-                1400.0
-            } else {
-                1000.0
-            }
-        });
+        // ahead is 1,400, the highest 6 s mean 1,067 or 1,133 (one spike or two in the window).
+        let (d, w) = fed(&c, 400, |t| if t % 5 == 0 { 1400.0 } else { 1000.0 });
         let f = d.forecast(&w, 399 * S).expect("a season of history");
         assert!(f.rate < 1150.0 && f.rate > 1000.0, "{f:?}");
     }
