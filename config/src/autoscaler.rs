@@ -219,7 +219,7 @@ impl Default for Autoscaler {
             workers: 4,
             drain_time: HumanDuration::from_secs(2),
             burst_quantile: 0.999,
-            burst_window: HumanDuration::from_secs(600),
+            burst_window: HumanDuration::from_secs(1800),
             season: HumanDuration::from_secs(0),
             boot_time: HumanDuration::from_secs(1),
             overload: OverloadMode::Queue,

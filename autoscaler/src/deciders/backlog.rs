@@ -13,10 +13,13 @@
 //! mu       = measured service rate per backend (stable window; the last one measured while a
 //!            backlog hides it)
 //! backlog  = requests queued in the balancer now
-//!          + (newest arrival rate - ready x mu)+ x boot_time   (what queues while new ones boot)
+//!          + what queues while new ones boot: (newest arrival rate - 3 sd of its noise) x
+//!            boot_time - what the ready backends, and those already starting once ready,
+//!            serve meanwhile ([`Backlog::growth`])
 //! burst    = the burst_quantile of the past rises over one reaction (boot_time + interval):
 //!            highest sample over the next reaction - mean rate over the last one - 3 sd of
-//!            Poisson noise, over the last burst_window of arrival rates, leaving above it at
+//!            Poisson noise - the rise the trend before it explains (the cost rules' lookahead
+//!            covers that), over the last burst_window of arrival rates, leaving above it at
 //!            least the windows one event spans (so one step or spike alone sets nothing);
 //!            at least 0. Absolute (requests/s), so traffic that switches on from nothing
 //!            counts too
@@ -44,8 +47,8 @@
 //! first two bursts of a repeating pattern are not covered: the second is the first that shows
 //! the pattern).
 //!
-//! Predictive option (`season`, e.g. "24h"): the highest rate one season ago over the next
-//! reaction (boot + interval), times today's level over that season's (panic window against the same
+//! Predictive option (`season`, e.g. "24h"): the highest panic-window mean one season ago over
+//! the next reaction (boot + interval), times today's level over that season's (panic window against the same
 //! window one season ago), is a floor on lambda, so a rise that happened at this time yesterday
 //! is met a boot ahead. It falls back to the reactive rule (no floor) without a season of
 //! history and when today's level is more than 2x off that season's; it never lowers lambda.
@@ -58,7 +61,7 @@ use super::queueing_model::SLO_QUANTILE;
 use super::{secs, Decider};
 use crate::decision::Decision;
 use crate::erlang::FleetModel;
-use crate::fleet::FleetView;
+use crate::fleet::{BackendState, FleetView};
 use crate::windows::Windows;
 use ebbtide_config::autoscaler::Autoscaler;
 use ebbtide_config::time::Nanos;
@@ -80,6 +83,9 @@ pub struct Backlog {
     interval: Nanos,
     quantile: f64,
     history_length: Nanos,
+    /// Samples the trend of a rise is measured over (the stable window, as the cost rules'
+    /// lookahead measures it).
+    trend_samples: usize,
     /// (time, arrival rate) of every observation within `burst_window`.
     history: VecDeque<(Nanos, f64)>,
     /// The last measured service rate per backend.
@@ -136,6 +142,8 @@ impl Backlog {
             interval: cfg.interval.as_nanos().max(1),
             quantile: cfg.burst_quantile.clamp(0.0, 1.0),
             history_length: cfg.burst_window.as_nanos(),
+            trend_samples: (cfg.stable_window.as_nanos() / cfg.interval.as_nanos().max(1)).max(3)
+                as usize,
             history: VecDeque::new(),
             last_mu: None,
             season: cfg.season.as_nanos(),
@@ -174,25 +182,30 @@ impl Backlog {
         floor.max(priced)
     }
 
-    /// The mean (or the highest) rate one season ago over [from, to) (times of today), from the
-    /// seasonal history; `None` when the history does not reach back that far.
-    fn seasonal(&self, from: Nanos, to: Nanos, highest: bool) -> Option<f64> {
+    /// The mean rate one season ago over [from, to) (times of today), or with `span` samples the
+    /// highest mean of `span` consecutive samples there, from the seasonal history; `None` when
+    /// the history does not reach back that far.
+    fn seasonal(&self, from: Nanos, to: Nanos, span: Option<usize>) -> Option<f64> {
         let (from, to) = (from.checked_sub(self.season)?, to.checked_sub(self.season)?);
         if self.seasonal.front().is_none_or(|&(at, _)| at > from) {
             return None;
         }
-        let (sum, top, n) = self
+        let rates: Vec<f64> = self
             .seasonal
             .iter()
             .filter(|&&(at, _)| at >= from && at < to.max(from + 1))
-            .fold((0.0, 0.0f64, 0usize), |(s, m, n), &(_, r)| {
-                (s + r, m.max(r), n + 1)
-            });
-        (n > 0).then(|| if highest { top } else { sum / n as f64 })
+            .map(|&(_, r)| r)
+            .collect();
+        if rates.is_empty() {
+            return None;
+        }
+        let span = span.unwrap_or(rates.len()).clamp(1, rates.len());
+        let mean = |w: &[f64]| w.iter().sum::<f64>() / w.len() as f64;
+        Some(rates.windows(span).map(mean).fold(f64::MIN, f64::max))
     }
 
-    /// The same-time-last-season forecast: the highest rate over the next reaction (boot +
-    /// interval) one season ago, scaled by
+    /// The same-time-last-season forecast: the highest panic-window mean over the next
+    /// reaction (boot + interval) one season ago, scaled by
     /// today's level against that season's; `None` when off, without a season of history, or
     /// when today's level is more than [`MAX_LEVEL_CHANGE`] off (the forecast is not trusted).
     pub fn forecast(&self, windows: &Windows, now: Nanos) -> Option<Forecast> {
@@ -201,9 +214,13 @@ impl Backlog {
         }
         let panic = windows.panic(now);
         let today = panic.arrival_rate?;
-        let then = self.seasonal(panic.from, panic.to, false)?;
+        let then = self.seasonal(panic.from, panic.to, None)?;
         let reaction = (self.boot * 1e9) as Nanos + self.interval;
-        let ahead = self.seasonal(panic.to, panic.to + reaction, true)?;
+        // The highest panic-window mean ahead, not the highest sample: over a 30 s reaction
+        // the highest of 31 one-second samples is ~2 sd of Poisson noise above the rate, which
+        // the forecast would otherwise buy every tick (0.04 of 1.81 on the four-day sine).
+        let span = (windows.panic_length() / self.interval).max(1) as usize;
+        let ahead = self.seasonal(panic.to, panic.to + reaction, Some(span))?;
         let level = if then > 0.0 { today / then } else { 1.0 };
         if !(1.0 / MAX_LEVEL_CHANGE..=MAX_LEVEL_CHANGE).contains(&level) {
             return None;
@@ -239,6 +256,54 @@ impl Backlog {
         }
     }
 
+    /// The part of a rise over window `i` (the mean of samples [i - k, i) against the highest of
+    /// [i, i + k)) that the trend before it explains: the least-squares slope of the
+    /// `trend_samples` before `i` (rising only), over the 1.5 k samples from the middle of the
+    /// mean to the end of the next window. The cost rules' lookahead extrapolates that trend
+    /// a boot ahead already, so counting it as burst headroom too would size a smooth rise
+    /// twice (with 30 s boots, the steepest rises of a diurnal sine pass the noise test).
+    fn trend_rise(&self, prefix: &[f64], moment: &[f64], i: usize, k: usize) -> f64 {
+        let lo = i.saturating_sub(self.trend_samples);
+        let n = (i - lo) as f64;
+        if n < 3.0 {
+            return 0.0;
+        }
+        let sum = prefix[i] - prefix[lo];
+        let centre = (lo + i - 1) as f64 / 2.0;
+        let covariance = moment[i] - moment[lo] - centre * sum;
+        let slope = covariance / (n * (n * n - 1.0) / 12.0);
+        slope.max(0.0) * 1.5 * k as f64
+    }
+
+    /// What will queue while the backends ordered now boot: the newest arrival rate, less
+    /// [`NOISE_SDS`] of its Poisson noise, over the boot time, less what the ready backends
+    /// serve meanwhile and what the backends already starting serve once ready (each from its
+    /// own launch plus one boot; half the boot time each when the members are not known).
+    ///
+    /// The noise and the starting backends matter with slow boots: over 30 s, one sample 60/s
+    /// above the ready fleet's capacity is 1,800 requests, which the priced drain answers with
+    /// dozens of backends for a billing period (on the four-day sine, 80 at once at a peak
+    /// where 2 more were already booting).
+    pub fn growth(&self, newest: f64, mu: f64, fleet: &FleetView, now: Nanos) -> f64 {
+        let dt = secs(self.interval).max(1e-3);
+        let newest = newest.max(0.0);
+        let noise = NOISE_SDS * (newest / dt).sqrt();
+        let boot_ns = (self.boot * 1e9) as Nanos;
+        let starting: Vec<Nanos> = fleet
+            .members
+            .iter()
+            .filter(|m| m.state == BackendState::Starting)
+            .map(|m| now.saturating_sub(m.launched_at).min(boot_ns))
+            .collect();
+        let starting_s = if starting.len() == fleet.starting as usize && !fleet.members.is_empty() {
+            starting.iter().map(|&s| secs(s)).sum()
+        } else {
+            fleet.starting as f64 * self.boot / 2.0
+        };
+        let served = mu * (fleet.ready as f64 * self.boot + starting_s);
+        ((newest - noise) * self.boot - served).max(0.0)
+    }
+
     /// The burst headroom learnt from the rate history so far.
     pub fn burst_headroom(&self) -> BurstHeadroom {
         let interval_s = self.interval as f64 / 1e9;
@@ -256,11 +321,7 @@ impl Backlog {
             return none;
         }
         let rates: Vec<f64> = self.history.iter().map(|&(_, r)| r).collect();
-        let mut prefix = Vec::with_capacity(rates.len() + 1);
-        prefix.push(0.0);
-        for r in &rates {
-            prefix.push(prefix.last().copied().unwrap_or(0.0) + r);
-        }
+        let (prefix, moment) = prefix_sums(&rates);
         let span = k as f64 * interval_s;
         let n = rates.len();
         // The level now: the mean over the last reaction.
@@ -275,7 +336,8 @@ impl Backlog {
             // A Poisson count over one interval has variance rate x interval, the mean before
             // over the reaction rate x span: rises within NOISE_SDS of their sum are noise.
             let noise = (after / interval_s + before / span).sqrt();
-            let rise = after - before - NOISE_SDS * noise;
+            let trend = self.trend_rise(&prefix, &moment, i, k);
+            let rise = after - before - NOISE_SDS * noise - trend;
             rises.push(rise);
             // Burst memory: a rise the rate has since fallen back from (a whole reaction later)
             // was a burst, not a lasting step: it may come back.
@@ -306,6 +368,20 @@ impl Backlog {
             samples_per_window: k,
         }
     }
+}
+
+/// Prefix sums of r\[j\] and of j x r\[j\]: the mean and the least-squares trend of any span
+/// in O(1) ([`Backlog::trend_rise`]).
+fn prefix_sums(rates: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let mut prefix = Vec::with_capacity(rates.len() + 1);
+    let mut moment = Vec::with_capacity(rates.len() + 1);
+    prefix.push(0.0);
+    moment.push(0.0);
+    for (j, r) in rates.iter().enumerate() {
+        prefix.push(prefix[j] + r);
+        moment.push(moment[j] + j as f64 * r);
+    }
+    (prefix, moment)
 }
 
 impl Decider for Backlog {
@@ -353,7 +429,7 @@ impl Decider for Backlog {
         let forecast = self.forecast(windows, now);
         let lambda = forecast.map_or(lambda, |f| lambda.max(f.rate));
         let queued = latest.queue_depth.max(0.0);
-        let growth = (latest.arrival_rate - fleet.ready as f64 * mu).max(0.0) * self.boot;
+        let growth = self.growth(latest.arrival_rate, mu, fleet, now);
         let backlog = queued + growth;
         let burst = self.burst_headroom();
         let drain = self.drain_rate(lambda, backlog, mu);
@@ -425,6 +501,7 @@ impl Decider for Backlog {
 mod tests {
     use super::*;
     use crate::deciders::QueueingModel;
+    use crate::fleet::Member;
     use crate::testkit::{run, FluidFleet, S};
     use crate::windows::Observation;
     use ebbtide_config::autoscaler::DeciderKind;
@@ -531,9 +608,15 @@ mod tests {
             ..Default::default()
         });
         let dec = d.decide(&w, &FleetView::counts(7, 0, 1, 1000), 10 * S);
-        // (5000 - 7 x 200)/s for 30 s, to drain in 2 s on top of the arrivals.
-        assert_eq!(dec.inputs["backlog"], 3600.0 * 30.0);
-        let offered = dec.inputs["arrival_rate"] + 3600.0 * 30.0 / 2.0;
+        // (5000 less 3 sd of its noise - 7 x 200)/s for 30 s, to drain in 2 s on top of the
+        // arrivals.
+        let growth = (5000.0 - 3.0 * 5000f64.sqrt() - 1400.0) * 30.0;
+        assert!(
+            (dec.inputs["backlog"] - growth).abs() < 1e-6,
+            "{}",
+            dec.reason
+        );
+        let offered = dec.inputs["arrival_rate"] + growth / 2.0;
         assert_eq!(
             dec.desired,
             model(offered).smallest_meeting_slo().unwrap().backends,
@@ -826,5 +909,110 @@ mod tests {
             sine(t, if t < 300 { 1.0 } else { 3.0 })
         });
         assert_eq!(changed.forecast(&w4, 375 * S), None);
+    }
+
+    /// A fresh rule and its windows fed `seconds` of `rate(t)` (see [`feed`]).
+    fn fed(c: &Autoscaler, seconds: u64, rate: impl FnMut(u64) -> f64) -> (Backlog, Windows) {
+        let mut d = Backlog::new(c);
+        let mut w = Windows::from_config(c);
+        feed(&mut d, &mut w, seconds, rate);
+        (d, w)
+    }
+
+    /// A fleet of `ready` backends and of backends starting, launched at the given times.
+    fn booting(ready: u32, launched: &[Nanos]) -> FleetView {
+        let mut members: Vec<Member> = (0..ready)
+            .map(|i| Member {
+                id: format!("r{i}"),
+                launched_at: 0,
+                state: BackendState::Active,
+            })
+            .collect();
+        members.extend(launched.iter().enumerate().map(|(i, &at)| Member {
+            id: format!("s{i}"),
+            launched_at: at,
+            state: BackendState::Starting,
+        }));
+        FleetView {
+            members,
+            ..FleetView::counts(ready, launched.len() as u32, 1, 1000)
+        }
+    }
+
+    #[test]
+    fn noise_and_backends_already_booting_queue_nothing_while_new_ones_boot() {
+        let c = Autoscaler {
+            boot_time: HumanDuration::from_secs(30),
+            ..cfg()
+        };
+        let d = Backlog::new(&c);
+        let now = 100 * S;
+        // 28 ready serve 5,600/s: a sample 2 sd above that (Poisson noise) queues nothing.
+        let noisy = 5600.0 + 2.0 * 5600f64.sqrt();
+        assert_eq!(d.growth(noisy, 200.0, &booting(28, &[]), now), 0.0);
+        // A real excess of 1,400/s over 30 s does, less its noise.
+        let over = d.growth(7000.0, 200.0, &booting(28, &[]), now);
+        let expected = (7000.0 - 3.0 * 7000f64.sqrt() - 5600.0) * 30.0;
+        assert!((over - expected).abs() < 1e-6, "{over} vs {expected}");
+        // Two backends launched 20 s ago serve the last 20 s of the 30: 8,000 of it.
+        let two = d.growth(7000.0, 200.0, &booting(28, &[80 * S, 80 * S]), now);
+        assert!(
+            (two - (expected - 2.0 * 200.0 * 20.0)).abs() < 1e-6,
+            "{two}"
+        );
+        // One launched just now serves none of it.
+        let fresh = d.growth(7000.0, 200.0, &booting(28, &[now]), now);
+        assert!((fresh - expected).abs() < 1e-6, "{fresh}");
+        // Known only by counts: each starting backend is taken to serve half the boot time.
+        let counted = d.growth(7000.0, 200.0, &FleetView::counts(28, 1, 1, 1000), now);
+        assert!(
+            (counted - (expected - 200.0 * 15.0)).abs() < 1e-6,
+            "{counted}"
+        );
+        // Never below nothing.
+        assert_eq!(d.growth(7000.0, 200.0, &booting(28, &[0; 10]), now), 0.0);
+    }
+
+    #[test]
+    fn a_smooth_rise_is_left_to_the_lookahead_but_bursts_on_it_still_count() {
+        // With 30 s boots a reaction is 31 s, over which a rise of 10/s per second (460/s
+        // from the mean of the last reaction to the end of the next) passes the noise test.
+        let c = Autoscaler {
+            boot_time: HumanDuration::from_secs(30),
+            ..cfg()
+        };
+        let (ramp, _) = fed(&c, 600, |t| 1000.0 + 10.0 * t as f64);
+        let h = ramp.burst_headroom();
+        assert!(h.windows >= MIN_BURST_WINDOWS, "{h:?}");
+        assert_eq!(h.rate, 0.0, "the trend is no burst: {h:?}");
+        // The same ramp with a 2,000/s burst for 5 s every minute: the bursts still count.
+        let (bursty, _) = fed(&c, 600, |t| {
+            1000.0 + 10.0 * t as f64 + if t % 60 < 5 { 2000.0 } else { 0.0 }
+        });
+        let b = bursty.burst_headroom();
+        assert!(b.rate > 1000.0 && b.rate < 2500.0, "{b:?}");
+        // The discount is the trend before the window, rising only: flat history, none.
+        let (flat, _) = fed(&c, 200, |t| if t % 2 == 0 { 900.0 } else { 1100.0 });
+        let rates: Vec<f64> = flat.history.iter().map(|&(_, r)| r).collect();
+        let (prefix, moment) = prefix_sums(&rates);
+        assert!(flat.trend_rise(&prefix, &moment, 100, 31).abs() < 20.0);
+        let (falling, _) = fed(&c, 200, |t| 5000.0 - 10.0 * t as f64);
+        let rates: Vec<f64> = falling.history.iter().map(|&(_, r)| r).collect();
+        let (prefix, moment) = prefix_sums(&rates);
+        assert_eq!(falling.trend_rise(&prefix, &moment, 100, 31), 0.0);
+    }
+
+    #[test]
+    fn the_forecast_is_the_highest_panic_window_mean_ahead_not_the_noisiest_sample() {
+        let c = Autoscaler {
+            season: HumanDuration::from_secs(300),
+            boot_time: HumanDuration::from_secs(30),
+            ..cfg()
+        };
+        // 1,000/s with every fifth second at 1,400/s (noise-like spikes): the highest sample
+        // ahead is 1,400, the highest 6 s mean 1,067 or 1,133 (one spike or two in the window).
+        let (d, w) = fed(&c, 400, |t| if t % 5 == 0 { 1400.0 } else { 1000.0 });
+        let f = d.forecast(&w, 399 * S).expect("a season of history");
+        assert!(f.rate < 1150.0 && f.rate > 1000.0, "{f:?}");
     }
 }
