@@ -186,9 +186,16 @@ impl HeadError {
     /// - `UriTooLong`: counted on the target as sent; today counts the authority and the path
     ///   and query only (not the scheme, `://` or a fragment), so a target a few bytes under the
     ///   limit may differ.
+    /// - `HeadTooLarge` when hyper forwards: hyper's `max_buf_size` bounds its read buffer,
+    ///   not the head, and its buffer grows in steps that can take a head well past the limit
+    ///   when the bytes arrive together (a 40 KB head passes the default 32 KiB); the new
+    ///   parser's limit is exact.
     /// - `BadHost` for a WebSocket upgrade: today's path skips `strict::check` for upgrades.
     /// - `BadHost` for `Connection: host`: today's path strips `Host` and answers "no Host";
     ///   the same 400, so not a difference in verdict.
+    ///
+    /// The first four are checked last, so that a request today's path refuses as well gets
+    /// today's status.
     pub(crate) const fn stricter_than_today(self) -> bool {
         matches!(
             self,
@@ -197,6 +204,7 @@ impl HeadError {
                 | HeadError::ContentLengthWithTransferEncoding
                 | HeadError::BadScheme
                 | HeadError::UriTooLong
+                | HeadError::HeadTooLarge
         )
     }
 

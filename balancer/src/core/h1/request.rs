@@ -108,9 +108,11 @@ pub(crate) fn parse_request(
     if len > limits.max_head_bytes {
         return Err(HeadError::HeadTooLarge);
     }
-    let head = &buf[..len];
-    if has_bare_lf(head) {
-        return Err(HeadError::BareLf);
+    // The refusals today's path does not make wait until every check it makes has passed, so
+    // that a request both refuse gets today's status.
+    let mut deferred = None;
+    if has_bare_lf(&buf[..len]) {
+        deferred = Some(HeadError::BareLf);
     }
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
         return Err(HeadError::Syntax);
@@ -123,11 +125,15 @@ pub(crate) fn parse_request(
     let method = span_in(buf, method.as_bytes());
     let method_bytes = method.of(buf);
     let target_full = span_in(buf, target.as_bytes());
-    // The empty line that ends the head: CRLF (a bare LF was refused above).
+    // The empty line that ends the head: CRLF (with a bare LF, the spans are off by one, and
+    // the head is refused below).
     collect_fields(buf, req.headers, len - 2, fields);
 
     // hyper: the target must be one `http::Uri` takes.
-    let (target, form) = parse_target(buf, target_full)?;
+    let (target, form, bad_scheme) = parse_target(buf, target_full)?;
+    if bad_scheme {
+        deferred.get_or_insert(HeadError::BadScheme);
+    }
     let is_connect = method_bytes == b"CONNECT";
     let form = match form {
         Form::Known(f) => Some(f),
@@ -154,9 +160,18 @@ pub(crate) fn parse_request(
         let v = f.value.of(buf);
         match f.kind {
             FieldKind::ContentLength => {
+                if te_lines > 0 {
+                    // hyper skips a Content-Length after Transfer-Encoding unread.
+                    cl = true;
+                    continue;
+                }
                 let n = content_length(v)?;
                 if cl {
-                    return Err(HeadError::RepeatedContentLength);
+                    // hyper refuses different numbers and keeps one of equal ones.
+                    if body != RequestBody::Length(n) {
+                        return Err(HeadError::BadContentLength);
+                    }
+                    deferred.get_or_insert(HeadError::RepeatedContentLength);
                 }
                 cl = true;
                 body = RequestBody::Length(n);
@@ -211,7 +226,7 @@ pub(crate) fn parse_request(
             return Err(HeadError::TransferEncodingNotChunked);
         }
         if cl {
-            return Err(HeadError::ContentLengthWithTransferEncoding);
+            deferred.get_or_insert(HeadError::ContentLengthWithTransferEncoding);
         }
         body = RequestBody::Chunked;
     }
@@ -264,6 +279,9 @@ pub(crate) fn parse_request(
     // `prepare_head`: a `Host` named in `Connection` would be stripped, leaving none.
     if connection_host && !matches!(form, Target::Absolute { .. }) {
         return Err(HeadError::BadHost);
+    }
+    if let Some(e) = deferred {
+        return Err(e);
     }
 
     Ok(Parsed::Complete(
@@ -378,16 +396,21 @@ fn scan_path_query(s: &[u8]) -> Option<usize> {
     Some(end)
 }
 
-/// The target's span without a fragment, and its form.
-fn parse_target(buf: &[u8], t: Span) -> Result<(Span, Form), HeadError> {
+/// The target's span without a fragment, its form, and whether it is absolute with a scheme
+/// other than http(s) (refused, but after today's checks).
+fn parse_target(buf: &[u8], t: Span) -> Result<(Span, Form, bool), HeadError> {
     let s = t.of(buf);
     let start = t.start as usize;
     if s == b"*" {
-        return Ok((t, Form::Known(Target::Asterisk)));
+        return Ok((t, Form::Known(Target::Asterisk), false));
     }
     if s.first() == Some(&b'/') {
         let end = scan_path_query(s).ok_or(HeadError::BadTarget)?;
-        return Ok((Span::new(start, start + end), Form::Known(Target::Origin)));
+        return Ok((
+            Span::new(start, start + end),
+            Form::Known(Target::Origin),
+            false,
+        ));
     }
     if let Some(colon) = find(s, b"://") {
         let scheme = &s[..colon];
@@ -410,9 +433,7 @@ fn parse_target(buf: &[u8], t: Span) -> Result<(Span, Form), HeadError> {
         let path_at = rest + auth_len;
         let path_len = scan_path_query(&s[path_at..]).ok_or(HeadError::BadTarget)?;
         let https = scheme.eq_ignore_ascii_case(b"https");
-        if !https && !scheme.eq_ignore_ascii_case(b"http") {
-            return Err(HeadError::BadScheme);
-        }
+        let bad_scheme = !https && !scheme.eq_ignore_ascii_case(b"http");
         return Ok((
             Span::new(start, start + path_at + path_len),
             Form::Known(Target::Absolute {
@@ -420,10 +441,11 @@ fn parse_target(buf: &[u8], t: Span) -> Result<(Span, Form), HeadError> {
                 authority: Span::new(start + rest, start + path_at),
                 path: Span::new(start + path_at, start + path_at + path_len),
             }),
+            bad_scheme,
         ));
     }
     if !s.is_empty() && s.iter().all(|&c| authority_byte(c)) {
-        return Ok((t, Form::Authority));
+        return Ok((t, Form::Authority, false));
     }
     Err(HeadError::BadTarget)
 }
@@ -505,7 +527,11 @@ mod tests {
             ),
             (
                 "Content-Length: 5\r\nContent-Length: 6\r\n",
-                HeadError::RepeatedContentLength,
+                HeadError::BadContentLength,
+            ),
+            (
+                "Transfer-Encoding: chunked\r\nContent-Length: x\r\n",
+                HeadError::ContentLengthWithTransferEncoding,
             ),
             ("Content-Length: 5, 5\r\n", HeadError::BadContentLength),
             ("Content-Length: +5\r\n", HeadError::BadContentLength),
