@@ -30,6 +30,8 @@
 //! - `tunnel`: an upgraded connection's bytes copied both ways, and how it ends;
 //! - `ws_frame`: WebSocket frame boundaries, so that a close frame can be put in (pure).
 //! - `request_id`: `X-Request-Id`, kept or made.
+//! - `oracle` (tests and fuzz/ only): today's path and `core::h1`'s side by side, compared;
+//!   `h1_differential` runs it on a corpus.
 
 mod client_body;
 mod completion;

@@ -210,6 +210,25 @@ fn new_path_detail(data: &[u8]) -> (Verdict, Option<HeadError>) {
             String::from_utf8_lossy(&out)
         ),
     }
+    // What the new path forwards, it would forward again with the same target and framing.
+    // (With room for the fields the editor adds: a head at the limits grows by them.)
+    let roomy = Limits {
+        max_head_bytes: usize::MAX,
+        max_fields: 1000,
+        max_target_bytes: usize::MAX,
+    };
+    let mut again = Vec::new();
+    match h1::request::parse_request(&out, &roomy, &mut again) {
+        Ok(Parsed::Complete(h, n)) => {
+            assert_eq!(n, out.len(), "trailing bytes");
+            assert_eq!(h.body, head.body, "framing changed");
+            assert_eq!(h.target.of(&out), back.path.unwrap_or_default().as_bytes());
+        }
+        other => panic!(
+            "the new path refuses its own forwarded head ({other:?}):\n{}",
+            String::from_utf8_lossy(&out)
+        ),
+    }
     let mut h: Vec<(String, Vec<u8>)> = back
         .headers
         .iter()
@@ -346,4 +365,71 @@ fn compare_verdicts(
         }
         (old, new) => Comparison::Diverge(format!("today {old:?}, new {new:?} ({err:?})")),
     }
+}
+
+/// The chunked decoder on `data` fed in pieces of `piece` bytes, checked against the same
+/// decoder fed all at once and one byte at a time: the same data, end and error whatever the
+/// pieces. Returns the decoded data and where the body ended, or the error's name.
+pub fn chunked(data: &[u8], piece: usize) -> Result<(Vec<u8>, Option<usize>), String> {
+    let whole = h1::chunked::decode_all(data, data.len().max(1));
+    let pieces = h1::chunked::decode_all(data, piece);
+    let bytes = h1::chunked::decode_all(data, 1);
+    assert_eq!(whole, pieces, "fed whole vs in pieces of {piece}");
+    assert_eq!(whole, bytes, "fed whole vs byte by byte");
+    if let Ok((out, end)) = &whole {
+        assert!(
+            out.len() <= end.unwrap_or(data.len()),
+            "more data than input"
+        );
+    }
+    whole.map_err(|e| format!("{e:?}"))
+}
+
+/// The response parser and editor on `data` (the answer to a HEAD if `to_head`): no panic, and
+/// a parsed head written back out reads again (httparse and the new parser) with the same
+/// status and framing. Returns the status, or None if refused or incomplete.
+pub fn response(data: &[u8], to_head: bool) -> Option<u16> {
+    let limits = Limits {
+        max_head_bytes: MAX_HEADER_BYTES,
+        max_fields: 100,
+        max_target_bytes: MAX_URI_BYTES,
+    };
+    let mut fields = Vec::new();
+    let Ok(Parsed::Complete(head, len)) =
+        h1::response::parse_response(data, &limits, to_head, &mut fields)
+    else {
+        return None;
+    };
+    assert!(len <= data.len());
+    for rechunk in [false, true] {
+        let mut out = Vec::new();
+        h1::edit::write_response(data, &head, &fields, rechunk, &mut out);
+        let mut parsed = [httparse::EMPTY_HEADER; 256];
+        let mut back = httparse::Response::new(&mut parsed);
+        match back.parse(&out) {
+            Ok(httparse::Status::Complete(n)) if n == out.len() => {}
+            other => panic!(
+                "the edited response does not parse back ({other:?}):\n{}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+        assert_eq!(back.code, Some(head.status));
+        let mut again = Vec::new();
+        match h1::response::parse_response(&out, &limits, to_head, &mut again) {
+            Ok(Parsed::Complete(h, _)) => {
+                use h1::response::ResponseBody::*;
+                let same = match (head.body, h.body) {
+                    // A body until close goes out chunked (rechunk) or until close.
+                    (Close, Chunked) => rechunk,
+                    (a, b) => a == b,
+                };
+                assert!(same, "framing {:?} became {:?}", head.body, h.body);
+            }
+            other => panic!(
+                "the new parser refuses its own edited response ({other:?}):\n{}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    }
+    Some(head.status)
 }
