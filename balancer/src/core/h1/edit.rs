@@ -17,7 +17,7 @@
 
 use super::request::{RequestBody, RequestHead, Target};
 use super::response::{ResponseBody, ResponseHead};
-use super::{list, Field, FieldKind};
+use super::{list, visible, Field, FieldKind};
 
 /// Who the client is, for `X-Forwarded-*`.
 #[derive(Debug, Clone, Copy)]
@@ -35,7 +35,7 @@ fn connection_names<'b>(buf: &'b [u8], fields: &[Field], any: bool) -> Vec<&'b [
     }
     fields
         .iter()
-        .filter(|f| f.kind == FieldKind::Connection)
+        .filter(|f| f.kind == FieldKind::Connection && visible(f.value.of(buf)))
         .flat_map(|f| list(f.value.of(buf)))
         .collect()
 }
@@ -50,10 +50,6 @@ fn passes(buf: &[u8], f: &Field, names: &[&[u8]]) -> bool {
         || !(f.kind.hop_by_hop() || (!names.is_empty() && named(names, f.name.of(buf))))
 }
 
-/// `HeaderValue::to_str`'s set: what today's path reads as a client's `X-Forwarded-For`.
-fn visible(v: &[u8]) -> bool {
-    v.iter().all(|&c| c == b'\t' || (0x20..0x7f).contains(&c))
-}
 
 /// Appends to `out` the head to send to a backend for the request `head` parsed from `buf`.
 pub(crate) fn write_request(

@@ -289,6 +289,13 @@ pub(crate) struct Field {
     pub(crate) kind: FieldKind,
 }
 
+/// `HeaderValue::to_str`'s set (HTAB, SP and visible ASCII): today's path reads the lists in
+/// `Connection`, `Transfer-Encoding`, `Upgrade`, `TE` and `X-Forwarded-For` only from values
+/// of these bytes and skips the others (obs-text), so the new path does too.
+pub(crate) fn visible(v: &[u8]) -> bool {
+    v.iter().all(|&c| c == b'\t' || (0x20..0x7f).contains(&c))
+}
+
 /// The elements of a comma-separated list, trimmed, empty ones skipped (RFC 9110 5.6.1).
 pub(crate) fn list(v: &[u8]) -> impl Iterator<Item = &[u8]> {
     v.split(|&c| c == b',')

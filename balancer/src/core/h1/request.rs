@@ -7,8 +7,8 @@
 //! `Host`, codings 501), then `prepare_head`'s (no `Host`).
 
 use super::{
-    collect_fields, content_length, has_bare_lf, has_token, list, span_in, valid_host, Field,
-    FieldKind, HeadError, Limits, Parsed, Span, Version,
+    collect_fields, content_length, has_bare_lf, has_token, list, span_in, valid_host, visible,
+    Field, FieldKind, HeadError, Limits, Parsed, Span, Version,
 };
 use std::mem::MaybeUninit;
 
@@ -182,12 +182,13 @@ pub(crate) fn parse_request(
                 }
                 te_lines += 1;
                 // hyper: `chunked` must be the last coding of the last line.
-                last_te_chunked = v
-                    .rsplit(|&c| c == b',')
+                last_te_chunked = visible(v)
+                    && v.rsplit(|&c| c == b',')
                     .next()
                     .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
                 codings += list(v).count() as u32;
             }
+            FieldKind::Connection if !visible(v) => {}
             FieldKind::Connection => {
                 // Once any line asks to close, a later `keep-alive` does not undo it (hyper).
                 if has_token(v, b"close") {
@@ -210,7 +211,7 @@ pub(crate) fn parse_request(
             FieldKind::Expect => {
                 expect_continue = v.eq_ignore_ascii_case(b"100-continue");
             }
-            FieldKind::Te => {
+            FieldKind::Te if visible(v) => {
                 te_trailers |= list(v).any(|t| t.split(|&c| c == b';').next() == Some(b"trailers"));
             }
             FieldKind::Host => {
@@ -246,7 +247,11 @@ pub(crate) fn parse_request(
                 .filter(|f| f.kind == FieldKind::Upgrade)
                 .flat_map(|f| list(f.value.of(buf)))
         };
-        if protocols().any(|p| p.eq_ignore_ascii_case(b"websocket")) {
+        let websocket = fields
+            .iter()
+            .filter(|f| f.kind == FieldKind::Upgrade && visible(f.value.of(buf)))
+            .any(|f| has_token(f.value.of(buf), b"websocket"));
+        if websocket {
             upgrade = Upgrade::WebSocket;
         } else if !protocols().all(|p| p.eq_ignore_ascii_case(b"h2c")) {
             return Err(HeadError::UpgradeNotSupported);
@@ -343,7 +348,8 @@ fn query_byte(c: u8) -> bool {
     matches!(c, 0x21 | 0x24..=0x3B | 0x3D | 0x3F..=0x7E) || c >= 0x80
 }
 
-/// Authority bytes `http::Uri` takes (its `URI_CHARS`, less the delimiters of what follows).
+/// Authority bytes `http::Uri` takes (its `URI_CHARS`, less the delimiters of what follows
+/// and the bytes [`authority_len`] looks at).
 fn authority_byte(c: u8) -> bool {
     c.is_ascii_alphanumeric()
         || matches!(
@@ -412,22 +418,11 @@ fn parse_target(buf: &[u8], t: Span) -> Result<(Span, Form, bool), HeadError> {
             false,
         ));
     }
-    if let Some(colon) = find(s, b"://") {
+    if let Some(colon) = scheme_end(s)? {
         let scheme = &s[..colon];
-        let scheme_ok = scheme.first().is_some_and(u8::is_ascii_alphabetic)
-            && scheme
-                .iter()
-                .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'));
-        if !scheme_ok {
-            return Err(HeadError::BadTarget);
-        }
         let rest = colon + 3;
-        let auth_len = s[rest..]
-            .iter()
-            .position(|&c| matches!(c, b'/' | b'?' | b'#'))
-            .unwrap_or(s.len() - rest);
-        let authority = &s[rest..rest + auth_len];
-        if authority.is_empty() || !authority.iter().all(|&c| authority_byte(c)) {
+        let auth_len = authority_len(&s[rest..]).ok_or(HeadError::BadTarget)?;
+        if auth_len == 0 {
             return Err(HeadError::BadTarget);
         }
         let path_at = rest + auth_len;
@@ -444,14 +439,94 @@ fn parse_target(buf: &[u8], t: Span) -> Result<(Span, Form, bool), HeadError> {
             bad_scheme,
         ));
     }
-    if !s.is_empty() && s.iter().all(|&c| authority_byte(c)) {
+    if !s.is_empty() && authority_len(s) == Some(s.len()) {
         return Ok((t, Form::Authority, false));
     }
     Err(HeadError::BadTarget)
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// Where an absolute-form target's scheme ends (the `:` of `://`), as `http::Uri` finds it:
+/// `http://` and `https://` in any case, or any run of scheme bytes (letters, digits, `+-.~`,
+/// even none) followed by `://` in a target longer than 3 bytes; None for another form.
+fn scheme_end(s: &[u8]) -> Result<Option<usize>, HeadError> {
+    if s.len() >= 7 && s[..7].eq_ignore_ascii_case(b"http://") {
+        return Ok(Some(4));
+    }
+    if s.len() >= 8 && s[..8].eq_ignore_ascii_case(b"https://") {
+        return Ok(Some(5));
+    }
+    if s.len() <= 3 {
+        return Ok(None);
+    }
+    for (i, &c) in s.iter().enumerate() {
+        match c {
+            b':' if s.len() >= i + 3 && &s[i + 1..i + 3] == b"//" => {
+                // http's MAX_SCHEME_LEN.
+                return if i > 64 {
+                    Err(HeadError::BadTarget)
+                } else {
+                    Ok(Some(i))
+                };
+            }
+            b':' => return Ok(None),
+            _ if c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.' | b'~') => {}
+            _ => return Ok(None),
+        }
+    }
+    Ok(None)
+}
+
+/// The length of the authority at the start of `s` (up to `/`, `?` or `#`), or None where
+/// `http::Uri` refuses it: its `validate_authority_bytes`, byte for byte (bytes of its
+/// `URI_CHARS`; `%` only in userinfo or an IPv6 zone; one pair of brackets; at most one port
+/// colon after the brackets or the userinfo; not ending in `@`).
+fn authority_len(s: &[u8]) -> Option<usize> {
+    if s.is_empty() {
+        return None;
+    }
+    let (mut colons, mut open, mut close, mut percent) = (0u32, false, false, false);
+    let mut end = s.len();
+    let mut at = s.len();
+    for (i, &c) in s.iter().enumerate() {
+        match c {
+            b'/' | b'?' | b'#' => {
+                end = i;
+                break;
+            }
+            b'%' => percent = true,
+            b':' => {
+                if colons >= 8 {
+                    return None;
+                }
+                colons += 1;
+            }
+            b'[' => {
+                if percent || open {
+                    return None;
+                }
+                open = true;
+            }
+            b']' => {
+                if !open || close {
+                    return None;
+                }
+                close = true;
+                colons = 0;
+                percent = false;
+            }
+            b'@' => {
+                at = i;
+                colons = 0;
+                percent = false;
+            }
+            _ if authority_byte(c) => {}
+            _ => return None,
+        }
+    }
+    if open != close || colons > 1 || (end > 0 && at == end - 1) || percent {
+        return None;
+    }
+    Some(end)
 }
 
 #[cfg(test)]
