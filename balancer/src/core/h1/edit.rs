@@ -50,7 +50,6 @@ fn passes(buf: &[u8], f: &Field, names: &[&[u8]]) -> bool {
         || !(f.kind.hop_by_hop() || (!names.is_empty() && named(names, f.name.of(buf))))
 }
 
-
 /// Appends to `out` the head to send to a backend for the request `head` parsed from `buf`.
 pub(crate) fn write_request(
     buf: &[u8],

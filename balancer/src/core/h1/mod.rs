@@ -364,6 +364,12 @@ fn content_length(v: &[u8]) -> Result<u64, HeadError> {
             .and_then(|n| n.checked_add(u64::from(c - b'0')))
             .ok_or(HeadError::BadContentLength)?;
     }
+    Ok(n)
+}
+
+/// hyper's largest body length (`u64::MAX - 2`); past it, hyper answers 431 (it checks the
+/// first `Content-Length` only: a second one is compared with it first).
+fn check_length(n: u64) -> Result<u64, HeadError> {
     if n > u64::MAX - 2 {
         return Err(HeadError::ContentLengthTooLarge);
     }
@@ -451,8 +457,9 @@ mod tests {
         assert_eq!(content_length(b"0"), Ok(0));
         assert_eq!(content_length(b"0005"), Ok(5));
         assert_eq!(content_length(b"18446744073709551613"), Ok(u64::MAX - 2));
+        assert_eq!(check_length(u64::MAX - 2), Ok(u64::MAX - 2));
         assert_eq!(
-            content_length(b"18446744073709551614"),
+            content_length(b"18446744073709551614").and_then(check_length),
             Err(HeadError::ContentLengthTooLarge)
         );
         for bad in [

@@ -7,8 +7,8 @@
 //! `Host`, codings 501), then `prepare_head`'s (no `Host`).
 
 use super::{
-    collect_fields, content_length, has_bare_lf, has_token, list, span_in, valid_host, visible,
-    Field, FieldKind, HeadError, Limits, Parsed, Span, Version,
+    check_length, collect_fields, content_length, has_bare_lf, has_token, list, span_in,
+    valid_host, visible, Field, FieldKind, HeadError, Limits, Parsed, Span, Version,
 };
 use std::mem::MaybeUninit;
 
@@ -172,9 +172,10 @@ pub(crate) fn parse_request(
                         return Err(HeadError::BadContentLength);
                     }
                     deferred.get_or_insert(HeadError::RepeatedContentLength);
+                } else {
+                    body = RequestBody::Length(check_length(n)?);
                 }
                 cl = true;
-                body = RequestBody::Length(n);
             }
             FieldKind::TransferEncoding => {
                 if version == Version::Http10 {
@@ -184,8 +185,8 @@ pub(crate) fn parse_request(
                 // hyper: `chunked` must be the last coding of the last line.
                 last_te_chunked = visible(v)
                     && v.rsplit(|&c| c == b',')
-                    .next()
-                    .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                        .next()
+                        .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
                 codings += list(v).count() as u32;
             }
             FieldKind::Connection if !visible(v) => {}

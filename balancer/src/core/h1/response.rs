@@ -2,8 +2,8 @@
 //! Any refusal is the backend's fault: the proxy answers 502.
 
 use super::{
-    collect_fields, content_length, has_bare_lf, has_token, Field, FieldKind, HeadError, Limits,
-    Parsed, Span, Version,
+    check_length, collect_fields, content_length, has_bare_lf, has_token, Field, FieldKind,
+    HeadError, Limits, Parsed, Span, Version,
 };
 use std::mem::MaybeUninit;
 
@@ -91,7 +91,7 @@ pub(crate) fn parse_response(
         let v = f.value.of(buf);
         match f.kind {
             FieldKind::ContentLength => {
-                let n = content_length(v)?;
+                let n = content_length(v).and_then(check_length)?;
                 if length.is_some() {
                     return Err(HeadError::RepeatedContentLength);
                 }

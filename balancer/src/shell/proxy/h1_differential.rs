@@ -46,6 +46,14 @@ const LINES: &[&str] = &[
     "GET / http/1.1",
     "GET /",
     " GET / HTTP/1.1",
+    // Targets as http::Uri reads them (found by mutation runs).
+    "GET ://double/slash HTTP/1.1",
+    "GET 0http://t.test/ HTTP/1.1",
+    "GET http://t.tes[/ HTTP/1.1",
+    "GET http://[::1]:80/ HTTP/1.1",
+    "GET http://a%20b/ HTTP/1.1",
+    "GET http://t.test#f HTTP/1.1",
+    "CONNECT t.test:443@ HTTP/1.1",
 ];
 
 /// Field variants: (name, field lines each ending in CRLF, whether it brings its own Host,
@@ -132,6 +140,10 @@ const FIELDS: &[(&str, &str, bool, &str)] = &[
     ("trace context", "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n", false, ""),
     ("repeated plain fields", "Accept: a\r\nAccept: b\r\nCookie: x=1\r\nCookie: y=2\r\n", false, ""),
     ("Idempotency-Key", "Idempotency-Key: k-1\r\n", false, ""),
+    // Values today's path reads only when visible ASCII (found by mutation runs).
+    ("Connection obs-text", "Connection: clos\u{e9}, X-Secret\r\nX-Secret: s\r\n", false, ""),
+    ("TE obs-text", "Transfer-Encoding: chunk\u{e9}d, chunked\r\n", false, "0\r\n\r\n"),
+    ("CL then u64 max", "Content-Length: 5\r\nContent-Length: 18446744073709551615\r\n", false, ""),
 ];
 
 /// The whole corpus: (name, bytes).
