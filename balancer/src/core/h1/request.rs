@@ -543,7 +543,7 @@ mod tests {
     }
 
     fn err(raw: &str) -> HeadError {
-        parse(raw).expect_err(raw).clone()
+        parse(raw).expect_err(raw)
     }
 
     #[test]

@@ -149,7 +149,7 @@ fn status_of(buf: &[u8]) -> Option<u16> {
 /// forwarded head is the editor's output read back by httparse.
 pub fn new_path(data: &[u8]) -> (Verdict, Option<&'static str>) {
     let (v, e) = new_path_detail(data);
-    (v, e.map(|e| error_name(e)))
+    (v, e.map(error_name))
 }
 
 fn error_name(e: HeadError) -> &'static str {
