@@ -5,8 +5,10 @@
 //!   accept or refuse, same status, same forwarded head and framing) but for the new parser's
 //!   deliberate strictnesses (`HeadError::stricter_than_today`); the new path's forwarded head
 //!   must read back (httparse, and the new parser, with the same target and framing);
-//! - as a chunked body: the decoder gives the same data, end and error fed whole, byte by
-//!   byte, and in pieces of a size the input picks;
+//! - as a chunked body (after a valid head): hyper's decoder and the new one take the same
+//!   bodies with the same data, but for the new one's deliberate strictnesses (see
+//!   `oracle::compare_chunked`); and the new one gives the same data, end and error fed whole,
+//!   byte by byte, and in pieces of a size the input picks;
 //! - as a response head: parsed and edited, it reads back with the same status and framing.
 //!
 //! Never a panic. Seeds: fuzz/seeds/request/ and fuzz/seeds/h1/; dictionary fuzz/request.dict.
@@ -19,6 +21,13 @@ fuzz_target!(|data: &[u8]| {
     match oracle::compare(data) {
         Comparison::Diverge(d) => panic!(
             "today's path and the new parser diverge: {d}\ninput: {:?}",
+            String::from_utf8_lossy(data)
+        ),
+        Comparison::Same | Comparison::BothRefuse | Comparison::Stricter(_) => {}
+    }
+    match oracle::compare_chunked(data) {
+        Comparison::Diverge(d) => panic!(
+            "hyper's chunked decoder and the new one diverge: {d}\ninput: {:?}",
             String::from_utf8_lossy(data)
         ),
         Comparison::Same | Comparison::BothRefuse | Comparison::Stricter(_) => {}

@@ -109,6 +109,20 @@ impl ChunkedDecoder {
         }
     }
 
+    /// Whether the last chunk has been read and the trailer section (maybe empty) is being
+    /// read or has been.
+    pub(crate) fn in_trailers(&self) -> bool {
+        matches!(
+            self.state,
+            State::TrailerStart
+                | State::TrailerName
+                | State::TrailerValue
+                | State::TrailerLf
+                | State::EndLf
+                | State::Done
+        )
+    }
+
     /// Whether the body has ended.
     pub(crate) fn is_done(&self) -> bool {
         self.state == State::Done

@@ -307,3 +307,54 @@ fn verdicts_the_corpus_rests_on() {
     assert!(matches!(old, Verdict::Forwarded(_)), "{old:?}");
     assert_eq!(new, Verdict::Refused(400));
 }
+
+/// Chunked bodies through hyper's decoder and the new one ([`super::oracle::compare_chunked`]):
+/// valid ones of every shape, and each way to break the framing.
+#[test]
+fn the_chunked_decoder_agrees_with_hypers() {
+    let bodies: &[&[u8]] = &[
+        b"5\r\nhello\r\n0\r\n\r\n",
+        b"0\r\n\r\n",
+        b"5;a=b;c=\"d e\"\r\nhello\r\nA\r\n0123456789\r\n0\r\nX-T: 1\r\nX-U: 2\r\n\r\n",
+        b"5 ;x\r\nhello\r\n0\r\n\r\n",
+        b"0005\r\nhello\r\n0\r\n\r\nGET / HTTP/1.1\r\n",
+        b"5\r\nhel",
+        b"5\r\nhello\r\n",
+        b"G\r\nhello\r\n0\r\n\r\n",
+        b"-5\r\nhello\r\n0\r\n\r\n",
+        b"0x5\r\nhello\r\n0\r\n\r\n",
+        b" 5\r\nhello\r\n0\r\n\r\n",
+        b"FFFFFFFFFFFFFFFFF\r\nhello\r\n0\r\n\r\n",
+        b"5\nhello\r\n0\r\n\r\n",
+        b"5\rhello\r\n0\r\n\r\n",
+        b"5\r\nhelloXX0\r\n\r\n",
+        b"5\r\nhello\n0\r\n\r\n",
+        b"5\r\nhello\r0\r\n\r\n",
+        b"5;a\x00b\r\nhello\r\n0\r\n\r\n",
+        b"5;a\x7fb\r\nhello\r\n0\r\n\r\n",
+        b"0\r\n\nX-T: 1\r\n\r\n",
+        b"0\r\nX-T: 1\n\r\n",
+        b"0\r\n folded\r\n\r\n",
+        b"0\r\nX-T 1\r\n\r\n",
+        b"0\r\n\r",
+    ];
+    let mut stricter = Vec::new();
+    let mut wrong = Vec::new();
+    for body in bodies {
+        match super::oracle::compare_chunked(body) {
+            Comparison::Same | Comparison::BothRefuse => {}
+            Comparison::Stricter(why) => stricter.push(why),
+            Comparison::Diverge(d) => wrong.push(d),
+        }
+    }
+    println!(
+        "{} chunked bodies; stricter on purpose: {stricter:?}",
+        bodies.len()
+    );
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    assert!(stricter.contains(&"chunked: BadExtension"), "{stricter:?}");
+    assert!(
+        stricter.contains(&"chunked: BadLineEnd in trailers"),
+        "{stricter:?}"
+    );
+}

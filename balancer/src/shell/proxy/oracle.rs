@@ -60,6 +60,43 @@ pub fn serve_h1(data: &[u8], on_request: impl FnMut(Request<()>, bool)) -> Vec<u
     })
 }
 
+/// A chunked request body as hyper's server decodes it today: `body` after a valid head with
+/// `Transfer-Encoding: chunked`; the data, or None if hyper refused it or it ended early.
+pub fn today_chunked(body: &[u8]) -> Option<Vec<u8>> {
+    use http_body_util::BodyExt;
+    let mut data = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    data.extend_from_slice(body);
+    let got = RefCell::new(None);
+    RUNTIME.with(|rt| {
+        rt.block_on(async {
+            let (server, mut client) = tokio::io::duplex(64 * 1024);
+            let service = service_fn(|req: Request<hyper::body::Incoming>| {
+                let got = &got;
+                async move {
+                    let body = req.into_body().collect().await;
+                    *got.borrow_mut() = Some(body.ok().map(|b| b.to_bytes().to_vec()));
+                    Ok::<_, Infallible>(Response::new(http_body_util::Empty::<Bytes>::new()))
+                }
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            // The client's end of the input must not end the exchange before the body is read.
+            builder
+                .header_read_timeout(None)
+                .half_close(true)
+                .max_buf_size(MAX_HEADER_BYTES);
+            let conn = builder.serve_connection(TokioIo::new(server), service);
+            let talk = async {
+                let _ = client.write_all(&data).await;
+                let _ = client.shutdown().await;
+                let mut sink = Vec::new();
+                let _ = client.read_to_end(&mut sink).await;
+            };
+            let _ = tokio::join!(conn, talk);
+        })
+    });
+    got.into_inner().flatten()
+}
+
 /// How a forwarded request's body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -365,6 +402,43 @@ fn compare_verdicts(
         }
         (old, new) => Comparison::Diverge(format!("today {old:?}, new {new:?} ({err:?})")),
     }
+}
+
+/// A chunked body through hyper's decoder ([`today_chunked`]) and the new one: the same data
+/// where both take it, and the new one refusing nothing hyper takes but what it refuses on
+/// purpose: control bytes in a chunk extension (RFC 9112 7.1.1: tokens and quoted strings;
+/// hyper skips extensions unread) and bare LFs or malformed lines in the trailer section
+/// (hyper reads trailers loosely).
+pub fn compare_chunked(body: &[u8]) -> Comparison {
+    use h1::chunked::ChunkError::*;
+    let old = today_chunked(body);
+    let new = h1::chunked::decode_all(body, 7);
+    match (old, new) {
+        (Some(a), Ok((b, Some(_)))) if a == b => Comparison::Same,
+        (None, Ok((_, None))) | (None, Err(_)) => Comparison::Same,
+        (Some(_), Err(BadExtension)) => Comparison::Stricter("chunked: BadExtension"),
+        (Some(_), Err(BadLineEnd)) if trailers_start(body) => {
+            Comparison::Stricter("chunked: BadLineEnd in trailers")
+        }
+        (Some(_), Err(BadTrailer)) => Comparison::Stricter("chunked: BadTrailer"),
+        (old, new) => Comparison::Diverge(format!(
+            "chunked body: today {:?}, new {new:?}",
+            old.map(|v| String::from_utf8_lossy(&v).into_owned())
+        )),
+    }
+}
+
+/// Whether the new decoder got to the trailer section of `body` (its last-chunk line read).
+fn trailers_start(body: &[u8]) -> bool {
+    let mut d = h1::chunked::ChunkedDecoder::new();
+    let mut pos = 0;
+    while pos < body.len() {
+        match d.feed(&body[pos..]) {
+            Ok(s) if s.consumed > 0 && !s.done => pos += s.consumed,
+            _ => break,
+        }
+    }
+    d.in_trailers()
 }
 
 /// The chunked decoder on `data` fed in pieces of `piece` bytes, checked against the same
