@@ -70,11 +70,16 @@ pub fn today_chunked(body: &[u8]) -> Option<Vec<u8>> {
     RUNTIME.with(|rt| {
         rt.block_on(async {
             let (server, mut client) = tokio::io::duplex(64 * 1024);
+            let first = std::cell::Cell::new(true);
             let service = service_fn(|req: Request<hyper::body::Incoming>| {
                 let got = &got;
+                // Only the first request's body: one pipelined after it has its own.
+                let is_first = first.replace(false);
                 async move {
                     let body = req.into_body().collect().await;
-                    *got.borrow_mut() = Some(body.ok().map(|b| b.to_bytes().to_vec()));
+                    if is_first {
+                        *got.borrow_mut() = Some(body.ok().map(|b| b.to_bytes().to_vec()));
+                    }
                     Ok::<_, Infallible>(Response::new(http_body_util::Empty::<Bytes>::new()))
                 }
             });
