@@ -242,40 +242,37 @@ mod tests {
         assert!(out.contains("X-Forwarded-For: 192.0.2.7\r\n"), "{out}");
     }
 
+    fn respond(raw: &str, rechunk: bool) -> String {
+        let mut fields = Vec::new();
+        let Ok(Parsed::Complete(head, _)) =
+            parse_response(raw.as_bytes(), &Limits::default(), false, &mut fields)
+        else {
+            panic!("{raw:?}")
+        };
+        let mut out = Vec::new();
+        write_response(raw.as_bytes(), &head, &fields, rechunk, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn responses_lose_hop_by_hop_fields_and_keep_their_framing() {
         let raw =
             "HTTP/1.0 201 Made\r\nConnection: x-a, keep-alive\r\nX-A: 1\r\nKeep-Alive: t=5\r\n\
                    Content-Length: 2\r\nX-B: 2\r\n\r\nok";
-        let mut fields = Vec::new();
-        let Ok(Parsed::Complete(head, _)) =
-            parse_response(raw.as_bytes(), &Limits::default(), false, &mut fields)
-        else {
-            panic!()
-        };
-        let mut out = Vec::new();
-        write_response(raw.as_bytes(), &head, &fields, true, &mut out);
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            respond(raw, true),
             "HTTP/1.1 201 Made\r\nContent-Length: 2\r\nX-B: 2\r\n\r\n"
         );
         let raw = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
-        let Ok(Parsed::Complete(head, _)) =
-            parse_response(raw.as_bytes(), &Limits::default(), false, &mut fields)
-        else {
-            panic!()
-        };
-        let mut out = Vec::new();
-        write_response(raw.as_bytes(), &head, &fields, false, &mut out);
-        assert_eq!(out, raw.as_bytes());
+        assert_eq!(respond(raw, false), raw);
         let raw = "HTTP/1.1 200 OK\r\n\r\n";
-        let Ok(Parsed::Complete(head, _)) =
-            parse_response(raw.as_bytes(), &Limits::default(), false, &mut fields)
-        else {
-            panic!()
-        };
-        let mut out = Vec::new();
-        write_response(raw.as_bytes(), &head, &fields, false, &mut out);
-        assert_eq!(out, b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+        assert_eq!(
+            respond(raw, false),
+            "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"
+        );
+        assert_eq!(
+            respond(raw, true),
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
     }
 }

@@ -18,6 +18,23 @@
 //!
 //! No tokio, no hyper, no `http` types: byte slices in, spans and enums out.
 
+/// Binds `$slots` to httparse's field array for `$max` fields, uninitialised: the default 100
+/// on the stack, more on the heap (as hyper does). A macro because the array lives in the
+/// caller's frame.
+macro_rules! header_slots {
+    ($slots:ident, $max:expr) => {
+        let mut stack = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 100];
+        let mut heap;
+        let $slots: &mut [std::mem::MaybeUninit<httparse::Header<'_>>] = if $max <= stack.len() {
+            &mut stack[..$max]
+        } else {
+            heap = Vec::with_capacity($max);
+            heap.resize_with($max, std::mem::MaybeUninit::uninit);
+            &mut heap[..]
+        };
+    };
+}
+
 pub(crate) mod chunked;
 pub(crate) mod edit;
 pub(crate) mod request;

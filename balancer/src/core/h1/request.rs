@@ -10,7 +10,6 @@ use super::{
     check_length, collect_fields, content_length, has_bare_lf, has_token, list, span_in,
     valid_host, visible, Field, FieldKind, HeadError, Limits, Parsed, Span, Version,
 };
-use std::mem::MaybeUninit;
 
 /// How a request's body is framed (RFC 9112 6.3, points 4 to 6 and 8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,17 +77,7 @@ pub(crate) fn parse_request(
     limits: &Limits,
     fields: &mut Vec<Field>,
 ) -> Result<Parsed<RequestHead>, HeadError> {
-    // httparse's field array, uninitialised: the default 100 on the stack, more on the heap
-    // (as hyper does).
-    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 100];
-    let mut heap;
-    let slots: &mut [MaybeUninit<httparse::Header<'_>>] = if limits.max_fields <= stack.len() {
-        &mut stack[..limits.max_fields]
-    } else {
-        heap = Vec::with_capacity(limits.max_fields);
-        heap.resize_with(limits.max_fields, MaybeUninit::uninit);
-        &mut heap[..]
-    };
+    header_slots!(slots, limits.max_fields);
     let mut req = httparse::Request::new(&mut []);
     let len = match httparse::ParserConfig::default()
         .parse_request_with_uninit_headers(&mut req, buf, slots)
@@ -312,15 +301,7 @@ pub(crate) fn parse_request(
 /// Whether httparse's first error in `buf` lies past the size limit: hyper would have stopped
 /// reading there with 431 before it saw the error.
 fn first_error_past(buf: &[u8], limits: &Limits) -> bool {
-    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 100];
-    let mut heap;
-    let slots: &mut [MaybeUninit<httparse::Header<'_>>] = if limits.max_fields <= stack.len() {
-        &mut stack[..limits.max_fields]
-    } else {
-        heap = Vec::with_capacity(limits.max_fields);
-        heap.resize_with(limits.max_fields, MaybeUninit::uninit);
-        &mut heap[..]
-    };
+    header_slots!(slots, limits.max_fields);
     let mut req = httparse::Request::new(&mut []);
     matches!(
         httparse::ParserConfig::default().parse_request_with_uninit_headers(

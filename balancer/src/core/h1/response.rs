@@ -5,7 +5,6 @@ use super::{
     check_length, collect_fields, content_length, has_bare_lf, has_token, Field, FieldKind,
     HeadError, Limits, Parsed, Span, Version,
 };
-use std::mem::MaybeUninit;
 
 /// How a response's body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,15 +42,7 @@ pub(crate) fn parse_response(
     to_head: bool,
     fields: &mut Vec<Field>,
 ) -> Result<Parsed<ResponseHead>, HeadError> {
-    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 100];
-    let mut heap;
-    let slots: &mut [MaybeUninit<httparse::Header<'_>>] = if limits.max_fields <= stack.len() {
-        &mut stack[..limits.max_fields]
-    } else {
-        heap = Vec::with_capacity(limits.max_fields);
-        heap.resize_with(limits.max_fields, MaybeUninit::uninit);
-        &mut heap[..]
-    };
+    header_slots!(slots, limits.max_fields);
     let mut resp = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default()
         .parse_response_with_uninit_headers(&mut resp, buf, slots)

@@ -221,7 +221,7 @@ fn the_new_parser_agrees_with_todays_path_on_the_corpus() {
     let corpus = corpus();
     assert!(corpus.len() >= 500, "only {} cases", corpus.len());
     let mut tally: BTreeMap<String, usize> = BTreeMap::new();
-    let mut stricter: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+    let mut stricter: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut wrong = Vec::new();
     let (mut forwarded, mut refused) = (0, 0);
     for (name, raw) in &corpus {
@@ -232,7 +232,9 @@ fn the_new_parser_agrees_with_todays_path_on_the_corpus() {
                 _ => refused += 1,
             },
             Comparison::BothRefuse => refused += 1,
-            Comparison::Stricter(why) => stricter.entry(why).or_default().push(name.clone()),
+            Comparison::Stricter(why) => {
+                stricter.entry(why.clone()).or_default().push(name.clone())
+            }
             Comparison::Diverge(d) => wrong.push(format!("{name}: {d}")),
         }
         let key = match &c {
@@ -355,9 +357,7 @@ fn the_chunked_decoder_agrees_with_hypers() {
         bodies.len()
     );
     assert!(wrong.is_empty(), "{wrong:#?}");
-    assert!(stricter.contains(&"chunked: BadExtension"), "{stricter:?}");
-    assert!(
-        stricter.contains(&"chunked: BadLineEnd in trailers"),
-        "{stricter:?}"
-    );
+    for why in ["chunked: BadExtension", "chunked: BadLineEnd in trailers"] {
+        assert!(stricter.iter().any(|s| s == why), "{stricter:?}");
+    }
 }
