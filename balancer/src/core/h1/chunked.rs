@@ -15,6 +15,8 @@ use std::ops::Range;
 /// long are an attack, not a use.
 pub(crate) const MAX_EXTENSION_BYTES: usize = 4096;
 pub(crate) const MAX_TRAILER_BYTES: usize = 16 * 1024;
+/// Most trailer fields: hyper's, which is its header count (`[listener] max_headers`, 100).
+pub(crate) const MAX_TRAILER_FIELDS: usize = 100;
 
 /// Why a chunked body is refused (the client's fault: 400; a backend's: 502).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +36,8 @@ pub(crate) enum ChunkError {
     BadTrailer,
     /// Trailers longer than [`MAX_TRAILER_BYTES`].
     TrailersTooLarge,
+    /// More trailer fields than [`MAX_TRAILER_FIELDS`].
+    TooManyTrailers,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +73,7 @@ enum State {
 pub(crate) struct ChunkedDecoder {
     state: State,
     trailer_bytes: usize,
+    trailer_fields: usize,
 }
 
 /// What one [`ChunkedDecoder::feed`] found.
@@ -106,6 +111,7 @@ impl ChunkedDecoder {
         ChunkedDecoder {
             state: State::SizeStart,
             trailer_bytes: 0,
+            trailer_fields: 0,
         }
     }
 
@@ -200,13 +206,20 @@ impl ChunkedDecoder {
                     _ => return Err(ChunkError::BadTrailer),
                 },
                 TrailerValue => match c {
-                    b'\r' => TrailerLf,
+                    b'\r' => self.trailer_byte(TrailerLf)?,
                     b'\n' => return Err(ChunkError::BadLineEnd),
                     b'\t' | 0x20..=0x7e | 0x80..=0xff => self.trailer_byte(TrailerValue)?,
                     _ => return Err(ChunkError::BadTrailer),
                 },
                 TrailerLf => match c {
-                    b'\n' => TrailerStart,
+                    b'\n' => {
+                        // hyper's bound, checked as it checks it: at each line's end.
+                        if self.trailer_fields >= MAX_TRAILER_FIELDS {
+                            return Err(ChunkError::TooManyTrailers);
+                        }
+                        self.trailer_fields += 1;
+                        self.trailer_byte(TrailerStart)?
+                    }
                     _ => return Err(ChunkError::BadLineEnd),
                 },
                 EndLf => match c {
@@ -230,10 +243,11 @@ impl ChunkedDecoder {
         })
     }
 
-    /// Counts a trailer byte against [`MAX_TRAILER_BYTES`].
+    /// Counts a trailer byte (line ends included, as hyper counts) against
+    /// [`MAX_TRAILER_BYTES`].
     fn trailer_byte(&mut self, next: State) -> Result<State, ChunkError> {
         self.trailer_bytes += 1;
-        if self.trailer_bytes > MAX_TRAILER_BYTES {
+        if self.trailer_bytes >= MAX_TRAILER_BYTES {
             return Err(ChunkError::TrailersTooLarge);
         }
         Ok(next)
@@ -322,10 +336,16 @@ mod tests {
             decode_all(long_ext.as_bytes(), 64),
             Err(ChunkError::ExtensionTooLong)
         );
-        let big_trailers = format!("0\r\n{}\r\n", "X-T: 1\r\n".repeat(3000));
+        let big_trailers = format!("0\r\nX-T: {}\r\n\r\n", "a".repeat(MAX_TRAILER_BYTES));
         assert_eq!(
             decode_all(big_trailers.as_bytes(), 64),
             Err(ChunkError::TrailersTooLarge)
+        );
+        let trailers = |n: usize| format!("0\r\n{}\r\n", "X-T: 1\r\n".repeat(n));
+        assert!(decode_all(trailers(MAX_TRAILER_FIELDS).as_bytes(), 64).is_ok());
+        assert_eq!(
+            decode_all(trailers(MAX_TRAILER_FIELDS + 1).as_bytes(), 64),
+            Err(ChunkError::TooManyTrailers)
         );
         // The largest size parses; the bytes after it are awaited.
         assert_eq!(
