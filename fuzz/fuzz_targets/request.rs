@@ -1,6 +1,6 @@
 //! The request path up to the choice of a backend: the input is the bytes a client sends on one
 //! HTTP/1.1 connection, served by hyper's HTTP/1.1 server as `ebbtide serve` sets it up (32 KiB
-//! head buffer, 100 headers), each request head it parses put through the proxy's checks and
+//! head buffer, 100 headers; `proxy::oracle::serve_h1`), each request head it parses put through the proxy's checks and
 //! head rewriting (`proxy::fuzz_forwarded_head`: target length, CONNECT, `strict::check`,
 //! hop-by-hop removal, `Host`, `X-Forwarded-*`). Never a panic, and, where a head is forwarded:
 //! - differential, input side: the first request as hyper parsed it is what `httparse` alone
@@ -12,56 +12,17 @@
 //!   `Content-Length` beside `Transfer-Encoding`, and ebbtide itself would forward it again.
 #![no_main]
 
-use bytes::Bytes;
+use ebbtide_balancer::proxy::oracle::{serve_h1, MAX_URI_BYTES};
 use ebbtide_balancer::proxy::{fuzz_forwarded_head, Peer};
-use http::{HeaderMap, Method, Request, Response, Uri};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use http::{HeaderMap, Method, Request, Uri};
 use libfuzzer_sys::fuzz_target;
-use std::cell::Cell;
-use std::convert::Infallible;
-use std::sync::OnceLock;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// `[listener]` defaults: max_header_bytes, max_uri_bytes.
-const MAX_HEADER_BYTES: usize = 32 * 1024;
-const MAX_URI_BYTES: usize = 8 * 1024;
-
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-    })
-}
 
 fuzz_target!(|data: &[u8]| {
-    runtime().block_on(serve(data));
+    // The harness is `proxy::oracle::serve_h1`, shared with the `h1` target and the
+    // differential corpus test.
+    let peer = Peer::new(ebbtide_balancer::proxy::oracle::PEER.parse().unwrap());
+    serve_h1(data, |req, first| check(req, &peer, first.then_some(data)));
 });
-
-async fn serve(data: &[u8]) {
-    let (server, mut client) = tokio::io::duplex(64 * 1024);
-    let peer = Peer::new("127.0.0.1:40000".parse().unwrap());
-    let first = Cell::new(true);
-    let service = service_fn(|req: Request<hyper::body::Incoming>| {
-        let is_first = first.replace(false);
-        check(req.map(|_| ()), &peer, is_first.then_some(data));
-        async { Ok::<_, Infallible>(Response::new(http_body_util::Empty::<Bytes>::new())) }
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .header_read_timeout(None)
-        .max_buf_size(MAX_HEADER_BYTES);
-    let conn = builder.serve_connection(TokioIo::new(server), service);
-    let talk = async {
-        let _ = client.write_all(data).await;
-        let _ = client.shutdown().await;
-        let mut sink = Vec::new();
-        let _ = client.read_to_end(&mut sink).await;
-    };
-    let _ = tokio::join!(conn, talk);
-}
 
 /// The properties above for one parsed request; `raw` is the connection's input when this is
 /// its first request.

@@ -30,15 +30,22 @@
 //! - `tunnel`: an upgraded connection's bytes copied both ways, and how it ends;
 //! - `ws_frame`: WebSocket frame boundaries, so that a close frame can be put in (pure).
 //! - `request_id`: `X-Request-Id`, kept or made.
+//! - `oracle` (tests and fuzz/ only): today's path and `core::h1`'s side by side, compared;
+//!   `h1_differential` runs it on a corpus.
 
 mod client_body;
 mod completion;
 mod counters;
 mod forward;
 mod grpc;
+#[cfg(test)]
+mod h1_differential;
 mod headers;
 mod idempotent;
 mod local;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod oracle;
 mod request_id;
 mod retry;
 mod settings;
@@ -309,12 +316,12 @@ fn admit<B>(req: &Request<B>, max_uri_bytes: usize) -> Result<upgrade::Ask, Loca
 /// headers after hop-by-hop removal, `Host` and `X-Forwarded-*`), or the status of ebbtide's
 /// own answer. The same functions, in the same order, as [`Proxy::handle`] before a backend is
 /// chosen.
-#[cfg(feature = "fuzzing")]
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_forwarded_head<B>(
     req: Request<B>,
     peer: &Peer,
     max_uri_bytes: usize,
-) -> Result<(Method, http::Uri, http::HeaderMap), http::StatusCode> {
+) -> Result<(http::Method, http::Uri, http::HeaderMap), http::StatusCode> {
     admit(&req, max_uri_bytes).map_err(LocalAnswer::status)?;
     let (parts, _) = req.into_parts();
     let head = headers::prepare_head(parts, peer).map_err(LocalAnswer::status)?;
