@@ -99,6 +99,48 @@ pub fn start_ebbtide(config: &str) -> Ebbtide {
     }
 }
 
+/// A running `ebbtide autoscale`, killed when dropped.
+pub struct Autoscale {
+    pub child: Child,
+    /// Its admin API (and dashboard).
+    pub admin: SocketAddr,
+    _config: tempfile_path::TempPath,
+}
+
+impl Drop for Autoscale {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `ebbtide autoscale --config` and reads its admin address from its first line.
+pub fn start_autoscale(config: &str) -> Autoscale {
+    let file = tempfile_path::TempPath::with_contents("toml", config);
+    let mut child = Command::new(ebbtide_bin())
+        .args(["autoscale", "--config"])
+        .arg(file.path())
+        .env("EBBTIDE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start ebbtide autoscale");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let admin = line
+        .strip_prefix("ebbtide autoscale on http://")
+        .and_then(|r| r.split(',').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("ebbtide autoscale printed {line:?}"));
+    Autoscale {
+        child,
+        admin,
+        _config: file,
+    }
+}
+
 /// Parses "ebbtide listening on http://A (admin http://B)" (or https://A, with a
 /// "(redirect http://C)" before the admin part).
 pub fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
