@@ -221,18 +221,23 @@ mod tests {
         (addr, accepted)
     }
 
-    /// hyper's server stops at `is_end_stream` and drops the body without polling it to
-    /// `None`: a fixed-length or empty upstream body must still give its connection back.
-    #[tokio::test]
-    async fn a_body_read_as_hyper_reads_it_returns_its_connection() {
-        let (addr, accepted) = backend().await;
+    /// A pool for the backend at `addr` that keeps up to 4 idle connections for a minute.
+    fn pool_for(addr: String) -> Arc<Pool> {
         let cfg = PoolConfig {
             connect_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(60),
             max_idle: 4,
             max_streams: 100,
         };
-        let pool = Arc::new(Pool::new(addr, cfg, Clock::new()));
+        Arc::new(Pool::new(addr, cfg, Clock::new()))
+    }
+
+    /// hyper's server stops at `is_end_stream` and drops the body without polling it to
+    /// `None`: a fixed-length or empty upstream body must still give its connection back.
+    #[tokio::test]
+    async fn a_body_read_as_hyper_reads_it_returns_its_connection() {
+        let (addr, accepted) = backend().await;
+        let pool = pool_for(addr);
         for (i, n) in [5usize, 0, 3, 0, 7].into_iter().enumerate() {
             let mut conn = pool.checkout().await.unwrap();
             assert_eq!(conn.reused, i > 0, "request {i}");
@@ -262,13 +267,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_dropped_early_does_not_return_its_connection() {
         let (addr, _) = backend().await;
-        let cfg = PoolConfig {
-            connect_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(60),
-            max_idle: 4,
-            max_streams: 100,
-        };
-        let pool = Arc::new(Pool::new(addr, cfg, Clock::new()));
+        let pool = pool_for(addr);
         let mut conn = pool.checkout().await.unwrap();
         let req = http::Request::builder()
             .uri("/100000")
