@@ -16,8 +16,7 @@ fn url(addr: SocketAddr, path: &str) -> String {
 
 #[tokio::test]
 async fn strips_hop_by_hop_headers_and_sets_forwarded_headers() {
-    let b = test_backend("b1").await;
-    let lb = start_ebbtide(&base_config(&backends_toml(&[b.addr], None)));
+    let (_b, lb) = serve_one("b1").await;
     let req = Request::get(url(lb.addr, "/echo?q=1"))
         .header("host", "shop.example.test")
         .header("connection", "x-secret, keep-alive")
@@ -58,8 +57,7 @@ async fn strips_hop_by_hop_headers_and_sets_forwarded_headers() {
 
 #[tokio::test]
 async fn strips_hop_by_hop_headers_from_responses() {
-    let b = test_backend("b1").await;
-    let lb = start_ebbtide(&base_config(&backends_toml(&[b.addr], None)));
+    let (_b, lb) = serve_one("b1").await;
     let (status, headers, _) = get(&url(lb.addr, "/hop")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(headers.get("x-internal").is_none(), "{headers:?}");
@@ -70,8 +68,7 @@ async fn strips_hop_by_hop_headers_from_responses() {
 
 #[tokio::test]
 async fn http2_client_reaches_an_http1_backend() {
-    let b = test_backend("b1").await;
-    let lb = start_ebbtide(&base_config(&backends_toml(&[b.addr], None)));
+    let (_b, lb) = serve_one("b1").await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
@@ -141,8 +138,7 @@ async fn silent_backend_gives_504_after_the_configured_timeout() {
 #[tokio::test]
 async fn streams_a_gibibyte_both_ways_with_bounded_memory() {
     const GIB: u64 = 1 << 30;
-    let b = test_backend("b1").await;
-    let lb = start_ebbtide(&base_config(&backends_toml(&[b.addr], None)));
+    let (b, lb) = serve_one("b1").await;
 
     // Download: count bytes as they arrive, never holding more than a frame.
     let resp = client()
@@ -361,8 +357,7 @@ async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
 
 #[tokio::test]
 async fn malformed_requests_get_a_4xx_and_the_proxy_keeps_serving() {
-    let b = test_backend("b1").await;
-    let lb = start_ebbtide(&base_config(&backends_toml(&[b.addr], None)));
+    let (b, lb) = serve_one("b1").await;
     let huge_header = format!(
         "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "a".repeat(1 << 20)

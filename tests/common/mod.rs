@@ -333,6 +333,13 @@ async fn backend_handle(
     Ok(resp)
 }
 
+/// A [`test_backend`] named `name`, and an `ebbtide serve` with it as its only backend.
+pub async fn serve_one(name: &str) -> (TestBackend, Ebbtide) {
+    let b = test_backend(name).await;
+    let lb = start_ebbtide(&base_config(&backends_toml(&[b.addr], None)));
+    (b, lb)
+}
+
 /// A body of `left` bytes sent in `chunk`-sized frames, generated as it is read.
 pub struct Download {
     pub left: u64,
