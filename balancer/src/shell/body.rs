@@ -187,15 +187,13 @@ impl<G: OnEnd + Unpin> Body for ProxyBody<G> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::Clock;
-    use crate::pool::test_support::Checkin;
-    use crate::pool::{Pool, PoolConfig, UpstreamBody};
+    use crate::pool::test_support::{pool, Checkin};
+    use crate::pool::UpstreamBody;
     use http_body_util::BodyExt;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
-    use std::time::Duration;
 
     /// A backend answering `GET /n` with n bytes and a `Content-Length`; counts connections.
     async fn backend() -> (String, Arc<AtomicU64>) {
@@ -221,23 +219,12 @@ mod tests {
         (addr, accepted)
     }
 
-    /// A pool for the backend at `addr` that keeps up to 4 idle connections for a minute.
-    fn pool_for(addr: String) -> Arc<Pool> {
-        let cfg = PoolConfig {
-            connect_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(60),
-            max_idle: 4,
-            max_streams: 100,
-        };
-        Arc::new(Pool::new(addr, cfg, Clock::new()))
-    }
-
     /// hyper's server stops at `is_end_stream` and drops the body without polling it to
     /// `None`: a fixed-length or empty upstream body must still give its connection back.
     #[tokio::test]
     async fn a_body_read_as_hyper_reads_it_returns_its_connection() {
         let (addr, accepted) = backend().await;
-        let pool = pool_for(addr);
+        let pool = pool(addr);
         for (i, n) in [5usize, 0, 3, 0, 7].into_iter().enumerate() {
             let mut conn = pool.checkout().await.unwrap();
             assert_eq!(conn.reused, i > 0, "request {i}");
@@ -267,7 +254,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_dropped_early_does_not_return_its_connection() {
         let (addr, _) = backend().await;
-        let pool = pool_for(addr);
+        let pool = pool(addr);
         let mut conn = pool.checkout().await.unwrap();
         let req = http::Request::builder()
             .uri("/100000")
