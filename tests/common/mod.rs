@@ -73,21 +73,30 @@ pub fn ebbtide_bin() -> &'static str {
     env!("CARGO_BIN_EXE_ebbtide")
 }
 
-/// Starts `ebbtide serve --config` with `config` (which should use port 0 for the listener and
-/// the admin API) and waits for its "listening" line.
-pub fn start_ebbtide(config: &str) -> Ebbtide {
+/// Starts `ebbtide SUBCOMMAND --config F` with `config` written to F (warnings to the test's
+/// stderr) and reads the first line it prints, where it says its addresses: the child, F and
+/// that line.
+fn start_configured(subcommand: &str, config: &str) -> (Child, tempfile_path::TempPath, String) {
     let file = tempfile_path::TempPath::with_contents("toml", config);
     let mut child = Command::new(ebbtide_bin())
-        .args(["serve", "--config"])
+        .args([subcommand, "--config"])
         .arg(file.path())
         .env("EBBTIDE_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("start ebbtide");
-    let stdout = child.stdout.take().unwrap();
+        .unwrap_or_else(|e| panic!("start ebbtide {subcommand}: {e}"));
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, file, line)
+}
+
+/// Starts `ebbtide serve --config` with `config` (which should use port 0 for the listener and
+/// the admin API) and waits for its "listening" line.
+pub fn start_ebbtide(config: &str) -> Ebbtide {
+    let (child, file, line) = start_configured("serve", config);
     let (addr, admin) = parse_listening(&line)
         .unwrap_or_else(|| panic!("ebbtide did not report its addresses; printed {line:?}"));
     Ebbtide {
@@ -116,19 +125,7 @@ impl Drop for Autoscale {
 
 /// Starts `ebbtide autoscale --config` and reads its admin address from its first line.
 pub fn start_autoscale(config: &str) -> Autoscale {
-    let file = tempfile_path::TempPath::with_contents("toml", config);
-    let mut child = Command::new(ebbtide_bin())
-        .args(["autoscale", "--config"])
-        .arg(file.path())
-        .env("EBBTIDE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start ebbtide autoscale");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let (child, file, line) = start_configured("autoscale", config);
     let admin = line
         .strip_prefix("ebbtide autoscale on http://")
         .and_then(|r| r.split(',').next())
