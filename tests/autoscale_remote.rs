@@ -7,55 +7,13 @@ mod common;
 
 use common::*;
 use ebbtide_balancer::api::BackendState;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 /// The load test here works the 2-core machine hard; the tests take turns.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A running `ebbtide autoscale`, killed when dropped.
-struct Autoscale {
-    child: Child,
-    admin: SocketAddr,
-    _config: tempfile_path::TempPath,
-}
-
-impl Drop for Autoscale {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `ebbtide autoscale --config` and reads its admin address from its first line.
-fn start_autoscale(config: &str) -> Autoscale {
-    let file = tempfile_path::TempPath::with_contents("toml", config);
-    let mut child = Command::new(ebbtide_bin())
-        .args(["autoscale", "--config"])
-        .arg(file.path())
-        .env("EBBTIDE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start ebbtide autoscale");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let admin = line
-        .strip_prefix("ebbtide autoscale on http://")
-        .and_then(|r| r.split(',').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("ebbtide autoscale printed {line:?}"));
-    Autoscale {
-        child,
-        admin,
-        _config: file,
-    }
-}
 
 /// The balancer: no provider of its own, health checks on, both listeners on free ports.
 fn start_balancer() -> Ebbtide {

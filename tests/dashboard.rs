@@ -191,6 +191,21 @@ async fn the_page_shows_the_fleet_and_charts_live_in_chromium() {
     browser.quit().await;
 }
 
+/// Waits (5 s at most) for the row of the backend at `addr`, then checks that the token prompt
+/// is hidden: the page got in.
+async fn shows_the_row_not_the_prompt(browser: &Browser, what: &str, addr: SocketAddr) {
+    browser
+        .until(what, Duration::from_secs(5), &rows(&addr.to_string()))
+        .await;
+    assert_eq!(
+        browser
+            .js("return document.getElementById('auth').hidden")
+            .await,
+        json!(true),
+        "{what}: the token prompt is hidden"
+    );
+}
+
 #[tokio::test]
 async fn with_a_token_the_page_asks_for_it_once_per_tab() {
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -227,35 +242,11 @@ async fn with_a_token_the_page_asks_for_it_once_per_tab() {
     browser
         .call("POST", &format!("/element/{button}/click"), None)
         .await;
-    browser
-        .until(
-            "the backend's row",
-            Duration::from_secs(5),
-            &rows(&backend.addr.to_string()),
-        )
-        .await;
-    assert_eq!(
-        browser
-            .js("return document.getElementById('auth').hidden")
-            .await,
-        json!(true)
-    );
+    shows_the_row_not_the_prompt(&browser, "the backend's row", backend.addr).await;
 
     // Kept for the tab: a reload does not ask again.
     browser.goto(&page).await;
-    browser
-        .until(
-            "the row after a reload",
-            Duration::from_secs(5),
-            &rows(&backend.addr.to_string()),
-        )
-        .await;
-    assert_eq!(
-        browser
-            .js("return document.getElementById('auth').hidden")
-            .await,
-        json!(true)
-    );
+    shows_the_row_not_the_prompt(&browser, "the row after a reload", backend.addr).await;
     browser.screenshot("dashboard-token.png").await;
     let errors = browser.severe_log().await;
     assert!(errors.is_empty(), "console errors: {errors:#?}");

@@ -211,8 +211,7 @@ async fn a_post_whose_backend_resets_gets_502_and_runs_once() {
 
 #[tokio::test]
 async fn an_idempotency_key_executes_once_and_every_copy_gets_the_same_answer() {
-    let b = test_backend("pay").await;
-    let lb = start_ebbtide(&base_config(&backends_toml(&[b.addr], None)));
+    let (b, lb) = serve_one("pay").await;
     let post = |addr: SocketAddr| async move {
         send(
             Request::post(url(addr, "/count?ms=300"))

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ebbtide");
 
@@ -30,8 +30,11 @@ struct Finished {
     stderr: String,
 }
 
-/// Runs `ebbtide load ARGS` to the end (at most `limit`).
-fn load(args: &[&str], limit: Duration) -> Finished {
+/// How long any one run may take: they last seconds, the rest is room for a busy machine.
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs `ebbtide load ARGS` to the end (at most [`LIMIT`]).
+fn load(args: &[&str]) -> Finished {
     let mut child = Child(
         Command::new(BIN)
             .arg("load")
@@ -53,17 +56,10 @@ fn load(args: &[&str], limit: Duration) -> Finished {
         let _ = std::io::Read::read_to_string(&mut err, &mut s);
         s
     });
-    let deadline = Instant::now() + limit;
-    let code = loop {
-        if let Ok(Some(status)) = child.0.try_wait() {
-            break status.code().expect("exit code");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "ebbtide load {args:?} ran past {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let code = child
+        .wait_exit(LIMIT)
+        .unwrap_or_else(|| panic!("ebbtide load {args:?} ran past {LIMIT:?}"))
+        .expect("exit code");
     Finished {
         code,
         stdout: out_t.join().unwrap(),
@@ -72,18 +68,32 @@ fn load(args: &[&str], limit: Duration) -> Finished {
 }
 
 /// Runs `ebbtide load ARGS --quiet --json F` and returns the exit code and the report.
-fn load_json(args: &[&str], limit: Duration) -> (i32, Value) {
+fn load_json(args: &[&str]) -> (i32, Value) {
     let json = temp_path(&format!("report-{}.json", nanos()));
     let mut all: Vec<&str> = args.to_vec();
     let j = json.to_str().unwrap().to_string();
     all.extend(["--quiet", "--json", &j]);
-    let done = load(&all, limit);
+    let done = load(&all);
     let text = std::fs::read_to_string(&json)
         .unwrap_or_else(|e| panic!("no report ({e}); stderr: {}", done.stderr));
     (
         done.code,
         serde_json::from_str(&text).expect("report parses"),
     )
+}
+
+/// Runs `ebbtide load --target URL ARGS --quiet --json F` (ARGS split at spaces) and returns
+/// the exit code and the report.
+fn load_at(url: &str, args: &str) -> (i32, Value) {
+    let mut all = vec!["--target", url];
+    all.extend(args.split_whitespace());
+    load_json(&all)
+}
+
+/// Starts `ebbtide backend ARGS` (split at spaces); the guard and the URL of its root.
+fn backend_url(args: &str) -> (Child, String) {
+    let (b, addr) = backend(&args.split_whitespace().collect::<Vec<_>>());
+    (b, format!("http://{addr}/"))
 }
 
 fn nanos() -> u128 {
@@ -108,21 +118,8 @@ fn f(v: &Value, path: &[&str]) -> f64 {
 #[test]
 fn open_loop_median_is_the_service_time() {
     let _s = serial();
-    let (_b, addr) = backend(&["--service-time", "const:50ms", "--workers", "256"]);
-    let url = format!("http://{addr}/");
-    let (code, r) = load_json(
-        &[
-            "--target",
-            &url,
-            "--rate",
-            "100",
-            "--duration",
-            "3s",
-            "--seed",
-            "4",
-        ],
-        Duration::from_secs(60),
-    );
+    let (_b, url) = backend_url("--service-time const:50ms --workers 256");
+    let (code, r) = load_at(&url, "--rate 100 --duration 3s --seed 4");
     assert_eq!(code, 0, "{r}");
     assert_eq!(r["mode"], "open");
     assert_eq!(r["errors"], 0, "{r}");
@@ -141,22 +138,8 @@ fn open_loop_median_is_the_service_time() {
 #[test]
 fn closed_loop_median_is_the_service_time() {
     let _s = serial();
-    let (_b, addr) = backend(&["--service-time", "const:50ms", "--workers", "256"]);
-    let url = format!("http://{addr}/");
-    let (code, r) = load_json(
-        &[
-            "--target",
-            &url,
-            "--closed",
-            "--connections",
-            "8",
-            "--threads",
-            "2",
-            "--duration",
-            "2s",
-        ],
-        Duration::from_secs(60),
-    );
+    let (_b, url) = backend_url("--service-time const:50ms --workers 256");
+    let (code, r) = load_at(&url, "--closed --connections 8 --threads 2 --duration 2s");
     assert_eq!(code, 0, "{r}");
     assert_eq!(r["mode"], "closed");
     assert_eq!(r["connections"], 8);
@@ -179,31 +162,11 @@ fn closed_loop_median_is_the_service_time() {
 fn a_stall_shows_in_every_request_scheduled_during_it() {
     let _s = serial();
     for connections in ["512", "4"] {
-        let (_b, addr) = backend(&[
-            "--service-time",
-            "const:2ms",
-            "--workers",
-            "1000",
-            "--stall-at",
-            "2s",
-            "--stall-for",
-            "1s",
-        ]);
-        let url = format!("http://{addr}/");
-        let (code, r) = load_json(
-            &[
-                "--target",
-                &url,
-                "--rate",
-                "200",
-                "--arrivals",
-                "uniform",
-                "--duration",
-                "5s",
-                "--connections",
-                connections,
-            ],
-            Duration::from_secs(60),
+        let (_b, url) =
+            backend_url("--service-time const:2ms --workers 1000 --stall-at 2s --stall-for 1s");
+        let (code, r) = load_at(
+            &url,
+            &format!("--rate 200 --arrivals uniform --duration 5s --connections {connections}"),
         );
         assert_eq!(code, 0, "{r}");
         assert_eq!(r["errors"], 0, "{r}");
@@ -231,25 +194,15 @@ fn a_stall_shows_in_every_request_scheduled_during_it() {
 #[test]
 fn thresholds_set_the_exit_code() {
     let _s = serial();
-    let (_b, addr) = backend(&[
-        "--service-time",
-        "const:30ms",
-        "--workers",
-        "64",
-        "--error-rate",
-        "0.1",
-        "--seed",
-        "9",
-    ]);
-    let url = format!("http://{addr}/");
+    let (_b, url) = backend_url("--service-time const:30ms --workers 64 --error-rate 0.1 --seed 9");
     let base = ["--target", &url, "--rate", "100", "--duration", "1s"];
-    let run = |extra: &[&str]| {
+    let run = |extra: &str| {
         let mut args: Vec<&str> = base.to_vec();
-        args.extend_from_slice(extra);
-        load(&args, Duration::from_secs(60))
+        args.extend(extra.split_whitespace());
+        load(&args)
     };
 
-    let passed = run(&["--max-p99", "2s", "--max-error-ratio", "0.5"]);
+    let passed = run("--max-p99 2s --max-error-ratio 0.5");
     assert_eq!(passed.code, 0, "{}", passed.stderr);
     assert!(
         passed.stdout.contains("p99"),
@@ -257,12 +210,12 @@ fn thresholds_set_the_exit_code() {
         passed.stdout
     );
 
-    let p99 = run(&["--max-p99", "10ms", "--max-error-ratio", "0.5"]);
+    let p99 = run("--max-p99 10ms --max-error-ratio 0.5");
     assert_eq!(p99.code, 1, "{}", p99.stderr);
     assert!(p99.stderr.contains("max-p99"), "{}", p99.stderr);
     assert!(!p99.stderr.contains("max-error-ratio"), "{}", p99.stderr);
 
-    let errors = run(&["--max-p99", "2s", "--max-error-ratio", "0.001"]);
+    let errors = run("--max-p99 2s --max-error-ratio 0.001");
     assert_eq!(errors.code, 1, "{}", errors.stderr);
     assert!(
         errors.stderr.contains("max-error-ratio"),
@@ -272,19 +225,7 @@ fn thresholds_set_the_exit_code() {
     assert!(!errors.stderr.contains("max-p99"), "{}", errors.stderr);
 
     // The JSON report says which held.
-    let (code, r) = load_json(
-        &[
-            "--target",
-            &url,
-            "--rate",
-            "100",
-            "--duration",
-            "1s",
-            "--max-p99",
-            "10ms",
-        ],
-        Duration::from_secs(60),
-    );
+    let (code, r) = load_at(&url, "--rate 100 --duration 1s --max-p99 10ms");
     assert_eq!(code, 1);
     let t = r["thresholds"].as_array().expect("thresholds");
     let p99 = t.iter().find(|t| t["name"] == "max-p99").expect("max-p99");
@@ -307,15 +248,8 @@ fn spawn_load(args: &[&str], json: &PathBuf) -> Child {
     )
 }
 
-fn finish(mut c: Child, json: &PathBuf, limit: Duration) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(Some(_)) = c.0.try_wait() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "load ran past {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn finish(mut c: Child, json: &PathBuf) -> Value {
+    assert!(c.wait_exit(LIMIT).is_some(), "load ran past {LIMIT:?}");
     serde_json::from_str(&std::fs::read_to_string(json).expect("report")).expect("parses")
 }
 
@@ -327,8 +261,7 @@ fn finish(mut c: Child, json: &PathBuf, limit: Duration) -> Value {
 #[test]
 fn merged_half_rate_logs_are_one_full_rate_run() {
     let _s = serial();
-    let (_b, addr) = backend(&["--service-time", "exp:30ms", "--workers", "1000"]);
-    let url = format!("http://{addr}/");
+    let (_b, url) = backend_url("--service-time exp:30ms --workers 1000");
     let path = |n: &str| temp_path(&format!("{n}-{}", nanos()));
     let (ja, jb, jf, jm, jm1) = (
         path("a.json"),
@@ -358,36 +291,26 @@ fn merged_half_rate_logs_are_one_full_rate_run() {
         )
     };
     let (a, b) = (half("1", &la, &ja), half("2", &lb, &jb));
-    let limit = Duration::from_secs(60);
-    let (a, b) = (finish(a, &ja, limit), finish(b, &jb, limit));
-    let full = finish(
-        spawn_load(
-            &[
-                "--target",
-                &url,
-                "--rate",
-                "400",
-                "--duration",
-                "3s",
-                "--seed",
-                "3",
-            ],
-            &jf,
-        ),
-        &jf,
-        limit,
-    );
+    let (a, b) = (finish(a, &ja), finish(b, &jb));
+    let full_args = [
+        "--target",
+        &url,
+        "--rate",
+        "400",
+        "--duration",
+        "3s",
+        "--seed",
+        "3",
+    ];
+    let full = finish(spawn_load(&full_args, &jf), &jf);
 
-    let merged = load(
-        &[
-            "merge",
-            la.to_str().unwrap(),
-            lb.to_str().unwrap(),
-            "--json",
-            jm.to_str().unwrap(),
-        ],
-        limit,
-    );
+    let merged = load(&[
+        "merge",
+        la.to_str().unwrap(),
+        lb.to_str().unwrap(),
+        "--json",
+        jm.to_str().unwrap(),
+    ]);
     assert_eq!(merged.code, 0, "{}", merged.stderr);
     assert!(merged.stdout.contains("p99"), "{}", merged.stdout);
     let m: Value = serde_json::from_str(&std::fs::read_to_string(&jm).unwrap()).unwrap();
@@ -407,16 +330,13 @@ fn merged_half_rate_logs_are_one_full_rate_run() {
     }
 
     // One log merged alone is that run, exactly.
-    let one = load(
-        &[
-            "merge",
-            la.to_str().unwrap(),
-            "--quiet",
-            "--json",
-            jm1.to_str().unwrap(),
-        ],
-        limit,
-    );
+    let one = load(&[
+        "merge",
+        la.to_str().unwrap(),
+        "--quiet",
+        "--json",
+        jm1.to_str().unwrap(),
+    ]);
     assert_eq!(one.code, 0, "{}", one.stderr);
     let m1: Value = serde_json::from_str(&std::fs::read_to_string(&jm1).unwrap()).unwrap();
     assert_eq!(m1["latency_ms"], a["latency_ms"]);
@@ -487,19 +407,16 @@ weight = 2
         let file = temp_path(&format!("mix-{}.{ext}", nanos()));
         std::fs::write(&file, text).unwrap();
         let url = format!("http://{addr}/");
-        let (code, r) = load_json(
-            &[
-                "--target",
-                &url,
-                "--requests",
-                file.to_str().unwrap(),
-                "--rate",
-                "500",
-                "--duration",
-                "2s",
-            ],
-            Duration::from_secs(60),
-        );
+        let (code, r) = load_json(&[
+            "--target",
+            &url,
+            "--requests",
+            file.to_str().unwrap(),
+            "--rate",
+            "500",
+            "--duration",
+            "2s",
+        ]);
         assert_eq!(code, 0, "{r}");
         let n = f(&r, &["scheduled"]);
         let count = |code: &str| r["status_codes"][code].as_f64().unwrap_or(0.0);
@@ -526,42 +443,35 @@ weight = 2
 #[test]
 fn html_report_is_one_self_contained_page() {
     let _s = serial();
-    let (_b, addr) = backend(&["--service-time", "const:5ms", "--error-rate", "0.1"]);
-    let url = format!("http://{addr}/");
+    let (_b, url) = backend_url("--service-time const:5ms --error-rate 0.1");
     let (page, log, merged) = (
         temp_path(&format!("r-{}.html", nanos())),
         temp_path(&format!("r-{}.hlog", nanos())),
         temp_path(&format!("m-{}.html", nanos())),
     );
-    let run = load(
-        &[
-            "--target",
-            &url,
-            "--rate",
-            "100",
-            "--duration",
-            "2s",
-            "--quiet",
-            "--max-p99",
-            "1s",
-            "--html",
-            page.to_str().unwrap(),
-            "--hdr-log",
-            log.to_str().unwrap(),
-        ],
-        Duration::from_secs(60),
-    );
+    let run = load(&[
+        "--target",
+        &url,
+        "--rate",
+        "100",
+        "--duration",
+        "2s",
+        "--quiet",
+        "--max-p99",
+        "1s",
+        "--html",
+        page.to_str().unwrap(),
+        "--hdr-log",
+        log.to_str().unwrap(),
+    ]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let merge = load(
-        &[
-            "merge",
-            log.to_str().unwrap(),
-            "--quiet",
-            "--html",
-            merged.to_str().unwrap(),
-        ],
-        Duration::from_secs(60),
-    );
+    let merge = load(&[
+        "merge",
+        log.to_str().unwrap(),
+        "--quiet",
+        "--html",
+        merged.to_str().unwrap(),
+    ]);
     assert_eq!(merge.code, 0, "{}", merge.stderr);
     for path in [&page, &merged] {
         let html = std::fs::read_to_string(path).unwrap();
@@ -602,20 +512,8 @@ fn html_report_is_one_self_contained_page() {
 #[test]
 fn h2_streams_measure_the_service_time() {
     let _s = serial();
-    let (_b, addr) = backend(&["--service-time", "const:50ms", "--workers", "256"]);
-    let url = format!("http://{addr}/");
-    let (code, r) = load_json(
-        &[
-            "--target",
-            &url,
-            "--h2",
-            "--rate",
-            "100",
-            "--duration",
-            "2s",
-        ],
-        Duration::from_secs(60),
-    );
+    let (_b, url) = backend_url("--service-time const:50ms --workers 256");
+    let (code, r) = load_at(&url, "--h2 --rate 100 --duration 2s");
     assert_eq!(code, 0, "{r}");
     assert_eq!(r["protocol"], "h2c");
     assert_eq!(r["errors"], 0, "{r}");
@@ -623,22 +521,9 @@ fn h2_streams_measure_the_service_time() {
     let p50 = f(&r, &["latency_ms", "p50"]);
     assert!((49.5..=60.0).contains(&p50), "p50 {p50} ms: {r}");
 
-    let (code, r) = load_json(
-        &[
-            "--target",
-            &url,
-            "--h2",
-            "--closed",
-            "--connections",
-            "1",
-            "--streams",
-            "8",
-            "--threads",
-            "1",
-            "--duration",
-            "2s",
-        ],
-        Duration::from_secs(60),
+    let (code, r) = load_at(
+        &url,
+        "--h2 --closed --connections 1 --streams 8 --threads 1 --duration 2s",
     );
     assert_eq!(code, 0, "{r}");
     assert_eq!(r["errors"], 0, "{r}");
@@ -702,10 +587,7 @@ fn connections_are_reused_unless_no_keepalive() {
     let _s = serial();
     let (addr, accepted) = counting_server();
     let url = format!("http://{addr}/");
-    let (code, r) = load_json(
-        &["--target", &url, "--rate", "100", "--duration", "2s"],
-        Duration::from_secs(60),
-    );
+    let (code, r) = load_at(&url, "--rate 100 --duration 2s");
     assert_eq!(code, 0, "{r}");
     assert_eq!(r["errors"], 0, "{r}");
     let kept = accepted.swap(0, Ordering::SeqCst);
@@ -714,18 +596,7 @@ fn connections_are_reused_unless_no_keepalive() {
         "{kept} connections for ~200 fast requests out of 512 allowed: {r}"
     );
 
-    let (code, r) = load_json(
-        &[
-            "--target",
-            &url,
-            "--rate",
-            "100",
-            "--duration",
-            "2s",
-            "--no-keepalive",
-        ],
-        Duration::from_secs(60),
-    );
+    let (code, r) = load_at(&url, "--rate 100 --duration 2s --no-keepalive");
     assert_eq!(code, 0, "{r}");
     assert_eq!(r["errors"], 0, "{r}");
     let fresh = accepted.load(Ordering::SeqCst);
@@ -746,25 +617,15 @@ fn exp_service_means_are_measured_exactly() {
     use ebbtide_config::service_time::ServiceTime;
     let _s = serial();
     let service = ServiceTime::parse("exp:50ms").unwrap();
-    let cases: [&[&str]; 4] = [
-        &["--rate", "100"],
-        &["--closed", "--connections", "8"],
-        &["--h2", "--rate", "100"],
-        &["--h2", "--closed", "--connections", "1", "--streams", "8"],
+    let cases = [
+        "--rate 100",
+        "--closed --connections 8",
+        "--h2 --rate 100",
+        "--h2 --closed --connections 1 --streams 8",
     ];
     for extra in cases {
-        let (_b, addr) = backend(&[
-            "--service-time",
-            "exp:50ms",
-            "--workers",
-            "10000",
-            "--seed",
-            "11",
-        ]);
-        let url = format!("http://{addr}/");
-        let mut args = vec!["--target", url.as_str(), "--duration", "2s"];
-        args.extend_from_slice(extra);
-        let (code, r) = load_json(&args, Duration::from_secs(60));
+        let (_b, url) = backend_url("--service-time exp:50ms --workers 10000 --seed 11");
+        let (code, r) = load_at(&url, &format!("--duration 2s {extra}"));
         assert_eq!(code, 0, "{extra:?}: {r}");
         assert_eq!(r["errors"], 0, "{extra:?}: {r}");
         let n = f(&r, &["completed"]) as usize;

@@ -16,8 +16,7 @@ fn url(addr: SocketAddr, path: &str) -> String {
 
 #[tokio::test]
 async fn strips_hop_by_hop_headers_and_sets_forwarded_headers() {
-    let b = test_backend("b1").await;
-    let lb = start_ebbtide(&base_config(&backends_toml(&[b.addr], None)));
+    let (_b, lb) = serve_one("b1").await;
     let req = Request::get(url(lb.addr, "/echo?q=1"))
         .header("host", "shop.example.test")
         .header("connection", "x-secret, keep-alive")
@@ -58,8 +57,7 @@ async fn strips_hop_by_hop_headers_and_sets_forwarded_headers() {
 
 #[tokio::test]
 async fn strips_hop_by_hop_headers_from_responses() {
-    let b = test_backend("b1").await;
-    let lb = start_ebbtide(&base_config(&backends_toml(&[b.addr], None)));
+    let (_b, lb) = serve_one("b1").await;
     let (status, headers, _) = get(&url(lb.addr, "/hop")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(headers.get("x-internal").is_none(), "{headers:?}");
@@ -70,8 +68,7 @@ async fn strips_hop_by_hop_headers_from_responses() {
 
 #[tokio::test]
 async fn http2_client_reaches_an_http1_backend() {
-    let b = test_backend("b1").await;
-    let lb = start_ebbtide(&base_config(&backends_toml(&[b.addr], None)));
+    let (_b, lb) = serve_one("b1").await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
@@ -141,8 +138,7 @@ async fn silent_backend_gives_504_after_the_configured_timeout() {
 #[tokio::test]
 async fn streams_a_gibibyte_both_ways_with_bounded_memory() {
     const GIB: u64 = 1 << 30;
-    let b = test_backend("b1").await;
-    let lb = start_ebbtide(&base_config(&backends_toml(&[b.addr], None)));
+    let (b, lb) = serve_one("b1").await;
 
     // Download: count bytes as they arrive, never holding more than a frame.
     let resp = client()
@@ -287,6 +283,11 @@ async fn clients_that_leave_while_queued_never_leak_a_slot() {
     assert_eq!(answered.0, StatusCode::OK);
 }
 
+/// The seconds a `Retry-After` header says (it must be there, as a number).
+fn retry_after_s(headers: &http::HeaderMap) -> u64 {
+    headers["retry-after"].to_str().unwrap().parse().unwrap()
+}
+
 #[tokio::test]
 async fn a_full_queue_and_a_queue_timeout_both_shed_with_retry_after() {
     let b = test_backend("a").await;
@@ -311,14 +312,7 @@ async fn a_full_queue_and_a_queue_timeout_both_shed_with_retry_after() {
     // ...so the next finds the queue full and is shed at once.
     let (status, headers, body) = get(&url(addr, "/")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body:?}");
-    assert!(
-        headers["retry-after"]
-            .to_str()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            >= 1
-    );
+    assert!(retry_after_s(&headers) >= 1, "{headers:?}");
     assert!(String::from_utf8_lossy(&body).contains("queue is full"));
     // The waiter gives up after the queue timeout.
     let ((status, headers, _), waited) = waiter.await.unwrap();
@@ -327,14 +321,7 @@ async fn a_full_queue_and_a_queue_timeout_both_shed_with_retry_after() {
         waited >= Duration::from_millis(300),
         "shed after {waited:?}"
     );
-    assert!(
-        headers["retry-after"]
-            .to_str()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            >= 1
-    );
+    assert!(retry_after_s(&headers) >= 1, "{headers:?}");
     let (_, _, metrics) = get(&url(lb.admin, "/metrics")).await;
     let metrics = String::from_utf8_lossy(&metrics);
     assert!(
@@ -361,8 +348,7 @@ async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
 
 #[tokio::test]
 async fn malformed_requests_get_a_4xx_and_the_proxy_keeps_serving() {
-    let b = test_backend("b1").await;
-    let lb = start_ebbtide(&base_config(&backends_toml(&[b.addr], None)));
+    let (b, lb) = serve_one("b1").await;
     let huge_header = format!(
         "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "a".repeat(1 << 20)

@@ -10,9 +10,7 @@ use ebbtide_balancer::api::Snapshot;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// One stream's body, read as text.
@@ -203,10 +201,8 @@ async fn ebbtide_autoscale_streams_its_balancers_fleet() {
     let lb = start_ebbtide(&base_config(
         "[health]\npath = \"/healthz\"\ninterval = \"500ms\"",
     ));
-    let file = tempfile_path::TempPath::with_contents(
-        "toml",
-        &format!(
-            r#"[admin]
+    let mut autoscale = start_autoscale(&format!(
+        r#"[admin]
 address = "127.0.0.1:0"
 [provider]
 kind = "local"
@@ -216,26 +212,9 @@ cost_per_hour = 0.5
 balancers = ["http://{admin}"]
 min = 2
 "#,
-            admin = lb.admin
-        ),
-    );
-    let mut child = Command::new(ebbtide_bin())
-        .args(["autoscale", "--config"])
-        .arg(file.path())
-        .env("EBBTIDE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start ebbtide autoscale");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let admin: SocketAddr = line
-        .strip_prefix("ebbtide autoscale on http://")
-        .and_then(|r| r.split(',').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("ebbtide autoscale printed {line:?}"));
+        admin = lb.admin
+    ));
+    let admin = autoscale.admin;
 
     let (st, _, _) = get(&format!("http://{admin}/")).await;
     assert_eq!(st, StatusCode::OK);
@@ -259,8 +238,8 @@ min = 2
     assert_eq!(summary.decider.as_deref(), Some("concurrency"));
     assert!((summary.cost_per_hour - 1.0).abs() < 1e-9, "{summary:?}");
     drop(stream);
-    sigterm(child.id());
-    assert!(child.wait().unwrap().success());
+    sigterm(autoscale.child.id());
+    assert!(autoscale.child.wait().unwrap().success());
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ use hyper::body::{Body, Frame};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 /// A body fed frame by frame through a channel: a stream that is sent as it is written.
@@ -133,8 +134,13 @@ async fn grpc_shaped(
     Ok(resp)
 }
 
-/// An h2c (prior knowledge) backend running [`grpc_shaped`].
-async fn h2c_backend(hold: u64) -> (SocketAddr, Arc<Counts>) {
+/// A backend on 127.0.0.1: each connection it accepts is counted, then handed to `serve` on a
+/// task of its own.
+async fn counted_backend<F, Fut>(serve: F) -> (SocketAddr, Arc<Counts>)
+where
+    F: Fn(TcpStream, Arc<Counts>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let counts = Arc::new(Counts::default());
@@ -143,16 +149,23 @@ async fn h2c_backend(hold: u64) -> (SocketAddr, Arc<Counts>) {
         loop {
             let (s, _) = listener.accept().await.unwrap();
             c.accepted.fetch_add(1, Ordering::SeqCst);
-            let c = c.clone();
-            tokio::spawn(
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(
-                    TokioIo::new(s),
-                    service_fn(move |req| grpc_shaped(req, c.clone(), hold)),
-                ),
-            );
+            tokio::spawn(serve(s, c.clone()));
         }
     });
     (addr, counts)
+}
+
+/// An h2c (prior knowledge) backend running [`grpc_shaped`].
+async fn h2c_backend(hold: u64) -> (SocketAddr, Arc<Counts>) {
+    counted_backend(move |s, c| async move {
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(
+                TokioIo::new(s),
+                service_fn(move |req| grpc_shaped(req, c.clone(), hold)),
+            )
+            .await;
+    })
+    .await
 }
 
 /// A certificate for `localhost` and 127.0.0.1, its key, and the PEM file of it (the CA a
@@ -185,39 +198,30 @@ async fn tls_backend(cert: &TestCert, alpn: &[u8], h2: bool) -> (SocketAddr, Arc
         .unwrap();
     cfg.alpn_protocols = vec![alpn.to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let counts = Arc::new(Counts::default());
-    let c = counts.clone();
-    tokio::spawn(async move {
-        loop {
-            let (s, _) = listener.accept().await.unwrap();
-            c.accepted.fetch_add(1, Ordering::SeqCst);
-            let acceptor = acceptor.clone();
-            let c = c.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(s).await else {
-                    return;
-                };
-                let sni = tls.get_ref().1.server_name().unwrap_or("").to_string();
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    c.in_flight.fetch_add(1, Ordering::SeqCst);
-                    let body = format!("{:?} sni={sni}", req.version());
-                    async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
-                });
-                if h2 {
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
-                } else {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
-                }
+    counted_backend(move |s, c| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(tls) = acceptor.accept(s).await else {
+                return;
+            };
+            let sni = tls.get_ref().1.server_name().unwrap_or("").to_string();
+            let svc = service_fn(move |req: Request<Incoming>| {
+                c.in_flight.fetch_add(1, Ordering::SeqCst);
+                let body = format!("{:?} sni={sni}", req.version());
+                async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
             });
+            if h2 {
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            } else {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            }
         }
-    });
-    (addr, counts)
+    })
+    .await
 }
 
 /// An HTTP/2 client connection to ebbtide with prior knowledge (h2c).

@@ -200,23 +200,10 @@ impl Windows {
         let start = to.saturating_sub(length);
         let mut weighted = 0.0;
         let mut weight = 0.0;
-        let n = self.samples.len();
-        for i in 0..n {
-            let seg_end = if i + 1 < n {
-                self.samples[i + 1].at
-            } else {
-                to
-            }
-            .min(to);
-            let seg_start = self.samples[i].at.max(start);
-            if seg_end <= seg_start {
-                continue;
-            }
-            if let Some(v) = value(&self.samples[i]).filter(|v| v.is_finite()) {
-                let w = (seg_end - seg_start) as f64;
-                weighted += v * w;
-                weight += w;
-            }
+        for (seg_start, seg_end, v) in self.segments(start, to, &value) {
+            let w = (seg_end - seg_start) as f64;
+            weighted += v * w;
+            weight += w;
         }
         if weight > 0.0 {
             Some(weighted / weight)
@@ -244,21 +231,7 @@ impl Windows {
         // Moments of the signal over its segments, time in seconds before `to`.
         let (mut s1, mut st, mut stt, mut sy, mut sty) = (0.0, 0.0, 0.0, 0.0, 0.0);
         let mut segments = 0;
-        let n = self.samples.len();
-        for i in 0..n {
-            let seg_end = if i + 1 < n {
-                self.samples[i + 1].at
-            } else {
-                to
-            }
-            .min(to);
-            let seg_start = self.samples[i].at.max(start);
-            if seg_end <= seg_start {
-                continue;
-            }
-            let Some(y) = value(&self.samples[i]).filter(|v| v.is_finite()) else {
-                continue;
-            };
+        for (seg_start, seg_end, y) in self.segments(start, to, &value) {
             let a = -((to - seg_start) as f64 / 1e9);
             let b = -((to - seg_end) as f64 / 1e9);
             let w = b - a;
@@ -278,6 +251,32 @@ impl Windows {
             return None;
         }
         Some((sty - st * sy / s1) / var)
+    }
+
+    /// The part of `start..to` that each sample holds (until the next sample, the newest until
+    /// `to`), with the sample's `value`, oldest first: `(from, until, value)` for the samples
+    /// whose part is not empty and whose value is present and finite.
+    fn segments<'a, F>(
+        &'a self,
+        start: Nanos,
+        to: Nanos,
+        value: &'a F,
+    ) -> impl Iterator<Item = (Nanos, Nanos, f64)> + 'a
+    where
+        F: Fn(&Observation) -> Option<f64>,
+    {
+        self.samples
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, sample)| {
+                let seg_end = self.samples.get(i + 1).map_or(to, |next| next.at).min(to);
+                let seg_start = sample.at.max(start);
+                if seg_end <= seg_start {
+                    return None;
+                }
+                let v = value(sample).filter(|v| v.is_finite())?;
+                Some((seg_start, seg_end, v))
+            })
     }
 }
 

@@ -1236,7 +1236,7 @@ fn route(
             not_found("deployments.apps", n)
         }
         ("apps", "deployments/scale", "get", Some(_)) => reply(200, &st.scale()),
-        ("apps", "deployments/scale", "update", Some(n)) => {
+        ("apps", "deployments/scale", verb @ ("update" | "patch"), Some(n)) => {
             let Some(v) = parsed else {
                 return reply(400, &status(400, "BadRequest", "body is not JSON"));
             };
@@ -1246,10 +1246,11 @@ fn route(
                     &status(422, "Invalid", "spec.replicas: Required value"),
                 );
             };
-            if let Some(rv) = v
+            // An update (PUT) carries the resourceVersion it read: a stale one conflicts.
+            let rv = v
                 .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-            {
+                .and_then(Value::as_str);
+            if let (Some(rv), "update") = (rv, verb) {
                 if !rv.is_empty() && rv != st.deploy_rv.to_string() {
                     return conflict("deployments.apps", n);
                 }
@@ -1258,28 +1259,7 @@ fn route(
             st.set_replicas(replicas as u32);
             st.record_write(
                 who,
-                "update",
-                resource,
-                n,
-                format!("replicas {old}->{replicas}"),
-            );
-            reply(200, &st.scale())
-        }
-        ("apps", "deployments/scale", "patch", Some(n)) => {
-            let Some(v) = parsed else {
-                return reply(400, &status(400, "BadRequest", "body is not JSON"));
-            };
-            let Some(replicas) = v.pointer("/spec/replicas").and_then(Value::as_u64) else {
-                return reply(
-                    422,
-                    &status(422, "Invalid", "spec.replicas: Required value"),
-                );
-            };
-            let old = st.replicas;
-            st.set_replicas(replicas as u32);
-            st.record_write(
-                who,
-                "patch",
+                verb,
                 resource,
                 n,
                 format!("replicas {old}->{replicas}"),

@@ -73,21 +73,30 @@ pub fn ebbtide_bin() -> &'static str {
     env!("CARGO_BIN_EXE_ebbtide")
 }
 
-/// Starts `ebbtide serve --config` with `config` (which should use port 0 for the listener and
-/// the admin API) and waits for its "listening" line.
-pub fn start_ebbtide(config: &str) -> Ebbtide {
+/// Starts `ebbtide SUBCOMMAND --config F` with `config` written to F (warnings to the test's
+/// stderr) and reads the first line it prints, where it says its addresses: the child, F and
+/// that line.
+fn start_configured(subcommand: &str, config: &str) -> (Child, tempfile_path::TempPath, String) {
     let file = tempfile_path::TempPath::with_contents("toml", config);
     let mut child = Command::new(ebbtide_bin())
-        .args(["serve", "--config"])
+        .args([subcommand, "--config"])
         .arg(file.path())
         .env("EBBTIDE_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("start ebbtide");
-    let stdout = child.stdout.take().unwrap();
+        .unwrap_or_else(|e| panic!("start ebbtide {subcommand}: {e}"));
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, file, line)
+}
+
+/// Starts `ebbtide serve --config` with `config` (which should use port 0 for the listener and
+/// the admin API) and waits for its "listening" line.
+pub fn start_ebbtide(config: &str) -> Ebbtide {
+    let (child, file, line) = start_configured("serve", config);
     let (addr, admin) = parse_listening(&line)
         .unwrap_or_else(|| panic!("ebbtide did not report its addresses; printed {line:?}"));
     Ebbtide {
@@ -96,6 +105,36 @@ pub fn start_ebbtide(config: &str) -> Ebbtide {
         admin,
         config: file,
         line,
+    }
+}
+
+/// A running `ebbtide autoscale`, killed when dropped.
+pub struct Autoscale {
+    pub child: Child,
+    /// Its admin API (and dashboard).
+    pub admin: SocketAddr,
+    _config: tempfile_path::TempPath,
+}
+
+impl Drop for Autoscale {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `ebbtide autoscale --config` and reads its admin address from its first line.
+pub fn start_autoscale(config: &str) -> Autoscale {
+    let (child, file, line) = start_configured("autoscale", config);
+    let admin = line
+        .strip_prefix("ebbtide autoscale on http://")
+        .and_then(|r| r.split(',').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("ebbtide autoscale printed {line:?}"));
+    Autoscale {
+        child,
+        admin,
+        _config: file,
     }
 }
 
@@ -289,6 +328,13 @@ async fn backend_handle(
     resp.headers_mut()
         .insert("x-backend-id", name.parse().unwrap());
     Ok(resp)
+}
+
+/// A [`test_backend`] named `name`, and an `ebbtide serve` with it as its only backend.
+pub async fn serve_one(name: &str) -> (TestBackend, Ebbtide) {
+    let b = test_backend(name).await;
+    let lb = start_ebbtide(&base_config(&backends_toml(&[b.addr], None)));
+    (b, lb)
 }
 
 /// A body of `left` bytes sent in `chunk`-sized frames, generated as it is read.

@@ -26,6 +26,7 @@
 //!
 //! Nothing is pulled: the image must be on the Docker host (built or loaded there).
 
+use super::held::Held;
 use super::{Instance, Probe, Provider, ProviderFuture};
 use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, PortBinding};
@@ -34,7 +35,7 @@ use bollard::query_parameters::{
     StopContainerOptionsBuilder,
 };
 use bollard::Docker;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -53,9 +54,6 @@ pub const LABEL_MANAGED: &str = "ebbtide.managed";
 pub const LABEL_OWNER: &str = "ebbtide.owner";
 /// Label naming the instance (the container's name too).
 pub const LABEL_INSTANCE: &str = "ebbtide.instance";
-
-/// How many recent boot times are kept.
-const BOOT_TIMES_KEPT: usize = 64;
 
 /// What each container is created from.
 #[derive(Debug, Clone)]
@@ -146,21 +144,13 @@ impl Spec {
     }
 }
 
-/// One container this provider started and has not stopped.
-struct Entry {
-    instance: Instance,
-    launched: Instant,
-    booting: bool,
-}
-
 #[derive(Default)]
 struct State {
-    table: HashMap<String, Entry>,
+    /// The containers this provider started and has not stopped; its `lost` are the serving
+    /// containers the watcher found dead.
+    held: Held,
     /// Booting containers the watcher found dead, with why: `wait_ready` fails on them.
     died: HashMap<String, String>,
-    /// Serving containers the watcher found dead, for [`Provider::lost`].
-    lost: Vec<(String, String)>,
-    boot_times: VecDeque<Duration>,
     closed: bool,
 }
 
@@ -320,7 +310,7 @@ impl Inner {
             .owned(docker)
             .await
             .map_err(|e| format!("cannot list containers: {e}"))?;
-        let mine: Vec<String> = self.state().table.keys().cloned().collect();
+        let mine: Vec<String> = self.state().held.table.keys().cloned().collect();
         let left: Vec<String> = found
             .into_iter()
             .map(|(name, _, _)| name)
@@ -380,10 +370,7 @@ impl Inner {
                 return Err(format!("{name}: {e}; removed it"));
             }
         };
-        let instance = Instance {
-            id: name.clone(),
-            address,
-        };
+        let instance = Instance { id: name, address };
         tracing::info!(
             id = %instance.id,
             address = %instance.address,
@@ -391,14 +378,7 @@ impl Inner {
             create_ms = launched.elapsed().as_millis() as u64,
             "container started"
         );
-        self.state().table.insert(
-            name,
-            Entry {
-                instance: instance.clone(),
-                launched,
-                booting: true,
-            },
-        );
+        self.state().held.insert(instance.clone(), launched);
         Ok(instance)
     }
 
@@ -479,17 +459,9 @@ impl Inner {
         let gone = || self.state().died.get(&instance.id).cloned();
         match super::wait_healthy(&self.probe, &instance.address, deadline, gone).await {
             Ok(()) => {
-                let mut st = self.state();
-                let Some(entry) = st.table.get_mut(&instance.id) else {
+                let Some(took) = self.state().held.healthy(&instance.id) else {
                     return Err(format!("{} was stopped while it booted", instance.id));
                 };
-                entry.booting = false;
-                let took = entry.launched.elapsed();
-                if st.boot_times.len() == BOOT_TIMES_KEPT {
-                    st.boot_times.pop_front();
-                }
-                st.boot_times.push_back(took);
-                drop(st);
                 tracing::info!(
                     id = %instance.id,
                     address = %instance.address,
@@ -499,7 +471,7 @@ impl Inner {
                 Ok(())
             }
             Err(e) => {
-                let removed = self.state().table.remove(&instance.id).is_some();
+                let removed = self.state().held.table.remove(&instance.id).is_some();
                 self.state().died.remove(&instance.id);
                 if removed {
                     if let Ok(docker) = self.client().await {
@@ -515,7 +487,7 @@ impl Inner {
     }
 
     async fn terminate(self: &Arc<Self>, id: &str) -> Result<(), String> {
-        if self.state().table.remove(id).is_none() {
+        if self.state().held.table.remove(id).is_none() {
             return Ok(());
         }
         let docker = self.client().await?;
@@ -529,7 +501,7 @@ impl Inner {
         loop {
             tick.tick().await;
             // Only containers known before the listing can be judged by it.
-            let known: Vec<String> = self.state().table.keys().cloned().collect();
+            let known: Vec<String> = self.state().held.table.keys().cloned().collect();
             if known.is_empty() {
                 continue;
             }
@@ -554,7 +526,7 @@ impl Inner {
                 };
                 let booting = {
                     let mut st = self.state();
-                    match st.table.remove(&id) {
+                    match st.held.table.remove(&id) {
                         // Terminated meanwhile: not lost.
                         None => continue,
                         Some(e) if e.booting => {
@@ -562,7 +534,7 @@ impl Inner {
                             true
                         }
                         Some(_) => {
-                            st.lost.push((id.clone(), why.clone()));
+                            st.held.lost.push((id.clone(), why.clone()));
                             false
                         }
                     }
@@ -594,7 +566,7 @@ impl Inner {
         let entries: Vec<String> = {
             let mut st = self.state();
             st.closed = true;
-            st.table.drain().map(|(id, _)| id).collect()
+            st.held.table.drain().map(|(id, _)| id).collect()
         };
         if let Some(w) = self.watcher().take() {
             w.abort();
@@ -695,22 +667,17 @@ impl Provider for DockerProvider {
     }
 
     fn list(&self) -> Vec<Instance> {
-        self.inner
-            .state()
-            .table
-            .values()
-            .map(|e| e.instance.clone())
-            .collect()
+        self.inner.state().held.list()
     }
 
     /// Serving containers that exited or were removed outside ebbtide (already removed).
     fn lost(&self) -> Vec<(String, String)> {
-        std::mem::take(&mut self.inner.state().lost)
+        self.inner.state().held.take_lost()
     }
 
     /// Launch-to-healthy of the recent launches, oldest first.
     fn boot_times(&self) -> Vec<Duration> {
-        self.inner.state().boot_times.iter().copied().collect()
+        self.inner.state().held.boot_times()
     }
 
     /// Stops and removes every container of this owner, all at once.

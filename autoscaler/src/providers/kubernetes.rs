@@ -32,6 +32,7 @@
 //! `deployments/scale` (or the target's `/scale`), `get`, `list`, `patch` on pods, `list` on
 //! horizontalpodautoscalers and scaledobjects.keda.sh (see deploy/kubernetes/rbac.yaml).
 
+use super::held::Held;
 use super::{Instance, Probe, Provider, ProviderFuture};
 use ebbtide_config::ScaleTarget;
 use k8s_openapi::api::autoscaling::v1::Scale;
@@ -42,7 +43,7 @@ use kube::api::{
     PostParams,
 };
 use kube::Client;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
@@ -67,19 +68,10 @@ pub const POLL: Duration = Duration::from_secs(1);
 /// Most read-modify-write attempts of the scale subresource before giving up.
 const MAX_CONFLICTS: u32 = 20;
 
-/// How many recent boot times are kept.
-const BOOT_TIMES_KEPT: usize = 64;
-
-/// One pod this provider holds.
-struct Entry {
-    instance: Instance,
-    launched: Instant,
-    booting: bool,
-}
-
 #[derive(Default)]
 struct State {
-    table: HashMap<String, Entry>,
+    /// The pods this provider holds.
+    held: Held,
     /// Pods being terminated: their deletion is expected.
     leaving: HashSet<String>,
     /// Launches that raised replicas and have not claimed a pod yet.
@@ -88,8 +80,6 @@ struct State {
     replicas: Option<i32>,
     /// A write of ebbtide's own is under way (the poll must not call it foreign).
     writing: u32,
-    lost: Vec<(String, String)>,
-    boot_times: VecDeque<Duration>,
 }
 
 struct Inner {
@@ -226,9 +216,9 @@ impl Inner {
     fn lose(&self, pod: &str, why: String) -> bool {
         let held = {
             let mut st = self.state();
-            let held = st.table.remove(pod).is_some();
+            let held = st.held.table.remove(pod).is_some();
             if held {
-                st.lost.push((pod.to_string(), why));
+                st.held.lost.push((pod.to_string(), why));
             }
             held
         };
@@ -461,7 +451,7 @@ impl Inner {
             .filter(|p| {
                 !p.deleting
                     && p.ip.is_some()
-                    && !st.table.contains_key(&p.name)
+                    && !st.held.table.contains_key(&p.name)
                     && !st.leaving.contains(&p.name)
             })
             .collect();
@@ -474,14 +464,7 @@ impl Inner {
         if own_raise {
             st.raised -= 1;
         }
-        st.table.insert(
-            instance.id.clone(),
-            Entry {
-                instance: instance.clone(),
-                launched: Instant::now(),
-                booting: true,
-            },
-        );
+        st.held.insert(instance.clone(), Instant::now());
         Some(instance)
     }
 
@@ -524,7 +507,7 @@ impl Inner {
 
     /// Sets the entry's launch time to when the launch began (the boot time counts from it).
     fn started_at(&self, i: Instance, started: Instant) -> Instance {
-        if let Some(e) = self.state().table.get_mut(&i.id) {
+        if let Some(e) = self.state().held.table.get_mut(&i.id) {
             e.launched = started;
         }
         i
@@ -534,27 +517,19 @@ impl Inner {
         let deadline = Instant::now() + self.boot_timeout;
         let gone = || {
             let st = self.state();
-            (!st.table.contains_key(&instance.id)).then(|| "the pod went away".to_string())
+            (!st.held.table.contains_key(&instance.id)).then(|| "the pod went away".to_string())
         };
         match super::wait_healthy(&self.probe, &instance.address, deadline, gone).await {
             Ok(()) => {
-                let mut st = self.state();
-                let Some(entry) = st.table.get_mut(&instance.id) else {
+                let Some(took) = self.state().held.healthy(&instance.id) else {
                     return Err(format!("{} went away while it booted", instance.id));
                 };
-                entry.booting = false;
-                let took = entry.launched.elapsed();
-                if st.boot_times.len() == BOOT_TIMES_KEPT {
-                    st.boot_times.pop_front();
-                }
-                st.boot_times.push_back(took);
-                drop(st);
                 tracing::info!(id = %instance.id, address = %instance.address, boot_ms = took.as_millis() as u64, "pod healthy");
                 Ok(())
             }
             Err(e) => {
                 // Not ours any more: a later launch may claim it if it recovers.
-                self.state().table.remove(&instance.id);
+                self.state().held.table.remove(&instance.id);
                 Err(format!(
                     "{} ({}): {e} (boot timeout {:?})",
                     instance.id, instance.address, self.boot_timeout
@@ -606,7 +581,7 @@ impl Inner {
     }
 
     async fn terminate(self: &Arc<Self>, id: &str) -> Result<(), String> {
-        if self.state().table.remove(id).is_none() {
+        if self.state().held.table.remove(id).is_none() {
             return Ok(());
         }
         self.state().leaving.insert(id.to_string());
@@ -689,7 +664,7 @@ impl Inner {
                     }
                 }
             }
-            let held: Vec<String> = self.state().table.keys().cloned().collect();
+            let held: Vec<String> = self.state().held.table.keys().cloned().collect();
             if held.is_empty() {
                 continue;
             }
@@ -738,16 +713,11 @@ impl Provider for KubernetesProvider {
     }
 
     fn list(&self) -> Vec<Instance> {
-        self.inner
-            .state()
-            .table
-            .values()
-            .map(|e| e.instance.clone())
-            .collect()
+        self.inner.state().held.list()
     }
 
     fn lost(&self) -> Vec<(String, String)> {
-        std::mem::take(&mut self.inner.state().lost)
+        self.inner.state().held.take_lost()
     }
 
     fn wake_on_lost(&self, wake: Arc<tokio::sync::Notify>) {
@@ -755,7 +725,7 @@ impl Provider for KubernetesProvider {
     }
 
     fn boot_times(&self) -> Vec<Duration> {
-        self.inner.state().boot_times.iter().copied().collect()
+        self.inner.state().held.boot_times()
     }
 
     /// Leaves the Deployment and its pods as they are: they belong to the cluster.

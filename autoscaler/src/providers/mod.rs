@@ -10,6 +10,7 @@
 
 pub mod command;
 pub mod docker;
+mod held;
 pub mod kinds;
 pub mod kubernetes;
 pub mod local;

@@ -187,15 +187,13 @@ impl<G: OnEnd + Unpin> Body for ProxyBody<G> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::Clock;
-    use crate::pool::test_support::Checkin;
-    use crate::pool::{Pool, PoolConfig, UpstreamBody};
+    use crate::pool::test_support::{pool, Checkin};
+    use crate::pool::UpstreamBody;
     use http_body_util::BodyExt;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
-    use std::time::Duration;
 
     /// A backend answering `GET /n` with n bytes and a `Content-Length`; counts connections.
     async fn backend() -> (String, Arc<AtomicU64>) {
@@ -226,13 +224,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_read_as_hyper_reads_it_returns_its_connection() {
         let (addr, accepted) = backend().await;
-        let cfg = PoolConfig {
-            connect_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(60),
-            max_idle: 4,
-            max_streams: 100,
-        };
-        let pool = Arc::new(Pool::new(addr, cfg, Clock::new()));
+        let pool = pool(addr);
         for (i, n) in [5usize, 0, 3, 0, 7].into_iter().enumerate() {
             let mut conn = pool.checkout().await.unwrap();
             assert_eq!(conn.reused, i > 0, "request {i}");
@@ -262,13 +254,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_dropped_early_does_not_return_its_connection() {
         let (addr, _) = backend().await;
-        let cfg = PoolConfig {
-            connect_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(60),
-            max_idle: 4,
-            max_streams: 100,
-        };
-        let pool = Arc::new(Pool::new(addr, cfg, Clock::new()));
+        let pool = pool(addr);
         let mut conn = pool.checkout().await.unwrap();
         let req = http::Request::builder()
             .uri("/100000")

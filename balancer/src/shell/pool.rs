@@ -460,9 +460,23 @@ impl Pool {
 /// Test helpers shared by this module's tests and the response body's.
 #[cfg(test)]
 pub(crate) mod test_support {
-    use super::{Conn, Pool};
+    use super::{Conn, Pool, PoolConfig};
     use crate::body::OnEnd;
+    use crate::clock::Clock;
     use std::sync::Arc;
+    use std::time::Duration;
+
+    /// An HTTP/1.1 pool for the backend at `addr` that keeps up to 4 idle connections for a
+    /// minute.
+    pub(crate) fn pool(addr: String) -> Arc<Pool> {
+        let cfg = PoolConfig {
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(60),
+            max_idle: 4,
+            max_streams: 100,
+        };
+        Arc::new(Pool::new(addr, cfg, Clock::new()))
+    }
 
     /// Gives the connection back to its pool on a clean end and drives it meanwhile, as the
     /// proxy's completion does.
@@ -499,7 +513,7 @@ mod tests {
         }
     }
 
-    use super::test_support::Checkin;
+    use super::test_support::{pool, Checkin};
     use super::*;
     use crate::body::ProxyBody;
     use http_body_util::BodyExt;
@@ -581,16 +595,6 @@ mod tests {
         let body = ProxyBody::upstream(resp.into_body(), Checkin(pool.clone(), Some(conn)));
         assert_eq!(body.collect().await.unwrap().to_bytes(), "ok");
         reused
-    }
-
-    fn pool(addr: String) -> Arc<Pool> {
-        let cfg = PoolConfig {
-            connect_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(60),
-            max_idle: 4,
-            max_streams: 100,
-        };
-        Arc::new(Pool::new(addr, cfg, Clock::new()))
     }
 
     /// No task watches an idle connection: the pool must still notice that the backend closed it
