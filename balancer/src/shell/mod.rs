@@ -52,6 +52,7 @@ pub mod discovery;
 pub mod dispatch;
 pub(crate) mod head_deadline;
 pub mod health;
+pub(crate) mod heap_trim;
 pub mod idempotency;
 pub mod metrics;
 pub(crate) mod per_client;

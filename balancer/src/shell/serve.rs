@@ -779,7 +779,8 @@ where
 }
 
 /// Twice a second: the drain rate for `Retry-After`, lease expiry, the end of outlier
-/// ejections, idle connections and expired idempotency keys.
+/// ejections, idle connections and expired idempotency keys; every ten seconds, the heap's
+/// free pages back to the kernel.
 async fn housekeeping(
     proxy: Arc<Proxy>,
     active_checks: bool,
@@ -787,9 +788,15 @@ async fn housekeeping(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut trim = tokio::time::interval(crate::shell::heap_trim::INTERVAL);
+    trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            _ = trim.tick() => {
+                crate::shell::heap_trim::trim_in_background().await;
+                continue;
+            }
             _ = stop.changed() => return,
         }
         let now = proxy.clock.now();
