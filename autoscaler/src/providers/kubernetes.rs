@@ -628,10 +628,14 @@ impl Inner {
                          not have the deletion cost yet, or that pod was not ready); taking it out \
                          and claiming the drained pod back"
                     );
-                    self.lose(&other, format!("the ReplicaSet removed it instead of {id}"));
                     if let Err(e) = self.mark(id, None).await {
                         tracing::warn!(error = %e, "could not unmark the drained pod");
                     }
+                    // Free before `lose` wakes the driver: its replacement launch must find the
+                    // drained pod claimable, or it raises replicas for a new pod and the drained
+                    // one runs on, held by nobody (the Deployment one pod above the fleet).
+                    self.state().leaving.remove(id);
+                    self.lose(&other, format!("the ReplicaSet removed it instead of {id}"));
                     return Ok(());
                 }
             }

@@ -207,7 +207,6 @@ impl HeadError {
     ///   not the head, and its buffer grows in steps that can take a head well past the limit
     ///   when the bytes arrive together (a 40 KB head passes the default 32 KiB); the new
     ///   parser's limit is exact.
-    /// - `BadHost` for a WebSocket upgrade: today's path skips `strict::check` for upgrades.
     /// - `BadHost` for `Connection: host`: today's path strips `Host` and answers "no Host";
     ///   the same 400, so not a difference in verdict.
     ///

@@ -301,14 +301,12 @@ fn admit<B>(req: &Request<B>, max_uri_bytes: usize) -> Result<upgrade::Ask, Loca
     }
     // CONNECT is refused here but for HTTP/2's extended CONNECT of a WebSocket.
     let ask = upgrade::classify(req);
-    match ask {
-        upgrade::Ask::Refuse(answer) => Err(answer),
-        upgrade::Ask::Plain => {
-            strict::check(req.method(), req.uri(), req.version(), req.headers())?;
-            Ok(ask)
-        }
-        upgrade::Ask::WebSocket { .. } => Ok(ask),
+    if let upgrade::Ask::Refuse(answer) = ask {
+        return Err(answer);
     }
+    // WebSocket handshakes too: their Host and target are forwarded like any request's.
+    strict::check(req.method(), req.uri(), req.version(), req.headers())?;
+    Ok(ask)
 }
 
 /// The proxy's verdict on a request head, for the fuzz targets in fuzz/ (built only with the

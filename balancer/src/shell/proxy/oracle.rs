@@ -276,25 +276,6 @@ pub enum Comparison {
     Diverge(String),
 }
 
-/// Whether `data`'s first request asks for a WebSocket (today's path skips `strict::check`
-/// for those).
-fn websocket_ask(data: &[u8]) -> bool {
-    let mut parsed = [httparse::EMPTY_HEADER; 128];
-    let mut r = httparse::Request::new(&mut parsed);
-    if r.parse(data).is_err() || r.version != Some(1) {
-        return false;
-    }
-    let has = |name: &str, token: &str| {
-        r.headers.iter().any(|h| {
-            h.name.eq_ignore_ascii_case(name)
-                && h.value
-                    .split(|&c| c == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-        })
-    };
-    has("connection", "upgrade") && has("upgrade", "websocket")
-}
-
 /// How many `X-Forwarded-For` field lines `data`'s first request has.
 fn xff_lines(data: &[u8]) -> usize {
     let mut parsed = [httparse::EMPTY_HEADER; 128];
@@ -353,12 +334,6 @@ fn compare_verdicts(
         }
         (Forwarded(_), Refused(_)) => match err {
             Some(e) if e.stricter_than_today() => Comparison::Stricter(format!("{e:?}")),
-            Some(
-                e @ (HeadError::BadHost
-                | HeadError::NoHost
-                | HeadError::BadTarget
-                | HeadError::TransferCodingNotImplemented),
-            ) if websocket_ask(data) => Comparison::Stricter(format!("WebSocket: {e:?}")),
             e => Comparison::Diverge(format!("today forwards, new refuses with {e:?}")),
         },
         (Refused(a), Refused(b)) if a == b => Comparison::Same,

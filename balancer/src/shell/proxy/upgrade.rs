@@ -24,7 +24,7 @@ use super::headers::{prepare_head, request_key, strip_hop_by_hop};
 use super::local::LocalAnswer;
 use super::retry::{self, Attempt, TryOutcome, Verdict};
 use super::tunnel::Tunnel;
-use super::{strict, Live, Peer, Proxy};
+use super::{Live, Peer, Proxy};
 use crate::body::ProxyBody;
 use crate::dispatch::Tried;
 use crate::registry::Backend;
@@ -143,9 +143,6 @@ impl Proxy {
         live: &Live,
         h2: bool,
     ) -> Response<Body> {
-        if let Err(answer) = strict::check(req.method(), req.uri(), req.version(), req.headers()) {
-            return self.local(start, None, answer);
-        }
         // HTTP/2's CONNECT has no body (hyper resets one that says it has); its stream is the
         // tunnel.
         if !h2 && (req.method() != Method::GET || !req.body().is_end_stream()) {
