@@ -17,8 +17,11 @@
 #
 # Sections:
 #   cost     proxy cost with two trivial nginx backends (`return 200`), round robin for all:
-#            closed-loop maximum (wrk -t1 -c64), then at fixed open-loop rates (`ebbtide load`,
-#            Poisson) p50/p99/p99.9 and the proxy's CPU-seconds per 100k requests (/proc/PID/stat)
+#            closed-loop maximum (wrk -t1 -c64), then at fixed open-loop rates p50/p99/p99.9 and
+#            the proxy's CPU-seconds per 100k requests (/proc/PID/stat), measured by each of
+#            GENERATORS in turn on the same proxy process: `ebbtide load` (Poisson) and oha
+#            (`-q RATE --latency-correction`: uniform pacing, latency from the scheduled time), so
+#            that the figures do not rest on our own generator alone
 #   rss      proxy RSS idle and with 1,000 idle keep-alive client connections
 #   balance  heterogeneous fleet (ebbtide backends, exp service, workers 1,1,2,4) at 70% and 90% of
 #            capacity, every policy of every contender, beside the M/M/c figure from theory
@@ -40,7 +43,10 @@
 #   2 cores `ebbtide load` shares core 0 with the backends and offers about 31k req/s, sending part
 #   of it late (the errors/late column); a rate a contender cannot keep up with is marked
 #   "not sustained" in the tables)
-#   FIXED_CONNECTIONS [64] most connections `ebbtide load` uses in the fixed-rate runs
+#   FIXED_CONNECTIONS [64] most connections the generators use in the fixed-rate runs
+#   GENERATORS ["ebbtide oha"] the fixed-rate load generators; oha is installed with
+#   `cargo install oha --locked --version $OHA_VERSION` [1.16.0] when missing (about 10 minutes
+#   of build on 2 cores, once; into ~/.cargo/bin)
 #   BAL_LOADS ["0.7 0.9"]   BAL_WORKERS ["1 1 2 4"]
 #   BAL_SERVICE [exp:10ms]   BAL_CONTENDERS [all; names as in the tables, separated by |]
 #   BAL_ADAPTIVE [0] 1 adds ebbtide rows with the adaptive concurrency limit on (+4 rows, +6 min)
@@ -68,6 +74,8 @@ WARMUP=${WARMUP:-2}
 PROFILE_DURATION=${PROFILE_DURATION:-10}
 RATES=${RATES:-"5000 20000 half"}
 FIXED_CONNECTIONS=${FIXED_CONNECTIONS:-64}
+GENERATORS=${GENERATORS:-"ebbtide oha"}
+OHA_VERSION=${OHA_VERSION:-1.16.0}
 BAL_LOADS=${BAL_LOADS:-"0.7 0.9"}
 BAL_WORKERS=${BAL_WORKERS:-"1 1 2 4"}
 BAL_SERVICE=${BAL_SERVICE:-exp:10ms}
@@ -123,7 +131,11 @@ if has profile && ! command -v perf >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends linux-perf >/dev/null 2>&1 ||
         log "warning: could not install linux-perf; the profile section will be skipped"
 fi
-export PATH=$PATH:/usr/sbin
+export PATH=$PATH:/usr/sbin:$HOME/.cargo/bin
+if has cost && [[ " $GENERATORS " == *" oha "* ]] && ! command -v oha >/dev/null 2>&1; then
+    log "installing oha $OHA_VERSION (cargo install; once, about 10 minutes on 2 cores)"
+    cargo install oha --locked --version "$OHA_VERSION" -q || die "could not install oha; GENERATORS=ebbtide runs without it"
+fi
 [ "$(nproc)" -ge 2 ] || log "warning: fewer than 2 cores; proxy and load share a core"
 
 if [ -n "${EBBTIDE_BIN:-}" ]; then
@@ -188,6 +200,16 @@ load_run() {
     taskset -c "$LOAD_CORE" "$BIN" load --target "$url" --rate "$rate" --duration "${secs}s" \
         --seed "$seed" --quiet --json "$out" "$@" >"$out.log" 2>&1 || true
     [ -s "$out" ] || { log "load run wrote no report: $(tail -3 "$out.log")"; return 1; }
+}
+
+# oha_run OUT_JSON URL RATE SECONDS: oha at a fixed rate on the load core, its JSON turned into
+# the fields of `ebbtide load`'s report that the tables read.
+oha_run() {
+    local out=$1 url=$2 rate=$3 secs=$4
+    taskset -c "$LOAD_CORE" oha --no-tui --output-format json -z "${secs}s" -q "$rate" \
+        --latency-correction -c "$FIXED_CONNECTIONS" -t 5s "$url" >"$out.raw" 2>"$out.log" || true
+    python3 "$LIB/helpers.py" oha "$out.raw" "$secs" >"$out" 2>>"$out.log" || true
+    [ -s "$out" ] || { log "oha wrote no report: $(tail -3 "$out.log")"; return 1; }
 }
 
 ticks_s() { awk -v a="$1" -v b="$2" -v h="$CLK_TCK" 'BEGIN { print (b - a) / h }'; }
@@ -292,21 +314,27 @@ section_cost() {
                     start_proxy "cost-$c" "$port" "$admin" "$spec" "${TRIV[@]}"; pid=$PROXY_PID
                     url="http://$H:$port/"
                 fi
-                out=$WORK/fixed-$c-$r-$rep.json
-                load_run "$out.warm" "$url" "$r" "$WARMUP" "$((rep + 100))" --connections "$FIXED_CONNECTIONS" || true
-                t0=0; t1=0
-                [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
-                a0=$(backend_accepts); c0=$(core_busy_ticks "$PROXY_CORE"); w0=$(date +%s.%N)
-                load_run "$out" "$url" "$r" "$DURATION" "$rep" --timeout 5s --connections "$FIXED_CONNECTIONS" || true
-                [ -n "$pid" ] && t1=$(cpu_ticks "$pid")
-                c1=$(core_busy_ticks "$PROXY_CORE"); w1=$(date +%s.%N); a1=$(backend_accepts)
-                if [ -s "$out" ]; then
-                    record kind=fixed contender="$c" rep="$rep" rate="$r" report="$(cat "$out")" \
-                        cpu_s="$(ticks_s "$t0" "$t1")" core_busy_s="$(ticks_s "$c0" "$c1")" \
-                        wall_s="$(awk -v a="$w0" -v b="$w1" 'BEGIN{print b-a}')" \
-                        backend_conns="$((a1 - a0 - 1))" loadavg="$(loadavg)" time_wait_after="$(tw_count)"
-                    log "  rep $rep $r/s $c: p99 $(json_get "$out" latency_ms.p99) ms, cpu $(( t1 - t0 )) ticks"
-                fi
+                load_run "$WORK/fixed-$c-$r-$rep.warm" "$url" "$r" "$WARMUP" "$((rep + 100))" --connections "$FIXED_CONNECTIONS" || true
+                for g in $GENERATORS; do
+                    out=$WORK/fixed-$g-$c-$r-$rep.json
+                    t0=0; t1=0
+                    [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
+                    a0=$(backend_accepts); c0=$(core_busy_ticks "$PROXY_CORE"); w0=$(date +%s.%N)
+                    case $g in
+                    ebbtide) load_run "$out" "$url" "$r" "$DURATION" "$rep" --timeout 5s --connections "$FIXED_CONNECTIONS" || true ;;
+                    oha) oha_run "$out" "$url" "$r" "$DURATION" || true ;;
+                    *) die "unknown generator $g in GENERATORS" ;;
+                    esac
+                    [ -n "$pid" ] && t1=$(cpu_ticks "$pid")
+                    c1=$(core_busy_ticks "$PROXY_CORE"); w1=$(date +%s.%N); a1=$(backend_accepts)
+                    if [ -s "$out" ]; then
+                        record kind=fixed generator="$g" contender="$c" rep="$rep" rate="$r" report="$(cat "$out")" \
+                            cpu_s="$(ticks_s "$t0" "$t1")" core_busy_s="$(ticks_s "$c0" "$c1")" \
+                            wall_s="$(awk -v a="$w0" -v b="$w1" 'BEGIN{print b-a}')" \
+                            backend_conns="$((a1 - a0 - 1))" loadavg="$(loadavg)" time_wait_after="$(tw_count)"
+                        log "  rep $rep $r/s $c ($g): p99 $(json_get "$out" latency_ms.p99) ms, cpu $(( t1 - t0 )) ticks"
+                    fi
+                done
                 [ -n "$pid" ] && stop "$pid"
             done
         done

@@ -2,6 +2,9 @@
 """Small helpers for bench/run.sh.
 
     helpers.py wrk FILE                 wrk --latency output -> JSON {rps, requests, p50_ms, p99_ms, ...}
+    helpers.py oha FILE SECONDS         oha --output-format json -> the fields of `ebbtide load`'s report
+                                        that bench/lib/report.py reads (achieved_rate, completed,
+                                        errors, late, scheduled, latency_ms {mean, p50, p99, p999})
     helpers.py snapshot URL...          each simulated backend's /metrics counters -> JSON
     helpers.py record KEY=VALUE...      one JSON object (numbers parsed) -> stdout, for raw.jsonl
 """
@@ -37,6 +40,31 @@ def wrk(path):
             nums = [int(x.strip(",")) for x in f if x.strip(",").isdigit()]
             out["socket_errors"] = sum(nums)
     return out
+
+
+def oha(path, seconds):
+    """oha's summary in the shape of `ebbtide load`'s report. Latencies are seconds in oha's JSON;
+    with --latency-correction they count from each request's scheduled time, as ours do. oha does
+    not report late sends: `late` is 0 and `scheduled` is what it sent."""
+    d = json.load(open(path))
+    s, p = d["summary"], d["latencyPercentiles"]
+    codes = {int(k): v for k, v in d.get("statusCodeDistribution", {}).items()}
+    ok = sum(v for k, v in codes.items() if k < 500)
+    failed = sum(d.get("errorDistribution", {}).values()) + sum(v for k, v in codes.items() if k >= 500)
+
+    def ms(x):
+        return None if x is None else x * 1e3
+
+    return {
+        "generator": "oha",
+        "achieved_rate": ok / float(seconds),
+        "completed": ok,
+        "errors": failed,
+        "late": 0,
+        "scheduled": ok + failed,
+        "latency_ms": {"mean": ms(s.get("average")), "p50": ms(p.get("p50")),
+                       "p99": ms(p.get("p99")), "p999": ms(p.get("p99.9"))},
+    }
 
 
 def metrics(url):
@@ -83,6 +111,8 @@ def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "wrk":
         print(json.dumps(wrk(args[0])))
+    elif cmd == "oha":
+        print(json.dumps(oha(args[0], args[1])))
     elif cmd == "snapshot":
         print(json.dumps(snapshot(args)))
     elif cmd == "record":

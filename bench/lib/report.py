@@ -240,7 +240,7 @@ def balance(recs, setup):
 
 
 # ------------------------------------------------------------------ markdown
-def md_cost(closed, fixed, meta):
+def md_cost(closed, fixed, meta, fixed_oha=None):
     out = []
     if closed:
         hap = closed.get("haproxy", {})
@@ -256,27 +256,37 @@ def md_cost(closed, fixed, meta):
                           "CPU-s / 100k req", "req/s per run", "backend conns / 1k req",
                           "proxy core used by others"], rows))
         out.append("")
-    for rate, cs in fixed.items():
-        hap = cs.get("haproxy", {})
-        out.append(f"### Fixed rate {rate:,} req/s (open loop, Poisson, `ebbtide load "
-                   f"--connections {meta.get('fixed_connections', 512)}`, "
-                   f"{meta['duration_s']} s, median of {meta['reps']})\n")
-        rows = []
-        for c, v in cs.items():
-            label = "direct to a backend (no proxy)" if c == "direct" else c
-            sustained = v["achieved"] is not None and v["achieved"] >= 0.97 * rate and v["errors"] == 0
-            rows.append([label, fmt(v["achieved"]) + ("" if sustained else " (not sustained)"),
-                         fmt(v["p50_ms"], 3), fmt(v["p99_ms"], 3),
-                         fmt(v["p999_ms"], 3), ratio(v["p99_ms"], hap.get("p99_ms")) if c != "direct" else "",
-                         fmt(v["cpu_s_per_100k"], 3), ratio(v["cpu_s_per_100k"], hap.get("cpu_s_per_100k"))
-                         if v["cpu_s_per_100k"] is not None else "",
-                         f"{v['errors']}/{v['late']}", fmt(v["backend_conns_per_1k"], 1),
-                         pct(v["foreign"]) if c != "direct" else ""])
-        out.append(table(["proxy", "achieved req/s", "p50 ms", "p99 ms", "p99.9 ms", "p99 vs HAProxy",
-                          "CPU-s / 100k req", "CPU vs HAProxy", "errors/late", "backend conns / 1k req",
-                          "proxy core used by others"], rows))
-        out.append("")
+    for gen, tables in (("ebbtide", fixed), ("oha", fixed_oha or {})):
+        for rate, cs in tables.items():
+            out += md_fixed(rate, cs, gen, meta)
     return "\n".join(out)
+
+
+def md_fixed(rate, cs, gen, meta):
+    """One fixed-rate table, as measured by generator `gen`."""
+    out = []
+    hap = cs.get("haproxy", {})
+    conns = meta.get("fixed_connections", 512)
+    how = (f"Poisson, `ebbtide load --connections {conns}`" if gen == "ebbtide" else
+           f"uniform, `oha -q {rate} --latency-correction -c {conns}`")
+    out.append(f"### Fixed rate {rate:,} req/s (open loop, {how}, "
+               f"{meta['duration_s']} s, median of {meta['reps']})\n")
+    rows = []
+    for c, v in cs.items():
+        label = "direct to a backend (no proxy)" if c == "direct" else c
+        sustained = v["achieved"] is not None and v["achieved"] >= 0.97 * rate and v["errors"] == 0
+        rows.append([label, fmt(v["achieved"]) + ("" if sustained else " (not sustained)"),
+                     fmt(v["p50_ms"], 3), fmt(v["p99_ms"], 3),
+                     fmt(v["p999_ms"], 3), ratio(v["p99_ms"], hap.get("p99_ms")) if c != "direct" else "",
+                     fmt(v["cpu_s_per_100k"], 3), ratio(v["cpu_s_per_100k"], hap.get("cpu_s_per_100k"))
+                     if v["cpu_s_per_100k"] is not None else "",
+                     f"{v['errors']}/{v['late']}", fmt(v["backend_conns_per_1k"], 1),
+                     pct(v["foreign"]) if c != "direct" else ""])
+    out.append(table(["proxy", "achieved req/s", "p50 ms", "p99 ms", "p99.9 ms", "p99 vs HAProxy",
+                      "CPU-s / 100k req", "CPU vs HAProxy", "errors/late", "backend conns / 1k req",
+                      "proxy core used by others"], rows))
+    out.append("")
+    return out
 
 
 def md_rss(r, meta):
@@ -417,7 +427,8 @@ def main():
     for r in recs:
         kinds[r["kind"]].append(r)
     closed = cost_closed(kinds["closed"])
-    fixed = cost_fixed(kinds["fixed"])
+    fixed = cost_fixed([r for r in kinds["fixed"] if r.get("generator", "ebbtide") == "ebbtide"])
+    fixed_oha = cost_fixed([r for r in kinds["fixed"] if r.get("generator") == "oha"])
     rss_r = rss(kinds["rss"])
     setup = kinds["bal_setup"][0] if kinds["bal_setup"] else None
     bal = balance(kinds["bal"], setup) if setup else {}
@@ -425,6 +436,7 @@ def main():
 
     results = {"meta": meta, "summary": {"closed_loop": closed,
                                          "fixed_rate": {str(k): v for k, v in fixed.items()},
+                                         "fixed_rate_oha": {str(k): v for k, v in fixed_oha.items()},
                                          "rss": rss_r, "balance": bal, "profile": prof},
                "balance_setup": setup,
                "runs": [{k: v for k, v in r.items() if k not in ("report",)} |
@@ -464,7 +476,9 @@ def main():
                "CPU-seconds per 100k requests = the proxy process's utime+stime (`/proc/PID/stat`, all "
                "threads) over the measured load, per 100,000 completed requests: on a 2-core machine the "
                "fairest cost figure. Latency in the fixed-rate tables is measured by `ebbtide load` from "
-               "each request's scheduled send time (no coordinated omission); the load generator shares "
+               "each request's scheduled send time (no coordinated omission), and again, on the same proxy "
+               "process right after, by oha with `--latency-correction` (its own tables, when GENERATORS "
+               "has it), so that no figure rests on our own generator alone; the load generator shares "
                "its core with the backends, so the `direct` row is the floor that no proxy can beat. "
                "*Backend conns / 1k req*: connections the backends accepted per 1,000 requests "
                "(nginx `stub_status`; ~0 when upstream keep-alive works, 1,000 = one per request). "
@@ -472,7 +486,7 @@ def main():
                "process during the run (`/proc/stat` busy time minus the proxy's utime+stime): other "
                "processes of a shared machine, and softirq network work the kernel does not charge to "
                "the proxy (part of it the proxy's own loopback traffic).\n",
-               md_cost(closed, fixed, m)]
+               md_cost(closed, fixed, m, fixed_oha)]
     if rss_r:
         md += ["## Memory (RSS)\n",
                f"VmRSS of the proxy process 1 s after start (idle), and with "
