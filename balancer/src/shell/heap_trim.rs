@@ -56,7 +56,7 @@ mod tests {
     fn free_pages_in_the_middle_of_the_heap_are_released() {
         // Below the mmap threshold (128 KiB by default) blocks come from the heap itself.
         let blocks: Vec<Vec<u8>> = (0..512).map(|i| vec![i as u8; 64 * 1024]).collect();
-        let keep = vec![1u8; 64];
+        let keep = Box::new([1u8; 64]);
         drop(blocks);
         let (released, _) = trim();
         assert!(
