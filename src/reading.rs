@@ -15,6 +15,7 @@ pub(crate) fn from_signals(s: &api::Signals) -> Reading {
         window_completions: s.completions,
         p99_ms: s.latency_ms.p99,
         mean_ms: s.latency_ms.mean,
+        backend_ms: s.backend_ms,
         active_backends: s.backends.active,
     }
 }

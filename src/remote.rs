@@ -403,7 +403,7 @@ mod tests {
             "arrivals_total": 120, "completions_total": 110, "in_flight": 7, "queue_depth": 3,
             "arrivals": 60, "completions": 50, "shed": 0, "shed_total": 2,
             "arrival_rate": 6.0, "completion_rate": 5.0, "span_seconds": 10.0, "window_seconds": 10.0,
-            "latency_ms": {"p99": 80.5, "mean": 21.0, "p50": 18.0, "p90": 40.0},
+            "latency_ms": {"p99": 80.5, "mean": 21.0, "p50": 18.0, "p90": 40.0}, "backend_ms": 19.5,
             "backends": {"active": 4, "starting": 1, "draining": 0, "ejected": 0},
             "policy": "least_loaded",
         });
@@ -418,6 +418,7 @@ mod tests {
                 window_completions: 50,
                 p99_ms: 80.5,
                 mean_ms: 21.0,
+                backend_ms: 19.5,
                 active_backends: 4,
             }
         );

@@ -27,6 +27,10 @@ pub struct Reading {
     pub p99_ms: f64,
     /// Mean latency over the signal window, milliseconds.
     pub mean_ms: f64,
+    /// Mean time at a backend (request sent to response end) over the window's completions a
+    /// backend answered, milliseconds; 0: not measured (none, or an older balancer).
+    #[serde(default)]
+    pub backend_ms: f64,
     /// Backends taking traffic now.
     pub active_backends: u32,
 }
@@ -71,7 +75,8 @@ impl Sampler {
             .resize(readings.len().max(self.previous.len()), None);
         let (mut arrival_rate, mut completion_rate) = (0.0, 0.0);
         let (mut in_flight, mut queue_depth, mut ready) = (0u64, 0u64, 0u32);
-        let (mut p99, mut weighted_mean, mut completions) = (None::<f64>, 0.0, 0u64);
+        let (mut p99, mut completions) = (None::<f64>, 0u64);
+        let (mut weighted_mean, mut weighted_backend, mut backend_weight) = (0.0, 0.0, 0u64);
         for (r, prev) in readings.iter().zip(self.previous.iter_mut()) {
             let Some(r) = r else { continue };
             if let Some((at, arrivals, done)) = *prev {
@@ -96,15 +101,26 @@ impl Sampler {
                 // Percentiles do not add up; the worst balancer's p99 is the fleet's bound.
                 p99 = Some(p99.map_or(r.p99_ms, |p: f64| p.max(r.p99_ms)));
                 weighted_mean += r.mean_ms * r.window_completions as f64;
+                if r.backend_ms > 0.0 {
+                    weighted_backend += r.backend_ms * r.window_completions as f64;
+                    backend_weight += r.window_completions;
+                }
                 completions += r.window_completions;
             }
         }
-        let mean_ms = (completions > 0).then(|| weighted_mean / completions as f64);
-        // Service rate per backend: its workers over the mean time a request spends, measured
-        // only while nothing waits in the balancer (then that time is service plus the backend's
-        // own queueing, so this errs low, which errs towards more backends).
-        let service_rate_per_backend = mean_ms
-            .filter(|&m| queue_depth == 0 && m > 0.0)
+        // Service rate per backend: its workers over the mean time a request spends at a
+        // backend, not the mean latency, so that a queue in the balancer (a step, boots, a cap)
+        // does not read as slower backends. The backend's own queueing is still in it (when a
+        // balancer sends a backend more than its workers), which errs low, towards more
+        // backends. A balancer that does not measure it: the mean latency, only while nothing
+        // waits in the balancer.
+        let at_backends = if backend_weight > 0 {
+            Some(weighted_backend / backend_weight as f64)
+        } else {
+            (completions > 0 && queue_depth == 0).then(|| weighted_mean / completions as f64)
+        };
+        let service_rate_per_backend = at_backends
+            .filter(|&m| m > 0.0)
             .map(|m| self.workers as f64 / (m / 1e3));
         Observation {
             at: now,
@@ -220,8 +236,22 @@ mod tests {
         let o = s.observe(2 * S, &[Some(queued)], 0);
         assert_eq!(
             o.service_rate_per_backend, None,
-            "not measured while requests queue"
+            "from the mean latency, not measured while requests queue"
         );
+        // A balancer that measures the time at its backends: that, whatever queues in it.
+        let measured = Reading {
+            backend_ms: 5.0,
+            ..queued
+        };
+        let o = s.observe(2 * S, &[Some(measured)], 0);
+        assert_eq!(o.service_rate_per_backend, Some(4.0 / 0.005));
+        // Weighted by completions, over the balancers that measure it.
+        let b_measured = Reading {
+            backend_ms: 25.0,
+            ..b
+        };
+        let o = s.observe(2 * S, &[Some(measured), Some(b_measured), Some(b)], 0);
+        assert_eq!(o.service_rate_per_backend, Some(4.0 / 0.010));
         assert_eq!(s.observe(3 * S, &[Some(idle)], 0).p99_ms, None);
     }
 }

@@ -20,7 +20,7 @@ fn updates(w: &SignalWindow, base: u64, iters: u64) {
     for i in 0..iters {
         let now = base + i * 1_000;
         w.record_arrival(black_box(now));
-        w.record_completion(black_box(latency(i)), black_box(now));
+        w.record_completion(black_box(latency(i)), None, black_box(now));
     }
 }
 

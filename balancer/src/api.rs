@@ -29,6 +29,11 @@ pub struct Signals {
     /// Requests that arrived since the balancer started; cumulative, so that a remote
     /// autoscaler can take rates over its own interval.
     pub arrivals_total: u64,
+    /// The mean time at a backend (from the request sent to the response's end) of the
+    /// window's completions a backend answered, in milliseconds: the autoscaler's service time,
+    /// without the balancer's queue in it. 0 when none, or from a balancer older than this field.
+    #[serde(default)]
+    pub backend_ms: f64,
     /// Backends by state, now.
     pub backends: BackendCounts,
     /// Completions per second over `span_seconds` (0 when the span is empty).
@@ -275,6 +280,7 @@ impl Signals {
             out.completions_total += s.completions_total;
             out.in_flight += s.in_flight;
             out.latency_ms.mean = out.latency_ms.mean.max(s.latency_ms.mean);
+            out.backend_ms = out.backend_ms.max(s.backend_ms);
             out.latency_ms.p50 = out.latency_ms.p50.max(s.latency_ms.p50);
             out.latency_ms.p90 = out.latency_ms.p90.max(s.latency_ms.p90);
             out.latency_ms.p99 = out.latency_ms.p99.max(s.latency_ms.p99);
@@ -314,6 +320,7 @@ mod tests {
             arrival_rate: 2.0,
             arrivals: 20,
             arrivals_total: 120,
+            backend_ms: 19.5,
             backends: BackendCounts::from_array([1, 4, 0, 0]),
             completion_rate: 2.0,
             completions: 20,
@@ -341,7 +348,7 @@ mod tests {
         let got = serde_json::to_string(&signals()).unwrap();
         assert_eq!(
             got,
-            r#"{"arrival_rate":2.0,"arrivals":20,"arrivals_total":120,"backends":{"active":4,"draining":0,"ejected":0,"starting":1},"completion_rate":2.0,"completions":20,"completions_total":110,"in_flight":7,"latency_ms":{"mean":21.0,"p50":18.0,"p90":40.0,"p99":80.5},"policy":"least_loaded","queue_depth":3,"shed":0,"shed_total":2,"span_seconds":9.5,"window_seconds":10.0}"#
+            r#"{"arrival_rate":2.0,"arrivals":20,"arrivals_total":120,"backend_ms":19.5,"backends":{"active":4,"draining":0,"ejected":0,"starting":1},"completion_rate":2.0,"completions":20,"completions_total":110,"in_flight":7,"latency_ms":{"mean":21.0,"p50":18.0,"p90":40.0,"p99":80.5},"policy":"least_loaded","queue_depth":3,"shed":0,"shed_total":2,"span_seconds":9.5,"window_seconds":10.0}"#
         );
         let back: Signals = serde_json::from_str(&got).unwrap();
         assert_eq!(back, signals());
@@ -369,6 +376,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing field `arrivals_total`"), "{e}");
+    }
+
+    /// A balancer older than `backend_ms` does not send it: read as not measured.
+    #[test]
+    fn a_balancer_without_backend_ms_is_read_as_not_measured() {
+        let mut v = serde_json::to_value(signals()).unwrap();
+        v.as_object_mut().unwrap().remove("backend_ms");
+        let back = serde_json::from_value::<Signals>(v).unwrap();
+        assert_eq!(back.backend_ms, 0.0);
     }
 
     #[test]

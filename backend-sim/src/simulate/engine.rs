@@ -734,7 +734,8 @@ impl Sim<'_> {
         self.in_flight_total -= 1;
         self.completions_total += 1;
         let latency = now - job.arrival;
-        self.signals.record_completion(latency, now);
+        self.signals
+            .record_completion(latency, Some(now - job.dispatched), now);
         if job.arrival >= self.warmup {
             let e = &mut self.exact;
             e.served += 1;
@@ -885,6 +886,7 @@ impl Sim<'_> {
             window_completions: snap.completions,
             p99_ms: snap.latency_ms.p99,
             mean_ms: snap.latency_ms.mean,
+            backend_ms: snap.backend_ms,
             active_backends: self.fleet.active(),
         };
         let Some(c) = self.control.as_mut() else {

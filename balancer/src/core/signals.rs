@@ -18,7 +18,7 @@
 //!
 //! `record_*` take `&self`, allocate nothing and never wait for another thread: one `Acquire`
 //! load of the tag, then one `Relaxed` `fetch_add` per counter touched (1 for an arrival or a
-//! shed, 3 for a completion). When a writer finds its slot holding an older epoch, it recycles the
+//! shed, 3 for a completion, 5 for one a backend answered). When a writer finds its slot holding an older epoch, it recycles the
 //! slot (the cold path, once per slot width):
 //!
 //! 1. read the old contents (counters and buckets) into a stack copy;
@@ -123,6 +123,8 @@ struct Slot {
     completions: AtomicU64,
     shed: AtomicU64,
     latency_sum_ns: AtomicU64,
+    backend_sum_ns: AtomicU64,
+    backend_count: AtomicU64,
     buckets: [AtomicU32; BUCKETS],
 }
 
@@ -132,6 +134,8 @@ struct Counts {
     completions: u64,
     shed: u64,
     latency_sum_ns: u64,
+    backend_sum_ns: u64,
+    backend_count: u64,
     buckets: [u32; BUCKETS],
 }
 
@@ -143,6 +147,8 @@ impl Slot {
             completions: AtomicU64::new(0),
             shed: AtomicU64::new(0),
             latency_sum_ns: AtomicU64::new(0),
+            backend_sum_ns: AtomicU64::new(0),
+            backend_count: AtomicU64::new(0),
             buckets: std::array::from_fn(|_| AtomicU32::new(0)),
         }
     }
@@ -153,6 +159,8 @@ impl Slot {
             completions: self.completions.load(Ordering::Relaxed),
             shed: self.shed.load(Ordering::Relaxed),
             latency_sum_ns: self.latency_sum_ns.load(Ordering::Relaxed),
+            backend_sum_ns: self.backend_sum_ns.load(Ordering::Relaxed),
+            backend_count: self.backend_count.load(Ordering::Relaxed),
             buckets: std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
         }
     }
@@ -164,6 +172,10 @@ impl Slot {
         self.shed.fetch_sub(old.shed, Ordering::Relaxed);
         self.latency_sum_ns
             .fetch_sub(old.latency_sum_ns, Ordering::Relaxed);
+        self.backend_sum_ns
+            .fetch_sub(old.backend_sum_ns, Ordering::Relaxed);
+        self.backend_count
+            .fetch_sub(old.backend_count, Ordering::Relaxed);
         for (bucket, &n) in self.buckets.iter().zip(old.buckets.iter()) {
             if n != 0 {
                 bucket.fetch_sub(n, Ordering::Relaxed);
@@ -228,6 +240,10 @@ pub struct WindowSnapshot {
     pub shed: u64,
     /// Latency over the window's completions, in milliseconds.
     pub latency_ms: LatencySummary,
+    /// The mean time at a backend (from the request sent to the response's end) of the
+    /// window's completions that a backend answered, in milliseconds (0 with none): a service
+    /// time without the balancer's own queueing in it, unlike `latency_ms.mean`.
+    pub backend_ms: f64,
 }
 
 impl SignalWindow {
@@ -261,12 +277,17 @@ impl SignalWindow {
     }
 
     /// Counts a request completing at `now` after `latency_ns` (end to end), and adds its
-    /// latency to the window's histogram.
+    /// latency to the window's histogram; `at_backend_ns` is the part of it from the request
+    /// sent to a backend to the response's end (`None`: no backend answered it).
     #[inline]
-    pub fn record_completion(&self, latency_ns: u64, now: Nanos) {
+    pub fn record_completion(&self, latency_ns: u64, at_backend_ns: Option<u64>, now: Nanos) {
         if let Some(slot) = self.slot(now) {
             slot.completions.fetch_add(1, Ordering::Relaxed);
             slot.latency_sum_ns.fetch_add(latency_ns, Ordering::Relaxed);
+            if let Some(ns) = at_backend_ns {
+                slot.backend_count.fetch_add(1, Ordering::Relaxed);
+                slot.backend_sum_ns.fetch_add(ns, Ordering::Relaxed);
+            }
             slot.buckets[bucket_index(latency_ns)].fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -335,6 +356,7 @@ impl SignalWindow {
         let mut completions = 0u64;
         let mut shed = 0u64;
         let mut latency_sum_ns = 0u64;
+        let (mut backend_sum_ns, mut backend_count) = (0u64, 0u64);
         let mut merged = [0u64; BUCKETS];
         for slot in self.slots.iter() {
             let tag = slot.tag.load(Ordering::Acquire);
@@ -350,6 +372,8 @@ impl SignalWindow {
             completions += counts.completions;
             shed += counts.shed;
             latency_sum_ns = latency_sum_ns.wrapping_add(counts.latency_sum_ns);
+            backend_sum_ns = backend_sum_ns.wrapping_add(counts.backend_sum_ns);
+            backend_count += counts.backend_count;
             for (m, &n) in merged.iter_mut().zip(counts.buckets.iter()) {
                 *m += u64::from(n);
             }
@@ -364,10 +388,12 @@ impl SignalWindow {
                 n as f64 * NANOS_PER_SEC as f64 / span_ns as f64
             }
         };
-        let mean = if completions == 0 {
-            0.0
-        } else {
-            latency_sum_ns as f64 / completions as f64 / 1e6
+        let mean_ms = |sum_ns: u64, n: u64| {
+            if n == 0 {
+                0.0
+            } else {
+                sum_ns as f64 / n as f64 / 1e6
+            }
         };
         WindowSnapshot {
             window_seconds: self.window_ns as f64 / NANOS_PER_SEC as f64,
@@ -381,8 +407,9 @@ impl SignalWindow {
                 p50: percentile_ms(&merged, 0.50),
                 p90: percentile_ms(&merged, 0.90),
                 p99: percentile_ms(&merged, 0.99),
-                mean,
+                mean: mean_ms(latency_sum_ns, completions),
             },
+            backend_ms: mean_ms(backend_sum_ns, backend_count),
         }
     }
 }

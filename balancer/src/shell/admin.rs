@@ -496,6 +496,7 @@ pub fn signals_snapshot(proxy: &Proxy, now: Nanos) -> api::Signals {
         arrival_rate: window.arrival_rate,
         arrivals: window.arrivals,
         arrivals_total: c.arrivals.load(Ordering::Relaxed),
+        backend_ms: window.backend_ms,
         backends: api::BackendCounts::from_array(proxy.registry.count_by_state()),
         completion_rate: window.completion_rate,
         completions: window.completions,

@@ -71,7 +71,7 @@ fn steady_rate_then_silence() {
             mid_slot = Some(w.snapshot(now));
         }
         w.record_arrival(now);
-        w.record_completion(2 * MS, now);
+        w.record_completion(2 * MS, None, now);
         if now % S == 0 {
             w.record_shed(now);
         }
@@ -124,7 +124,7 @@ fn percentiles_of_a_uniform_distribution() {
     let w = SignalWindow::new(DEFAULT_WINDOW_NS, 0);
     let now = 5 * S;
     for us in 1..=10_000u64 {
-        w.record_completion(us * 1_000, now);
+        w.record_completion(us * 1_000, None, now);
     }
     let s = w.snapshot(now);
     assert_eq!(s.completions, 10_000);
@@ -141,23 +141,23 @@ fn percentiles_merge_slots_and_cover_the_tails() {
     // fast; with 10 more slow ones (15 of 1010, more than 1%) p99 is slow and p90 still fast.
     let w = SignalWindow::new(DEFAULT_WINDOW_NS, 0);
     for i in 0..995 {
-        w.record_completion(300_000, S + i);
+        w.record_completion(300_000, None, S + i);
     }
     for _ in 0..5 {
-        w.record_completion(3 * S, 4 * S);
+        w.record_completion(3 * S, None, 4 * S);
     }
     let s = w.snapshot(5 * S);
     assert_close(s.latency_ms.p50, 0.3, REL_PRECISION, "p50");
     assert_close(s.latency_ms.p99, 0.3, REL_PRECISION, "p99");
     for _ in 0..10 {
-        w.record_completion(3 * S, 4 * S);
+        w.record_completion(3 * S, None, 4 * S);
     }
     let s = w.snapshot(5 * S);
     assert_close(s.latency_ms.p90, 0.3, REL_PRECISION, "p90 with 15 slow");
     assert_close(s.latency_ms.p99, 3000.0, REL_PRECISION, "p99 with 15 slow");
     // Sub-microsecond latencies are reported within ±16 ns.
     let w = SignalWindow::new(DEFAULT_WINDOW_NS, 0);
-    w.record_completion(500, S);
+    w.record_completion(500, None, S);
     let p50_ns = w.snapshot(S).latency_ms.p50 * 1e6;
     assert!(
         (p50_ns - 500.0).abs() <= 16.0,
@@ -171,7 +171,7 @@ fn old_slots_expire() {
     // A burst at t = 5 s, one arrival at t = 18 s, snapshot at t = 20 s: the burst is 15 s old.
     for _ in 0..1_000 {
         w.record_arrival(5 * S);
-        w.record_completion(50 * MS, 5 * S);
+        w.record_completion(50 * MS, None, 5 * S);
     }
     w.record_arrival(18 * S);
     let at_14 = w.snapshot(14 * S + S / 10);
@@ -195,7 +195,7 @@ fn recycled_slot_starts_from_zero() {
     for _ in 0..7 {
         w.record_arrival(0);
         w.record_shed(0);
-        w.record_completion(MS, 0);
+        w.record_completion(MS, None, 0);
     }
     w.record_arrival(10 * S);
     let s = w.snapshot(10 * S);
@@ -213,7 +213,7 @@ fn shed_counting() {
         if i % 3 == 0 {
             w.record_shed(i * 100 * MS);
         } else {
-            w.record_completion(10 * MS, i * 100 * MS);
+            w.record_completion(10 * MS, None, i * 100 * MS);
         }
     }
     let s = w.snapshot(3 * S);
@@ -230,13 +230,13 @@ fn a_gap_longer_than_the_window_resets_everything() {
         let t = slot * (S / 2);
         w.record_arrival(t);
         w.record_shed(t);
-        w.record_completion(S, t);
+        w.record_completion(S, None, t);
     }
     assert_eq!(w.snapshot(10 * S - 1).arrivals, SLOTS as u64);
     // One hour later, one event: only it is in the window, in every counter.
     let later = 3_600 * S + 123;
     w.record_arrival(later);
-    w.record_completion(MS, later);
+    w.record_completion(MS, None, later);
     let s = w.snapshot(later + S);
     assert_eq!((s.arrivals, s.completions, s.shed), (1, 1, 0));
     assert_close(s.latency_ms.p99, 1.0, REL_PRECISION, "p99 after the gap");
@@ -272,7 +272,7 @@ fn concurrent_recording_loses_nothing_in_one_slot() {
             scope.spawn(move || {
                 for i in 0..PER_THREAD {
                     w.record_arrival(now);
-                    w.record_completion((t * PER_THREAD + i) % 1_000 * 1_000 + 1_000, now);
+                    w.record_completion((t * PER_THREAD + i) % 1_000 * 1_000 + 1_000, None, now);
                     if i % 10 == 0 {
                         w.record_shed(now);
                     }
@@ -303,7 +303,7 @@ fn concurrent_recycling_loses_no_new_counts() {
     let old = S / 2 + 7;
     for _ in 0..12_345 {
         w.record_arrival(old);
-        w.record_completion(7 * MS, old);
+        w.record_completion(7 * MS, None, old);
     }
     let now = old + 10 * S;
     let barrier = Barrier::new(THREADS);
@@ -313,7 +313,7 @@ fn concurrent_recycling_loses_no_new_counts() {
                 barrier.wait();
                 for _ in 0..PER_THREAD {
                     w.record_arrival(now);
-                    w.record_completion(MS, now);
+                    w.record_completion(MS, None, now);
                 }
             });
         }
@@ -340,7 +340,7 @@ fn concurrent_recycling_loses_no_new_counts() {
 fn snapshot_serializes_with_the_documented_fields() {
     let w = SignalWindow::new(DEFAULT_WINDOW_NS, 0);
     w.record_arrival(S);
-    w.record_completion(4 * MS, S);
+    w.record_completion(4 * MS, None, S);
     let json = serde_json::to_value(w.snapshot(2 * S)).unwrap();
     for key in [
         "window_seconds",
@@ -361,4 +361,27 @@ fn snapshot_serializes_with_the_documented_fields() {
     }
     assert_eq!(json["arrivals"], 1);
     assert_eq!(json["arrival_rate"], 0.5);
+}
+
+#[test]
+fn the_time_at_backends_is_averaged_over_the_completions_a_backend_answered() {
+    let w = SignalWindow::new(DEFAULT_WINDOW_NS, 0);
+    // 30 ms at the backend, sent at once; 30 ms at the backend after 100 ms in the queue; and a
+    // 503 of the balancer's own after 5 ms, which no backend answered.
+    w.record_completion(30 * MS, Some(30 * MS), S);
+    w.record_completion(130 * MS, Some(30 * MS), S);
+    w.record_completion(5 * MS, None, S);
+    let s = w.snapshot(2 * S);
+    assert_eq!(s.completions, 3);
+    assert_close(s.latency_ms.mean, 55.0, 1e-9, "mean latency, all three");
+    assert_close(s.backend_ms, 30.0, 1e-9, "mean time at backends, two");
+    // Gone with its slot, like the latency.
+    let later = w.snapshot(20 * S);
+    assert_eq!((later.completions, later.backend_ms), (0, 0.0));
+    w.record_completion(10 * MS, None, 21 * S);
+    assert_eq!(
+        w.snapshot(21 * S + 1).backend_ms,
+        0.0,
+        "none answered by a backend"
+    );
 }

@@ -18,6 +18,9 @@ pub struct Completion {
     /// signals' latency counts from here, so a slow upload is not read as a slow fleet. `None`:
     /// a client fault, left out of the signals.
     ready: Option<Nanos>,
+    /// When the backend that answered had the whole request: the signals' time at backends
+    /// (the autoscaler's service time) counts from here. `None`: no backend answered.
+    sent: Option<Nanos>,
     slot: Option<Slot>,
     conn: Option<Conn>,
     /// What the try loop learnt, for the access log.
@@ -44,6 +47,7 @@ impl Completion {
             proxy,
             start,
             ready: Some(start),
+            sent: None,
             slot,
             conn,
             tries: Tries::default(),
@@ -55,6 +59,12 @@ impl Completion {
     /// Counts the signals' latency from `ready` (the request's body was read by then).
     pub(super) fn ready_at(mut self, ready: Nanos) -> Self {
         self.ready = Some(ready);
+        self
+    }
+
+    /// Counts the signals' time at the backend from `sent`.
+    pub(super) fn sent_at(mut self, sent: Nanos) -> Self {
+        self.sent = Some(sent);
         self
     }
 
@@ -89,9 +99,10 @@ impl Drop for Completion {
         let now = self.proxy.clock.now();
         let latency = now.saturating_sub(self.start);
         if let Some(ready) = self.ready {
+            let at_backend = self.sent.map(|s| now.saturating_sub(s));
             self.proxy
                 .signals
-                .record_completion(now.saturating_sub(ready), now);
+                .record_completion(now.saturating_sub(ready), at_backend, now);
         }
         self.proxy
             .counters

@@ -262,7 +262,11 @@ impl Proxy {
                             let outcome = TryOutcome::Answered {
                                 status: status.as_u16(),
                             };
-                            (outcome, now, Some((resp, conn)))
+                            (
+                                outcome,
+                                now,
+                                Some((resp, conn, backend_start(sent_at, watch))),
+                            )
                         }
                         Ok(Err(e)) if watch.and_then(BodyWatch::fault).is_some() => {
                             // The client's body broke off or stalled: its doing, not the
@@ -337,11 +341,12 @@ impl Proxy {
                 v => v,
             };
             let response = match (verdict, answered) {
-                (Verdict::PassThrough, Some((mut resp, conn))) => {
+                (Verdict::PassThrough, Some((mut resp, conn, sent))) => {
                     strip_hop_by_hop(resp.headers_mut());
                     *resp.version_mut() = Version::default();
                     let guard = Completion::new(self.clone(), start, Some(slot), Some(conn))
-                        .ready_at(ready);
+                        .ready_at(ready)
+                        .sent_at(sent);
                     resp.map(|b| ProxyBody::upstream(b, guard))
                 }
                 (Verdict::Answer(LocalAnswer::Timeout), _)
