@@ -39,15 +39,15 @@ cost_per_hour = 0.1
 boot_time = "1s"
 command = {small}
 [autoscaler]
-decider = "concurrency"
 min = 2
 max = 12
-target = 4
 workers = 4
 stable_window = "4s"
 panic_window = "2s"
-metric_window = "2s"
 boot_time = "1s"
+# The default decider (backlog); its burst memory as short as the test, so that the fleet goes
+# back to the base once the step has passed.
+burst_window = "10s"
 [autoscaler.cost]
 billing_period = "0s"
 "#,
@@ -137,6 +137,19 @@ async fn two_kinds_large_for_the_base_small_for_the_step_small_drained_first() {
                 .is_some_and(|k| k.iter().any(|k| k == kind))
         })
     };
+    // The service rate per reference backend (4 workers of exp 20 ms: 200/s) is measured as
+    // the time at backends, whatever queued in the balancer during the step or which kind
+    // served: not the end-to-end latency (which read 9.8/s here and asked for 224 backends).
+    let rates: Vec<f64> = events
+        .iter()
+        .filter_map(|e| e["decision"]["inputs"]["service_rate_per_backend"].as_f64())
+        .collect();
+    println!("service rates per backend the decisions used: {rates:?}");
+    assert!(!rates.is_empty(), "{account:#?}");
+    assert!(
+        rates.iter().all(|r| (100.0..400.0).contains(r)),
+        "{rates:?}: {account:#?}"
+    );
     assert!(launched("small"), "the step's burst is small: {account:#?}");
     assert!(
         launched("large"),

@@ -235,7 +235,11 @@ min = 2
     };
     let summary = last.autoscaler.expect("no autoscaler summary");
     assert_eq!(summary.desired, 2);
-    assert_eq!(summary.decider.as_deref(), Some("concurrency"));
+    assert_eq!(
+        summary.decider.as_deref(),
+        Some("backlog"),
+        "the default decider"
+    );
     assert!((summary.cost_per_hour - 1.0).abs() < 1e-9, "{summary:?}");
     drop(stream);
     sigterm(autoscale.child.id());

@@ -80,6 +80,9 @@ impl WindowAverages {
 pub struct Windows {
     stable: Nanos,
     panic: Nanos,
+    /// How much history is kept: the stable window, or a longer window a decider reads
+    /// (`target_tracking`'s `metric_window`).
+    keep: Nanos,
     samples: VecDeque<Observation>,
 }
 
@@ -89,13 +92,17 @@ impl Windows {
         Windows {
             stable: stable.max(1),
             panic: panic.max(1),
+            keep: stable.max(1),
             samples: VecDeque::new(),
         }
     }
 
-    /// The windows `[autoscaler]` configures.
+    /// The windows `[autoscaler]` configures, keeping history for the longest of them, so that
+    /// a `metric_window` longer than the stable window is read whole.
     pub fn from_config(cfg: &ebbtide_config::autoscaler::Autoscaler) -> Windows {
-        Windows::new(cfg.stable_window.as_nanos(), cfg.panic_window.as_nanos())
+        let mut w = Windows::new(cfg.stable_window.as_nanos(), cfg.panic_window.as_nanos());
+        w.keep = w.stable.max(cfg.metric_window.as_nanos());
+        w
     }
 
     /// Length of the stable window.
@@ -119,7 +126,7 @@ impl Windows {
             _ => {}
         }
         self.samples.push_back(obs);
-        let horizon = obs.at.saturating_sub(self.stable);
+        let horizon = obs.at.saturating_sub(self.keep);
         while self.samples.len() >= 2 && self.samples[1].at <= horizon {
             self.samples.pop_front();
         }
@@ -164,7 +171,8 @@ impl Windows {
         }
     }
 
-    /// Averages over a window of `length` (at most the stable window's worth is kept).
+    /// Averages over a window of `length` (at most the stable window's worth is kept, or the
+    /// metric window's when longer).
     pub fn over(&self, length: Nanos, now: Nanos) -> WindowAverages {
         let to = self.end(now);
         let start = to.saturating_sub(length);
@@ -338,6 +346,27 @@ mod tests {
         assert!((s - (54.0 + 42.0) / 60.0).abs() < 1e-12, "{s}");
         // Memory stays bounded by the stable window.
         assert!(w.len() <= 62, "{}", w.len());
+    }
+
+    #[test]
+    fn a_metric_window_longer_than_the_stable_window_is_kept_whole() {
+        let cfg = ebbtide_config::autoscaler::Autoscaler {
+            stable_window: ebbtide_config::time::HumanDuration::from_secs(4),
+            panic_window: ebbtide_config::time::HumanDuration::from_secs(2),
+            metric_window: ebbtide_config::time::HumanDuration::from_secs(15),
+            ..Default::default()
+        };
+        let mut w = Windows::from_config(&cfg);
+        for t in 0..30 {
+            w.observe(obs(t, if t < 20 { 1.0 } else { 4.0 }));
+        }
+        // 15 s ending at 30 s: 5 of 1 and 10 of 4.
+        let m = w
+            .average_by(15 * S, 29 * S, |o| Some(o.concurrency))
+            .unwrap();
+        assert!((m - (5.0 + 40.0) / 15.0).abs() < 1e-12, "{m}");
+        assert_eq!(w.stable(29 * S).concurrency, Some(4.0));
+        assert!(w.len() <= 17, "{}", w.len());
     }
 
     #[test]

@@ -404,6 +404,17 @@ impl Decider for Backlog {
         let (Some(lambda), Some(mu), Some(latest)) =
             (panic.arrival_rate, self.last_mu, windows.latest())
         else {
+            if self.last_mu.is_none() && panic.arrival_rate == Some(0.0) {
+                // Nothing has been served yet and nothing arrives: no service rate to size by,
+                // and none needed. The minimum, as any rule gives an idle fleet, rather than
+                // whatever the fleet is (e.g. stand-ins launched while a large kind boots).
+                let desired = fleet.clamp(0);
+                return Decision::new(
+                    desired,
+                    0,
+                    format!("no arrivals and no service rate measured yet: the minimum, {desired}"),
+                );
+            }
             let desired = fleet.clamp(current);
             return Decision::new(
                 desired,
@@ -589,6 +600,36 @@ mod tests {
         assert!(expected > model(1000.0).smallest_meeting_slo().unwrap().backends + 4);
         // The service rate measured before the backlog is still used while it hides it.
         assert_eq!(dec.inputs["service_rate_per_backend"], 200.0);
+    }
+
+    #[test]
+    fn an_idle_fleet_that_never_served_goes_to_the_minimum_and_a_busy_one_waits_for_a_rate() {
+        let c = Autoscaler { min: 2, ..cfg() };
+        let mut d = Backlog::new(&c);
+        let mut w = Windows::from_config(&c);
+        let idle = |w: &mut Windows, t: u64, rate: f64| {
+            w.observe(Observation {
+                at: t * S,
+                arrival_rate: rate,
+                service_rate_per_backend: None,
+                ready: 6,
+                ..Default::default()
+            })
+        };
+        for t in 0..5 {
+            idle(&mut w, t, 0.0);
+        }
+        let fleet = FleetView::counts(6, 0, 2, 1000);
+        let dec = d.decide(&w, &fleet, 5 * S);
+        assert_eq!(dec.desired, 2, "{}", dec.reason);
+        // Requests arrive but none has completed: no service rate to size by, no change.
+        let mut d = Backlog::new(&c);
+        let mut w = Windows::from_config(&c);
+        for t in 0..5 {
+            idle(&mut w, t, 50.0);
+        }
+        let dec = d.decide(&w, &fleet, 5 * S);
+        assert_eq!(dec.desired, 6, "{}", dec.reason);
     }
 
     #[test]
