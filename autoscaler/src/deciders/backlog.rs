@@ -518,9 +518,11 @@ mod tests {
     use ebbtide_config::autoscaler::DeciderKind;
     use ebbtide_config::time::HumanDuration;
 
+    /// The tests feed one observation a second: a 1 s interval.
     fn cfg() -> Autoscaler {
         Autoscaler {
             decider: DeciderKind::Backlog,
+            interval: HumanDuration::from_secs(1),
             workers: 4,
             slo_p99: HumanDuration::from_millis(200),
             boot_time: HumanDuration::from_secs(1),
