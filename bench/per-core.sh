@@ -59,8 +59,8 @@ declare -A sat
 echo "machine: $(nproc) cores, $(uname -r); $(uptime)"
 echo
 echo "Closed loop: wrk -t2 -c128 -d${dur}s --latency (after 1 s of warm-up); perf stat -e context-switches,cpu-migrations -p PROXY"
-echo "| round | threads | accept | req/s | p50 | p99 | ctx switches / 1k req | migrations / 1k req | proxy CPU-s / 100k req |"
-echo "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| round | threads | accept | req/s | p50 | p99 | ctx switches / 1k req | migrations / 1k req | proxy CPU-s / 100k req | connections accepted per worker |"
+echo "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
 for rep in $(seq "$reps"); do
   for c in "${configs[@]}"; do
     set -- $c
@@ -70,13 +70,14 @@ for rep in $(seq "$reps"); do
     perf_pid=$!
     out=$(wrk -t2 -c128 -d"${dur}s" --latency "http://$proxy/")
     wait "$perf_pid" || true
+    spread=$(curl -sf "http://$admin/metrics" | awk -F'[ "]' '/^ebbtide_client_connections_accepted_total/ {printf "%s%s", sep, $NF; sep="/"}')
     stop_proxy
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
     p50=$(awk '$1=="50%" {print $2}' <<<"$out")
     p99=$(awk '$1=="99%" {print $2}' <<<"$out")
     read -r cs mig cpu < <(awk -F, '/context-switches/ {c=$1} /cpu-migrations/ {m=$1} /task-clock/ {t=$1} END {print c, m, t}' "$work/perf")
-    awk -v r="$rep" -v t="$1" -v a="$2" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v cs="$cs" -v mig="$mig" -v cpu="$cpu" -v d="$dur" \
-      'BEGIN { n = rps * d; printf "| %s | %s | %s | %.0f | %s | %s | %.1f | %.2f | %.3f |\n", r, t, a, rps, p50, p99, cs / n * 1000, mig / n * 1000, cpu / 1000 / n * 100000 }'
+    awk -v r="$rep" -v t="$1" -v a="$2" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v cs="$cs" -v mig="$mig" -v cpu="$cpu" -v d="$dur" -v sp="$spread" \
+      'BEGIN { n = rps * d; printf "| %s | %s | %s | %.0f | %s | %s | %.1f | %.2f | %.3f | %s |\n", r, t, a, rps, p50, p99, cs / n * 1000, mig / n * 1000, cpu / 1000 / n * 100000, sp }'
     if [[ -z "${sat[$c]:-}" ]]; then sat[$c]=$rps; fi
   done
 done
@@ -84,8 +85,8 @@ done
 lowest=$(printf '%s\n' "${sat[@]}" | sort -g | head -1)
 echo
 echo "Fixed rate: ebbtide load --rate R --duration ${dur}s --connections 64 (Poisson), R = ${pcts// /% and }% of ${lowest%.*} req/s (the lowest saturated req/s of round 1)"
-echo "| round | R req/s | threads | accept | achieved req/s | p50 ms | p99 ms | p99.9 ms | errors/late |"
-echo "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"
+echo "| round | R req/s | threads | accept | achieved req/s | p50 ms | p99 ms | p99.9 ms | errors/late | connections accepted per worker |"
+echo "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |"
 for rep in $(seq "$reps"); do
   for pct in $pcts; do
     rate=$(awk -v l="$lowest" -v p="$pct" 'BEGIN { printf "%d", l * p / 100 }')
@@ -95,13 +96,14 @@ for rep in $(seq "$reps"); do
       "$bin" load --target "http://$proxy/" --rate "$rate" --duration 1s --connections 64 --quiet >/dev/null 2>&1 || true
       "$bin" load --target "http://$proxy/" --rate "$rate" --duration "${dur}s" --connections 64 --timeout 5s \
         --seed "$rep" --quiet --json "$work/load.json" >/dev/null 2>&1 || true
+      spread=$(curl -sf "http://$admin/metrics" | awk -F'[ "]' '/^ebbtide_client_connections_accepted_total/ {printf "%s%s", sep, $NF; sep="/"}')
       stop_proxy
-      python3 - "$work/load.json" "$rep" "$rate" "$1" "$2" <<'PY'
+      python3 - "$work/load.json" "$rep" "$rate" "$1" "$2" "$spread" <<'PY'
 import json, sys
-path, rep, rate, threads, accept = sys.argv[1:]
+path, rep, rate, threads, accept, spread = sys.argv[1:]
 r = json.load(open(path))
 lat = r["latency_ms"]
-print(f"| {rep} | {rate} | {threads} | {accept} | {r['achieved_rate']:.0f} | {lat['p50']:.3f} | {lat['p99']:.3f} | {lat['p999']:.3f} | {r.get('errors', 0)}/{r.get('late', 0)} |")
+print(f"| {rep} | {rate} | {threads} | {accept} | {r['achieved_rate']:.0f} | {lat['p50']:.3f} | {lat['p99']:.3f} | {lat['p999']:.3f} | {r.get('errors', 0)}/{r.get('late', 0)} | {spread} |")
 PY
     done
   done

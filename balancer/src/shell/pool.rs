@@ -610,6 +610,28 @@ mod tests {
         reused
     }
 
+    /// With a listener per worker thread, an idle connection is handed only to the worker that
+    /// opened it (its socket is registered with that worker's IO driver).
+    #[tokio::test]
+    async fn an_idle_connection_goes_only_to_the_worker_that_opened_it() {
+        use crate::shell::workers::set_current;
+        let (addr, accepted, _close, _closed) = closing_backend().await;
+        let pool = pool(addr);
+        set_current(Some(0));
+        assert!(!exchange(&pool).await, "worker 0: a new connection");
+        set_current(Some(1));
+        assert!(
+            !exchange(&pool).await,
+            "worker 1: not worker 0's, a new one"
+        );
+        assert!(exchange(&pool).await, "worker 1: its own again");
+        set_current(Some(0));
+        assert!(exchange(&pool).await, "worker 0: its own again");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.idle_count(), 2);
+        set_current(None);
+    }
+
     /// No task watches an idle connection: the pool must still notice that the backend closed it
     /// (here through `sweep`, which polls each idle connection once) and never hand it out.
     #[tokio::test]

@@ -29,6 +29,12 @@ pub(crate) fn current() -> Option<usize> {
     WORKER.with(|w| w.get())
 }
 
+/// Makes this thread worker `worker`, as a worker thread is, for tests of what depends on it.
+#[cfg(test)]
+pub(crate) fn set_current(worker: Option<usize>) {
+    WORKER.with(|w| w.set(worker));
+}
+
 /// `n` listeners on `address`, all with `SO_REUSEPORT` (port 0: one free port for all of them).
 /// A plain bind is tried first and let go, so an address another process listens on is refused
 /// with "address in use" even when that process set `SO_REUSEPORT` too (the same user's second
