@@ -224,3 +224,59 @@ async fn an_address_in_use_is_refused_naming_the_key() {
         assert!(err.to_lowercase().contains("in use"), "{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_the_first_request_deadline_hold_on_every_worker() {
+    use tokio::io::AsyncReadExt;
+    let pki = common::pki::Pki::new("per-worker");
+    let (cert, key) = pki.issue("site", "site", &["site.test"]);
+    let b = test_backend("a").await;
+    let lb = start_ebbtide(&format!(
+        "[listener]\naddress = \"127.0.0.1:0\"\nheader_read_timeout = \"1s\"\n\
+         [[listener.tls]]\ncert = \"{}\"\nkey = \"{}\"\n\
+         [admin]\naddress = \"127.0.0.1:0\"\n{TWO_WORKERS}{}",
+        cert.display(),
+        key.display(),
+        backends_toml(&[b.addr], None)
+    ));
+    let port = lb.addr.port();
+    // A new connection (and handshake) per curl run: both workers take some.
+    for _ in 0..12 {
+        let mut curl = Command::new("curl");
+        curl.args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg("--cacert")
+        .arg(pki.ca())
+        .args(["--resolve", &format!("site.test:{port}:127.0.0.1")])
+        .arg(format!("https://site.test:{port}/"));
+        // Off the async workers: the test backend runs on them.
+        let out = tokio::task::spawn_blocking(move || curl.output())
+            .await
+            .unwrap()
+            .expect("curl runs (scripts/test.sh installs it)");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{out:?}");
+    }
+    let per_worker = accepted(lb.admin).await;
+    assert_eq!(per_worker.iter().map(|(_, n)| n).sum::<u64>(), 12);
+    // Connections that never start a handshake are closed at the deadline, whichever worker
+    // took them (8 of them: both workers, but for odds of 2^-7).
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        silent.push(tokio::net::TcpStream::connect(lb.addr).await.unwrap());
+    }
+    for mut s in silent {
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "still open 10 s after accept: {read:?}"
+        );
+    }
+}
