@@ -248,7 +248,7 @@ pub struct Runtime {
 pub enum AcceptMode {
     /// One listener and one multi-thread tokio runtime: a connection's tasks run on whichever
     /// worker is free (work stealing). The default, by measurement (`bench/PER_CORE.md`):
-    /// `per_worker` served 1.7x the requests at 0.75x the CPU under closed-loop saturation with
+    /// `per_worker` served 1.7x the requests at 0.78x the CPU under closed-loop saturation with
     /// 2 threads, but its p99 at 60% and 90% of saturation was no better, and it cannot move
     /// work off a busy thread (a client with few connections gets one core).
     #[default]
