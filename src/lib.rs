@@ -92,6 +92,17 @@ pub fn runtime(threads: Option<usize>) -> tokio::runtime::Runtime {
         .expect("cannot start the tokio runtime")
 }
 
+/// The runtime `ebbtide serve` runs on for `[runtime]`: with `accept = "shared"` the one that
+/// serves clients too ([`runtime`]); with `accept = "per_worker"` the worker threads bring their
+/// own runtimes, and this one, a single thread, runs only the background work (health checks,
+/// the autoscaler, discovery, the admin API).
+pub fn serve_runtime(cfg: &ebbtide_config::Runtime) -> tokio::runtime::Runtime {
+    match cfg.accept {
+        ebbtide_config::AcceptMode::Shared => runtime(cfg.worker_threads),
+        ebbtide_config::AcceptMode::PerWorker => runtime(Some(1)),
+    }
+}
+
 /// Logs to stderr; the level comes from `EBBTIDE_LOG` (error, warn, info, debug, trace).
 pub fn init_logging() {
     let level = std::env::var("EBBTIDE_LOG")

@@ -78,7 +78,7 @@ fn main() -> ExitCode {
                 None => Config::embedded_default(),
             };
             init_logging();
-            let rt = runtime(cfg.runtime.worker_threads);
+            let rt = ebbtide::serve_runtime(&cfg.runtime);
             match rt.block_on(ebbtide::serve(cfg, config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

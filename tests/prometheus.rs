@@ -341,6 +341,15 @@ max = 2
     expected.insert(13, ("ebbtide_access_log_dropped_total", "counter"));
     // And the cold start of launched backends (issue 13).
     expected.insert(2, ("ebbtide_cold_start_seconds", "histogram"));
+    // And the client connections each accepting listener took (issue 18, `per_worker`).
+    let reloads = expected
+        .iter()
+        .position(|f| f.0 == "ebbtide_config_reloads_total")
+        .unwrap();
+    expected.insert(
+        reloads + 1,
+        ("ebbtide_client_connections_accepted_total", "counter"),
+    );
     assert_eq!(families, expected, "{text}");
     // The series too: each backend's requests by code, histogram buckets as before.
     for series in [

@@ -154,26 +154,6 @@ async fn sighup_swaps_the_policy_without_dropping_connections() {
     assert_eq!(get(&url(lb.addr, "/")).await.0, StatusCode::OK);
 }
 
-/// Whether process `pid` has a handler for SIGHUP (its default action ends the process, so a
-/// test must not send it before ebbtide listens for it).
-fn catches_sighup(pid: u32) -> bool {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigCgt:"))
-        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
-        .is_some_and(|mask| mask & (1 << (libc::SIGHUP - 1)) != 0)
-}
-
-async fn wait_for_sighup_handler(pid: u32) {
-    eventually(
-        "ebbtide to handle SIGHUP",
-        Duration::from_secs(10),
-        || async { catches_sighup(pid).then_some(()) },
-    )
-    .await;
-}
-
 /// (state, failures) of the backend at `address`, from the admin API.
 async fn backend_info(admin: SocketAddr, address: &str) -> (String, u64) {
     let (_, _, body) = get(&url(admin, "/api/v1/backends")).await;

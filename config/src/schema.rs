@@ -238,6 +238,27 @@ impl Default for Admin {
 pub struct Runtime {
     /// Worker threads of the tokio runtime; default: the number of cores.
     pub worker_threads: Option<usize>,
+    /// How `ebbtide serve` spreads client connections over the worker threads.
+    pub accept: AcceptMode,
+}
+
+/// `[runtime] accept`: how client connections are spread over the worker threads.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AcceptMode {
+    /// One listener and one multi-thread tokio runtime: a connection's tasks run on whichever
+    /// worker is free (work stealing). The default, by measurement (`bench/PER_CORE.md`):
+    /// `per_worker` served 1.7x the requests at 0.78x the CPU under closed-loop saturation with
+    /// 2 threads, but its p99 at 60% and 90% of saturation was no better, and it cannot move
+    /// work off a busy thread (a client with few connections gets one core).
+    #[default]
+    Shared,
+    /// Thread per core, as HAProxy's threads and NGINX's workers: each worker thread runs its
+    /// own single-thread runtime and its own listener on the same address (`SO_REUSEPORT`, the
+    /// kernel spreads connections by a hash of the client's address and port), and a connection
+    /// stays on the thread that accepted it. Health checks, the autoscaler, discovery and the
+    /// admin API run on one more thread.
+    PerWorker,
 }
 
 /// The balancing policies, by config name.

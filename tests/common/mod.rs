@@ -538,6 +538,26 @@ pub fn sighup(pid: u32) {
     }
 }
 
+/// Whether process `pid` has a handler for SIGHUP (its default action ends the process, so a
+/// test must not send it before ebbtide listens for it).
+pub fn catches_sighup(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (libc::SIGHUP - 1)) != 0)
+}
+
+pub async fn wait_for_sighup_handler(pid: u32) {
+    eventually(
+        "ebbtide to handle SIGHUP",
+        Duration::from_secs(10),
+        || async { catches_sighup(pid).then_some(()) },
+    )
+    .await;
+}
+
 /// A backend that reads each request (head and `Content-Length` body), counts it as executed,
 /// then resets the connection (RST, no response): what a crash mid-request looks like.
 pub async fn reset_backend() -> (SocketAddr, Arc<AtomicU64>) {

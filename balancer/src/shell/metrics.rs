@@ -270,6 +270,16 @@ fn encode_proxy(proxy: &Proxy, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
     sample(&mut f, &[("result", "ok")], load(&c.reloads_ok))?;
     sample(&mut f, &[("result", "error")], load(&c.reloads_failed))?;
 
+    let mut f = counter(
+        e,
+        "ebbtide_client_connections_accepted_total",
+        "Client connections accepted, by the worker thread that accepted and serves them \
+         ([runtime] accept = \"per_worker\"), or \"shared\" (one listener).",
+    )?;
+    for (worker, n) in c.accepted() {
+        sample(&mut f, &[("worker", worker)], n)?;
+    }
+
     if let Some(log) = proxy.access_log() {
         single_counter(
             e,

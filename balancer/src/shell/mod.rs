@@ -62,3 +62,4 @@ pub mod registry;
 pub mod serve;
 pub mod tls;
 pub mod upstream_tls;
+pub(crate) mod workers;

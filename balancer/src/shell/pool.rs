@@ -180,6 +180,10 @@ struct H1 {
     sender: SendRequest<UpstreamBody>,
     /// None once the connection has ended (closed by either side, or failed).
     driver: Option<Box<Driver>>,
+    /// The worker thread that opened it (`[runtime] accept = "per_worker"`; else `None`): its
+    /// socket is registered with that worker's runtime, so only that worker reuses it. Used from
+    /// another, each of its wake-ups would pass through the opener's thread.
+    worker: Option<usize>,
 }
 
 enum Link {
@@ -287,7 +291,8 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     /// Idle connections older than this are closed.
     pub idle_timeout: Duration,
-    /// At most this many idle connections are kept.
+    /// At most this many idle connections are kept (per worker thread with
+    /// `[runtime] accept = "per_worker"`).
     pub max_idle: usize,
     /// HTTP/2: most streams on one connection (the backend's own limit may be lower).
     pub max_streams: u32,
@@ -354,7 +359,8 @@ impl Pool {
     }
 
     /// A connection: over HTTP/2 a stream on a shared connection; over HTTP/1 the most recently
-    /// used idle connection that is still open and ready for a request, or a new one.
+    /// used idle connection of this worker thread that is still open and ready for a request, or
+    /// a new one.
     pub async fn checkout(&self) -> Result<Conn, ConnectError> {
         if let Some(h2) = &self.h2 {
             let stream = h2.checkout(&self.connector).await?;
@@ -378,10 +384,15 @@ impl Pool {
     fn take_idle(&self) -> Option<H1> {
         let idle_ns = self.cfg.idle_timeout.as_nanos() as Nanos;
         let now = self.clock.now();
+        let worker = crate::shell::workers::current();
         loop {
             // The lock is held for the pop alone: polling a connection is hyper's work, and
             // other workers check connections in and out of this pool meanwhile.
-            let (mut conn, since) = self.lock().pop()?;
+            let (mut conn, since) = {
+                let mut idle = self.lock();
+                let i = idle.iter().rposition(|(c, _)| c.worker == worker)?;
+                idle.remove(i)
+            };
             if now.saturating_sub(since) > idle_ns {
                 continue;
             }
@@ -409,6 +420,7 @@ impl Pool {
         Ok(H1 {
             sender,
             driver: Some(Box::new(driver)),
+            worker: crate::shell::workers::current(),
         })
     }
 
@@ -421,7 +433,8 @@ impl Pool {
             return;
         }
         let mut idle = self.lock();
-        if idle.len() < self.cfg.max_idle {
+        let kept = idle.iter().filter(|(c, _)| c.worker == conn.worker).count();
+        if kept < self.cfg.max_idle {
             idle.push((conn, self.clock.now()));
         }
     }
@@ -595,6 +608,28 @@ mod tests {
         let body = ProxyBody::upstream(resp.into_body(), Checkin(pool.clone(), Some(conn)));
         assert_eq!(body.collect().await.unwrap().to_bytes(), "ok");
         reused
+    }
+
+    /// With a listener per worker thread, an idle connection is handed only to the worker that
+    /// opened it (its socket is registered with that worker's IO driver).
+    #[tokio::test]
+    async fn an_idle_connection_goes_only_to_the_worker_that_opened_it() {
+        use crate::shell::workers::set_current;
+        let (addr, accepted, _close, _closed) = closing_backend().await;
+        let pool = pool(addr);
+        set_current(Some(0));
+        assert!(!exchange(&pool).await, "worker 0: a new connection");
+        set_current(Some(1));
+        assert!(
+            !exchange(&pool).await,
+            "worker 1: not worker 0's, a new one"
+        );
+        assert!(exchange(&pool).await, "worker 1: its own again");
+        set_current(Some(0));
+        assert!(exchange(&pool).await, "worker 0: its own again");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.idle_count(), 2);
+        set_current(None);
     }
 
     /// No task watches an idle connection: the pool must still notice that the backend closed it

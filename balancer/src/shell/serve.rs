@@ -12,10 +12,11 @@ use crate::proxy::{Peer, Proxy, ProxySettings};
 use crate::registry::{BackendSpec, BackendState, Origin, Registry, RegistryConfig};
 use crate::shell::head_deadline::HeadDeadline;
 use crate::shell::per_client::{ConnService, PerClient};
+use crate::shell::workers;
 use crate::signals::SignalWindow;
 use crate::tls::Tls;
 use crate::upstream_tls::UpstreamTls;
-use ebbtide_config::{AccessLogFormat, Config, PolicyKind};
+use ebbtide_config::{AcceptMode, AccessLogFormat, Config, PolicyKind};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -31,7 +32,7 @@ use tokio::sync::watch;
 pub struct Server {
     proxy: Arc<Proxy>,
     admin: Arc<Admin>,
-    listener: std::sync::Mutex<Option<TcpListener>>,
+    listener: std::sync::Mutex<Option<Listeners>>,
     admin_listener: std::sync::Mutex<Option<TcpListener>>,
     local_addr: SocketAddr,
     admin_addr: SocketAddr,
@@ -45,6 +46,14 @@ pub struct Server {
     /// `[listener] redirect_address`: plain HTTP answered with 308 to https.
     redirect_listener: std::sync::Mutex<Option<TcpListener>>,
     redirect_addr: Option<SocketAddr>,
+}
+
+/// Where clients connect, by `[runtime] accept`.
+enum Listeners {
+    /// One listener, served on the runtime [`Server::run`] runs on.
+    Shared(TcpListener),
+    /// One per worker thread, all on the same address (see [`workers`]).
+    PerWorker(Vec<std::net::TcpListener>),
 }
 
 fn settings(cfg: &Config) -> ProxySettings {
@@ -275,10 +284,38 @@ pub fn initial_state(cfg: &Config) -> BackendState {
     }
 }
 
-async fn bind(what: &str, address: &str) -> Result<TcpListener, String> {
+/// Binds `address`, the value of `key`; the error names both.
+async fn bind(what: &str, key: &str, address: &str) -> Result<TcpListener, String> {
     TcpListener::bind(address)
         .await
-        .map_err(|e| format!("cannot listen for {what} on {address}: {e}"))
+        .map_err(|e| listen_error(what, key, address, e))
+}
+
+fn listen_error(what: &str, key: &str, address: &str, e: std::io::Error) -> String {
+    format!("cannot listen for {what} on {address} ({key}): {e}")
+}
+
+/// The client listeners `cfg` asks for, and the address they listen on.
+async fn bind_clients(cfg: &Config) -> Result<(Listeners, SocketAddr), String> {
+    let (key, address) = ("[listener] address", cfg.listener.address.as_str());
+    let listeners = match cfg.runtime.accept {
+        AcceptMode::Shared => Listeners::Shared(bind("clients", key, address).await?),
+        AcceptMode::PerWorker => {
+            let n = cfg
+                .runtime
+                .worker_threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let ls = workers::bind(address, n)
+                .await
+                .map_err(|e| listen_error("clients", key, address, e))?;
+            Listeners::PerWorker(ls)
+        }
+    };
+    let local = match &listeners {
+        Listeners::Shared(l) => l.local_addr(),
+        Listeners::PerWorker(ls) => ls[0].local_addr(),
+    };
+    Ok((listeners, local.map_err(|e| e.to_string())?))
 }
 
 impl Server {
@@ -377,17 +414,16 @@ impl Server {
                 lines.join("\n")
             })?)),
         };
-        let listener = bind("clients", &cfg.listener.address).await?;
-        let admin_listener = bind("the admin API", &cfg.admin.address).await?;
+        let (listener, local_addr) = bind_clients(cfg).await?;
+        let admin_listener = bind("the admin API", "[admin] address", &cfg.admin.address).await?;
         let redirect_listener = match &cfg.listener.redirect_address {
-            Some(a) => Some(bind("the https redirect", a).await?),
+            Some(a) => Some(bind("the https redirect", "[listener] redirect_address", a).await?),
             None => None,
         };
         let redirect_addr = redirect_listener
             .as_ref()
             .map(|l| l.local_addr().map_err(|e| e.to_string()))
             .transpose()?;
-        let local_addr = listener.local_addr().map_err(|e| e.to_string())?;
         let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
         Ok(Server {
             proxy,
@@ -522,12 +558,12 @@ impl Server {
             max_per_client: l.max_connections_per_client,
             tls: self.tls.clone(),
             max_streams_per_client: l.max_streams_per_client,
+            // One table for every worker's listener: the limits are per client, not per thread.
+            clients: PerClient::new(l.max_connections_per_client, l.max_streams_per_client),
         };
         let admin_limits = ConnLimits {
             first_request_timeout: Some(l.header_read_timeout.0),
-            max_per_client: 0,
-            tls: None,
-            max_streams_per_client: 0,
+            ..ConnLimits::default()
         };
         let mut side_tasks = Vec::new();
         if let Some(tls) = &self.tls {
@@ -553,27 +589,32 @@ impl Server {
             )));
         }
 
-        let proxy = self.proxy.clone();
-        let over_tls = self.tls.is_some();
-        let clients = tokio::spawn(accept_loop(
-            listener,
-            builder.clone(),
-            graceful.clone(),
-            stop_rx.clone(),
-            client_limits,
-            move |peer| {
-                let proxy = proxy.clone();
-                let peer = match over_tls {
-                    true => Peer::new(peer).over_tls(),
-                    false => Peer::new(peer),
-                };
-                service_fn(move |req| {
-                    let proxy = proxy.clone();
-                    let peer = peer.clone();
-                    async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer).await) }
-                })
-            },
-        ));
+        let client_loop = ClientLoop {
+            proxy: self.proxy.clone(),
+            over_tls: self.tls.is_some(),
+            builder: builder.clone(),
+            graceful: graceful.clone(),
+            stop: stop_rx.clone(),
+            limits: client_limits,
+        };
+        let (clients, mut workers) = match listener {
+            Listeners::Shared(l) => {
+                self.proxy.counters.set_accepting(["shared".to_string()]);
+                (Some(tokio::spawn(client_loop.serve(l, 0))), None)
+            }
+            Listeners::PerWorker(ls) => {
+                self.proxy
+                    .counters
+                    .set_accepting((0..ls.len()).map(|i| i.to_string()));
+                let w = workers::spawn(ls, |i| {
+                    let c = client_loop.clone();
+                    move |l| c.serve(l, i)
+                })?;
+                // Its share of `graceful` must go, or the drain below cannot take it.
+                drop(client_loop);
+                (None, Some(w))
+            }
+        };
         let admin = self.admin.clone();
         let admin_task = tokio::spawn(accept_loop(
             admin_listener,
@@ -611,7 +652,12 @@ impl Server {
             .close_tunnels(drain.min(Duration::from_secs(5)))
             .await;
         let _ = stop_tx.send(true);
-        let _ = clients.await;
+        if let Some(clients) = clients {
+            let _ = clients.await;
+        }
+        if let Some(w) = &mut workers {
+            w.stopped_accepting().await;
+        }
         let _ = admin_task.await;
         let _ = ticker.await;
         let _ = health.await;
@@ -627,6 +673,9 @@ impl Server {
                 ?drain,
                 "some requests were still in flight after the drain timeout"
             );
+        }
+        if let Some(w) = workers {
+            w.finish().await;
         }
         if let Some(log) = self.proxy.access_log() {
             log.finish(Duration::from_secs(2)).await;
@@ -650,6 +699,9 @@ pub struct ConnLimits {
     /// Most HTTP/2 streams in flight at once from one client IP address, across all of its
     /// connections; more are refused with `RST_STREAM(REFUSED_STREAM)`. 0: no limit.
     pub max_streams_per_client: u32,
+    /// The per-client table when several accept loops share it (a listener per worker);
+    /// `None`: each loop counts its own clients against the two limits above.
+    pub(crate) clients: Option<Arc<PerClient>>,
 }
 
 impl Default for ConnLimits {
@@ -659,7 +711,47 @@ impl Default for ConnLimits {
             max_per_client: 0,
             tls: None,
             max_streams_per_client: 0,
+            clients: None,
         }
+    }
+}
+
+/// What every client accept loop starts with.
+#[derive(Clone)]
+struct ClientLoop {
+    proxy: Arc<Proxy>,
+    over_tls: bool,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    graceful: Arc<GracefulShutdown>,
+    stop: watch::Receiver<bool>,
+    limits: ConnLimits,
+}
+
+impl ClientLoop {
+    /// Serves clients from `listener` with the proxy, counting each connection as accepted by
+    /// `worker` (`ebbtide_client_connections_accepted_total`).
+    fn serve(self, listener: TcpListener, worker: usize) -> impl Future<Output = ()> + Send {
+        let (proxy, over_tls) = (self.proxy, self.over_tls);
+        accept_loop(
+            listener,
+            self.builder,
+            self.graceful,
+            self.stop,
+            self.limits,
+            move |peer| {
+                proxy.counters.count_accepted(worker);
+                let proxy = proxy.clone();
+                let peer = match over_tls {
+                    true => Peer::new(peer).over_tls(),
+                    false => Peer::new(peer),
+                };
+                service_fn(move |req| {
+                    let proxy = proxy.clone();
+                    let peer = peer.clone();
+                    async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer).await) }
+                })
+            },
+        )
     }
 }
 
@@ -685,7 +777,10 @@ pub async fn accept_loop<F, S, B>(
     B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let per_client = PerClient::new(limits.max_per_client, limits.max_streams_per_client);
+    let per_client = limits
+        .clients
+        .clone()
+        .or_else(|| PerClient::new(limits.max_per_client, limits.max_streams_per_client));
     let mut last_warning: Option<std::time::Instant> = None;
     // Over TLS, ALPN has already chosen the protocol: no need to sniff for the HTTP/2 preface.
     let by_alpn = limits.tls.as_ref().map(|_| {

@@ -4,6 +4,7 @@
 use super::local::{LocalAnswer, CODES};
 use super::tunnel::End;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 /// Counters of what happened to requests beyond a backend's answer.
 #[derive(Debug, Default)]
@@ -32,9 +33,35 @@ pub struct ProxyCounters {
     pub tunnels_open: AtomicU64,
     /// Tunnels ended, by why (index: the position in `End::ALL`).
     tunnels_closed: [AtomicU64; End::ALL.len()],
+    /// Client connections accepted, per accepting listener (label, count): one per worker
+    /// thread with `[runtime] accept = "per_worker"`, so an uneven spread is visible.
+    accepted: OnceLock<Vec<(String, AtomicU64)>>,
 }
 
 impl ProxyCounters {
+    /// Names the accepting listeners, once, when the server starts (index = position).
+    pub(crate) fn set_accepting(&self, labels: impl IntoIterator<Item = String>) {
+        let _ = self
+            .accepted
+            .set(labels.into_iter().map(|l| (l, AtomicU64::new(0))).collect());
+    }
+
+    /// Counts a client connection accepted by listener `listener`.
+    pub(crate) fn count_accepted(&self, listener: usize) {
+        if let Some((_, n)) = self.accepted.get().and_then(|a| a.get(listener)) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// (listener, client connections accepted) for every accepting listener.
+    pub fn accepted(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
+        self.accepted
+            .get()
+            .into_iter()
+            .flatten()
+            .map(|(l, n)| (l.as_str(), n.load(Ordering::Relaxed)))
+    }
+
     /// Counts an answer of ebbtide's own.
     pub(super) fn count_local(&self, answer: LocalAnswer) {
         self.local_responses[answer as usize].fetch_add(1, Ordering::Relaxed);
