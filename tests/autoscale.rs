@@ -96,7 +96,10 @@ async fn scales_out_under_a_step_and_back_in_without_failing_requests() {
     let scaled_out_after = (step..series.len())
         .find(|&s| backends_at(s) >= 5)
         .map(|s| s - step)
-        .expect("never scaled out to 5 or more backends");
+        .unwrap_or_else(|| {
+            let fleet: Vec<u64> = (0..series.len()).map(backends_at).collect();
+            panic!("never scaled out to 5 or more backends; backends per second: {fleet:?}")
+        });
     let p99_back_after = (step + 1..step + 25)
         .find(|&s| (s..s + 3).all(|t| series[t]["p99_ms"].as_f64().is_some_and(|p| p <= 200.0)))
         .map(|s| s - step)

@@ -18,8 +18,9 @@ pub enum DeciderKind {
     QueueingModel,
     /// Erlang C on the arrival rate plus the balancer's backlog drained within `drain_time`,
     /// with headroom for the rise one boot time can bring, learnt from recent burstiness. The
-    /// default: the only rule within 1% over the SLO on the bursty scenarios of bench/scenarios
-    /// at half HPA's cost or less, and within 6-13% of the boot-aware oracle on smooth load.
+    /// default: on bench/scenarios the only rule within 1% over the SLO on the step, the Azure
+    /// trace and repeated bursts at half HPA's cost or less, and within 2-10% of the
+    /// boot-aware oracle on smooth load.
     #[default]
     Backlog,
 }
