@@ -8,6 +8,7 @@ use crate::dispatch::Dispatcher;
 use crate::lifecycle::Event;
 use crate::policies;
 use crate::pool::PoolConfig;
+use crate::proxy::native::NativeH1;
 use crate::proxy::{Peer, Proxy, ProxySettings};
 use crate::registry::{BackendSpec, BackendState, Origin, Registry, RegistryConfig};
 use crate::shell::head_deadline::HeadDeadline;
@@ -148,6 +149,7 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         client_auth: _,
         redirect_address,
         max_streams_per_client,
+        http1,
     } = listener;
     let Upstream {
         connect_timeout,
@@ -219,6 +221,7 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
             *max_streams_per_client != rl.max_streams_per_client,
             "[listener] max_streams_per_client",
         ),
+        (*http1 != rl.http1, "[listener] http1"),
         (*admin != r.admin, "[admin]"),
         (*runtime != r.runtime, "[runtime]"),
         // The connection pool of each backend is built with these.
@@ -522,12 +525,15 @@ impl Server {
             max_per_client: l.max_connections_per_client,
             tls: self.tls.clone(),
             max_streams_per_client: l.max_streams_per_client,
+            native: (l.http1 == ebbtide_config::Http1Engine::Native)
+                .then(|| Arc::new(NativeH1::new(self.proxy.clone(), l))),
         };
         let admin_limits = ConnLimits {
             first_request_timeout: Some(l.header_read_timeout.0),
             max_per_client: 0,
             tls: None,
             max_streams_per_client: 0,
+            native: None,
         };
         let mut side_tasks = Vec::new();
         if let Some(tls) = &self.tls {
@@ -650,6 +656,9 @@ pub struct ConnLimits {
     /// Most HTTP/2 streams in flight at once from one client IP address, across all of its
     /// connections; more are refused with `RST_STREAM(REFUSED_STREAM)`. 0: no limit.
     pub max_streams_per_client: u32,
+    /// `[listener] http1 = "native"`: plain connections go to the native HTTP/1.1 lane first,
+    /// which hands them to hyper for what it does not serve (`proxy::native`).
+    pub native: Option<Arc<NativeH1>>,
 }
 
 impl Default for ConnLimits {
@@ -659,6 +668,7 @@ impl Default for ConnLimits {
             max_per_client: 0,
             tls: None,
             max_streams_per_client: 0,
+            native: None,
         }
     }
 }
@@ -727,9 +737,23 @@ pub async fn accept_loop<F, S, B>(
         let watcher = graceful.watcher();
         let (builder, tls) = (builder.clone(), limits.tls.clone());
         let by_alpn = by_alpn.clone();
+        let (native, stop) = (limits.native.clone(), stop.clone());
         tokio::spawn(async move {
             let _counted = counted;
             let Some(tls) = tls else {
+                if let Some(native) = native {
+                    // The lane serves what it can; hyper the rest of the connection, from the
+                    // bytes the lane has read. `watcher` is held meanwhile: the drain waits.
+                    let io = native
+                        .serve(stream, peer, first_request_timeout, stop)
+                        .await;
+                    if let Some(io) = io {
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                        serve_watched(conn.into_owned(), watcher, peer).await;
+                    }
+                    return;
+                }
                 let io = HeadDeadline::new(stream, first_request_timeout, seen);
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                 return serve_watched(conn.into_owned(), watcher, peer).await;
@@ -920,6 +944,9 @@ mod tests {
             restart_needed(&other, &redirected),
             ["[listener] redirect_address"]
         );
+        let mut other = running.clone();
+        other.listener.http1 = ebbtide_config::Http1Engine::Native;
+        assert_eq!(restart_needed(&running, &other), ["[listener] http1"]);
         let mut other = running.clone();
         other.admin.token = Some("t".into());
         assert_eq!(restart_needed(&running, &other), ["[admin]"]);
