@@ -252,6 +252,7 @@ impl NativeH1 {
             NoHost => Some(LocalAnswer::NoHost),
             BadHost => Some(LocalAnswer::BadHost),
             BadTarget | BadScheme => Some(LocalAnswer::BadTarget),
+            UriTooLong => Some(LocalAnswer::UriTooLong),
             ContentLengthWithTransferEncoding | TransferEncodingInHttp10 => {
                 Some(LocalAnswer::AmbiguousFraming)
             }
