@@ -587,3 +587,19 @@ async fn a_body_until_close_closes_the_client_connection_after_it() {
     assert_eq!(r.header("connection"), Some("close"));
     assert_eq!(r.body, b"until close");
 }
+
+#[tokio::test]
+async fn http2_with_prior_knowledge_is_handed_to_hyper() {
+    let (b, seen) = raw_backend().await;
+    let lb = native(&[b], "");
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let resp = tokio::time::timeout(LIMIT, client.get(url(lb.addr, "/h2").parse().unwrap()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(seen.count.load(Ordering::SeqCst), 1);
+}

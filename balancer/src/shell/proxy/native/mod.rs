@@ -143,7 +143,7 @@ impl NativeH1 {
                         Ok(Parsed::Complete(h, n)) => break (h, n),
                         Ok(Parsed::Partial) => {}
                         Err(e) => {
-                            self.refuse(&mut stream, e).await;
+                            Box::pin(self.refuse(&mut stream, e)).await;
                             return None;
                         }
                     }
@@ -164,20 +164,20 @@ impl NativeH1 {
             let Some(method) = self.serves(&buf, &head, &fields, &live) else {
                 return Some(Prefixed::new(buf, stream));
             };
-            let next = self
-                .proxy
-                .serve_native(
-                    &mut stream,
-                    &mut buf,
-                    NativeRequest {
-                        head: &head,
-                        head_len,
-                        fields: &fields,
-                        method,
-                    },
-                    &peer,
-                )
-                .await;
+            // Boxed: the request's state (the try loop, the relay) is allocated while a
+            // request is served, not held by every idle connection's task.
+            let next = Box::pin(self.proxy.serve_native(
+                &mut stream,
+                &mut buf,
+                NativeRequest {
+                    head: &head,
+                    head_len,
+                    fields: &fields,
+                    method,
+                },
+                &peer,
+            ))
+            .await;
             if matches!(next, Next::Close) || !head.keep_alive {
                 return None;
             }
@@ -826,6 +826,29 @@ async fn sleep_until(deadline: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What an idle connection's task holds of the lane: the driver's state, with the
+    /// request's boxed away (issue 18: <= 4 KiB per idle connection, socket buffers aside).
+    #[tokio::test]
+    async fn an_idle_connection_holds_a_small_driver() {
+        let cfg = ebbtide_config::Config::from_toml(
+            "[listener]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let server = crate::serve::Server::bind(&cfg).await.unwrap();
+        let native = NativeH1::new(server.proxy().clone(), &cfg.listener);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let ((stream, peer), _client) =
+            tokio::join!(async { listener.accept().await.unwrap() }, async {
+                client.await.unwrap()
+            });
+        let (_tx, rx) = watch::channel(false);
+        let serving = native.serve(stream, peer, None, rx);
+        let size = std::mem::size_of_val(&serving);
+        assert!(size <= 1024, "the driver's future is {size} bytes");
+    }
 
     #[test]
     fn the_h2_preface_is_told_from_its_first_bytes() {
