@@ -737,23 +737,27 @@ pub async fn accept_loop<F, S, B>(
         let watcher = graceful.watcher();
         let (builder, tls) = (builder.clone(), limits.tls.clone());
         let by_alpn = by_alpn.clone();
-        let (native, stop) = (limits.native.clone(), stop.clone());
+        if let (Some(native), None) = (limits.native.clone(), &tls) {
+            // A task of its own, so that an idle connection holds the lane's small state and
+            // not that of the TLS and hyper branches below. The lane serves what it can;
+            // hyper the rest of the connection, from the bytes the lane has read (boxed: only
+            // then allocated). `watcher` is held meanwhile: the drain waits for the connection.
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let _counted = counted;
+                let io = native
+                    .serve(stream, peer, first_request_timeout, stop)
+                    .await;
+                if let Some(io) = io {
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                    Box::pin(serve_watched(conn.into_owned(), watcher, peer)).await;
+                }
+            });
+            continue;
+        }
         tokio::spawn(async move {
             let _counted = counted;
             let Some(tls) = tls else {
-                if let Some(native) = native {
-                    // The lane serves what it can; hyper the rest of the connection, from the
-                    // bytes the lane has read. `watcher` is held meanwhile: the drain waits.
-                    let io = native
-                        .serve(stream, peer, first_request_timeout, stop)
-                        .await;
-                    if let Some(io) = io {
-                        let conn =
-                            builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-                        serve_watched(conn.into_owned(), watcher, peer).await;
-                    }
-                    return;
-                }
                 let io = HeadDeadline::new(stream, first_request_timeout, seen);
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                 return serve_watched(conn.into_owned(), watcher, peer).await;
