@@ -122,7 +122,7 @@ EOF
 
 # ebbtide_conf FILE LISTEN ADMIN POLICY ADAPTIVE CAPACITIES WEIGHTS BACKEND...: ebbtide, one worker
 # thread. ADAPTIVE: true|false ([overload] adaptive_limit). CAPACITIES, WEIGHTS: "-" or
-# "c1,c2,..." one per backend.
+# "c1,c2,..." one per backend. EBBTIDE_HTTP1=hyper|native sets [listener] http1 (default: unset).
 ebbtide_conf() {
     local file=$1 listen=$2 admin=$3 policy=$4 adaptive=$5 caps=$6 weights=$7; shift 7
     local -a cap=() wt=()
@@ -132,6 +132,7 @@ ebbtide_conf() {
         cat <<EOF
 [listener]
 address = "$listen"
+${EBBTIDE_HTTP1:+http1 = \"$EBBTIDE_HTTP1\"}
 
 [admin]
 address = "$admin"

@@ -96,6 +96,22 @@ pub struct Listener {
     /// A plain-HTTP listener that answers every request with 308 to the same host and path
     /// over https (as NGINX's `return 308 https://$host$request_uri`); needs `tls`.
     pub redirect_address: Option<String>,
+    /// Who serves plain HTTP/1.1 client connections: "hyper" (the default) or "native", the
+    /// parse-once lane that forwards the common requests itself and hands the rest of a
+    /// connection to hyper (issue 18; see `balancer/src/shell/h1conn`). TLS connections and
+    /// HTTP/2 are served by hyper either way.
+    pub http1: Http1Engine,
+}
+
+/// `[listener] http1`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Http1Engine {
+    /// hyper's HTTP/1 server for every connection.
+    #[default]
+    Hyper,
+    /// The native parse-once lane, handing over to hyper what it does not serve.
+    Native,
 }
 
 /// One `[[listener.tls]]` entry: a certificate chain and its private key, PEM files. Relative
@@ -157,6 +173,7 @@ impl Default for Listener {
             client_ca: None,
             client_auth: None,
             redirect_address: None,
+            http1: Http1Engine::Hyper,
         }
     }
 }

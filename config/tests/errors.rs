@@ -266,6 +266,16 @@ fn tls_keys_are_checked_where_they_are_written() {
         "expected `required` or `optional`",
     );
     one(
+        "[listener]\nhttp1 = \"fast\"\n",
+        "listener.http1",
+        2,
+        "expected `hyper` or `native`",
+    );
+    assert_eq!(
+        ok("[listener]\nhttp1 = \"native\"\n").listener.http1,
+        ebbtide_config::Http1Engine::Native
+    );
+    one(
         "[listener]\nredirect_address = \"127.0.0.1:8081\"\n",
         "listener.redirect_address",
         2,

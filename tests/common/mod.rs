@@ -155,8 +155,17 @@ pub fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
 }
 
 /// A base config with both listeners on free ports.
+///
+/// `EBBTIDE_TEST_HTTP1=native` sets `[listener] http1` (default: unset, hyper), so that the
+/// tests built on this config run on the native HTTP/1.1 lane too:
+/// `EBBTIDE_TEST_HTTP1=native cargo test --test proxy`.
 pub fn base_config(extra: &str) -> String {
-    format!("[listener]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n{extra}\n")
+    let http1 = std::env::var("EBBTIDE_TEST_HTTP1")
+        .map(|v| format!("http1 = \"{v}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "[listener]\naddress = \"127.0.0.1:0\"\n{http1}[admin]\naddress = \"127.0.0.1:0\"\n{extra}\n"
+    )
 }
 
 /// A config fragment for static backends.

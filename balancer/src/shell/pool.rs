@@ -307,7 +307,15 @@ pub struct Pool {
     idle: Mutex<Vec<(H1, Nanos)>>,
     /// HTTP/2: the shared connections.
     h2: Option<h2::H2Pool>,
+    /// Plain HTTP/1.1 sockets of the native lane (`proxy::native`), idle since, and the worker
+    /// thread that opened them (as [`H1::worker`]): no hyper state, no buffer; the lane writes
+    /// and parses the bytes itself.
+    raw: Mutex<Vec<RawIdle>>,
 }
+
+/// An idle native-lane socket: the socket, idle since, and the worker thread whose runtime it is
+/// registered with (`None` with one shared runtime).
+type RawIdle = (tokio::net::TcpStream, Nanos, Option<usize>);
 
 impl Pool {
     /// An empty HTTP/1 pool for `address` (host:port).
@@ -341,6 +349,60 @@ impl Pool {
             clock,
             idle: Mutex::new(Vec::new()),
             h2,
+            raw: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether the backend speaks plain HTTP/1.1 (`protocol = "http1"`, no TLS): the only kind
+    /// the native lane sends to.
+    pub(crate) fn speaks_plain_http1(&self) -> bool {
+        self.connector.protocol == Protocol::Http1 && self.connector.tls.is_none()
+    }
+
+    fn lock_raw(&self) -> std::sync::MutexGuard<'_, Vec<RawIdle>> {
+        self.raw.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A plain socket for the native lane: the most recently used idle one of this worker
+    /// thread that the backend has not closed (a read that would block says it is still open
+    /// and has sent nothing unasked), or a new one; and whether it was reused.
+    pub(crate) async fn checkout_raw(&self) -> Result<(tokio::net::TcpStream, bool), ConnectError> {
+        let idle_ns = self.cfg.idle_timeout.as_nanos() as Nanos;
+        let now = self.clock.now();
+        let worker = crate::shell::workers::current();
+        loop {
+            let taken = {
+                let mut idle = self.lock_raw();
+                idle.iter()
+                    .rposition(|(_, _, w)| *w == worker)
+                    .map(|i| idle.remove(i))
+            };
+            let Some((s, since, _)) = taken else {
+                break;
+            };
+            if now.saturating_sub(since) > idle_ns {
+                continue;
+            }
+            if matches!(s.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            {
+                return Ok((s, true));
+            }
+        }
+        match self.connector.connect().await? {
+            Io::Plain(s) => Ok((s, false)),
+            Io::Tls(_) => Err(ConnectError::Failed(format!(
+                "{} speaks TLS; the native lane sends plain HTTP/1.1 only",
+                self.connector.address
+            ))),
+        }
+    }
+
+    /// Returns a native-lane socket whose response was read to its end.
+    pub(crate) fn checkin_raw(&self, s: tokio::net::TcpStream) {
+        let worker = crate::shell::workers::current();
+        let mut idle = self.lock_raw();
+        if idle.iter().filter(|(_, _, w)| *w == worker).count() < self.cfg.max_idle {
+            idle.push((s, self.clock.now(), worker));
         }
     }
 
@@ -450,6 +512,8 @@ impl Pool {
             c.poll_idle();
             c.is_open() && now.saturating_sub(*since) <= idle_ns
         });
+        self.lock_raw()
+            .retain(|(_, since, _)| now.saturating_sub(*since) <= idle_ns);
     }
 
     /// Closes every idle connection (the backend is leaving); HTTP/2 connections close once
@@ -459,6 +523,7 @@ impl Pool {
             h2.close_idle();
         }
         self.lock().clear();
+        self.lock_raw().clear();
     }
 
     /// Idle HTTP/1 connections held, or HTTP/2 connections held.

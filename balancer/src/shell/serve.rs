@@ -8,6 +8,7 @@ use crate::dispatch::Dispatcher;
 use crate::lifecycle::Event;
 use crate::policies;
 use crate::pool::PoolConfig;
+use crate::proxy::native::NativeH1;
 use crate::proxy::{Peer, Proxy, ProxySettings};
 use crate::registry::{BackendSpec, BackendState, Origin, Registry, RegistryConfig};
 use crate::shell::head_deadline::HeadDeadline;
@@ -157,6 +158,7 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         client_auth: _,
         redirect_address,
         max_streams_per_client,
+        http1,
     } = listener;
     let Upstream {
         connect_timeout,
@@ -228,6 +230,7 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
             *max_streams_per_client != rl.max_streams_per_client,
             "[listener] max_streams_per_client",
         ),
+        (*http1 != rl.http1, "[listener] http1"),
         (*admin != r.admin, "[admin]"),
         (*runtime != r.runtime, "[runtime]"),
         // The connection pool of each backend is built with these.
@@ -560,6 +563,8 @@ impl Server {
             max_streams_per_client: l.max_streams_per_client,
             // One table for every worker's listener: the limits are per client, not per thread.
             clients: PerClient::new(l.max_connections_per_client, l.max_streams_per_client),
+            native: (l.http1 == ebbtide_config::Http1Engine::Native)
+                .then(|| Arc::new(NativeH1::new(self.proxy.clone(), l))),
         };
         let admin_limits = ConnLimits {
             first_request_timeout: Some(l.header_read_timeout.0),
@@ -702,6 +707,9 @@ pub struct ConnLimits {
     /// The per-client table when several accept loops share it (a listener per worker);
     /// `None`: each loop counts its own clients against the two limits above.
     pub(crate) clients: Option<Arc<PerClient>>,
+    /// `[listener] http1 = "native"`: plain connections go to the native HTTP/1.1 lane first,
+    /// which hands them to hyper for what it does not serve (`proxy::native`).
+    pub native: Option<Arc<NativeH1>>,
 }
 
 impl Default for ConnLimits {
@@ -712,6 +720,7 @@ impl Default for ConnLimits {
             tls: None,
             max_streams_per_client: 0,
             clients: None,
+            native: None,
         }
     }
 }
@@ -822,6 +831,24 @@ pub async fn accept_loop<F, S, B>(
         let watcher = graceful.watcher();
         let (builder, tls) = (builder.clone(), limits.tls.clone());
         let by_alpn = by_alpn.clone();
+        if let (Some(native), None) = (limits.native.clone(), &tls) {
+            // A task of its own, so that an idle connection holds the lane's small state and
+            // not that of the TLS and hyper branches below. The lane serves what it can;
+            // hyper the rest of the connection, from the bytes the lane has read (boxed: only
+            // then allocated). `watcher` is held meanwhile: the drain waits for the connection.
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let _counted = counted;
+                let io = native
+                    .serve(stream, peer, first_request_timeout, stop)
+                    .await;
+                if let Some(io) = io {
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                    Box::pin(serve_watched(conn.into_owned(), watcher, peer)).await;
+                }
+            });
+            continue;
+        }
         tokio::spawn(async move {
             let _counted = counted;
             let Some(tls) = tls else {
@@ -1015,6 +1042,9 @@ mod tests {
             restart_needed(&other, &redirected),
             ["[listener] redirect_address"]
         );
+        let mut other = running.clone();
+        other.listener.http1 = ebbtide_config::Http1Engine::Native;
+        assert_eq!(restart_needed(&running, &other), ["[listener] http1"]);
         let mut other = running.clone();
         other.admin.token = Some("t".into());
         assert_eq!(restart_needed(&running, &other), ["[admin]"]);

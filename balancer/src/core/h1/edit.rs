@@ -141,12 +141,27 @@ pub(crate) fn write_response(
     rechunk: bool,
     out: &mut Vec<u8>,
 ) {
+    write_response_without(buf, head, fields, rechunk, None, out);
+}
+
+/// [`write_response`], leaving out the fields named `replaced` too (the proxy sets its own
+/// `X-Request-Id` on the response: the caller writes it).
+pub(crate) fn write_response_without(
+    buf: &[u8],
+    head: &ResponseHead,
+    fields: &[Field],
+    rechunk: bool,
+    replaced: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) {
     let names = connection_names(buf, fields, head.connection_names);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(head.status_rest.of(buf));
     out.extend_from_slice(b"\r\n");
     for f in fields {
-        if passes(buf, f, &names) {
+        if passes(buf, f, &names)
+            && replaced.is_none_or(|r| !f.name.of(buf).eq_ignore_ascii_case(r))
+        {
             out.extend_from_slice(f.line.of(buf));
         }
     }

@@ -68,6 +68,13 @@ impl Completion {
         self
     }
 
+    /// Returns the native lane's socket, its response read to the end, to the backend's pool.
+    pub(super) fn check_in_raw(&mut self, s: tokio::net::TcpStream) {
+        if let Some(slot) = self.slot.as_ref() {
+            slot.backend().pool.checkin_raw(s);
+        }
+    }
+
     /// Leaves the request out of the signals: the client's doing, not the fleet's.
     pub(super) fn client_fault(mut self) -> Self {
         self.ready = None;

@@ -139,12 +139,7 @@ impl Proxy {
         let logging = self.access.get().is_some();
         let mut tries = Tries::default();
         let mut acquire_from = ready;
-        // Set after a try found no connection: the next one waits (once per request, at most
-        // the connect timeout) for a backend that did not refuse, rather than go straight back
-        // to one that did (a pod Kubernetes just sent SIGTERM, while its replacement is being
-        // admitted).
-        let mut refused_wait = None;
-        let mut waited_refused = false;
+        let mut refused = RefusedWait::default();
         loop {
             attempt += 1;
             if let Some(k) = kept.take() {
@@ -158,20 +153,7 @@ impl Proxy {
                 deadline_passed,
             };
             let acquired = match grpc_deadline {
-                None => match refused_wait.take() {
-                    Some(wait) => {
-                        match tokio::time::timeout(
-                            wait,
-                            self.dispatcher.acquire(key, tried.strict()),
-                        )
-                        .await
-                        {
-                            Ok(slot) => Ok(slot),
-                            Err(_) => Ok(self.dispatcher.acquire(key, tried).await),
-                        }
-                    }
-                    None => Ok(self.dispatcher.acquire(key, tried).await),
-                },
+                None => Ok(self.acquire_slot(key, tried, refused.next.take()).await),
                 Some(d) => {
                     let left = Duration::from_nanos(d.saturating_sub(self.clock.now()));
                     tokio::time::timeout(left, self.dispatcher.acquire(key, tried)).await
@@ -325,20 +307,17 @@ impl Proxy {
                 }
             };
             acquire_from = now;
-            // The rule says whether another try would be safe; the budget whether it may be had.
             let deadline_passed = deadline.is_some_and(|d| now >= d);
-            let verdict = match retry::verdict(outcome, facts(deadline_passed)) {
-                Verdict::Retry if self.budget_allows(budget, now) => {
-                    tried.insert(backend.id);
-                    if outcome == TryOutcome::NoConnection && !waited_refused {
-                        waited_refused = true;
-                        refused_wait = Some(self.registry.config().pool.connect_timeout);
-                    }
-                    tracing::debug!(backend = %backend.address, attempt, ?outcome, "retrying on another backend");
-                    continue;
-                }
-                Verdict::Retry => retry::without_retry(outcome),
-                v => v,
+            let Some(verdict) = self.after_try(
+                outcome,
+                facts(deadline_passed),
+                budget,
+                now,
+                &mut tried,
+                &backend,
+                &mut refused,
+            ) else {
+                continue;
             };
             let response = match (verdict, answered) {
                 (Verdict::PassThrough, Some((mut resp, conn, sent))) => {
@@ -380,6 +359,53 @@ impl Proxy {
             response: grpc::deadline_exceeded(ProxyBody::full(bytes::Bytes::new(), Some(guard))),
             reached_backend: reached,
         }
+    }
+
+    /// What follows a try: `None` to try again (the rule allows it and the budget has it; the
+    /// backend is marked tried), else the verdict.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn after_try(
+        &self,
+        outcome: TryOutcome,
+        facts: Attempt,
+        budget: &RetryBudget,
+        now: Nanos,
+        tried: &mut Tried,
+        backend: &Backend,
+        refused: &mut RefusedWait,
+    ) -> Option<Verdict> {
+        // The rule says whether another try would be safe; the budget whether it may be had.
+        match retry::verdict(outcome, facts) {
+            Verdict::Retry if self.budget_allows(budget, now) => {
+                tried.insert(backend.id);
+                if outcome == TryOutcome::NoConnection && !refused.waited {
+                    refused.waited = true;
+                    refused.next = Some(self.registry.config().pool.connect_timeout);
+                }
+                tracing::debug!(backend = %backend.address, attempt = facts.number, ?outcome, "retrying on another backend");
+                None
+            }
+            Verdict::Retry => Some(retry::without_retry(outcome)),
+            v => Some(v),
+        }
+    }
+
+    /// A backend slot. After a try that found no connection, `refused_wait` is set: first wait
+    /// up to that long for a backend that did not refuse (see the try loop).
+    pub(super) async fn acquire_slot(
+        self: &Arc<Self>,
+        key: Option<u64>,
+        tried: Tried,
+        refused_wait: Option<Duration>,
+    ) -> Result<crate::dispatch::Slot, Shed> {
+        if let Some(wait) = refused_wait {
+            if let Ok(slot) =
+                tokio::time::timeout(wait, self.dispatcher.acquire(key, tried.strict())).await
+            {
+                return slot;
+            }
+        }
+        self.dispatcher.acquire(key, tried).await
     }
 
     /// Asks the retry budget for a retry the rule allows, and counts what it said.
@@ -451,8 +477,17 @@ impl Proxy {
     }
 }
 
+/// Set after a try found no connection: the next one waits (once per request, at most the
+/// connect timeout) for a backend that did not refuse, rather than go straight back to one
+/// that did (a pod Kubernetes just sent SIGTERM, while its replacement is being admitted).
+#[derive(Default)]
+pub(super) struct RefusedWait {
+    pub(super) next: Option<Duration>,
+    waited: bool,
+}
+
 /// Hands what the try loop learnt to the response's completion guard, for the access log.
-fn with_tries(mut resp: Response<Body>, tries: Tries) -> Response<Body> {
+pub(super) fn with_tries(mut resp: Response<Body>, tries: Tries) -> Response<Body> {
     if let Some(g) = resp.body_mut().guard_mut() {
         g.tries = tries;
     }

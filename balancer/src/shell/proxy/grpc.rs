@@ -28,7 +28,7 @@ pub(super) fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| is_grpc_content_type(v.as_bytes()))
 }
 
-fn is_grpc_content_type(v: &[u8]) -> bool {
+pub(super) fn is_grpc_content_type(v: &[u8]) -> bool {
     const GRPC: &[u8] = b"application/grpc";
     v.len() >= GRPC.len()
         && v[..GRPC.len()].eq_ignore_ascii_case(GRPC)

@@ -32,6 +32,11 @@ impl Peer {
         }
     }
 
+    /// The client's IP address as text: what `X-Forwarded-For` gets.
+    pub(crate) fn ip_text(&self) -> &[u8] {
+        self.forwarded_for.as_bytes()
+    }
+
     /// The same peer, connected over TLS.
     pub fn over_tls(self) -> Self {
         Peer { tls: true, ..self }

@@ -30,6 +30,8 @@
 //! - `tunnel`: an upgraded connection's bytes copied both ways, and how it ends;
 //! - `ws_frame`: WebSocket frame boundaries, so that a close frame can be put in (pure).
 //! - `request_id`: `X-Request-Id`, kept or made.
+//! - `native`: the parse-once HTTP/1.1 lane (`[listener] http1 = "native"`): its connection
+//!   driver and its try loop, on the same slots, retry rule, guard and counters as `forward`.
 //! - `oracle` (tests and fuzz/ only): today's path and `core::h1`'s side by side, compared;
 //!   `h1_differential` runs it on a corpus.
 
@@ -43,6 +45,7 @@ mod h1_differential;
 mod headers;
 mod idempotent;
 mod local;
+pub mod native;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod oracle;
@@ -198,13 +201,20 @@ impl Proxy {
         self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Handles one client request.
-    pub async fn handle(self: Arc<Self>, mut req: Request<Incoming>, peer: Peer) -> Response<Body> {
+    /// What every request does on arrival, whichever lane serves it: counted in the signals
+    /// and the counters, a deposit in the retry budget; and the settings in force.
+    fn arrive(&self) -> (Nanos, Arc<Live>) {
         let start = self.clock.now();
         self.signals.record_arrival(start);
         self.counters.arrivals.fetch_add(1, Ordering::Relaxed);
         let live = self.live();
         live.budget.deposit(start);
+        (start, live)
+    }
+
+    /// Handles one client request.
+    pub async fn handle(self: Arc<Self>, mut req: Request<Incoming>, peer: Peer) -> Response<Body> {
+        let (start, live) = self.arrive();
         let id = live
             .settings
             .request_id

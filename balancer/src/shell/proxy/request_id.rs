@@ -61,7 +61,11 @@ impl RequestIds {
 
 /// 1 to [`MAX_LEN`] visible ASCII characters (no spaces: it goes into log lines as one field).
 fn usable(v: &HeaderValue) -> bool {
-    let b = v.as_bytes();
+    usable_bytes(v.as_bytes())
+}
+
+/// [`usable`] on a field value's bytes (the native lane has no `HeaderValue`).
+pub(crate) fn usable_bytes(b: &[u8]) -> bool {
     !b.is_empty() && b.len() <= MAX_LEN && b.iter().all(|c| c.is_ascii_graphic())
 }
 
