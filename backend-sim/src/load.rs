@@ -156,6 +156,13 @@ pub struct LoadArgs {
     #[arg(long, default_value = "5ms", value_parser = parse_duration)]
     pub late_after: Duration,
 
+    /// Open loop: each wake of a worker's dispatcher also sends the arrivals due within this
+    /// much of now, so that arrivals closer together than a timer wake costs share one wake.
+    /// Such a request leaves up to this early and its latency is then counted from its actual
+    /// send (never less than the exchange took); 0 wakes for every arrival on its own.
+    #[arg(long, default_value = "50us", value_parser = parse_duration)]
+    pub dispatch_slack: Duration,
+
     /// Write an HdrHistogram interval log (one latency histogram per second, readable by
     /// HdrHistogram's tools) to this file, for `ebbtide load merge`.
     #[arg(long)]
@@ -405,6 +412,7 @@ pub async fn run(args: LoadArgs) -> Result<i32, String> {
         start,
         args.timeout,
         args.late_after,
+        args.dispatch_slack,
         tls::Dial {
             addr: target.addr,
             tls: match &target.tls_name {

@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     pub(crate) stop: AtomicBool,
     pub(crate) timeout: Duration,
     pub(crate) late_after: Duration,
+    /// Open loop: arrivals due within this much of a dispatcher's wake go out with it.
+    pub(crate) dispatch_slack: Duration,
     /// How connections reach the target (TCP, or TCP and TLS).
     pub(crate) dial: Dial,
     pub(crate) keepalive: bool,
@@ -63,6 +65,7 @@ impl Shared {
         start: Instant,
         timeout: Duration,
         late_after: Duration,
+        dispatch_slack: Duration,
         dial: Dial,
         keepalive: bool,
         h2_streams: Option<usize>,
@@ -77,6 +80,7 @@ impl Shared {
             stop: AtomicBool::new(false),
             timeout,
             late_after,
+            dispatch_slack,
             dial,
             keepalive,
             h2_streams,
@@ -188,12 +192,20 @@ pub(crate) fn worker(shared: Arc<Shared>, index: usize, connections: usize, feed
                     idle: RefCell::new(Vec::new()),
                     closed: Cell::new(false),
                 });
-                for conn in conns {
+                // The last loops go idle last, so they are the first taken: their connections
+                // are opened now, before the schedule starts.
+                let warm_from = if shared.keepalive {
+                    conns.len().saturating_sub(WARM_CONNECTIONS)
+                } else {
+                    conns.len()
+                };
+                for (i, conn) in conns.into_iter().enumerate() {
                     loops.push(tokio::task::spawn_local(open_loop(
                         shared.clone(),
                         index,
                         conn,
                         state.clone(),
+                        i >= warm_from,
                     )));
                 }
                 let start = shared.start;
@@ -216,9 +228,13 @@ pub(crate) fn worker(shared: Arc<Shared>, index: usize, connections: usize, feed
 }
 
 /// The open loop's dispatcher of one worker: sleeps to the next of its arrivals, then queues all
-/// that are due (a burst, or a backlog after the thread was busy, in one wake), waking one idle
-/// connection per arrival. Each keeps its scheduled time, which its latency is measured from, so
-/// waking late delays requests but does not hide the delay.
+/// that are due (a burst, or a backlog after the thread was busy, in one wake) and those due
+/// within `--dispatch-slack` of now, waking one idle connection per arrival. A wake (arming the
+/// timer, the thread sleeping and being woken, reading the timer) costs about as much as the
+/// request itself, so at tens of thousands of arrivals a second, when gaps are tens of
+/// microseconds, sharing wakes is what keeps the worker on schedule (counted with `perf stat`:
+/// see bench/loadgen-engine.sh). Each arrival keeps its scheduled time, which its latency is
+/// measured from, so waking late delays requests but does not hide the delay.
 async fn dispatch(
     shared: Arc<Shared>,
     index: usize,
@@ -238,14 +254,15 @@ async fn dispatch(
             break;
         }
         let now = Instant::now();
-        if due > now {
+        let horizon = now + shared.dispatch_slack;
+        if due > horizon {
             // Long gaps (traces) in slices, so that ctrl-c is noticed.
             timer
                 .sleep_until(due.min(now + Duration::from_millis(100)))
                 .await;
             continue;
         }
-        while let Some(at) = next.filter(|at| *at <= now) {
+        while let Some(at) = next.filter(|at| *at <= horizon) {
             state.queue.borrow_mut().push_back(at);
             shared.outstanding[index].fetch_add(1, Ordering::Relaxed);
             shared.dispatched.fetch_add(1, Ordering::Relaxed);
@@ -262,8 +279,26 @@ async fn dispatch(
     }
 }
 
-/// One connection of the open loop: takes the oldest waiting arrival whenever it is idle.
-async fn open_loop(shared: Arc<Shared>, index: usize, mut conn: Conn, state: Rc<Local>) {
+/// Connections of each open-loop worker opened before the schedule starts (with keep-alive).
+/// Otherwise the first arrivals of a fast run open connections one after another while more
+/// arrive: over TLS, where a handshake costs a millisecond of CPU, the run's first
+/// tens of milliseconds were all handshakes and 3% of a 5-second run at 27,000 req/s was late
+/// (bench/loadgen-engine.sh). Few enough that a light run still opens few.
+const WARM_CONNECTIONS: usize = 8;
+
+/// One connection of the open loop: takes the oldest waiting arrival whenever it is idle;
+/// `warm`: opens its connection first.
+async fn open_loop(
+    shared: Arc<Shared>,
+    index: usize,
+    mut conn: Conn,
+    state: Rc<Local>,
+    warm: bool,
+) {
+    if warm {
+        // A failure here is met again, and counted, by the first request.
+        let _ = conn.open().await;
+    }
     let wake = Rc::new(Notify::new());
     loop {
         let next = state.queue.borrow_mut().pop_front();
@@ -295,7 +330,9 @@ async fn closed_loop(shared: Arc<Shared>, index: usize, mut conn: Conn, until: I
     }
 }
 
-/// One request due at `at` on `conn`, recorded with its latency from `at`.
+/// One request due at `at` on `conn`, recorded with its latency from `at`, or from its actual
+/// start if that was earlier (sent within `--dispatch-slack` ahead of its time): a late start
+/// counts its lateness, an early one never shortens the exchange.
 async fn exchange(shared: &Shared, index: usize, conn: &mut Conn, at: Instant, open: bool) {
     let deadline = at + shared.timeout;
     let began = Instant::now();
@@ -309,7 +346,9 @@ async fn exchange(shared: &Shared, index: usize, conn: &mut Conn, at: Instant, o
         match result {
             Ok(Ok(answer)) => Outcome::Answered {
                 status: answer.status,
-                latency_us: Instant::now().saturating_duration_since(at).as_micros() as u64,
+                latency_us: Instant::now()
+                    .saturating_duration_since(at.min(began))
+                    .as_micros() as u64,
                 bytes: answer.bytes,
             },
             Ok(Err(kind)) => Outcome::Failed(kind),
