@@ -173,6 +173,18 @@ impl Local {
         self.opening.get() < MIN_OPENING.max(self.opened.get())
     }
 
+    /// After a connection opened (so that more may open): wakes cold loops for the queued
+    /// arrivals that no opening loop will take (the one that opened takes the first), as many
+    /// as [`Local::may_open`] allows, so that the connections double while the run needs more.
+    fn ramp(&self) {
+        while self.queue.borrow().len() > self.opening.get() + 1 && self.may_open() {
+            let cold = self.cold.borrow_mut().pop();
+            let Some(n) = cold else { break };
+            self.opening.set(self.opening.get() + 1);
+            n.notify_one();
+        }
+    }
+
     /// Wakes an idle loop for a queued arrival: one with an open connection, else a cold one
     /// if [`Local::may_open`].
     fn wake_one(&self) {
@@ -372,11 +384,7 @@ async fn open_loop(
                     state.opened.set(state.opened.get() + 1);
                 }
                 state.opening.set(state.opening.get().saturating_sub(1));
-                // Arrivals beyond the one this loop takes next: another loop for them, now
-                // that one more may open.
-                if state.queue.borrow().len() > 1 {
-                    state.wake_one();
-                }
+                state.ramp();
             }
         }
     }
