@@ -280,3 +280,38 @@ async fn tls_and_the_first_request_deadline_hold_on_every_worker() {
         );
     }
 }
+
+/// The native HTTP/1.1 lane on a listener per worker: each worker keeps its own idle upstream
+/// sockets (registered with its own runtime), and every request is answered.
+#[tokio::test]
+async fn the_native_lane_serves_on_every_worker() {
+    let b = test_backend("a").await;
+    let config = base_config(&format!("{TWO_WORKERS}{}", backends_toml(&[b.addr], None)));
+    // base_config's [listener] is the first table: the lane's key goes into it.
+    let config = config.replacen("[listener]\n", "[listener]\nhttp1 = \"native\"\n", 1);
+    let config = if config.matches("http1 = ").count() > 1 {
+        // EBBTIDE_TEST_HTTP1 set it already.
+        config.replacen("http1 = \"native\"\n", "", 1)
+    } else {
+        config
+    };
+    let lb = start_ebbtide(&config);
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let mut c = connect(lb.addr).await.expect("connected");
+        let addr = lb.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..3 {
+                statuses.push(ask(&mut c, addr, "/echo").await);
+            }
+            statuses
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), [Some(200); 3]);
+    }
+    assert_eq!(b.stats.requests.load(Ordering::SeqCst), 96);
+    let per_worker = accepted(lb.admin).await;
+    assert_eq!(per_worker.iter().map(|(_, n)| n).sum::<u64>(), 32);
+}
