@@ -173,8 +173,19 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("metric {name} missing in\n{text}"))
 }
 
+/// The tests that compare measured latency with the backend's service time take turns: run
+/// beside each other (the M/M/1 one loads both cores for a minute), a debug-build generator and
+/// backend share the CPU and the latency measured includes waiting for it (a p50 of 11.06 ms
+/// against const 10 ms was seen in CI that way).
+static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn measuring() -> std::sync::MutexGuard<'static, ()> {
+    MEASURING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn constant_service_time_shows_as_the_median_through_load() {
+    let _turn = measuring();
     let (_b, addr) = backend(&["--service-time", "const:10ms", "--workers", "4"]);
     let url = format!("http://{addr}/");
     let (code, r) = run_load(
@@ -229,6 +240,7 @@ fn sample_path_mean(rate: f64, secs: f64, load_seed: u64, backend_seed: u64) -> 
 /// implementation's own error from sampling luck.
 #[test]
 fn mm1_sojourn_matches_queueing_theory() {
+    let _turn = measuring();
     const SECS: f64 = 60.0;
     struct Queue {
         rate: f64,
