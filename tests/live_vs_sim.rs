@@ -241,7 +241,11 @@ async fn a_live_step_and_its_simulation_agree_on_scale_out_and_p50() {
         live_report["errors"]
     );
 
-    assert_eq!(live_report["errors"], 0, "the live run failed requests");
+    assert_eq!(
+        live_report["errors"], 0,
+        "the live run failed requests: {} {}",
+        live_report["errors_by_kind"], live_report["status_codes"]
+    );
     let dt = (live.first_out_after_step_s - simulated.first_out_after_step_s).abs();
     assert!(
         dt <= MAX_TIME_DIFF_S,
