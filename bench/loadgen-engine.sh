@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
 # The load generator's engine beside wrk (and h2load): one core for the generator (taskset -c 0),
 # a trivial `ebbtide backend` on the other (taskset -c 1). Everything on 127.0.0.1, every run
-# bounded in time, everything started here is stopped at the end. About 3 minutes by default.
+# bounded in time, everything started here is stopped at the end. About 6 minutes by default.
 #
 #   1. closed loop: wrk -t1 -cN vs `ebbtide load --closed --connections N --threads 1`, interleaved;
 #   2. open loop: the highest rate `ebbtide load` sustains with < 1% late (and >= 98% achieved),
 #      stepping up in fractions of wrk's closed-loop maximum;
 #   3. exactness: at half that rate against a constant 10 ms backend, p50 and p99 vs 10 ms;
-#   4. HTTP/2 (h2c, 100 streams on 1 connection): h2load vs `ebbtide load --h2 --closed`.
+#   4. HTTP/2 (h2c, 100 streams on 1 connection): h2load vs `ebbtide load --h2 --closed`;
+#   5. HTTPS (the backend with --tls-cert: a self-signed P-256 certificate made here by openssl,
+#      TLS 1.3): closed loop HTTP/1.1 (wrk vs `ebbtide load --closed --insecure`), the open-loop
+#      ceiling over TLS, and h2 by ALPN (h2load vs `ebbtide load --h2 --closed --insecure`);
+#   6. cost (needs perf): `perf stat` of the open-loop generator at fixed rates: syscalls, context
+#      switches and CPU per request, steadier than timings on a shared machine.
 #
 #   bench/loadgen-engine.sh                      # defaults
 #   CONNS="16 64" DUR=5 ROUNDS=2 bench/loadgen-engine.sh
 #   BIN=/tmp/ebbtide-old bench/loadgen-engine.sh  # another build (no cargo build then)
+#   BACKEND_BIN=target/release/ebbtide BIN=/tmp/ebbtide-old ...  # an old generator, this backend
+#   SECTIONS="closed open cost" COST_RATES="5000 20000" ...      # some sections only
+#   PRIO="chrt -f 10" ...   # every contender and backend at real-time priority, so that builds
+#                           # on a shared machine do not take their core (the kernel still keeps
+#                           # 5% of each second for other tasks)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -19,10 +29,23 @@ CONNS=${CONNS:-"64"}
 DUR=${DUR:-5}
 ROUNDS=${ROUNDS:-2}
 FRACTIONS=${FRACTIONS:-"0.2 0.3 0.35 0.4 0.45 0.5 0.6 0.7 0.8 0.9 1.0"}
+SECTIONS=${SECTIONS:-"closed open exact h2 tls cost"}
+COST_RATES=${COST_RATES:-"5000 20000 40000"}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 BUILD=${BIN:+no}
 BIN=${BIN:-"$TARGET_DIR/release/ebbtide"}
+BACKEND_BIN=${BACKEND_BIN:-$BIN}
 WORK=$(mktemp -d)
+
+PRIO=${PRIO:-}
+# pin CORE COMMAND...: runs COMMAND on CORE (at PRIO).
+# shellcheck disable=SC2086 # PRIO is a command line, split on purpose.
+pin() {
+    local core=$1
+    shift
+    $PRIO taskset -c "$core" "$@"
+}
+on() { case " $SECTIONS " in *" $1 "*) return 0 ;; esac; return 1; }
 
 for tool in wrk h2load; do
     if ! command -v "$tool" >/dev/null 2>&1; then
@@ -49,7 +72,8 @@ trap cleanup EXIT
 start_backend() {
     local name=$1
     shift
-    taskset -c 1 "$BIN" backend --listen 127.0.0.1:0 "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+    # shellcheck disable=SC2086 # not `pin`: $! must be the backend itself, to stop it.
+    $PRIO taskset -c 1 "$BACKEND_BIN" backend --listen 127.0.0.1:0 "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
     PIDS+=($!)
     for _ in $(seq 100); do
         grep -q '^listening on ' "$WORK/$name.out" 2>/dev/null && break
@@ -65,73 +89,127 @@ start_backend fast --service-time const:0ms --workers 10000
 FAST="http://$ADDR/"
 start_backend slow --service-time const:10ms --workers 100000
 SLOW="http://$ADDR/"
+if on tls; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+        -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+        -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+    start_backend tls --service-time const:0ms --workers 10000 \
+        --tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem"
+    TLS="https://$ADDR/"
+fi
 
-echo "# ebbtide load engine vs wrk / h2load"
-echo
-echo "$(date -u '+%Y-%m-%d %H:%M:%S UTC'); $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "generator on core 0 (taskset -c 0), backend \`ebbtide backend --service-time const:0ms\` on core 1; ${DUR}s per run"
-echo
-echo "## Closed loop (req/s; ratio = ebbtide / wrk)"
-echo
-echo "| connections | round | wrk -t1 | ebbtide load --closed --threads 1 | ratio | ebbtide p50 ms | ebbtide p99 ms |"
-echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-WRK_BEST=0
-for C in $CONNS; do
-    for R in $(seq "$ROUNDS"); do
-        W=$(taskset -c 0 wrk -t1 -c"$C" -d"${DUR}s" "$FAST" 2>/dev/null | awk '/Requests\/sec/ { print $2 }')
-        W=${W:-0}
-        taskset -c 0 "$BIN" load --target "$FAST" --closed --connections "$C" --threads 1 \
-            --duration "${DUR}s" --quiet --json "$WORK/closed.json" || true
-        E=$(jnum "$WORK/closed.json" "['achieved_rate']")
-        P50=$(jnum "$WORK/closed.json" "['latency_ms']['p50']")
-        P99=$(jnum "$WORK/closed.json" "['latency_ms']['p99']")
-        printf '| %s | %s | %.0f | %.0f | %.2f | %s | %s |\n' "$C" "$R" "$W" "$E" \
-            "$(awk -v e="$E" -v w="$W" 'BEGIN { print (w > 0) ? e / w : 0 }')" "$P50" "$P99"
-        WRK_BEST=$(awk -v a="$WRK_BEST" -v b="$W" 'BEGIN { print (b > a) ? b : a }')
+# closed_loop URL [LOAD ARGS...]: wrk vs `ebbtide load --closed`, CONNS x ROUNDS interleaved;
+# sets WRK_BEST to wrk's best req/s.
+closed_loop() {
+    local url=$1
+    shift
+    echo "| connections | round | wrk -t1 | ebbtide load --closed --threads 1 | ratio | ebbtide p50 ms | ebbtide p99 ms |"
+    echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    WRK_BEST=0
+    for C in $CONNS; do
+        for R in $(seq "$ROUNDS"); do
+            W=$(pin 0 wrk -t1 -c"$C" -d"${DUR}s" "$url" 2>/dev/null | awk '/Requests\/sec/ { print $2 }')
+            W=${W:-0}
+            pin 0 "$BIN" load --target "$url" --closed --connections "$C" --threads 1 \
+                --duration "${DUR}s" --quiet --json "$WORK/closed.json" "$@" || true
+            E=$(jnum "$WORK/closed.json" "['achieved_rate']")
+            P50=$(jnum "$WORK/closed.json" "['latency_ms']['p50']")
+            P99=$(jnum "$WORK/closed.json" "['latency_ms']['p99']")
+            printf '| %s | %s | %.0f | %.0f | %.2f | %s | %s |\n' "$C" "$R" "$W" "$E" \
+                "$(awk -v e="$E" -v w="$W" 'BEGIN { print (w > 0) ? e / w : 0 }')" "$P50" "$P99"
+            WRK_BEST=$(awk -v a="$WRK_BEST" -v b="$W" 'BEGIN { print (b > a) ? b : a }')
+        done
     done
-done
+}
 
-echo
-echo "## Open loop: highest rate with < 1% late and >= 98% achieved (Poisson arrivals, --threads 1)"
-echo
-echo "| offered req/s | achieved | late % | errors | p50 ms | p99 ms | ok |"
-echo "| ---: | ---: | ---: | ---: | ---: | ---: | :-: |"
-BEST=0
-for F in $FRACTIONS; do
-    RATE=$(awk -v f="$F" -v w="$WRK_BEST" 'BEGIN { printf "%d", f * w }')
-    [ "$RATE" -gt 0 ] || break
-    taskset -c 0 "$BIN" load --target "$FAST" --rate "$RATE" --duration "${DUR}s" --threads 1 \
-        --timeout 5s --quiet --json "$WORK/open.json" || true
-    read -r SCHED ACH OFF LATE ERR P50 P99 < <(python3 - "$WORK/open.json" <<'EOF'
+# open_loop URL WRK_BEST [LOAD ARGS...]: steps the open-loop rate up through FRACTIONS of WRK_BEST
+# until a step fails; sets BEST to the highest rate that passed.
+open_loop() {
+    local url=$1 wrk_best=$2
+    shift 2
+    echo "| offered req/s | achieved | late % | errors | p50 ms | p99 ms | ok |"
+    echo "| ---: | ---: | ---: | ---: | ---: | ---: | :-: |"
+    BEST=0
+    for F in $FRACTIONS; do
+        RATE=$(awk -v f="$F" -v w="$wrk_best" 'BEGIN { printf "%d", f * w }')
+        [ "$RATE" -gt 0 ] || break
+        pin 0 "$BIN" load --target "$url" --rate "$RATE" --duration "${DUR}s" --threads 1 \
+            --timeout 5s --quiet --json "$WORK/open.json" "$@" || true
+        read -r SCHED ACH OFF LATE ERR P50 P99 < <(python3 - "$WORK/open.json" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
 print(d["scheduled"], d["achieved_rate"], d["offered_rate"], d["late"], d["errors"],
       d["latency_ms"]["p50"], d["latency_ms"]["p99"])
 EOF
 )
-    OK=$(awk -v a="$ACH" -v r="$OFF" -v l="$LATE" -v s="$SCHED" -v e="$ERR" \
-        'BEGIN { print (a >= 0.98 * r && l < 0.01 * s && e == 0) ? "yes" : "no" }')
-    printf '| %s | %.0f | %.2f | %s | %s | %s | %s |\n' "$RATE" "$ACH" \
-        "$(awk -v l="$LATE" -v s="$SCHED" 'BEGIN { print 100 * l / s }')" "$ERR" "$P50" "$P99" "$OK"
-    if [ "$OK" = yes ]; then BEST=$RATE; else break; fi
-done
-echo
-printf 'open loop sustains %s req/s = %.2f x wrk -t1 closed-loop best (%.0f req/s)\n' "$BEST" \
-    "$(awk -v b="$BEST" -v w="$WRK_BEST" 'BEGIN { print (w > 0) ? b / w : 0 }')" "$WRK_BEST"
+        OK=$(awk -v a="$ACH" -v r="$OFF" -v l="$LATE" -v s="$SCHED" -v e="$ERR" \
+            'BEGIN { print (a >= 0.98 * r && l < 0.01 * s && e == 0) ? "yes" : "no" }')
+        printf '| %s | %.0f | %.2f | %s | %s | %s | %s |\n' "$RATE" "$ACH" \
+            "$(awk -v l="$LATE" -v s="$SCHED" 'BEGIN { print 100 * l / s }')" "$ERR" "$P50" "$P99" "$OK"
+        if [ "$OK" = yes ]; then BEST=$RATE; else break; fi
+    done
+    echo
+    printf 'open loop sustains %s req/s = %.2f x wrk -t1 closed-loop best (%.0f req/s)\n' "$BEST" \
+        "$(awk -v b="$BEST" -v w="$wrk_best" 'BEGIN { print (w > 0) ? b / w : 0 }')" "$wrk_best"
+}
 
+# h2_closed URL [LOAD ARGS...]: h2load vs `ebbtide load --h2 --closed`, 1 connection x 100
+# streams, ROUNDS times interleaved.
+h2_closed() {
+    local url=$1
+    shift
+    echo "| round | h2load -t1 -c1 -m100 | ebbtide load --h2 --closed | ratio |"
+    echo "| ---: | ---: | ---: | ---: |"
+    for R in $(seq "$ROUNDS"); do
+        H=$(pin 0 h2load -t1 -c1 -m100 -D "$DUR" "$url" 2>/dev/null |
+            awk '/^finished in/ { gsub(",", ""); for (i = 1; i <= NF; i++) if ($i == "req/s") print $(i-1) }')
+        H=${H:-0}
+        pin 0 "$BIN" load --target "$url" --h2 --closed --connections 1 --streams 100 \
+            --threads 1 --duration "${DUR}s" --quiet --json "$WORK/h2.json" "$@" || true
+        E=$(jnum "$WORK/h2.json" "['achieved_rate']")
+        printf '| %s | %.0f | %.0f | %.2f |\n' "$R" "$H" "$E" \
+            "$(awk -v e="$E" -v h="$H" 'BEGIN { print (h > 0) ? e / h : 0 }')"
+    done
+}
+
+echo "# ebbtide load engine vs wrk / h2load"
 echo
-echo "## Exactness: half that rate against \`--service-time const:10ms\` (truth: 10 ms)"
-echo
-HALF=$(( BEST / 2 ))
-[ "$HALF" -gt 0 ] || HALF=1000
-taskset -c 0 "$BIN" load --target "$SLOW" --rate "$HALF" --duration "${DUR}s" --threads 1 \
-    --quiet --json "$WORK/exact.json" || true
-# What the backend itself does at that rate: wrk, closed loop, with as many connections as the
-# rate keeps busy (rate x 10 ms), measuring from each actual send. Its p99 above 10 ms is the
-# backend's (and the kernel's) share of any error, not the open-loop generator's.
-WRK_C=$(( (HALF + 99) / 100 ))
-taskset -c 0 wrk -t1 -c"$WRK_C" -d"${DUR}s" --latency "$SLOW" >"$WORK/wrk-slow.txt" 2>/dev/null || true
-python3 - "$WORK/exact.json" "$HALF" "$WORK/wrk-slow.txt" "$WRK_C" <<'EOF'
+echo "$(date -u '+%Y-%m-%d %H:%M:%S UTC'); $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "generator on core 0 (taskset -c 0), backend \`ebbtide backend --service-time const:0ms\` on core 1; ${DUR}s per run"
+echo "generator $BIN, backend $BACKEND_BIN; sections: $SECTIONS${PRIO:+; every process under \`$PRIO\`}"
+
+# Without the closed-loop section the open loop steps through fractions of this.
+WRK_BEST=${WRK_BEST:-100000}
+BEST=0
+if on closed; then
+    echo
+    echo "## Closed loop (req/s; ratio = ebbtide / wrk)"
+    echo
+    closed_loop "$FAST"
+fi
+PLAIN_WRK_BEST=$WRK_BEST
+
+if on open; then
+    echo
+    echo "## Open loop: highest rate with < 1% late and >= 98% achieved (Poisson arrivals, --threads 1)"
+    echo
+    open_loop "$FAST" "$PLAIN_WRK_BEST"
+fi
+
+if on exact; then
+    echo
+    echo "## Exactness: half that rate against \`--service-time const:10ms\` (truth: 10 ms)"
+    echo
+    HALF=$((BEST / 2))
+    [ "$HALF" -gt 0 ] || HALF=1000
+    pin 0 "$BIN" load --target "$SLOW" --rate "$HALF" --duration "${DUR}s" --threads 1 \
+        --quiet --json "$WORK/exact.json" || true
+    # What the backend itself does at that rate: wrk, closed loop, with as many connections as the
+    # rate keeps busy (rate x 10 ms), measuring from each actual send. Its p99 above 10 ms is the
+    # backend's (and the kernel's) share of any error, not the open-loop generator's.
+    WRK_C=$(((HALF + 99) / 100))
+    pin 0 wrk -t1 -c"$WRK_C" -d"${DUR}s" --latency "$SLOW" >"$WORK/wrk-slow.txt" 2>/dev/null || true
+    python3 - "$WORK/exact.json" "$HALF" "$WORK/wrk-slow.txt" "$WRK_C" <<'EOF'
 import json, re, sys
 d = json.load(open(sys.argv[1]))
 l = d["latency_ms"]
@@ -149,21 +227,59 @@ p50, p99 = pct(50), pct(99)
 print(f"| wrk -c{sys.argv[4]} (closed loop, the backend's own) | {float(rps.group(1)) if rps else 0:.0f} | {p50:.3f} "
       f"| {100 * (p50 - 10) / 10:+.1f}% | {p99:.3f} | {100 * (p99 - 10) / 10:+.1f}% | |")
 EOF
+fi
 
-echo
-echo "## HTTP/2 (h2c, 1 connection x 100 streams, closed loop)"
-echo
-echo "| round | h2load -t1 -c1 -m100 | ebbtide load --h2 --closed | ratio |"
-echo "| ---: | ---: | ---: | ---: |"
-for R in $(seq "$ROUNDS"); do
-    H=$(taskset -c 0 h2load -t1 -c1 -m100 -D "$DUR" "$FAST" 2>/dev/null |
-        awk '/^finished in/ { gsub(",", ""); for (i = 1; i <= NF; i++) if ($i == "req/s") print $(i-1) }')
-    H=${H:-0}
-    taskset -c 0 "$BIN" load --target "$FAST" --h2 --closed --connections 1 --streams 100 \
-        --threads 1 --duration "${DUR}s" --quiet --json "$WORK/h2.json" || true
-    E=$(jnum "$WORK/h2.json" "['achieved_rate']")
-    printf '| %s | %.0f | %.0f | %.2f |\n' "$R" "$H" "$E" \
-        "$(awk -v e="$E" -v h="$H" 'BEGIN { print (h > 0) ? e / h : 0 }')"
-done
+if on h2; then
+    echo
+    echo "## HTTP/2 (h2c, 1 connection x 100 streams, closed loop)"
+    echo
+    h2_closed "$FAST"
+fi
+
+if on tls; then
+    echo
+    echo "## HTTPS, HTTP/1.1 closed loop (wrk; \`ebbtide load --insecure\`; TLS 1.3, P-256 certificate)"
+    echo
+    closed_loop "$TLS" --insecure
+    TLS_WRK_BEST=$WRK_BEST
+    echo
+    echo "## HTTPS, HTTP/1.1 open loop: highest rate with < 1% late and >= 98% achieved"
+    echo
+    open_loop "$TLS" "$TLS_WRK_BEST" --insecure
+    echo
+    echo "## HTTPS, h2 by ALPN (1 connection x 100 streams, closed loop)"
+    echo
+    h2_closed "$TLS" --insecure
+fi
+
+if on cost && command -v perf >/dev/null 2>&1; then
+    echo
+    echo "## Cost of the open-loop generator at fixed rates (\`perf stat\` of \`ebbtide load --threads 1\`, ${DUR}s, Poisson)"
+    echo
+    echo "| offered req/s | completed | late % | syscalls / req | context switches / req | CPU us / req |"
+    echo "| ---: | ---: | ---: | ---: | ---: | ---: |"
+    for RATE in $COST_RATES; do
+        pin 0 perf stat -x, -o "$WORK/perf.txt" \
+            -e task-clock,context-switches,raw_syscalls:sys_enter \
+            "$BIN" load --target "$FAST" --rate "$RATE" --duration "${DUR}s" --threads 1 \
+            --timeout 5s --quiet --json "$WORK/cost.json" >/dev/null 2>&1 || true
+        python3 - "$WORK/perf.txt" "$WORK/cost.json" "$RATE" <<'EOF'
+import json, sys
+counts = {}
+for line in open(sys.argv[1]):
+    f = line.strip().split(",")
+    if len(f) > 2 and f[0] and not line.startswith("#"):
+        try:
+            counts[f[2]] = float(f[0])
+        except ValueError:
+            pass
+d = json.load(open(sys.argv[2]))
+n = max(d["completed"], 1)
+print(f"| {sys.argv[3]} | {d['completed']} | {100 * d['late'] / max(d['scheduled'], 1):.2f} "
+      f"| {counts.get('raw_syscalls:sys_enter', 0) / n:.2f} | {counts.get('context-switches', 0) / n:.2f} "
+      f"| {1e3 * counts.get('task-clock', 0) / n:.1f} |")
+EOF
+    done
+fi
 echo
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -133,6 +133,30 @@ fn open_loop_median_is_the_service_time() {
     );
 }
 
+/// `--dispatch-slack`: a wake also sends the arrivals due within the slack, early. With a slack
+/// of three gaps, most requests leave early (by up to 30 ms, in bursts of four), yet none is
+/// measured as faster than the service: an early request's latency is counted from its actual
+/// send, not from its later scheduled time (which would make it look up to 30 ms fast).
+#[test]
+fn requests_sent_early_are_never_measured_fast() {
+    let _s = serial();
+    let (_b, url) = backend_url("--service-time const:50ms --workers 256");
+    let (code, r) = load_at(
+        &url,
+        "--rate 100 --arrivals uniform --duration 2s --dispatch-slack 30ms",
+    );
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    assert_eq!(r["completed"], r["scheduled"], "{r}");
+    assert_eq!(r["late"], 0, "early is not late: {r}");
+    let p50 = f(&r, &["latency_ms", "p50"]);
+    assert!((49.5..=60.0).contains(&p50), "p50 {p50} ms: {r}");
+    assert!(
+        f(&r, &["latency_ms", "min"]) >= 49.5,
+        "nothing faster than the service: {r}"
+    );
+}
+
 /// Closed loop, wrk-style: N connections back to back against a constant 50 ms service give a
 /// median of 50 ms and at most N / 50 ms requests per second; nothing is ever late.
 #[test]
@@ -607,24 +631,86 @@ fn connections_are_reused_unless_no_keepalive() {
     );
 }
 
+/// The four ways a run can go: open and closed loop, HTTP/1.1 and HTTP/2 (many streams).
+const LOOPS: [&str; 4] = [
+    "--rate 100",
+    "--closed --connections 8",
+    "--h2 --rate 100",
+    "--h2 --closed --connections 1 --streams 8",
+];
+
+/// A backend serving HTTPS with a certificate for 127.0.0.1 from a fresh test CA: the guard,
+/// the CA (kept for its files) and the `https://` URL of its root.
+fn tls_backend_url(args: &str) -> (Child, common::pki::Pki, String) {
+    let pki = common::pki::Pki::new(&format!("load-{}", nanos()));
+    let (cert, key) = pki.issue("backend", "backend", &["127.0.0.1"]);
+    let mut all: Vec<String> = args.split_whitespace().map(str::to_string).collect();
+    all.extend([
+        "--tls-cert".into(),
+        cert.display().to_string(),
+        "--tls-key".into(),
+        key.display().to_string(),
+    ]);
+    let (b, addr) = backend(&all.iter().map(String::as_str).collect::<Vec<_>>());
+    (b, pki, format!("https://{addr}/"))
+}
+
+/// Over TLS (the certificate checked against the test CA: `--cacert`) the latency is the
+/// service time as over plain TCP, in all four ways: open and closed loop, HTTP/1.1 and h2 by
+/// ALPN. The handshake happens before a request's clock starts only in the closed loop, so the
+/// open loop's first requests pay it: the median, not the maximum, is the service time.
+#[test]
+fn tls_latency_is_the_service_time() {
+    let _s = serial();
+    let (_b, pki, url) = tls_backend_url("--service-time const:50ms --workers 256");
+    let ca = pki.ca().display().to_string();
+    for extra in LOOPS {
+        let (code, r) = load_at(&url, &format!("--duration 2s --cacert {ca} {extra}"));
+        assert_eq!(code, 0, "{extra:?}: {r}");
+        let protocol = if extra.contains("--h2") {
+            "h2"
+        } else {
+            "http/1.1 (TLS)"
+        };
+        assert_eq!(r["protocol"], protocol, "{extra:?}: {r}");
+        assert_eq!(r["errors"], 0, "{extra:?}: {r}");
+        if !extra.contains("--closed") {
+            assert_eq!(r["completed"], r["scheduled"], "{extra:?}: {r}");
+        }
+        let p50 = f(&r, &["latency_ms", "p50"]);
+        assert!((49.5..=60.0).contains(&p50), "{extra:?}: p50 {p50} ms: {r}");
+        assert!(
+            f(&r, &["latency_ms", "min"]) >= 49.5,
+            "nothing faster than the service: {extra:?}: {r}"
+        );
+    }
+}
+
 /// Exponential service times (mean 50 ms, enough workers that nothing queues), open and closed
-/// loop, HTTP/1.1 and HTTP/2. The backend draws its services from a seeded generator, so the mean
-/// of the services it gave the run's N requests is known exactly; the measured mean latency must
-/// be that plus the (small, positive) cost of the exchange, whatever the sampling luck.
+/// loop, HTTP/1.1 and HTTP/2, over plain TCP and TLS. The backend draws its services from a
+/// seeded generator, so the mean of the services it gave the run's N requests is known exactly;
+/// the measured mean latency must be that plus the (small, positive) cost of the exchange,
+/// whatever the sampling luck.
 #[test]
 fn exp_service_means_are_measured_exactly() {
     use ebbtide_config::rng::Rng;
     use ebbtide_config::service_time::ServiceTime;
     let _s = serial();
     let service = ServiceTime::parse("exp:50ms").unwrap();
-    let cases = [
-        "--rate 100",
-        "--closed --connections 8",
-        "--h2 --rate 100",
-        "--h2 --closed --connections 1 --streams 8",
-    ];
-    for extra in cases {
-        let (_b, url) = backend_url("--service-time exp:50ms --workers 10000 --seed 11");
+    let backend_args = "--service-time exp:50ms --workers 10000 --seed 11";
+    for (tls, extra) in LOOPS
+        .iter()
+        .map(|l| (false, *l))
+        .chain(LOOPS.iter().map(|l| (true, *l)))
+    {
+        let (_b, _pki, url, extra) = if tls {
+            let (b, pki, url) = tls_backend_url(backend_args);
+            let ca = pki.ca().display().to_string();
+            (b, Some(pki), url, format!("--cacert {ca} {extra}"))
+        } else {
+            let (b, url) = backend_url(backend_args);
+            (b, None, url, extra.to_string())
+        };
         let (code, r) = load_at(&url, &format!("--duration 2s {extra}"));
         assert_eq!(code, 0, "{extra:?}: {r}");
         assert_eq!(r["errors"], 0, "{extra:?}: {r}");
@@ -643,4 +729,57 @@ fn exp_service_means_are_measured_exactly() {
             "{extra:?}: measured mean {mean:.3} ms, the backend's services {sample:.3} ms: {r}"
         );
     }
+}
+
+/// The live view: on a terminal (a pseudo-terminal from `script`) three lines redrawn in place
+/// every second, with the offered and achieved rate, p50/p99, errors and a sparkline; piped, one
+/// plain line every 5 seconds and no terminal control codes.
+#[test]
+fn live_view_on_a_terminal_and_plain_lines_otherwise() {
+    let _s = serial();
+    let (_b, url) = backend_url("--service-time const:1ms --workers 64");
+    let command = format!("{BIN} load --target {url} --rate 50 --duration 3s");
+    let mut child = Child(
+        Command::new("script")
+            .args(["-qfec", &command, "/dev/null"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn script (util-linux)"),
+    );
+    let mut out = child.0.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut out, &mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let code = child.wait_exit(LIMIT).expect("exits in time");
+    let tty = reader.join().unwrap();
+    assert_eq!(code, Some(0), "{tty}");
+    assert!(
+        tty.contains("\x1b[3A"),
+        "the view is redrawn in place: {tty:?}"
+    );
+    for part in ["offered", "achieved", "in flight", "p50", "p99", "errors 0"] {
+        assert!(tty.contains(part), "{part:?} in {tty:?}");
+    }
+    assert!(
+        tty.chars().any(|c| ('▁'..='█').contains(&c)),
+        "a sparkline: {tty:?}"
+    );
+
+    let piped = load(&["--target", &url, "--rate", "50", "--duration", "6s"]);
+    assert_eq!(piped.code, 0, "{}", piped.stderr);
+    assert!(!piped.stdout.contains('\x1b'), "{:?}", piped.stdout);
+    let lines: Vec<&str> = piped
+        .stdout
+        .lines()
+        .filter(|l| l.contains("offered") && l.contains("p99"))
+        .collect();
+    assert!(
+        lines.first().is_some_and(|l| l.contains("[    5s]")),
+        "the first line at 5 s: {:?}",
+        piped.stdout
+    );
 }

@@ -192,6 +192,14 @@ impl Conn {
         }
     }
 
+    /// Whether the connection is open now (an HTTP/2 one: the shared connection).
+    pub(crate) fn is_open(&self) -> bool {
+        match &self.link {
+            Link::H2(h2) => h2.current().is_some(),
+            Link::H1(c) => c.is_open(),
+        }
+    }
+
     /// Forgets the connection (after a timeout left it mid-exchange). An HTTP/2 connection
     /// stays: only the stream was abandoned.
     pub(crate) fn reset(&mut self) {

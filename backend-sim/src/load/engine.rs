@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     pub(crate) stop: AtomicBool,
     pub(crate) timeout: Duration,
     pub(crate) late_after: Duration,
+    /// Open loop: arrivals due within this much of a dispatcher's wake go out with it.
+    pub(crate) dispatch_slack: Duration,
     /// How connections reach the target (TCP, or TCP and TLS).
     pub(crate) dial: Dial,
     pub(crate) keepalive: bool,
@@ -63,6 +65,7 @@ impl Shared {
         start: Instant,
         timeout: Duration,
         late_after: Duration,
+        dispatch_slack: Duration,
         dial: Dial,
         keepalive: bool,
         h2_streams: Option<usize>,
@@ -77,6 +80,7 @@ impl Shared {
             stop: AtomicBool::new(false),
             timeout,
             late_after,
+            dispatch_slack,
             dial,
             keepalive,
             h2_streams,
@@ -129,9 +133,74 @@ pub(crate) enum Feed {
 /// The arrivals waiting in one worker and its idle connections.
 struct Local {
     queue: RefCell<VecDeque<Instant>>,
-    /// Idle connection loops, most recently idle last.
+    /// Idle connection loops with an open connection (or, without keep-alive, any), most
+    /// recently idle last.
     idle: RefCell<Vec<Rc<Notify>>>,
+    /// Idle loops whose (keep-alive) connection is not open: woken only when no open one is
+    /// idle, and only so many at once (see [`Local::may_open`]).
+    cold: RefCell<Vec<Rc<Notify>>>,
+    /// Cold loops woken and still opening their connection.
+    opening: Cell<usize>,
+    /// Connections opened so far.
+    opened: Cell<usize>,
     closed: Cell<bool>,
+}
+
+/// Connection openings at once per worker, at least; more as more are open (see
+/// [`Local::may_open`]).
+const MIN_OPENING: usize = 8;
+
+impl Local {
+    fn new() -> Local {
+        Local {
+            queue: RefCell::new(VecDeque::new()),
+            idle: RefCell::new(Vec::new()),
+            cold: RefCell::new(Vec::new()),
+            opening: Cell::new(0),
+            opened: Cell::new(0),
+            closed: Cell::new(false),
+        }
+    }
+
+    /// Whether another connection may start opening. Without a bound every arrival that finds
+    /// the open connections busy starts a handshake, and while handshakes take the worker's CPU
+    /// more arrivals queue and start more: over TLS at 24,000 req/s all 512 connections were
+    /// opened in the first 150 ms of the run and 3% of a 5-second run was late
+    /// (bench/loadgen-engine.sh). Bounded by the number already open, the connections still
+    /// double every handshake time while the run needs more (a distant target is not held to a
+    /// fixed ramp).
+    fn may_open(&self) -> bool {
+        self.opening.get() < MIN_OPENING.max(self.opened.get())
+    }
+
+    /// After a connection opened (so that more may open): wakes cold loops for the queued
+    /// arrivals that no opening loop will take (the one that opened takes the first), as many
+    /// as [`Local::may_open`] allows, so that the connections double while the run needs more.
+    fn ramp(&self) {
+        while self.queue.borrow().len() > self.opening.get() + 1 && self.may_open() {
+            let cold = self.cold.borrow_mut().pop();
+            let Some(n) = cold else { break };
+            self.opening.set(self.opening.get() + 1);
+            n.notify_one();
+        }
+    }
+
+    /// Wakes an idle loop for a queued arrival: one with an open connection, else a cold one
+    /// if [`Local::may_open`].
+    fn wake_one(&self) {
+        let idle = self.idle.borrow_mut().pop();
+        if let Some(n) = idle {
+            n.notify_one();
+            return;
+        }
+        if self.may_open() {
+            let cold = self.cold.borrow_mut().pop();
+            if let Some(n) = cold {
+                self.opening.set(self.opening.get() + 1);
+                n.notify_one();
+            }
+        }
+    }
 }
 
 /// The ways to the target of one worker's loops: one HTTP/1.1 connection per loop, or `streams`
@@ -183,17 +252,21 @@ pub(crate) fn worker(shared: Arc<Shared>, index: usize, connections: usize, feed
                 first,
                 step,
             } => {
-                let state = Rc::new(Local {
-                    queue: RefCell::new(VecDeque::new()),
-                    idle: RefCell::new(Vec::new()),
-                    closed: Cell::new(false),
-                });
-                for conn in conns {
+                let state = Rc::new(Local::new());
+                // The last loops go idle last, so they are the first taken: their connections
+                // are opened now, before the schedule starts.
+                let warm_from = if shared.keepalive {
+                    conns.len().saturating_sub(WARM_CONNECTIONS)
+                } else {
+                    conns.len()
+                };
+                for (i, conn) in conns.into_iter().enumerate() {
                     loops.push(tokio::task::spawn_local(open_loop(
                         shared.clone(),
                         index,
                         conn,
                         state.clone(),
+                        i >= warm_from,
                     )));
                 }
                 let start = shared.start;
@@ -216,9 +289,13 @@ pub(crate) fn worker(shared: Arc<Shared>, index: usize, connections: usize, feed
 }
 
 /// The open loop's dispatcher of one worker: sleeps to the next of its arrivals, then queues all
-/// that are due (a burst, or a backlog after the thread was busy, in one wake), waking one idle
-/// connection per arrival. Each keeps its scheduled time, which its latency is measured from, so
-/// waking late delays requests but does not hide the delay.
+/// that are due (a burst, or a backlog after the thread was busy, in one wake) and those due
+/// within `--dispatch-slack` of now, waking one idle connection per arrival. A wake (arming the
+/// timer, the thread sleeping and being woken, reading the timer) costs about as much as the
+/// request itself, so at tens of thousands of arrivals a second, when gaps are tens of
+/// microseconds, sharing wakes is what keeps the worker on schedule (counted with `perf stat`:
+/// see bench/loadgen-engine.sh). Each arrival keeps its scheduled time, which its latency is
+/// measured from, so waking late delays requests but does not hide the delay.
 async fn dispatch(
     shared: Arc<Shared>,
     index: usize,
@@ -238,21 +315,19 @@ async fn dispatch(
             break;
         }
         let now = Instant::now();
-        if due > now {
+        let horizon = now + shared.dispatch_slack;
+        if due > horizon {
             // Long gaps (traces) in slices, so that ctrl-c is noticed.
             timer
                 .sleep_until(due.min(now + Duration::from_millis(100)))
                 .await;
             continue;
         }
-        while let Some(at) = next.filter(|at| *at <= now) {
+        while let Some(at) = next.filter(|at| *at <= horizon) {
             state.queue.borrow_mut().push_back(at);
             shared.outstanding[index].fetch_add(1, Ordering::Relaxed);
             shared.dispatched.fetch_add(1, Ordering::Relaxed);
-            let idle = state.idle.borrow_mut().pop();
-            if let Some(n) = idle {
-                n.notify_one();
-            }
+            state.wake_one();
             next = arrivals.next();
         }
     }
@@ -260,10 +335,31 @@ async fn dispatch(
     for n in state.idle.borrow_mut().drain(..) {
         n.notify_one();
     }
+    for n in state.cold.borrow_mut().drain(..) {
+        n.notify_one();
+    }
 }
 
-/// One connection of the open loop: takes the oldest waiting arrival whenever it is idle.
-async fn open_loop(shared: Arc<Shared>, index: usize, mut conn: Conn, state: Rc<Local>) {
+/// Connections of each open-loop worker opened before the schedule starts (with keep-alive).
+/// Otherwise the first arrivals of a fast run open connections one after another while more
+/// arrive: over TLS, where a handshake costs a millisecond of CPU, the run's first
+/// tens of milliseconds were all handshakes and 3% of a 5-second run at 27,000 req/s was late
+/// (bench/loadgen-engine.sh). Few enough that a light run still opens few.
+const WARM_CONNECTIONS: usize = 8;
+
+/// One connection of the open loop: takes the oldest waiting arrival whenever it is idle;
+/// `warm`: opens its connection first.
+async fn open_loop(
+    shared: Arc<Shared>,
+    index: usize,
+    mut conn: Conn,
+    state: Rc<Local>,
+    warm: bool,
+) {
+    if warm && conn.open().await.is_ok() {
+        // A failure here is met again, and counted, by the first request.
+        state.opened.set(state.opened.get() + 1);
+    }
     let wake = Rc::new(Notify::new());
     loop {
         let next = state.queue.borrow_mut().pop_front();
@@ -273,9 +369,22 @@ async fn open_loop(shared: Arc<Shared>, index: usize, mut conn: Conn, state: Rc<
                 shared.outstanding[index].fetch_sub(1, Ordering::Relaxed);
             }
             None if state.closed.get() => return,
-            None => {
+            None if !shared.keepalive || conn.is_open() => {
                 state.idle.borrow_mut().push(wake.clone());
                 wake.notified().await;
+            }
+            None => {
+                state.cold.borrow_mut().push(wake.clone());
+                wake.notified().await;
+                if state.closed.get() && state.queue.borrow().is_empty() {
+                    return;
+                }
+                // Woken to open (counted in `opening` by the waker; after the end, anyway).
+                if conn.open().await.is_ok() {
+                    state.opened.set(state.opened.get() + 1);
+                }
+                state.opening.set(state.opening.get().saturating_sub(1));
+                state.ramp();
             }
         }
     }
@@ -295,7 +404,9 @@ async fn closed_loop(shared: Arc<Shared>, index: usize, mut conn: Conn, until: I
     }
 }
 
-/// One request due at `at` on `conn`, recorded with its latency from `at`.
+/// One request due at `at` on `conn`, recorded with its latency from `at`, or from its actual
+/// start if that was earlier (sent within `--dispatch-slack` ahead of its time): a late start
+/// counts its lateness, an early one never shortens the exchange.
 async fn exchange(shared: &Shared, index: usize, conn: &mut Conn, at: Instant, open: bool) {
     let deadline = at + shared.timeout;
     let began = Instant::now();
@@ -309,7 +420,9 @@ async fn exchange(shared: &Shared, index: usize, conn: &mut Conn, at: Instant, o
         match result {
             Ok(Ok(answer)) => Outcome::Answered {
                 status: answer.status,
-                latency_us: Instant::now().saturating_duration_since(at).as_micros() as u64,
+                latency_us: Instant::now()
+                    .saturating_duration_since(at.min(began))
+                    .as_micros() as u64,
                 bytes: answer.bytes,
             },
             Ok(Err(kind)) => Outcome::Failed(kind),

@@ -62,6 +62,11 @@ impl RawConn {
         Ok(())
     }
 
+    /// Whether a connection is open (as far as is known without reading it).
+    pub(crate) fn is_open(&self) -> bool {
+        self.stream.is_some()
+    }
+
     /// Drops the connection (after a timeout or an error left it mid-exchange).
     pub(crate) fn reset(&mut self) {
         self.stream = None;
