@@ -203,7 +203,11 @@ fn constant_service_time_shows_as_the_median_through_load() {
     );
     assert_eq!(code, 0);
     let p50 = f(&r, &["latency_ms", "p50"]);
-    assert!((9.0..=11.0).contains(&p50), "p50 {p50} ms, report {r}");
+    // Debug builds of generator and backend on one VM: measured 11.0-11.8 ms on 2026-11-30
+    // with the generator of before and after that day's engine change alike (quiet machine), so
+    // the bound is the service time plus 25%; the exactness of a release build is measured by
+    // bench/loadgen-engine.sh.
+    assert!((9.0..=12.5).contains(&p50), "p50 {p50} ms, report {r}");
     assert_eq!(r["errors"], 0);
     assert_eq!(r["sent"], r["scheduled"]);
     assert_eq!(r["completed"], r["scheduled"]);
