@@ -54,5 +54,6 @@ if ! docker info >/dev/null 2>&1; then
   docker info >/dev/null 2>&1 || { echo "the Docker daemon did not start (see /tmp/ebbtide-dockerd.log)" >&2; exit 1; }
 fi
 
-echo "== cargo test --workspace"
-cargo test --workspace "$@"
+echo "== cargo test --workspace --no-fail-fast"
+# --no-fail-fast: one run reports every failing test binary, not only the first.
+cargo test --workspace --no-fail-fast "$@"

@@ -136,7 +136,8 @@ fn open_loop_median_is_the_service_time() {
 /// `--dispatch-slack`: a wake also sends the arrivals due within the slack, early. With a slack
 /// of three gaps, most requests leave early (by up to 30 ms, in bursts of four), yet none is
 /// measured as faster than the service: an early request's latency is counted from its actual
-/// send, not from its later scheduled time (which would make it look up to 30 ms fast).
+/// send, not from its later scheduled time (which would make it look up to 30 ms fast), and an
+/// early send is not counted late.
 #[test]
 fn requests_sent_early_are_never_measured_fast() {
     let _s = serial();
@@ -148,7 +149,10 @@ fn requests_sent_early_are_never_measured_fast() {
     assert_eq!(code, 0, "{r}");
     assert_eq!(r["errors"], 0, "{r}");
     assert_eq!(r["completed"], r["scheduled"], "{r}");
-    assert_eq!(r["late"], 0, "early is not late: {r}");
+    // Counting early sends as late would make most of the 200 late; a busy CI machine's
+    // scheduling hiccup makes one or two late for real (CI saw 2 with a 70 ms max latency).
+    let late = f(&r, &["late"]);
+    assert!(late <= 10.0, "early is not late: {late} late of 200: {r}");
     let p50 = f(&r, &["latency_ms", "p50"]);
     assert!((49.5..=60.0).contains(&p50), "p50 {p50} ms: {r}");
     assert!(
