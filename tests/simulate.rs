@@ -279,6 +279,10 @@ fn tune_is_deterministic_for_a_seed_and_no_worse_than_the_config() {
         );
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         assert!(stdout.contains("winner:"), "{stdout}");
+        // Progress into a pipe is plain lines, not a terminal's `\r` redraws.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(" candidates run, "), "{stderr}");
+        assert!(!stderr.contains('\r'), "{stderr:?}");
         let text = std::fs::read_to_string(&json).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         (v, std::fs::read_to_string(&out_toml).unwrap())

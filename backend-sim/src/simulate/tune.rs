@@ -25,7 +25,7 @@ use ebbtide_config::rng::Rng;
 use ebbtide_config::time::{parse_duration, HumanDuration};
 use serde::Serialize;
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -335,6 +335,10 @@ pub fn tune(
         }
         if progress {
             scope.spawn(|| {
+                // On a terminal one line redrawn twice a second; into a file or a CI log a
+                // plain line every 10 s (a `\r` redraw there is one endless line).
+                let tty = std::io::stderr().is_terminal();
+                let mut printed: Option<Instant> = None;
                 let total = grid.len();
                 loop {
                     let d = done.load(Ordering::Relaxed);
@@ -348,9 +352,10 @@ pub fn tune(
                             .fold(f64::INFINITY, f64::min)
                     };
                     let over = started.elapsed() >= budget;
-                    eprint!(
-                        "\rtune: {d}/{total} candidates run, {:.0}s of {:.0}s budget, cheapest \
-                         within {:.2}%: {}   ",
+                    let last = d >= total || (over && d >= started_n);
+                    let line = format!(
+                        "tune: {d}/{total} candidates run, {:.0}s of {:.0}s budget, cheapest \
+                         within {:.2}%: {}",
                         started.elapsed().as_secs_f64(),
                         budget.as_secs_f64(),
                         max_slo_miss * 100.0,
@@ -360,9 +365,18 @@ pub fn tune(
                             "none yet".into()
                         }
                     );
-                    let _ = std::io::stderr().flush();
-                    if d >= total || (over && d >= started_n) {
-                        eprintln!();
+                    if tty {
+                        eprint!("\r{line}   ");
+                        if last {
+                            eprintln!();
+                        }
+                        let _ = std::io::stderr().flush();
+                    } else if last || printed.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+                    {
+                        eprintln!("{line}");
+                        printed = Some(Instant::now());
+                    }
+                    if last {
                         return;
                     }
                     std::thread::sleep(Duration::from_millis(500));

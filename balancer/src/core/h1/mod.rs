@@ -257,8 +257,22 @@ pub(crate) enum FieldKind {
     Other,
 }
 
+/// The hop-by-hop field names (RFC 9110 7.6.1, with `Keep-Alive` and `Proxy-Connection` as
+/// RFC 7230 and every proxy treat them): removed at every hop by both forwarding paths. The
+/// one list: [`FieldKind::hop_by_hop`] is true of exactly these (a unit test holds them to
+/// each other), and the `HeaderMap` path removes them by name.
+pub(crate) const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
 impl FieldKind {
-    fn of(name: &[u8]) -> Self {
+    pub(crate) fn of(name: &[u8]) -> Self {
         // Dispatch on the length first: one compare for most names.
         let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
         match name.len() {
@@ -508,6 +522,48 @@ mod tests {
         assert_eq!(FieldKind::of(b"hosts"), FieldKind::Other);
         assert!(FieldKind::TransferEncoding.hop_by_hop());
         assert!(!FieldKind::ContentLength.hop_by_hop());
+    }
+
+    /// The list the `HeaderMap` path removes and the classification the raw path edits by are
+    /// the same set: every name the classifier knows is hop-by-hop exactly when it is listed.
+    #[test]
+    fn hop_by_hop_list_and_classification_agree() {
+        let known = [
+            "host",
+            "te",
+            "expect",
+            "upgrade",
+            "trailer",
+            "connection",
+            "keep-alive",
+            "content-length",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "proxy-connection",
+            "transfer-encoding",
+            "x-forwarded-proto",
+            "x_under",
+            "accept",
+        ];
+        for name in known {
+            assert_eq!(
+                FieldKind::of(name.as_bytes()).hop_by_hop(),
+                HOP_BY_HOP.contains(&name),
+                "{name}"
+            );
+            let upper = name.to_ascii_uppercase();
+            assert_eq!(
+                FieldKind::of(upper.as_bytes()).hop_by_hop(),
+                HOP_BY_HOP.contains(&name),
+                "{upper}"
+            );
+        }
+        for name in HOP_BY_HOP {
+            assert!(
+                known.contains(&name),
+                "{name} is listed but not tried above"
+            );
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! the head kept across tries, and the hash key a request is balanced by.
 
 use super::local::LocalAnswer;
+use crate::core::h1::{FieldKind, HOP_BY_HOP};
 use crate::policies::hash_key;
 use bytes::Bytes;
 use ebbtide_config::HashKey;
@@ -106,25 +107,10 @@ pub(crate) fn request_key<B>(key: &HashKey, req: &Request<B>) -> Option<u64> {
     }
 }
 
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// Whether `name` is one of [`HOP_BY_HOP`]: standard names compare as enum tags, the two
-/// others as short strings, with no hashing.
+/// Whether `name` is hop-by-hop: the raw path's classification ([`FieldKind::of`], a length
+/// dispatch and at most one compare), so that the two paths cannot disagree.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    *name == header::CONNECTION
-        || *name == header::TE
-        || *name == header::TRAILER
-        || *name == header::TRANSFER_ENCODING
-        || *name == header::UPGRADE
-        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
+    FieldKind::of(name.as_str().as_bytes()).hop_by_hop()
 }
 
 /// Removes hop-by-hop headers (RFC 9110 7.6.1): the fixed list and every header a `Connection`
