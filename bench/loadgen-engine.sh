@@ -177,6 +177,11 @@ echo
 echo "$(date -u '+%Y-%m-%d %H:%M:%S UTC'); $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "generator on core 0 (taskset -c 0), backend \`ebbtide backend --service-time const:0ms\` on core 1; ${DUR}s per run"
 echo "generator $BIN, backend $BACKEND_BIN; sections: $SECTIONS${PRIO:+; every process under \`$PRIO\`}"
+# A core that runs slower for tens of milliseconds makes an open loop late whatever the engine
+# does (bench/lib/cpu_steadiness.py says how this machine was seen to do that).
+for core in 0 1; do
+    echo "core $core $(taskset -c "$core" python3 bench/lib/cpu_steadiness.py 3)"
+done
 
 # Without the closed-loop section the open loop steps through fractions of this.
 WRK_BEST=${WRK_BEST:-100000}

@@ -282,10 +282,30 @@ pub(crate) fn worker(shared: Arc<Shared>, index: usize, connections: usize, feed
                 )));
             }
         }
+        // Spawned last, so that the loops and the dispatcher run first at the start.
+        let armed = tokio::task::spawn_local(keep_a_timer_armed());
         for l in loops {
             let _ = l.await;
         }
+        armed.abort();
     });
+}
+
+/// How often [`keep_a_timer_armed`] wakes: far shorter than any sensible `--timeout`.
+const TIMER_HEARTBEAT: Duration = Duration::from_millis(50);
+
+/// Keeps one tokio timer pending for as long as the worker runs. Every exchange registers its
+/// timeout with tokio's timer; when the driver parked with no timer pending (no promised wake,
+/// as between requests of a light or an open-loop run), registering one unparks the driver,
+/// which is a write to its eventfd and one more `epoll_wait` return (tokio 1.54,
+/// `runtime/time/mod.rs`, `reregister`: unpark unless the new deadline is after the promised
+/// wake). `perf record -e raw_syscalls:sys_enter` counted 0.89 such writes per request at
+/// 30,000 req/s on 8 connections. With a timer always due within 50 ms, a request's later
+/// deadline needs no unpark: 20 wakes a second instead of one per request.
+async fn keep_a_timer_armed() {
+    loop {
+        tokio::time::sleep(TIMER_HEARTBEAT).await;
+    }
 }
 
 /// The open loop's dispatcher of one worker: sleeps to the next of its arrivals, then queues all
