@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const LIMIT: Duration = Duration::from_secs(10);
@@ -89,6 +89,10 @@ fn answer(path: &str, method: &str, head: &str, body: &[u8]) -> Vec<u8> {
                       HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
             .to_vec(),
         "/close" => b"HTTP/1.1 200 OK\r\n\r\nuntil close".to_vec(),
+        "/size" => {
+            let n = body.len().to_string();
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{n}", n.len()).into_bytes()
+        }
         "/ws" => b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
                    Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
             .to_vec(),
@@ -198,7 +202,7 @@ impl Resp {
 }
 
 /// Reads what is there from `s` into `buf`: how many bytes (0 at end of stream).
-async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) -> usize {
+async fn fill<R: AsyncRead + Unpin>(s: &mut R, buf: &mut Vec<u8>) -> usize {
     let mut tmp = [0u8; 8192];
     let n = s.read(&mut tmp).await.unwrap_or(0);
     buf.extend_from_slice(&tmp[..n]);
@@ -207,6 +211,15 @@ async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) -> usize {
 
 /// Reads one response to a request with method `method` from `s`, leftovers kept in `buf`.
 async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>, method: &str) -> Resp {
+    read_response_from(s, buf, method).await
+}
+
+/// [`read_response`] off any reader (the read half of a split connection, say).
+async fn read_response_from<R: AsyncRead + Unpin>(
+    s: &mut R,
+    buf: &mut Vec<u8>,
+    method: &str,
+) -> Resp {
     tokio::time::timeout(LIMIT, async {
         let end = loop {
             if let Some(i) = find(buf, b"\r\n\r\n") {
@@ -388,7 +401,7 @@ async fn chunked_bodies_with_trailers_both_ways() {
     let body = String::from_utf8_lossy(&r.body).to_string();
     assert!(body.contains("hello") && body.contains(" world"), "{body}");
     assert!(body.contains("X-T: done"), "the trailer is lost: {body}");
-    // A chunked request (handed to hyper): the backend gets it chunked, trailers and all.
+    // A chunked request: the backend gets it chunked, trailers and all, from the lane.
     let r = exchange(
         &lb,
         "POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
@@ -402,8 +415,15 @@ async fn chunked_bodies_with_trailers_both_ways() {
         Some("chunked"),
         "{sent}"
     );
+    assert!(
+        sent.contains("\r\nX-Forwarded-For: "),
+        "not the lane's: {sent}"
+    );
     let body = &sent[sent.find("\r\n\r\n").unwrap() + 4..];
-    assert!(body.contains("abc") && body.contains("de"), "{sent}");
+    assert_eq!(
+        body, "3\r\nabc\r\n2\r\nde\r\n0\r\nX-Sum: 5\r\n\r\n",
+        "{sent}"
+    );
 }
 
 #[tokio::test]
@@ -422,7 +442,156 @@ async fn expect_100_continue_is_answered_before_the_body() {
     s.write_all(b"hello").await.unwrap();
     let r = read_response(&mut s, &mut buf, "POST").await;
     assert_eq!(r.status(), 200, "{}", r.head);
-    assert!(seen.requests.lock().unwrap()[0].ends_with("hello"));
+    let sent = seen.requests.lock().unwrap()[0].clone();
+    assert!(sent.ends_with("hello"), "{sent}");
+    assert!(
+        sent.contains("\r\nX-Forwarded-For: "),
+        "not the lane's: {sent}"
+    );
+}
+
+/// A body larger than `request_buffer` is streamed through the lane, of either framing, and
+/// the connection serves the next request after it.
+#[tokio::test]
+async fn large_uploads_stream_through_the_lane() {
+    let (b, seen) = raw_backend().await;
+    let lb = native(&[b], "");
+    let mut s = connect(&lb).await;
+    let mut buf = Vec::new();
+    let body = vec![b'x'; 1 << 20];
+    let (mut rd, mut wr) = s.split();
+    let send = async {
+        wr.write_all(b"POST /size HTTP/1.1\r\nHost: a\r\nContent-Length: 1048576\r\n\r\n")
+            .await
+            .unwrap();
+        wr.write_all(&body).await.unwrap();
+        // Chunked, 16 chunks of 64 KiB, then a trailer, then the next request pipelined.
+        wr.write_all(b"PUT /size HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        for _ in 0..16 {
+            wr.write_all(b"10000\r\n").await.unwrap();
+            wr.write_all(&body[..1 << 16]).await.unwrap();
+            wr.write_all(b"\r\n").await.unwrap();
+        }
+        wr.write_all(b"0\r\nX-Sum: 1\r\n\r\nGET /after HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+    };
+    let mut got = Vec::new();
+    let read = async {
+        for method in ["POST", "PUT", "GET"] {
+            got.push(read_response_from(&mut rd, &mut buf, method).await);
+        }
+    };
+    tokio::time::timeout(LIMIT, async { tokio::join!(send, read) })
+        .await
+        .expect("uploads did not complete");
+    assert_eq!(
+        (got[0].status(), got[0].body.as_slice()),
+        (200, &b"1048576"[..])
+    );
+    // The raw chunked body the backend got: sizes, data and trailer as sent.
+    let chunked_len = 16 * (7 + (1 << 16) + 2) + "0\r\nX-Sum: 1\r\n\r\n".len();
+    assert_eq!(
+        (got[1].status(), got[1].body.clone()),
+        (200, chunked_len.to_string().into_bytes())
+    );
+    assert_eq!(got[2].status(), 200);
+    let sent = seen.requests.lock().unwrap().clone();
+    assert_eq!(sent.len(), 3);
+    for r in &sent {
+        assert!(
+            r.contains("\r\nX-Forwarded-For: "),
+            "not the lane's: {}",
+            &r[..200.min(r.len())]
+        );
+    }
+    assert!(sent[1].ends_with("0\r\nX-Sum: 1\r\n\r\n"));
+}
+
+/// A backend may answer before it has read the whole body (RFC 9112 9.3: here, 413 and close):
+/// the client gets that answer, and its connection closes since the rest of its body is unread.
+#[tokio::test]
+async fn a_backend_that_answers_before_the_whole_upload_is_passed_on() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while find(&buf, b"\r\n\r\n").is_none() {
+                    if fill(&mut s, &mut buf).await == 0 {
+                        return;
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig")
+                    .await;
+            });
+        }
+    });
+    let lb = native(&[b], "");
+    let mut s = connect(&lb).await;
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 100000000\r\n\r\n")
+        .await
+        .unwrap();
+    s.write_all(&vec![b'x'; 200_000]).await.unwrap();
+    let mut buf = Vec::new();
+    let r = read_response(&mut s, &mut buf, "POST").await;
+    assert_eq!(
+        (r.status(), r.body.as_slice()),
+        (413, &b"big"[..]),
+        "{}",
+        r.head
+    );
+    assert_eq!(r.header("connection"), Some("close"), "{}", r.head);
+}
+
+/// A streamed upload the client breaks off or stalls is the client's fault (400, 408), not
+/// the backend's: it is not ejected and takes the next request.
+#[tokio::test]
+async fn an_upload_the_client_breaks_off_or_stalls_is_its_own_fault() {
+    let (b, seen) = raw_backend().await;
+    let (b2, seen2) = raw_backend().await;
+    let lb = native(
+        &[b, b2],
+        "[balancer]\npolicy = \"round_robin\"\n[outlier]\nconsecutive_failures = 1\n",
+    );
+    let stall = start_ebbtide(&format!(
+        "[listener]\naddress = \"127.0.0.1:0\"\nhttp1 = \"native\"\nbody_read_timeout = \"300ms\"\n\
+         [admin]\naddress = \"127.0.0.1:0\"\n{}",
+        backends_toml(&[b], None)
+    ));
+    let head = b"POST /size HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n";
+    // Broken off: half the body, then the client's end closed for writing.
+    let mut s = connect(&lb).await;
+    s.write_all(head).await.unwrap();
+    s.write_all(&vec![b'x'; 500_000]).await.unwrap();
+    s.shutdown().await.unwrap();
+    let r = read_response(&mut s, &mut Vec::new(), "POST").await;
+    assert_eq!(r.status(), 400, "{}", r.head);
+    // Stalled: a tenth of the body, then silence past body_read_timeout.
+    let mut s = connect(&stall).await;
+    s.write_all(head).await.unwrap();
+    s.write_all(&vec![b'x'; 100_000]).await.unwrap();
+    let r = read_response(&mut s, &mut Vec::new(), "POST").await;
+    assert_eq!(r.status(), 408, "{}", r.head);
+    // Both backends are still in the first balancer's fleet (one failure would eject one).
+    for _ in 0..4 {
+        let r = exchange(&lb, "GET /next HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        assert_eq!(r.status(), 200, "{}", r.head);
+    }
+    for seen in [&seen, &seen2] {
+        let gets = seen
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.starts_with("GET /next "))
+            .count();
+        assert_eq!(gets, 2, "round robin over both backends");
+    }
 }
 
 #[tokio::test]
@@ -602,4 +771,38 @@ async fn http2_with_prior_knowledge_is_handed_to_hyper() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), http::Version::HTTP_2);
     assert_eq!(seen.count.load(Ordering::SeqCst), 1);
+}
+
+/// A client that closes its connection while its request is at a backend takes the request
+/// with it (as hyper's server does): the backend's connection is closed, not left to run
+/// until the response timeout.
+#[tokio::test]
+async fn a_client_that_leaves_takes_its_request_with_it() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b = listener.local_addr().unwrap();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        assert!(read_request(&mut s, &mut buf).await.is_some());
+        // Never answers; reports when the balancer closes the connection.
+        while fill(&mut s, &mut buf).await > 0 {}
+        let _ = closed_tx.send(());
+    });
+    let lb = native(&[b], "[upstream]\nresponse_timeout = \"60s\"\n");
+    let mut s = connect(&lb).await;
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    // Wait until the request is at the backend, then leave.
+    eventually("the request at the backend", LIMIT, || async {
+        let sig = admin_signals(lb.admin).await;
+        (sig.in_flight == 1).then_some(())
+    })
+    .await;
+    drop(s);
+    tokio::time::timeout(LIMIT, closed_rx)
+        .await
+        .expect("the backend's connection was kept open after the client left")
+        .unwrap();
 }

@@ -44,7 +44,7 @@ pub struct BodyLimits {
 impl BodyLimits {
     /// When a body that started at `start`, received `received` bytes and last read at `last`
     /// must have sent more (or ended).
-    fn deadline(self, start: Instant, last: Instant, received: u64) -> Instant {
+    pub(crate) fn deadline(self, start: Instant, last: Instant, received: u64) -> Instant {
         let idle = last + self.timeout;
         if self.min_rate == 0 {
             return idle;

@@ -4,19 +4,21 @@
 //! leg by hyper.
 //!
 //! What the lane serves itself, one request at a time (pipelined requests are answered in
-//! order): HTTP/1.1 requests without a body or with a `Content-Length` body small enough to be
-//! read whole before a slot is taken (the same rule as `forward`: `request_buffer`, or
-//! `retries.buffer_limit` for an idempotent method that may be retried), without `Upgrade`,
-//! `Expect`, `Idempotency-Key` (when idempotency is on) or a gRPC content type, with at most
-//! one `X-Request-Id`, when no `hash_key` is configured and every backend speaks plain HTTP/1.1.
-//! Responses of every framing are relayed: none (HEAD, 1xx skipped, 204, 304), `Content-Length`,
-//! chunked (validated by `ChunkedDecoder`, trailers passed on) and until close (the client
-//! connection then closes too).
+//! order): HTTP/1.1 requests without `Upgrade`, without `Idempotency-Key` (when idempotency is
+//! on) or a gRPC content type, with at most one `X-Request-Id`, when no `hash_key` is
+//! configured and every backend speaks plain HTTP/1.1. Request bodies of both framings: one
+//! small enough is read whole before a slot is taken (`forward`'s rule: `request_buffer`, or
+//! `retries.buffer_limit` for an idempotent method that may be retried; a chunked one if it
+//! ends within `request_buffer`), a larger one is streamed during its one try ([`Upload`]);
+//! `Expect: 100-continue` is answered before the body is read. Responses of every framing are
+//! relayed: none (HEAD, 1xx skipped, 204, 304), `Content-Length`, chunked (validated by
+//! `ChunkedDecoder`, trailers passed on) and until close (the client connection then closes
+//! too).
 //!
-//! Anything else (HTTP/1.0, chunked request bodies, larger bodies, 100-continue, WebSockets,
-//! `Idempotency-Key`, gRPC, the HTTP/2 preface) is handed to hyper for the rest of the
-//! connection, with the bytes already read replayed first ([`Prefixed`]): every feature keeps
-//! working, and the lane covers the common case.
+//! Anything else (HTTP/1.0, WebSockets and other upgrades, `Idempotency-Key`, gRPC, the HTTP/2
+//! preface) is handed to hyper for the rest of the connection, with the bytes already read
+//! replayed first ([`Prefixed`]): every feature keeps working, and the lane covers the common
+//! case.
 //!
 //! A request the lane serves takes the same path through the shared machinery as one hyper
 //! serves: `Proxy::arrive`, a slot from `acquire_slot`, the pure `retry::verdict` and the
@@ -32,9 +34,12 @@
 //! core: 14.8-17.1 us of proxy CPU per request (hyper 23.4-28.2, HAProxy 13.9-15.4).
 
 mod prefixed;
+mod upload;
 
 pub use prefixed::Prefixed;
+use upload::{Rest, Upload, UploadError};
 
+use super::client_body::ClientFault;
 use super::completion::{Body, Completion};
 use super::forward::{with_tries, RefusedWait};
 use super::local::LocalAnswer;
@@ -56,7 +61,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -68,6 +73,12 @@ const RELAY_BUFFER: usize = 16 * 1024;
 /// Longest backend response head read.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 const X_REQUEST_ID: &[u8] = b"x-request-id";
+/// How long a request is at a backend before the lane watches for its client leaving: the
+/// watch costs a syscall (a peek), which the common fast request should not pay; requests
+/// worth cancelling are the slow ones (clients that give up on an overloaded fleet).
+const WATCH_CLIENT_AFTER: Duration = Duration::from_millis(500);
+/// The interim response to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// The lane's settings for one listener, and the proxy it forwards for.
 pub struct NativeH1 {
@@ -196,28 +207,11 @@ impl NativeH1 {
         live: &Live,
     ) -> Option<http::Method> {
         let s = &live.settings;
-        if head.version != Version::Http11
-            || head.upgrade != Upgrade::None
-            || head.expect_continue
-            || s.hash_key.is_some()
+        if head.version != Version::Http11 || head.upgrade != Upgrade::None || s.hash_key.is_some()
         {
             return None;
         }
         let method = http::Method::from_bytes(head.method.of(buf)).ok()?;
-        let retries = &s.retries;
-        let keep_for_retry =
-            is_idempotent(&method) && retries.max_attempts > 1 && retries.buffer_limit > 0;
-        match head.body {
-            RequestBody::None => {}
-            RequestBody::Length(n) => {
-                let whole = n <= s.request_buffer as u64
-                    || (keep_for_retry && n <= retries.buffer_limit as u64);
-                if !whole {
-                    return None;
-                }
-            }
-            RequestBody::Chunked => return None,
-        }
         let mut ids = 0;
         for f in fields.iter().filter(|f| f.kind == FieldKind::Other) {
             let name = f.name.of(buf);
@@ -298,6 +292,8 @@ struct Answered {
     head: ResponseHead,
     head_len: usize,
     fields: Vec<Field>,
+    /// The backend answered before it had the whole request body: its socket is not reused.
+    body_unsent: bool,
 }
 
 impl Proxy {
@@ -313,11 +309,6 @@ impl Proxy {
         let (start, live) = self.arrive();
         let settings = &live.settings;
         let head = req.head;
-        let body_len = match head.body {
-            RequestBody::Length(n) => n as usize,
-            RequestBody::None | RequestBody::Chunked => 0,
-        };
-        let total = req.head_len + body_len;
         // The id: the client's (checked usable by `serves`) or a new one, added to the head.
         let client_id = settings
             .request_id
@@ -334,22 +325,28 @@ impl Proxy {
             .access
             .get()
             .map(|_| access_record(start, peer, &buf[..req.head_len], head, id.clone()));
-        // The body, whole (bounded by `serves`), each read within body_read_timeout.
-        if buf.len() < total {
-            buf.reserve(total - buf.len());
-            while buf.len() < total {
-                let read =
-                    tokio::time::timeout(settings.body_limits.timeout, client.read_buf(buf)).await;
-                let answer = match read {
-                    Ok(Ok(n)) if n > 0 => continue,
-                    Ok(_) => LocalAnswer::BodyCutOff,
-                    Err(_) => LocalAnswer::BodyTimeout,
-                };
+        // A client that asked to be told before it sends its body (RFC 9110 10.1.1) is told
+        // now, unless some of the body came with the head: the body is read next.
+        if head.expect_continue
+            && head.body != RequestBody::None
+            && buf.len() == req.head_len
+            && client.write_all(CONTINUE).await.is_err()
+        {
+            return Next::Close;
+        }
+        // A small body (or one kept for retries) is read whole before a slot is taken, so a slow
+        // upload holds no backend, as `forward` does; a larger one is streamed during the try.
+        let (total, mut upload) = match self
+            .read_body(client, buf, req.head_len, head, &req.method, settings)
+            .await
+        {
+            Ok(read) => read,
+            Err(answer) => {
                 let resp = self.local(start, None, answer);
                 write_local(client, resp, id.as_ref(), record, true, head.is_head).await;
                 return Next::Close;
             }
-        }
+        };
         let mut out = Vec::with_capacity(total + 160);
         let fwd = Forwarding {
             client_ip: peer.ip_text(),
@@ -364,17 +361,90 @@ impl Proxy {
         }
         out.extend_from_slice(&buf[req.head_len..total]);
         buf.drain(..total);
-        self.tries_native(
-            client,
-            &out,
-            &req.method,
-            head.is_head,
-            start,
-            &live,
-            id,
-            record,
-        )
-        .await
+        let next = self
+            .tries_native(
+                client,
+                &out,
+                upload.as_mut(),
+                &req.method,
+                head.is_head,
+                start,
+                &live,
+                id,
+                record,
+            )
+            .await;
+        match upload {
+            Some(mut u) if u.finished() => {
+                buf.extend_from_slice(&u.take_spill());
+                next
+            }
+            // Body bytes left unread: the connection cannot carry another request.
+            Some(_) => Next::Close,
+            None => next,
+        }
+    }
+
+    /// Reads the request body as far as it is read before a slot is taken: whole (bounded by
+    /// `request_buffer`, or `retries.buffer_limit` for an idempotent request that may be
+    /// retried: `forward`'s rule), or, for a larger one, what has come so far, the rest left
+    /// to an [`Upload`]. Returns where in `buf` the head and the bytes read of the body end.
+    async fn read_body(
+        &self,
+        client: &mut TcpStream,
+        buf: &mut Vec<u8>,
+        head_len: usize,
+        head: &RequestHead,
+        method: &http::Method,
+        s: &super::ProxySettings,
+    ) -> Result<(usize, Option<Upload>), LocalAnswer> {
+        let retries = &s.retries;
+        let keep_for_retry =
+            is_idempotent(method) && retries.max_attempts > 1 && retries.buffer_limit > 0;
+        let limits = s.body_limits;
+        match head.body {
+            RequestBody::None => Ok((head_len, None)),
+            RequestBody::Length(n) => {
+                let whole = n <= s.request_buffer as u64
+                    || (keep_for_retry && n <= retries.buffer_limit as u64);
+                if !whole {
+                    let here = ((buf.len() - head_len) as u64).min(n);
+                    let rest = Upload::new(Rest::Length(n - here), limits);
+                    return Ok((head_len + here as usize, Some(rest)));
+                }
+                let total = head_len + n as usize;
+                buf.reserve(total.saturating_sub(buf.len()));
+                while buf.len() < total {
+                    read_more(client, buf, limits.timeout).await?;
+                }
+                Ok((total, None))
+            }
+            RequestBody::Chunked => {
+                // Read ahead as far as `request_buffer`: a body that ends within it is sent
+                // whole (and may be retried), a longer one streams from where this stopped.
+                let mut dec = ChunkedDecoder::new();
+                let mut i = head_len;
+                loop {
+                    while i < buf.len() && !dec.is_done() {
+                        let step = dec.feed(&buf[i..]).map_err(|_| LocalAnswer::BadBody)?;
+                        if step.consumed == 0 {
+                            break;
+                        }
+                        i += step.consumed;
+                    }
+                    if dec.is_done() {
+                        return Ok((i, None));
+                    }
+                    if i - head_len >= s.request_buffer {
+                        return Ok((i, Some(Upload::new(Rest::Chunked(dec), limits))));
+                    }
+                    if buf.capacity() - buf.len() < 512 {
+                        buf.reserve(HEAD_BUFFER.max(buf.len().min(s.request_buffer)));
+                    }
+                    read_more(client, buf, limits.timeout).await?;
+                }
+            }
+        }
     }
 
     /// The try loop of the native lane (`forward`'s, on raw sockets): a slot, a socket, the
@@ -385,6 +455,7 @@ impl Proxy {
         self: &Arc<Self>,
         client: &mut TcpStream,
         out: &[u8],
+        mut upload: Option<&mut Upload>,
         method: &http::Method,
         is_head: bool,
         start: Nanos,
@@ -409,12 +480,16 @@ impl Proxy {
         let mut attempt = 0;
         let mut acquire_from = ready;
         let mut refused = RefusedWait::default();
+        let replayable = upload.is_none();
+        // Body bytes the client has not sent yet (the try that streamed them failed, or none
+        // started): the connection closes after ebbtide's answer.
+        let unread = |u: &Option<&mut Upload>| u.as_ref().is_some_and(|u| !u.finished());
         loop {
             attempt += 1;
             let facts = |deadline_passed| Attempt {
                 idempotent,
-                // The body was read whole: it can be sent again.
-                replayable: true,
+                // A body read whole can be sent again; a streamed one cannot.
+                replayable,
                 number: attempt,
                 max_attempts,
                 deadline_passed,
@@ -427,7 +502,8 @@ impl Proxy {
                 Ok(s) => s,
                 Err(shed) => {
                     let resp = with_tries(self.shed(start, shed), tries);
-                    return write_local(client, resp, id.as_ref(), record, false, is_head).await;
+                    let close = unread(&upload);
+                    return write_local(client, resp, id.as_ref(), record, close, is_head).await;
                 }
             };
             tries.attempts = attempt;
@@ -447,11 +523,27 @@ impl Proxy {
                         Some(d) => per_try.min(Duration::from_nanos(d.saturating_sub(sent_at))),
                         None => per_try,
                     };
-                    let exchanged = tokio::time::timeout(limit, exchange(up, out, is_head)).await;
+                    let exchanged = match upload.as_deref_mut() {
+                        Some(u) => exchange(up, out, is_head, Some((&mut *client, u)), limit).await,
+                        // A client that leaves while its request is at a backend takes the
+                        // request with it, as hyper's server drops the request's future: the
+                        // backend sees its connection close and the slot is freed.
+                        None => tokio::select! {
+                            e = exchange(up, out, is_head, None, limit) => e,
+                            () = client_gone(client) => {
+                                tracing::debug!(backend = %backend.address, "client closed its connection while its request was at the backend");
+                                return Next::Close;
+                            }
+                        },
+                    };
                     let now = self.clock.now();
                     tries.upstream_ns = Some(now.saturating_sub(sent_at));
-                    match exchanged {
-                        Ok(Ok(a)) => {
+                    // The backend's time counts from when it had the whole request.
+                    let sent_at = exchanged
+                        .body_sent
+                        .map_or(sent_at, |d| sent_at.saturating_add(d.as_nanos() as Nanos));
+                    match exchanged.result {
+                        Ok(a) => {
                             let status = a.head.status;
                             backend.count_response(status);
                             if (500..600).contains(&status) && settings.outlier.count_5xx {
@@ -461,12 +553,18 @@ impl Proxy {
                             }
                             (TryOutcome::Answered { status }, now, Some((a, sent_at)))
                         }
-                        Ok(Err(e)) => {
+                        Err(Failed::Client(fault)) => {
+                            // The client's doing, not the backend's: no failure, no sample.
+                            tracing::debug!(backend = %backend.address, ?fault, "client request body failed");
+                            let too_slow = fault == ClientFault::TooSlow;
+                            (TryOutcome::ClientBodyFailed { too_slow }, now, None)
+                        }
+                        Err(Failed::Io(e)) => {
                             self.on_failure(&backend, Some((sent_at, in_flight)));
                             tracing::warn!(backend = %backend.address, error = %e, reused, "backend closed the connection without a response");
                             (TryOutcome::ClosedBeforeHeaders, now, None)
                         }
-                        Err(_) => {
+                        Err(Failed::TimedOut) => {
                             self.on_failure(&backend, Some((sent_at, in_flight)));
                             tracing::warn!(backend = %backend.address, timeout = ?limit, "backend did not answer in time");
                             (TryOutcome::TryTimedOut, now, None)
@@ -501,7 +599,7 @@ impl Proxy {
                 }
                 (Verdict::Answer(answer), _) => {
                     let resp = with_tries(self.local(start, Some(slot), answer), tries);
-                    let close = answer.closes_connection();
+                    let close = answer.closes_connection() || unread(&upload);
                     write_local(client, resp, id.as_ref(), record, close, is_head).await
                 }
                 (v, _) => {
@@ -549,10 +647,114 @@ fn access_record(
     AccessRecord::begin(start, peer, &req, id)
 }
 
-/// Writes the request to the backend and reads its response head (1xx interim responses are
-/// skipped: the lane sends no `Expect`, and 103 Early Hints are not passed on).
-async fn exchange(mut up: TcpStream, out: &[u8], is_head: bool) -> io::Result<Answered> {
-    up.write_all(out).await?;
+/// How one try's exchange with the backend ended.
+struct Exchanged {
+    result: Result<Answered, Failed>,
+    /// For a streamed body: when its last byte was written, from the start of the try.
+    body_sent: Option<Duration>,
+}
+
+/// Why a try got no response head.
+enum Failed {
+    /// The backend closed, reset, or sent no valid head.
+    Io(io::Error),
+    /// No head within the try's time (counted from the end of a streamed body).
+    TimedOut,
+    /// The client's streamed body failed: its doing.
+    Client(ClientFault),
+}
+
+/// Writes the request (`out`: the head and the body's bytes read so far) to the backend and
+/// reads its response head within `limit`. With `streamed`, the rest of the body is copied
+/// from the client meanwhile, and `limit` counts from its end; a backend that answers before
+/// it has the whole body (an early 413, say) is answered with, the client connection then
+/// closing after the response.
+async fn exchange(
+    mut up: TcpStream,
+    out: &[u8],
+    is_head: bool,
+    streamed: Option<(&mut TcpStream, &mut Upload)>,
+    limit: Duration,
+) -> Exchanged {
+    let Some((client, upload)) = streamed else {
+        let sent = async {
+            up.write_all(out).await?;
+            read_head(&mut up, is_head).await
+        };
+        let result = match tokio::time::timeout(limit, sent).await {
+            Ok(Ok(head)) => Ok(head.with(up, false)),
+            Ok(Err(e)) => Err(Failed::Io(e)),
+            Err(_) => Err(Failed::TimedOut),
+        };
+        return Exchanged {
+            result,
+            body_sent: None,
+        };
+    };
+    let began = Instant::now();
+    let mut body_sent = None;
+    let head = async {
+        match tokio::time::timeout(limit, up.write_all(out)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Failed::Io(e)),
+            Err(_) => return Err(Failed::TimedOut),
+        }
+        let (mut r, mut w) = up.split();
+        let mut uploading = std::pin::pin!(upload.run(client, &mut w));
+        let mut reading = std::pin::pin!(read_head(&mut r, is_head));
+        let mut uploaded = false;
+        let mut due = None;
+        loop {
+            tokio::select! {
+                res = &mut uploading, if !uploaded => {
+                    uploaded = true;
+                    due = Some(Instant::now() + limit);
+                    match res {
+                        Ok(()) => body_sent = Some(began.elapsed()),
+                        Err(UploadError::Client(fault)) => return Err(Failed::Client(fault)),
+                        // It may still answer (it stopped reading to say why).
+                        Err(UploadError::Backend(e)) => {
+                            tracing::debug!(error = %e, "backend stopped taking the request body");
+                        }
+                    }
+                }
+                head = &mut reading => return head.map_err(Failed::Io),
+                () = sleep_until(due) => return Err(Failed::TimedOut),
+            }
+        }
+    }
+    .await;
+    let unsent = !upload.finished();
+    Exchanged {
+        result: head.map(|h| h.with(up, unsent)),
+        body_sent,
+    }
+}
+
+/// A response head read off a backend socket, with the bytes after it.
+struct HeadRead {
+    buf: Vec<u8>,
+    head: ResponseHead,
+    head_len: usize,
+    fields: Vec<Field>,
+}
+
+impl HeadRead {
+    fn with(self, up: TcpStream, body_unsent: bool) -> Answered {
+        Answered {
+            up,
+            buf: self.buf,
+            head: self.head,
+            head_len: self.head_len,
+            fields: self.fields,
+            body_unsent,
+        }
+    }
+}
+
+/// Reads a response head (1xx interim responses are skipped: 100 Continue is the client's
+/// business with the lane, and 103 Early Hints are not passed on).
+async fn read_head<R: AsyncRead + Unpin>(up: &mut R, is_head: bool) -> io::Result<HeadRead> {
     let mut buf = Vec::with_capacity(HEAD_BUFFER);
     let mut fields = Vec::new();
     let limits = Limits {
@@ -562,8 +764,7 @@ async fn exchange(mut up: TcpStream, out: &[u8], is_head: bool) -> io::Result<An
     };
     loop {
         match parse_response(&buf, &limits, is_head, &mut fields) {
-            Ok(Parsed::Complete(head, n)) if head.status == 101 => {
-                let _ = n;
+            Ok(Parsed::Complete(head, _)) if head.status == 101 => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "101 Switching Protocols to a request that asked for no upgrade",
@@ -574,8 +775,7 @@ async fn exchange(mut up: TcpStream, out: &[u8], is_head: bool) -> io::Result<An
                 continue;
             }
             Ok(Parsed::Complete(head, head_len)) => {
-                return Ok(Answered {
-                    up,
+                return Ok(HeadRead {
                     buf,
                     head,
                     head_len,
@@ -617,6 +817,7 @@ async fn relay(
         head,
         head_len,
         fields,
+        body_unsent,
     } = a;
     let mut out = Vec::with_capacity(head_len + 64);
     let replaced = id.map(|_| X_REQUEST_ID);
@@ -626,6 +827,11 @@ async fn relay(
         out.extend_from_slice(b"X-Request-Id: ");
         out.extend_from_slice(id.as_bytes());
         out.extend_from_slice(b"\r\n\r\n");
+    }
+    if body_unsent && head.body != ResponseBody::Close {
+        // The rest of the request body is unread: this connection ends with the response.
+        out.truncate(out.len() - 2);
+        out.extend_from_slice(b"Connection: close\r\n\r\n");
     }
     drop(fields);
     buf.drain(..head_len);
@@ -642,10 +848,10 @@ async fn relay(
     };
     match relayed {
         Ok(reusable) => {
-            if reusable && head.keep_alive {
+            if reusable && head.keep_alive && !body_unsent {
                 guard.check_in_raw(up);
             }
-            if head.body == ResponseBody::Close {
+            if head.body == ResponseBody::Close || body_unsent {
                 Next::Close
             } else {
                 Next::KeepAlive
@@ -810,6 +1016,32 @@ async fn write_local(
     match client.write_all(&out).await {
         Ok(()) if !close => Next::KeepAlive,
         _ => Next::Close,
+    }
+}
+
+/// Returns when the client has closed its connection (or it failed), watched from
+/// [`WATCH_CLIENT_AFTER`] on; never if the client sends more (a pipelined request, read after
+/// this one is answered).
+async fn client_gone(client: &TcpStream) {
+    tokio::time::sleep(WATCH_CLIENT_AFTER).await;
+    let mut one = [0u8; 1];
+    match client.peek(&mut one).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
+}
+
+/// One more read of a request body into `buf`, within `timeout`: the client's fault if it
+/// closes (400) or stays silent (408).
+async fn read_more(
+    client: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<(), LocalAnswer> {
+    match tokio::time::timeout(timeout, client.read_buf(buf)).await {
+        Ok(Ok(n)) if n > 0 => Ok(()),
+        Ok(_) => Err(LocalAnswer::BodyCutOff),
+        Err(_) => Err(LocalAnswer::BodyTimeout),
     }
 }
 
