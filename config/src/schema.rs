@@ -96,10 +96,11 @@ pub struct Listener {
     /// A plain-HTTP listener that answers every request with 308 to the same host and path
     /// over https (as NGINX's `return 308 https://$host$request_uri`); needs `tls`.
     pub redirect_address: Option<String>,
-    /// Who serves plain HTTP/1.1 client connections: "hyper" (the default) or "native", the
-    /// parse-once lane that forwards the common requests itself and hands the rest of a
-    /// connection to hyper (issue 18; see `balancer/src/shell/h1conn`). TLS connections and
-    /// HTTP/2 are served by hyper either way.
+    /// Who serves plain HTTP/1.1 client connections: "native" (the default), the parse-once
+    /// lane that forwards HTTP/1.1 requests itself and hands the rest of a connection (HTTP/1.0,
+    /// upgrades, `Idempotency-Key`, gRPC, `hash_key`, TLS or h2 backends) to hyper (issue 18;
+    /// see `balancer/src/shell/proxy/native`), or "hyper" for every connection. TLS
+    /// connections and HTTP/2 are served by hyper either way.
     pub http1: Http1Engine,
 }
 
@@ -108,9 +109,11 @@ pub struct Listener {
 #[serde(rename_all = "snake_case")]
 pub enum Http1Engine {
     /// hyper's HTTP/1 server for every connection.
-    #[default]
     Hyper,
-    /// The native parse-once lane, handing over to hyper what it does not serve.
+    /// The native parse-once lane, handing over to hyper what it does not serve: about half
+    /// the CPU per request of hyper's, and no buffers held by an idle connection
+    /// (`bench/native-h1.sh`, `bench/run.sh`).
+    #[default]
     Native,
 }
 
@@ -173,7 +176,7 @@ impl Default for Listener {
             client_ca: None,
             client_auth: None,
             redirect_address: None,
-            http1: Http1Engine::Hyper,
+            http1: Http1Engine::Native,
         }
     }
 }

@@ -272,7 +272,11 @@ fn tls_keys_are_checked_where_they_are_written() {
         "expected `hyper` or `native`",
     );
     assert_eq!(
-        ok("[listener]\nhttp1 = \"native\"\n").listener.http1,
+        ok("[listener]\nhttp1 = \"hyper\"\n").listener.http1,
+        ebbtide_config::Http1Engine::Hyper
+    );
+    assert_eq!(
+        ok("[listener]\n").listener.http1,
         ebbtide_config::Http1Engine::Native
     );
     one(

@@ -156,9 +156,9 @@ pub fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
 
 /// A base config with both listeners on free ports.
 ///
-/// `EBBTIDE_TEST_HTTP1=native` sets `[listener] http1` (default: unset, hyper), so that the
-/// tests built on this config run on the native HTTP/1.1 lane too:
-/// `EBBTIDE_TEST_HTTP1=native cargo test --test proxy`.
+/// `EBBTIDE_TEST_HTTP1=hyper` sets `[listener] http1` (default: unset, the native lane), so
+/// that the tests built on this config run on hyper's HTTP/1.1 server too:
+/// `EBBTIDE_TEST_HTTP1=hyper cargo test --test proxy` (scripts/test.sh does, for a few files).
 pub fn base_config(extra: &str) -> String {
     let http1 = std::env::var("EBBTIDE_TEST_HTTP1")
         .map(|v| format!("http1 = \"{v}\"\n"))

@@ -1043,7 +1043,7 @@ mod tests {
             ["[listener] redirect_address"]
         );
         let mut other = running.clone();
-        other.listener.http1 = ebbtide_config::Http1Engine::Native;
+        other.listener.http1 = ebbtide_config::Http1Engine::Hyper;
         assert_eq!(restart_needed(&running, &other), ["[listener] http1"]);
         let mut other = running.clone();
         other.admin.token = Some("t".into());
