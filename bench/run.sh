@@ -25,7 +25,7 @@
 #   rss      proxy RSS idle and with 1,000 idle keep-alive client connections
 #   balance  heterogeneous fleet (ebbtide backends, exp service, workers 1,1,2,4) at 70% and 90% of
 #            capacity, every policy of every contender, beside the M/M/c figure from theory
-#   profile  perf record (cpu-clock) of ebbtide under wrk: the top functions by self time;
+#   profile  perf record (cpu-clock) of ebbtide (PROFILE_CONTENDER) under wrk: the top functions by self time;
 #            skipped with a message when perf is missing or not permitted (perf_event_paranoid)
 #
 # Duration of the default full run (REPS=3, DURATION=8, BAL_DURATION=10, WARMUP=2), from the
@@ -52,6 +52,8 @@
 #   BAL_ADAPTIVE [0] 1 adds ebbtide rows with the adaptive concurrency limit on (+4 rows, +6 min)
 #   TW_LIMIT [10000] before each cost or rss run, wait (at most 65 s) until fewer TIME-WAIT sockets towards the
 #   trivial backends remain
+#   COST_CONTENDERS ["haproxy nginx ebbtide ebbtide-hyper"] the cost and rss sections' proxies
+#   PROFILE_CONTENDER [ebbtide] the one profiled (ebbtide-hyper: with hyper's HTTP/1.1 server)
 #   PROFILE_DURATION [10]   OUT_DIR [bench]   LOAD_CORE [0]   PROXY_CORE [1]   PORT_BASE [19000]
 #   BENCH_NICE [-10 as root, else 0] scheduling priority of everything started (a shared machine)
 #   KEEP_WORK=1 keeps the scratch directory (configs, logs, raw load reports, raw.jsonl).
@@ -72,6 +74,7 @@ DURATION=${DURATION:-8}
 BAL_DURATION=${BAL_DURATION:-10}
 WARMUP=${WARMUP:-2}
 PROFILE_DURATION=${PROFILE_DURATION:-10}
+PROFILE_CONTENDER=${PROFILE_CONTENDER:-ebbtide}
 RATES=${RATES:-"5000 20000 half"}
 FIXED_CONNECTIONS=${FIXED_CONNECTIONS:-64}
 GENERATORS=${GENERATORS:-"ebbtide oha"}
@@ -154,6 +157,7 @@ TRIV=("$H:$((PORT_BASE + 1))" "$H:$((PORT_BASE + 2))")     # trivial nginx backe
 TRIV_STATUS=$H:$((PORT_BASE + 3))                             # their stub_status
 COST_PORT_NGINX=$((PORT_BASE + 10)); COST_PORT_HAPROXY=$((PORT_BASE + 11))
 COST_PORT_EBBTIDE=$((PORT_BASE + 12)); COST_PORT_ADMIN=$((PORT_BASE + 13))
+COST_PORT_HYPER=$((PORT_BASE + 14)); COST_PORT_HYPER_ADMIN=$((PORT_BASE + 15))
 read -r -a WORKERS <<<"$BAL_WORKERS"
 SIM=()
 for i in "${!WORKERS[@]}"; do SIM+=("$H:$((PORT_BASE + 20 + i))"); done
@@ -163,6 +167,7 @@ BAL_PORT_EBBTIDE=$((PORT_BASE + 32)); BAL_PORT_ADMIN=$((PORT_BASE + 33))
 # start_proxy NAME LISTEN_PORT ADMIN_PORT SPEC BACKEND...: start one contender on the proxy core,
 # wait until it answers; its pid in $PROXY_PID. SPEC:
 #   haproxy:BALANCE[:MAXCONN]  nginx:METHOD  ebbtide:POLICY:ADAPTIVE[:CAPS[:WEIGHTS]]
+#   ebbtide-hyper:... (as ebbtide, with `[listener] http1 = "hyper"`)
 # (MAXCONN, CAPS, WEIGHTS: "w1,w2,..." one per backend, or "-")
 start_proxy() {
     local name=$1 port=$2 admin=$3 spec=$4; shift 4
@@ -179,9 +184,11 @@ start_proxy() {
         nginx_proxy_conf "$cfg" "$H:$port" "$a" "$@"
         start "$name" "$PROXY_CORE" nginx -e "$WORK/$name.error.log" -c "$cfg"
         ;;
-    ebbtide)
+    ebbtide | ebbtide-hyper)
         cfg=$WORK/$name.toml
-        ebbtide_conf "$cfg" "$H:$port" "$H:$admin" "$a" "$b" "${c:--}" "${d:--}" "$@"
+        local http1=
+        [ "$kind" = ebbtide-hyper ] && http1=hyper
+        EBBTIDE_HTTP1=$http1 ebbtide_conf "$cfg" "$H:$port" "$H:$admin" "$a" "$b" "${c:--}" "${d:--}" "$@"
         start "$name" "$PROXY_CORE" env EBBTIDE_LOG=warn "$BIN" serve --config "$cfg"
         ;;
     *) die "unknown contender spec $spec" ;;
@@ -219,12 +226,16 @@ record() { python3 "$LIB/helpers.py" record "$@" >>"$RAW"; }
 median() { python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 
 # ---------------------------------------------------------------- section: proxy cost
-COST_CONTENDERS=(haproxy nginx ebbtide)
+# ebbtide twice: as configured by default (plain HTTP/1.1 on the native lane, issue 18) and with
+# `[listener] http1 = "hyper"` (hyper's server, the default until 2026-11-30), in the same hour.
+COST_CONTENDERS=(${COST_CONTENDERS:-haproxy nginx ebbtide ebbtide-hyper})
 cost_spec() {
     case $1 in
     haproxy) echo "$COST_PORT_HAPROXY 0 haproxy:roundrobin" ;;
     nginx) echo "$COST_PORT_NGINX 0 nginx:round_robin" ;;
     ebbtide) echo "$COST_PORT_EBBTIDE $COST_PORT_ADMIN ebbtide:round_robin:false" ;;
+    ebbtide-hyper) echo "$COST_PORT_HYPER $COST_PORT_HYPER_ADMIN ebbtide-hyper:round_robin:false" ;;
+    *) die "unknown contender $1 in COST_CONTENDERS" ;;
     esac
 }
 
@@ -493,8 +504,8 @@ section_profile() {
     start_trivial_backends
     local port admin spec pid
     settle_time_wait
-    read -r port admin spec <<<"$(cost_spec ebbtide)"
-    start_proxy "profile-ebbtide" "$port" "$admin" "$spec" "${TRIV[@]}"; pid=$PROXY_PID
+    read -r port admin spec <<<"$(cost_spec "$PROFILE_CONTENDER")"
+    start_proxy "profile-$PROFILE_CONTENDER" "$port" "$admin" "$spec" "${TRIV[@]}"; pid=$PROXY_PID
     log "profile: perf record -e cpu-clock of ebbtide (pid $pid) under wrk, ${PROFILE_DURATION}s"
     taskset -c "$LOAD_CORE" wrk -t1 -c"$WRK_CONNECTIONS" -d"$((PROFILE_DURATION + 2))s" "http://$H:$port/" >"$WORK/profile.wrk" 2>&1 &
     local wpid=$!
