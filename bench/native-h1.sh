@@ -3,6 +3,8 @@
 # with HAProxy when it is installed: closed-loop req/s (wrk -t1 -c64), proxy CPU per request,
 # and RSS per idle keep-alive client connection (1000 connections, bench/lib/idle_conns.py).
 # Usage: bench/native-h1.sh [duration_seconds] [rounds]   (defaults 5 and 3; rounds interleaved)
+# Environment: RESPONSE_SIZE=BYTES (the backend's body, `--response-size`; default a short line),
+# CONNECTIONS (wrk -c, default 64), RSS=0 skips the idle-connection table.
 # Layout as bench/lib/one_proxy.sh: backend (`ebbtide backend`, const:0ms) and wrk on core 0, the
 # proxy on core 1 with one worker thread. Loopback only; everything started is stopped at exit.
 # Run it under `flock /work/bench.lock` on a shared machine, and quote `uptime` with its figures.
@@ -17,7 +19,10 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 tmp=$(mktemp -d)
 
-taskset -c 0 "$bin" backend --listen 127.0.0.1:18101 --service-time const:0ms --workers 10000 >/dev/null 2>&1 &
+conns=${CONNECTIONS:-64}
+size_arg=()
+[ -n "${RESPONSE_SIZE:-}" ] && size_arg=(--response-size "$RESPONSE_SIZE")
+taskset -c 0 "$bin" backend --listen 127.0.0.1:18101 --service-time const:0ms --workers 10000 "${size_arg[@]}" >/dev/null 2>&1 &
 pids+=($!)
 
 source bench/lib/configs.sh
@@ -45,15 +50,15 @@ contenders=(hyper native)
 [ -x "$haproxy" ] && contenders+=(haproxy)
 hz=$(getconf CLK_TCK)
 echo "uptime: $(uptime)"
-echo "wrk -t1 -c64 -d${dur}s, $rounds interleaved rounds; proxy on core 1 (1 thread), wrk and backend on core 0"
+echo "wrk -t1 -c$conns -d${dur}s, $rounds interleaved rounds; proxy on core 1 (1 thread), wrk and backend on core 0; response body ${RESPONSE_SIZE:-short} bytes"
 echo "| proxy | round | req/s | p50 | p99 | proxy CPU us/req |"
 echo "| --- | --- | --- | --- | --- | --- |"
 for round in $(seq "$rounds"); do
   for c in "${contenders[@]}"; do
     start "$c"
-    taskset -c 0 wrk -t1 -c64 -d1s "http://127.0.0.1:$port/" >/dev/null # warm
+    taskset -c 0 wrk -t1 -c"$conns" -d1s "http://127.0.0.1:$port/" >/dev/null # warm
     t0=$(cpu_ticks "$pid")
-    out=$(taskset -c 0 wrk -t1 -c64 -d"${dur}s" --latency "http://127.0.0.1:$port/")
+    out=$(taskset -c 0 wrk -t1 -c"$conns" -d"${dur}s" --latency "http://127.0.0.1:$port/")
     t1=$(cpu_ticks "$pid")
     reqs=$(awk '/requests in/ {print $1}' <<<"$out")
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
@@ -65,6 +70,7 @@ for round in $(seq "$rounds"); do
   done
 done
 
+[ "${RSS:-1}" = 0 ] && exit 0
 echo
 echo "| proxy | RSS before KiB | RSS with 1000 idle conns KiB | KiB per idle conn |"
 echo "| --- | --- | --- | --- |"

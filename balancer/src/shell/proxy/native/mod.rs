@@ -34,9 +34,11 @@
 //! core: 14.8-17.1 us of proxy CPU per request (hyper 23.4-28.2, HAProxy 13.9-15.4).
 
 mod prefixed;
+mod room;
 mod upload;
 
 pub use prefixed::Prefixed;
+use room::Room;
 use upload::{Rest, Upload, UploadError};
 
 use super::client_body::ClientFault;
@@ -68,8 +70,6 @@ use tokio::time::Instant;
 
 /// A read of a client head starts with this much room; it grows (doubling) up to the head limit.
 const HEAD_BUFFER: usize = 4096;
-/// The room for each read of a response body being relayed.
-const RELAY_BUFFER: usize = 16 * 1024;
 /// Longest backend response head read.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 const X_REQUEST_ID: &[u8] = b"x-request-id";
@@ -879,18 +879,17 @@ async fn relay_length(
     client.write_all(&out).await?;
     guard.on_data(first);
     let mut left = n - first as u64;
-    if left > 0 {
-        buf.clear();
-        buf.reserve(RELAY_BUFFER.min(usize::try_from(left).unwrap_or(usize::MAX)));
-    }
+    let mut room = Room::for_length(left);
     while left > 0 {
-        buf.clear();
-        if up.read_buf(&mut buf).await? == 0 {
+        room.prepare(&mut buf);
+        let read = up.read_buf(&mut buf).await?;
+        if read == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "backend closed before the end of its Content-Length body",
             ));
         }
+        room.after(read);
         let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
         client.write_all(&buf[..take]).await?;
         guard.on_data(take);
@@ -912,6 +911,7 @@ async fn relay_chunked(
     guard: &mut Completion,
 ) -> io::Result<bool> {
     let mut dec = ChunkedDecoder::new();
+    let mut room = Room::new();
     loop {
         let mut i = 0;
         while i < buf.len() && !dec.is_done() {
@@ -927,16 +927,15 @@ async fn relay_chunked(
         if dec.is_done() {
             return Ok(i == buf.len());
         }
-        buf.clear();
-        if buf.capacity() < RELAY_BUFFER {
-            buf.reserve(RELAY_BUFFER);
-        }
-        if up.read_buf(&mut buf).await? == 0 {
+        room.prepare(&mut buf);
+        let read = up.read_buf(&mut buf).await?;
+        if read == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "backend closed inside its chunked body",
             ));
         }
+        room.after(read);
     }
 }
 
@@ -951,14 +950,14 @@ async fn relay_until_close(
     out.extend_from_slice(&buf);
     client.write_all(&out).await?;
     guard.on_data(buf.len());
+    let mut room = Room::new();
     loop {
-        buf.clear();
-        if buf.capacity() < RELAY_BUFFER {
-            buf.reserve(RELAY_BUFFER);
-        }
-        if up.read_buf(&mut buf).await? == 0 {
+        room.prepare(&mut buf);
+        let read = up.read_buf(&mut buf).await?;
+        if read == 0 {
             return Ok(());
         }
+        room.after(read);
         client.write_all(&buf).await?;
         guard.on_data(buf.len());
     }

@@ -1,18 +1,16 @@
 //! A request body the native lane streams to the backend instead of reading it whole first:
 //! a `Content-Length` body larger than `[listener] request_buffer` (and not kept for retries),
 //! or a chunked one that has not ended within `request_buffer`. As `forward` does with hyper,
-//! such a body is sent once (no retry after it started), through one bounded buffer, each read
+//! such a body is sent once (no retry after it started), through one bounded buffer ([`Room`]), each read
 //! within the client's `BodyLimits`; what goes wrong on the client's side is told apart from
 //! what the backend did (`client_body`'s rule: a slow or broken upload is not a failing backend).
 
 use super::super::client_body::{BodyLimits, ClientFault};
+use super::room::Room;
 use crate::core::h1::chunked::ChunkedDecoder;
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
-
-/// The room for each read of an upload.
-const UPLOAD_BUFFER: usize = 16 * 1024;
 
 /// What is left of the body to come from the client.
 #[derive(Debug)]
@@ -73,16 +71,22 @@ impl Upload {
         let start = Instant::now();
         let mut last = start;
         let mut received = 0u64;
-        let mut buf = vec![0u8; UPLOAD_BUFFER];
+        let mut room = match self.rest {
+            Rest::Length(left) => Room::for_length(left),
+            Rest::Chunked(_) => Room::new(),
+        };
+        let mut buf = Vec::new();
         loop {
+            let space = room.get();
             let want = match &self.rest {
                 Rest::Length(0) => break,
-                Rest::Length(left) => {
-                    usize::try_from(*left).map_or(UPLOAD_BUFFER, |l| l.min(UPLOAD_BUFFER))
-                }
+                Rest::Length(left) => usize::try_from(*left).map_or(space, |l| l.min(space)),
                 Rest::Chunked(dec) if dec.is_done() => break,
-                Rest::Chunked(_) => UPLOAD_BUFFER,
+                Rest::Chunked(_) => space,
             };
+            if buf.len() < want {
+                buf.resize(want, 0);
+            }
             let due = self.limits.deadline(start, last, received);
             let n = match tokio::time::timeout_at(due, client.read(&mut buf[..want])).await {
                 Err(_) => return Err(UploadError::Client(ClientFault::TooSlow)),
@@ -91,6 +95,7 @@ impl Upload {
             };
             last = Instant::now();
             received += n as u64;
+            room.after(n);
             let body = match &mut self.rest {
                 Rest::Length(left) => {
                     *left -= n as u64;
