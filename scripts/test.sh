@@ -61,8 +61,8 @@ cargo test --workspace --no-fail-fast "$@" || status=$?
 
 # Plain HTTP/1.1 is served by the native lane by default; the end-to-end files built on the
 # common config run again on hyper's HTTP/1.1 server (`[listener] http1 = "hyper"`), so that
-# both engines keep passing the same tests.
+# both engines keep passing the same tests (--workspace: the same feature set as above, no rebuild).
 echo "== the proxy's end-to-end tests again with [listener] http1 = \"hyper\""
-EBBTIDE_TEST_HTTP1=hyper cargo test --no-fail-fast --test proxy --test malformed --test upstream \
+EBBTIDE_TEST_HTTP1=hyper cargo test --workspace --no-fail-fast --test proxy --test malformed --test upstream \
   --test lifecycle --test access_log --test websocket --test per_worker "$@" || status=$?
 exit $status

@@ -160,12 +160,23 @@ pub fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
 /// that the tests built on this config run on hyper's HTTP/1.1 server too:
 /// `EBBTIDE_TEST_HTTP1=hyper cargo test --test proxy` (scripts/test.sh does, for a few files).
 pub fn base_config(extra: &str) -> String {
-    let http1 = std::env::var("EBBTIDE_TEST_HTTP1")
-        .map(|v| format!("http1 = \"{v}\"\n"))
-        .unwrap_or_default();
+    let http1 = http1_key();
     format!(
         "[listener]\naddress = \"127.0.0.1:0\"\n{http1}[admin]\naddress = \"127.0.0.1:0\"\n{extra}\n"
     )
+}
+
+/// The `[listener] http1` line `EBBTIDE_TEST_HTTP1` asks for (empty: the default engine).
+pub fn http1_key() -> String {
+    std::env::var("EBBTIDE_TEST_HTTP1")
+        .map(|v| format!("http1 = \"{v}\"\n"))
+        .unwrap_or_default()
+}
+
+/// Whether plain HTTP/1.1 is served by the native lane in these tests (the default, unless
+/// `EBBTIDE_TEST_HTTP1` says otherwise).
+pub fn on_native_lane() -> bool {
+    std::env::var("EBBTIDE_TEST_HTTP1").map_or(true, |v| v == "native")
 }
 
 /// A config fragment for static backends.

@@ -24,6 +24,16 @@ const REQUEST_TIMEOUT: &[u8] =
 /// HTTP/1.1 answer.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// What a connection whose first request head is still incomplete at the deadline is sent
+/// before the close, given the bytes it sent: 408 for part of an HTTP/1.1 head, nothing for
+/// nothing or part of the HTTP/2 preface. The native HTTP/1.1 lane, which reads the head
+/// itself, answers by this; [`HeadDeadline`] by the same rule, counted as the bytes pass.
+pub(crate) fn stall_answer(received: &[u8]) -> Option<&'static [u8]> {
+    let n = received.len().min(H2_PREFACE.len());
+    let preface = received[..n] == H2_PREFACE[..n];
+    (!received.is_empty() && !preface).then_some(REQUEST_TIMEOUT)
+}
+
 /// A connection's IO with a deadline for its first request head: once `limit` has passed since
 /// accept without the service having been called (`seen`), reads fail, so hyper closes the
 /// connection; if the client had sent part of an HTTP/1.1 head, `408 Request Timeout` is written
@@ -125,6 +135,15 @@ write_through!(impl[T: AsyncWrite + Unpin] for HeadDeadline<T>);
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_stall_is_answered_by_what_was_sent() {
+        assert_eq!(stall_answer(b""), None);
+        assert_eq!(stall_answer(b"PRI * HTTP/2.0\r\n"), None);
+        assert_eq!(stall_answer(H2_PREFACE), None);
+        assert_eq!(stall_answer(b"PRIX"), Some(REQUEST_TIMEOUT));
+        assert_eq!(stall_answer(b"G"), Some(REQUEST_TIMEOUT));
+    }
+
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

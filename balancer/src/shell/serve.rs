@@ -839,10 +839,13 @@ pub async fn accept_loop<F, S, B>(
             let stop = stop.clone();
             tokio::spawn(async move {
                 let _counted = counted;
-                let io = native
+                let handed = native
                     .serve(stream, peer, first_request_timeout, stop)
                     .await;
-                if let Some(io) = io {
+                if let Some((io, first_head_left)) = handed {
+                    // Handed over before any request was served (part of the HTTP/2 preface,
+                    // say): the rest of the first head's deadline still holds.
+                    let io = HeadDeadline::new(io, first_head_left, seen);
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                     Box::pin(serve_watched(conn.into_owned(), watcher, peer)).await;
                 }

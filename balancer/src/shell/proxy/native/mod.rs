@@ -56,6 +56,7 @@ use crate::core::h1::request::{parse_request, RequestBody, RequestHead, Upgrade}
 use crate::core::h1::response::{parse_response, ResponseBody, ResponseHead};
 use crate::core::h1::{Field, FieldKind, HeadError, Limits, Parsed, Version};
 use crate::dispatch::Tried;
+use crate::shell::head_deadline::stall_answer;
 use ebbtide_config::time::Nanos;
 use http::header::HeaderValue;
 use http_body_util::BodyExt;
@@ -109,15 +110,17 @@ impl NativeH1 {
 
     /// Serves a plain client connection until it closes, `stop` turns true (between requests),
     /// or a request comes that the lane does not serve: then the stream is returned with the
-    /// bytes read from it so far in front, for hyper to serve. The first head is due within
-    /// `first` of the call, each later one within `header_read_timeout` of the last response.
+    /// bytes read from it so far in front, for hyper to serve, with what is left of the first
+    /// head's deadline if no request was served yet (for `HeadDeadline`). The first head is due
+    /// within `first` of the call (a client that sent part of one then gets 408, as from
+    /// `HeadDeadline`), each later one within `header_read_timeout` of the last response.
     pub async fn serve(
         &self,
         mut stream: TcpStream,
         peer: SocketAddr,
         first: Option<Duration>,
         mut stop: watch::Receiver<bool>,
-    ) -> Option<Prefixed<TcpStream>> {
+    ) -> Option<(Prefixed<TcpStream>, Option<Duration>)> {
         let peer = Peer::new(peer);
         let mut buf: Vec<u8> = Vec::new();
         let mut fields: Vec<Field> = Vec::new();
@@ -131,6 +134,11 @@ impl NativeH1 {
                 false => Some(self.header_read_timeout),
             };
             let deadline = wait.map(|w| Instant::now() + w);
+            let left = |first_request: bool| {
+                deadline
+                    .filter(|_| first_request)
+                    .map(|d| d.saturating_duration_since(Instant::now()))
+            };
             if buf.is_empty() {
                 // Idle: no buffer held while waiting.
                 buf = Vec::new();
@@ -150,7 +158,7 @@ impl NativeH1 {
             let (head, head_len) = loop {
                 if first_request && h2_preface(&buf) {
                     if buf.len() >= 4 {
-                        return Some(Prefixed::new(buf, stream));
+                        return Some((Prefixed::new(buf, stream), left(true)));
                     }
                 } else {
                     match parse_request(&buf, &limits, &mut fields) {
@@ -170,13 +178,19 @@ impl NativeH1 {
                         Ok(0) | Err(_) => return None,
                         Ok(_) => {}
                     },
-                    () = sleep_until(deadline) => return None,
+                    () = sleep_until(deadline) => {
+                        if let Some(answer) = stall_answer(&buf).filter(|_| first_request) {
+                            tracing::debug!("request head incomplete at header_read_timeout; 408 and closed");
+                            let _ = stream.write_all(answer).await;
+                        }
+                        return None;
+                    }
                 }
             };
-            first_request = false;
+            let was_first = std::mem::replace(&mut first_request, false);
             let live = self.proxy.live();
             let Some(method) = self.serves(&buf, &head, &fields, &live) else {
-                return Some(Prefixed::new(buf, stream));
+                return Some((Prefixed::new(buf, stream), left(was_first)));
             };
             // Boxed: the request's state (the try loop, the relay) is allocated while a
             // request is served, not held by every idle connection's task.
