@@ -134,6 +134,22 @@ impl ChunkedDecoder {
         self.state == State::Done
     }
 
+    /// Checks as much of `input` as belongs to the body (from where the last call stopped):
+    /// returns how many bytes that is (what follows is past the body's end) and how many of
+    /// them are data.
+    pub(crate) fn check(&mut self, input: &[u8]) -> Result<(usize, usize), ChunkError> {
+        let (mut used, mut data) = (0, 0);
+        while used < input.len() && !self.is_done() {
+            let step = self.feed(&input[used..])?;
+            if step.consumed == 0 {
+                break;
+            }
+            data += step.data.len();
+            used += step.consumed;
+        }
+        Ok((used, data))
+    }
+
     /// Checks `input` from where the last call stopped, up to the end of the first data range
     /// in it, the end of the body, or the end of the input, whichever comes first.
     pub(crate) fn feed(&mut self, input: &[u8]) -> Result<Step, ChunkError> {
@@ -290,6 +306,16 @@ pub(crate) fn decode_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_takes_the_body_and_leaves_what_follows() {
+        let mut d = ChunkedDecoder::new();
+        assert_eq!(d.check(b"3\r\nab"), Ok((5, 2)));
+        assert_eq!(d.check(b"c\r\n0\r\n\r\nGET"), Ok((8, 1)));
+        assert!(d.is_done());
+        assert_eq!(d.check(b"GET"), Ok((0, 0)));
+        assert_eq!(ChunkedDecoder::new().check(b"zz"), Err(ChunkError::BadSize));
+    }
 
     #[test]
     fn decodes_in_any_pieces() {

@@ -63,12 +63,7 @@ impl Proxy {
         // so a slow upload holds no backend; a larger one streams, watched so that what the
         // client does to it is not blamed on the backend.
         let length = content_length(&head.headers);
-        let keep_for_retry = idempotent && max_attempts > 1 && retries.buffer_limit > 0;
-        let read_whole = !grpc
-            && length.is_some_and(|n| {
-                n <= settings.request_buffer as u64
-                    || (keep_for_retry && n <= retries.buffer_limit as u64)
-            });
+        let read_whole = !grpc && length.is_some_and(|n| reads_whole(settings, idempotent, n));
         let mut watch = None;
         let mut body = if incoming.is_end_stream() {
             UpstreamBody::Empty
@@ -500,6 +495,16 @@ fn backend_start(sent_at: Nanos, watch: Option<&BodyWatch>) -> Nanos {
     watch
         .and_then(BodyWatch::ended_at)
         .map_or(sent_at, |t| t.max(sent_at))
+}
+
+/// Whether a request body of `n` bytes (by its `Content-Length`) is read whole before a
+/// backend slot is taken, so that a slow upload holds no backend (NGINX's request buffering):
+/// up to `request_buffer`, or `retries.buffer_limit` when it is kept to be sent again (an
+/// idempotent request that may be retried). Both HTTP/1.1 engines go by it.
+pub(super) fn reads_whole(s: &super::ProxySettings, idempotent: bool, n: u64) -> bool {
+    let retries = &s.retries;
+    let keep_for_retry = idempotent && retries.max_attempts > 1 && retries.buffer_limit > 0;
+    n <= s.request_buffer as u64 || (keep_for_retry && n <= retries.buffer_limit as u64)
 }
 
 /// `send` within `limit` of the backend having the whole request. With a streamed body the

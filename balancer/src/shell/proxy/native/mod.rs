@@ -43,7 +43,7 @@ use upload::{Rest, Upload, UploadError};
 
 use super::client_body::ClientFault;
 use super::completion::{Body, Completion};
-use super::forward::{with_tries, RefusedWait};
+use super::forward::{reads_whole, with_tries, RefusedWait};
 use super::local::LocalAnswer;
 use super::request_id::usable_bytes;
 use super::retry::{is_idempotent, Attempt, TryOutcome, Verdict};
@@ -412,16 +412,11 @@ impl Proxy {
         method: &http::Method,
         s: &super::ProxySettings,
     ) -> Result<(usize, Option<Upload>), LocalAnswer> {
-        let retries = &s.retries;
-        let keep_for_retry =
-            is_idempotent(method) && retries.max_attempts > 1 && retries.buffer_limit > 0;
         let limits = s.body_limits;
         match head.body {
             RequestBody::None => Ok((head_len, None)),
             RequestBody::Length(n) => {
-                let whole = n <= s.request_buffer as u64
-                    || (keep_for_retry && n <= retries.buffer_limit as u64);
-                if !whole {
+                if !reads_whole(s, is_idempotent(method), n) {
                     let here = ((buf.len() - head_len) as u64).min(n);
                     let rest = Upload::new(Rest::Length(n - here), limits);
                     return Ok((head_len + here as usize, Some(rest)));
@@ -439,13 +434,7 @@ impl Proxy {
                 let mut dec = ChunkedDecoder::new();
                 let mut i = head_len;
                 loop {
-                    while i < buf.len() && !dec.is_done() {
-                        let step = dec.feed(&buf[i..]).map_err(|_| LocalAnswer::BadBody)?;
-                        if step.consumed == 0 {
-                            break;
-                        }
-                        i += step.consumed;
-                    }
+                    i += dec.check(&buf[i..]).map_err(|_| LocalAnswer::BadBody)?.0;
                     if dec.is_done() {
                         return Ok((i, None));
                     }
@@ -927,14 +916,10 @@ async fn relay_chunked(
     let mut dec = ChunkedDecoder::new();
     let mut room = Room::new();
     loop {
-        let mut i = 0;
-        while i < buf.len() && !dec.is_done() {
-            let step = dec
-                .feed(&buf[i..])
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{e:?}")))?;
-            guard.on_data(step.data.len());
-            i += step.consumed;
-        }
+        let (i, data) = dec
+            .check(&buf)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{e:?}")))?;
+        guard.on_data(data);
         out.extend_from_slice(&buf[..i]);
         client.write_all(&out).await?;
         out.clear();

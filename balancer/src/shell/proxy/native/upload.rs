@@ -102,16 +102,9 @@ impl Upload {
                     n
                 }
                 Rest::Chunked(dec) => {
-                    let mut i = 0;
-                    while i < n && !dec.is_done() {
-                        let step = dec
-                            .feed(&buf[i..n])
-                            .map_err(|_| UploadError::Client(ClientFault::Broken))?;
-                        if step.consumed == 0 {
-                            break;
-                        }
-                        i += step.consumed;
-                    }
+                    let (i, _) = dec
+                        .check(&buf[..n])
+                        .map_err(|_| UploadError::Client(ClientFault::Broken))?;
                     self.spill.extend_from_slice(&buf[i..n]);
                     i
                 }
