@@ -181,6 +181,32 @@ fn closed_loop_median_is_the_service_time() {
     assert!((160.0..=328.0).contains(&ok), "ok {ok}: {r}");
 }
 
+/// `--busy-poll` changes how a worker waits, not what it measures: open and closed loop against
+/// a constant 50 ms service still give the service time as the median, every scheduled request
+/// is sent and answered, and the run ends when its duration does (the polling task stops with the
+/// connections; a poller left running would keep the process past [`LIMIT`]).
+#[test]
+fn busy_polling_measures_the_same_and_ends() {
+    let _s = serial();
+    let (_b, url) = backend_url("--service-time const:50ms --workers 256");
+    for args in [
+        "--rate 100 --duration 2s --seed 4 --threads 1 --busy-poll",
+        "--closed --connections 4 --threads 1 --duration 1s --busy-poll",
+    ] {
+        let (code, r) = load_at(&url, args);
+        assert_eq!(code, 0, "{args}: {r}");
+        assert_eq!(r["errors"], 0, "{args}: {r}");
+        if !args.contains("--closed") {
+            assert_eq!(r["sent"], r["scheduled"], "{args}: {r}");
+            assert_eq!(r["completed"], r["scheduled"], "{args}: {r}");
+        }
+        let p50 = f(&r, &["latency_ms", "p50"]);
+        assert!((49.5..=60.0).contains(&p50), "{args}: p50 {p50} ms: {r}");
+        assert!(f(&r, &["latency_ms", "min"]) >= 49.5, "{args}: {r}");
+        assert!(f(&r, &["ok"]) >= 20.0, "{args}: {r}");
+    }
+}
+
 /// Coordinated omission: the backend answers nothing for 1 s in the middle of the run. Every
 /// request scheduled during the stall waits for its end, so measured from the scheduled times
 /// about a fifth of the requests (1 s of 5) are slow, uniformly from 0 to 1 s: p90 near 500 ms and
