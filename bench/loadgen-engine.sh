@@ -7,9 +7,9 @@
 #   2. open loop: the highest rate `ebbtide load` sustains with < 1% late (and >= 98% achieved),
 #      stepping up in fractions of wrk's closed-loop maximum (each step up to TRIES times), with
 #      the backend's CPU and each core's steal time per try; then the same with --busy-poll, and
-#      with --connections as many as wrk's;
-#   3. exactness: at half that rate against a constant 10 ms backend, p50 and p99 vs 10 ms
-#      (sleeping and --busy-poll);
+#      on fixed sets of OPEN_CONNS connections (default: half of wrk's, and wrk's);
+#   3. exactness: at half and a quarter of that rate against a constant 10 ms backend, p50 and
+#      p99 vs 10 ms (sleeping, --busy-poll, and a fixed set of connections), beside wrk's;
 #   4. HTTP/2 (h2c, 100 streams on 1 connection): h2load vs `ebbtide load --h2 --closed`;
 #   5. HTTPS (the backend with --tls-cert: a self-signed P-256 certificate made here by openssl,
 #      TLS 1.3): closed loop HTTP/1.1 (wrk vs `ebbtide load --closed --insecure`), the open-loop
@@ -22,6 +22,7 @@
 #   BIN=/tmp/ebbtide-old bench/loadgen-engine.sh  # another build (no cargo build then)
 #   BACKEND_BIN=target/release/ebbtide BIN=/tmp/ebbtide-old ...  # an old generator, this backend
 #   SECTIONS="closed open cost" COST_RATES="5000 20000" ...      # some sections only
+#   OPEN_CONNS="16 32" SECTIONS=open ...                         # other fixed sets
 #   PRIO="chrt -f 10" ...   # every contender and backend at real-time priority, so that builds
 #                           # on a shared machine do not take their core (the kernel still keeps
 #                           # 5% of each second for other tasks)
@@ -137,6 +138,8 @@ closed_loop() {
 steal() { awk '$1 == "cpu0" { a = $9 * 10 } $1 == "cpu1" { b = $9 * 10 } END { print a, b }' /proc/stat; }
 # cpu_ticks PID: the CPU time PID has used so far (USER_HZ ticks).
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# cpu_pct TICKS NANOS: TICKS of CPU time (USER_HZ = 100) over NANOS of wall time, in % of a core.
+cpu_pct() { awk -v b="$1" -v t="$2" 'BEGIN { printf "%.0f", (t > 0) ? 1e9 * b / t : 0 }'; }
 
 # open_loop URL WRK_BEST BACKEND_PID [LOAD ARGS...]: steps the open-loop rate up through FRACTIONS
 # of WRK_BEST until a step fails TRIES times; sets BEST to the highest rate that passed. Each try's
@@ -170,10 +173,9 @@ EOF
 )
             OK=$(awk -v a="$ACH" -v r="$OFF" -v l="$LATE" -v s="$SCHED" -v e="$ERR" \
                 'BEGIN { print (a >= 0.98 * r && l < 0.01 * s && e == 0) ? "yes" : "no" }')
-            printf '| %s | %s | %.0f | %.2f | %s | %s | %s | %.0f | %s / %s | %s |\n' "$RATE" "$T" "$ACH" \
+            printf '| %s | %s | %.0f | %.2f | %s | %s | %s | %s | %s / %s | %s |\n' "$RATE" "$T" "$ACH" \
                 "$(awk -v l="$LATE" -v s="$SCHED" 'BEGIN { print 100 * l / s }')" "$ERR" "$P50" "$P99" \
-                "$(awk -v b="$((B1 - B0))" -v t="$((T1 - T0))" 'BEGIN { print (t > 0) ? 1e9 * b / t : 0 }')" \
-                "$((E0 - S0))" "$((E1 - S1))" "$OK"
+                "$(cpu_pct "$((B1 - B0))" "$((T1 - T0))")" "$((E0 - S0))" "$((E1 - S1))" "$OK"
             [ "$OK" = yes ] && break
         done
         if [ "$OK" = yes ]; then BEST=$RATE; else break; fi
@@ -215,7 +217,8 @@ done
 
 # Without the closed-loop section the open loop steps through fractions of this.
 WRK_BEST=${WRK_BEST:-100000}
-BEST=0
+# Without the open-loop section the exactness rows take half and a quarter of this.
+BEST=${BEST:-0}
 if on closed; then
     echo
     echo "## Closed loop (req/s; ratio = ebbtide / wrk)"
@@ -235,60 +238,74 @@ if on open; then
     SLEEPING_BEST=$BEST
     open_loop "$FAST" "$PLAIN_WRK_BEST" "$FAST_PID" --busy-poll
     BUSY_BEST=$BEST
-    # The default --connections (512) lets bursts open hundreds of connections, and this backend
-    # answers some of hundreds of connections late (its closed-loop p99 was 68 ms on 512, 0.3 ms
-    # on 16): the same open loop with as many connections as wrk's closed loop had.
-    WRK_CONNS=${CONNS%% *}
-    echo
-    echo "### The same with \`--connections $WRK_CONNS\` (wrk's connections)"
-    echo
-    open_loop "$FAST" "$PLAIN_WRK_BEST" "$FAST_PID" --connections "$WRK_CONNS"
-    FEW_BEST=$BEST
     BEST=$((SLEEPING_BEST > BUSY_BEST ? SLEEPING_BEST : BUSY_BEST))
-    BEST=$((BEST > FEW_BEST ? BEST : FEW_BEST))
+    # The default opens connections on first use, up to 512, and this backend answers some of
+    # hundreds of connections late (its closed-loop p99 was 68 ms on 512, 0.3 ms on 16): the same
+    # open loop on a fixed set (all opened before the schedule starts) of OPEN_CONNS, by default
+    # wrk's connections and half that.
+    WRK_CONNS=${CONNS%% *}
+    for N in ${OPEN_CONNS:-$((WRK_CONNS / 2)) $WRK_CONNS}; do
+        GOT=$BEST
+        echo
+        echo "### The same with \`--connections $N\`"
+        echo
+        open_loop "$FAST" "$PLAIN_WRK_BEST" "$FAST_PID" --connections "$N"
+        BEST=$((GOT > BEST ? GOT : BEST))
+    done
 fi
 
 if on exact; then
     echo
-    echo "## Exactness: half that rate against \`--service-time const:10ms\` (truth: 10 ms)"
+    echo "## Exactness against \`--service-time const:10ms\` (truth: 10 ms), at half and a quarter of that rate"
     echo
-    HALF=$((BEST / 2))
-    [ "$HALF" -gt 0 ] || HALF=1000
-    B0=$(cpu_ticks "$SLOW_PID")
-    T0=$(date +%s%N)
-    pin 0 "$BIN" load --target "$SLOW" --rate "$HALF" --duration "${DUR}s" --threads 1 \
-        --quiet --json "$WORK/exact.json" || true
-    B1=$(cpu_ticks "$SLOW_PID")
-    T1=$(date +%s%N)
-    BACKEND_CPU=$(awk -v b="$((B1 - B0))" -v t="$((T1 - T0))" 'BEGIN { printf "%.0f", (t > 0) ? 1e9 * b / t : 0 }')
-    pin 0 "$BIN" load --target "$SLOW" --rate "$HALF" --duration "${DUR}s" --threads 1 \
-        --busy-poll --quiet --json "$WORK/exact-busy.json" || true
-    # What the backend itself does at that rate: wrk, closed loop, with as many connections as the
-    # rate keeps busy (rate x 10 ms), measuring from each actual send. Its p99 above 10 ms is the
-    # backend's (and the kernel's) share of any error, not the open-loop generator's.
-    WRK_C=$(((HALF + 99) / 100))
-    pin 0 wrk -t1 -c"$WRK_C" -d"${DUR}s" --latency "$SLOW" >"$WORK/wrk-slow.txt" 2>/dev/null || true
-    echo "backend CPU during the open-loop run: ${BACKEND_CPU}% of its core"
+    echo "On one core a 10 ms backend serves about as much as wrk's row shows; near that the rows measure the"
+    echo "backend's queue, not the generator. \`--connections\`: a fixed set of twice what the rate keeps busy."
     echo
-    python3 - "$WORK/exact.json" "$HALF" "$WORK/wrk-slow.txt" "$WRK_C" "$WORK/exact-busy.json" <<'EOF'
+    for RATE in $((BEST / 2)) $((BEST / 4)); do
+        [ "$RATE" -gt 0 ] || RATE=1000
+        # As many connections as the rate keeps busy (rate x 10 ms), for wrk; twice that for the
+        # fixed set of the open loop, so that Poisson bursts do not wait.
+        WRK_C=$(((RATE + 99) / 100))
+        B0=$(cpu_ticks "$SLOW_PID")
+        T0=$(date +%s%N)
+        pin 0 "$BIN" load --target "$SLOW" --rate "$RATE" --duration "${DUR}s" --threads 1 \
+            --quiet --json "$WORK/exact.json" || true
+        B1=$(cpu_ticks "$SLOW_PID")
+        T1=$(date +%s%N)
+        pin 0 "$BIN" load --target "$SLOW" --rate "$RATE" --duration "${DUR}s" --threads 1 \
+            --busy-poll --quiet --json "$WORK/exact-busy.json" || true
+        pin 0 "$BIN" load --target "$SLOW" --rate "$RATE" --duration "${DUR}s" --threads 1 \
+            --connections $((2 * WRK_C)) --quiet --json "$WORK/exact-fixed.json" || true
+        # What the backend itself does at that rate: wrk, closed loop, measuring from each actual
+        # send. Its p99 above 10 ms is the backend's (and the kernel's) share of any error, not
+        # the open-loop generator's.
+        pin 0 wrk -t1 -c"$WRK_C" -d"${DUR}s" --latency "$SLOW" >"$WORK/wrk-slow.txt" 2>/dev/null || true
+        echo "### $RATE req/s (backend CPU during the first open-loop run: $(cpu_pct "$((B1 - B0))" "$((T1 - T0))")% of its core)"
+        echo
+        python3 - "$RATE" "$WORK/wrk-slow.txt" "$WRK_C" "$WORK/exact.json" "$WORK/exact-busy.json" \
+            "$WORK/exact-fixed.json" $((2 * WRK_C)) <<'EOF'
 import json, re, sys
+rate, wrk_path, wrk_c = sys.argv[1:4]
 print("| generator | rate | p50 ms | p50 error | p99 ms | p99 error | late % |")
 print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-for name, path in (("ebbtide load (open loop)", sys.argv[1]), ("ebbtide load --busy-poll", sys.argv[5])):
+for name, path in (("ebbtide load (open loop)", sys.argv[4]), ("ebbtide load --busy-poll", sys.argv[5]),
+                   (f"ebbtide load --connections {sys.argv[7]}", sys.argv[6])):
     d = json.load(open(path))
     l = d["latency_ms"]
-    print(f"| {name} | {sys.argv[2]} | {l['p50']:.3f} | {100 * (l['p50'] - 10) / 10:+.1f}% | {l['p99']:.3f} "
+    print(f"| {name} | {rate} | {l['p50']:.3f} | {100 * (l['p50'] - 10) / 10:+.1f}% | {l['p99']:.3f} "
           f"| {100 * (l['p99'] - 10) / 10:+.1f}% | {100 * d['late'] / max(d['scheduled'], 1):.2f} |")
-wrk = open(sys.argv[3]).read()
+wrk = open(wrk_path).read()
 unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 def pct(p):
     m = re.search(rf"^\s*{p}%\s+([0-9.]+)(us|ms|s)\s*$", wrk, re.M)
     return float(m.group(1)) * unit[m.group(2)] if m else float("nan")
 rps = re.search(r"Requests/sec:\s+([0-9.]+)", wrk)
 p50, p99 = pct(50), pct(99)
-print(f"| wrk -c{sys.argv[4]} (closed loop, the backend's own) | {float(rps.group(1)) if rps else 0:.0f} | {p50:.3f} "
+print(f"| wrk -c{wrk_c} (closed loop, the backend's own) | {float(rps.group(1)) if rps else 0:.0f} | {p50:.3f} "
       f"| {100 * (p50 - 10) / 10:+.1f}% | {p99:.3f} | {100 * (p99 - 10) / 10:+.1f}% | |")
 EOF
+        echo
+    done
 fi
 
 if on h2; then

@@ -633,7 +633,8 @@ fn counting_server() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64
     (addr, accepted)
 }
 
-/// Keep-alive reuses connections, and the open loop opens only as many as it needs; with
+/// Keep-alive reuses connections, and the open loop opens only as many as it needs unless
+/// `--connections` is given (then all of them, before the schedule starts); with
 /// `--no-keepalive` every request has a connection of its own.
 #[test]
 fn connections_are_reused_unless_no_keepalive() {
@@ -649,6 +650,15 @@ fn connections_are_reused_unless_no_keepalive() {
         (1..=32).contains(&kept),
         "{kept} connections for ~200 fast requests out of 512 allowed: {r}"
     );
+
+    let (code, r) = load_at(
+        &url,
+        "--rate 100 --duration 1s --connections 20 --threads 2",
+    );
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    let fixed = accepted.swap(0, Ordering::SeqCst);
+    assert_eq!(fixed, 20, "the given connections, all opened: {r}");
 
     let (code, r) = load_at(&url, "--rate 100 --duration 2s --no-keepalive");
     assert_eq!(code, 0, "{r}");

@@ -85,9 +85,9 @@ pub struct LoadArgs {
     pub rate_multiplier: f64,
 
     /// Connections, so most requests in flight at once. Open loop: a request due when all are
-    /// busy waits for one and counts as late; each is opened on first use, so the default, 512,
-    /// opens only as many as the run needs. Closed loop: exactly this many, back to back;
-    /// default 64.
+    /// busy waits for one and counts as late; given, all are opened before the schedule starts;
+    /// by default up to 512, each opened on first use (one at a time per thread), so that a run
+    /// opens only as many as it needs. Closed loop: exactly this many, back to back; default 64.
     #[arg(long)]
     pub connections: Option<usize>,
 
@@ -337,6 +337,22 @@ fn template(args: &LoadArgs) -> Result<RequestTemplate, String> {
 const OPEN_CONNECTIONS: usize = 512;
 const CLOSED_CONNECTIONS: usize = 64;
 
+/// How long before the schedule starts, so that its first arrivals are not late because threads
+/// are still starting and connections opening: 200 ms (over TLS with certificate checks the
+/// first few took more than 50 ms on a busy machine), and where every connection is opened
+/// first (`each` of them per worker) the time of that: a worker opens its connections
+/// concurrently, so the wait is the CPU of each (a TLS 1.3 handshake with a P-256 certificate
+/// took about a millisecond of the generator's core on this project's VM; a TCP connect and
+/// its accept tens of microseconds).
+fn lead(each: usize, all_opened: bool, tls: bool) -> Duration {
+    let per = match (all_opened, tls) {
+        (false, _) => Duration::ZERO,
+        (true, true) => Duration::from_micros(1500),
+        (true, false) => Duration::from_micros(50),
+    };
+    Duration::from_millis(200) + per * each as u32
+}
+
 /// Runs the load and prints the report; the exit code says whether the thresholds held.
 pub async fn run(args: LoadArgs) -> Result<i32, String> {
     if let Some(LoadCommand::Merge(m)) = &args.command {
@@ -410,10 +426,15 @@ pub async fn run(args: LoadArgs) -> Result<i32, String> {
         })
         .max(1);
     let threads = args.threads.unwrap_or(cores).clamp(1, connections);
-    // A short lead, so that the first arrivals are not late because threads are still starting
-    // and connections opening (closed loop: all of them; open loop: the first few of each
-    // worker, which over TLS with certificate checks took more than 50 ms on a busy machine).
-    let start = Instant::now() + Duration::from_millis(200);
+    // An open loop given `--connections` opens them all before its schedule starts, as the
+    // closed loop does: the fixed set the user chose, not grown on first use.
+    let preopen = args.connections.is_some() && !args.no_keepalive;
+    let start = Instant::now()
+        + lead(
+            connections.div_ceil(threads),
+            args.closed || preopen,
+            target.tls_name.is_some(),
+        );
     let shared = Arc::new(Shared::new(
         threads,
         start,
@@ -458,6 +479,7 @@ pub async fn run(args: LoadArgs) -> Result<i32, String> {
                 arrivals: Arrivals::new(source.clone(), duration, args.seed),
                 first: i,
                 step: threads,
+                preopen,
             },
         };
         let shared = shared.clone();

@@ -129,6 +129,9 @@ pub(crate) enum Feed {
         arrivals: Arrivals,
         first: usize,
         step: usize,
+        /// Open every connection before the schedule starts (`--connections` given: the fixed
+        /// set the user chose), instead of a few and the rest on first use.
+        preopen: bool,
     },
     /// Back to back until this instant.
     Closed(Instant),
@@ -152,9 +155,8 @@ struct Local {
     closed: Cell<bool>,
 }
 
-/// Connection openings at once per worker, at least; more as more are open (see
-/// [`Local::may_open`]).
-const MIN_OPENING: usize = 8;
+/// Connections a worker opens at once while the run is under way (see [`Local::may_open`]).
+const OPENING_AT_ONCE: usize = 1;
 
 impl Local {
     fn new() -> Local {
@@ -169,20 +171,25 @@ impl Local {
         }
     }
 
-    /// Whether another connection may start opening. Without a bound every arrival that finds
-    /// the open connections busy starts a handshake, and while handshakes take the worker's CPU
-    /// more arrivals queue and start more: over TLS at 24,000 req/s all 512 connections were
-    /// opened in the first 150 ms of the run and 3% of a 5-second run was late
-    /// (bench/loadgen-engine.sh). Bounded by the number already open, the connections still
-    /// double every handshake time while the run needs more (a distant target is not held to a
-    /// fixed ramp).
+    /// Whether another connection may start opening: one at a time per worker. Every arrival
+    /// that finds the open connections busy is a reason to open one, and a target that stalls
+    /// for a millisecond gives dozens; opened at once they stay open, and a target that answers
+    /// many connections worse than few (`ebbtide backend`'s closed-loop p99 is 0.3 ms on 16
+    /// connections, 68 ms on 512) then stalls more, and more open. With openings at once bounded
+    /// by the number already open instead (doubling while arrivals waited), an open loop against
+    /// nginx (one worker, `return 200`) at 70,000 req/s was 0.94-2.11% late with all 512
+    /// connections open; one at a time, 0.00-0.03% late with 182-230 open (2026-12-01, the
+    /// layout of bench/loadgen-engine.sh, which has the figures against `ebbtide backend`).
+    /// On loopback an opening takes tens of microseconds, so a run that needs hundreds still
+    /// has them within tens of milliseconds; a distant or TLS target that needs many at once is
+    /// given them with `--connections`, all opened before the schedule starts.
     fn may_open(&self) -> bool {
-        self.opening.get() < MIN_OPENING.max(self.opened.get())
+        self.opening.get() < OPENING_AT_ONCE
     }
 
-    /// After a connection opened (so that more may open): wakes cold loops for the queued
+    /// After a connection opened (so that another may open): wakes cold loops for the queued
     /// arrivals that no opening loop will take (the one that opened takes the first), as many
-    /// as [`Local::may_open`] allows, so that the connections double while the run needs more.
+    /// as [`Local::may_open`] allows.
     fn ramp(&self) {
         while self.queue.borrow().len() > self.opening.get() + 1 && self.may_open() {
             let cold = self.cold.borrow_mut().pop();
@@ -256,7 +263,8 @@ pub(crate) fn worker(shared: Arc<Shared>, index: usize, connections: usize, feed
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let conns = links(&shared, connections);
-        let mut loops = Vec::with_capacity(conns.len() + 1);
+        let mut loops = Vec::with_capacity(conns.len());
+        let mut dispatcher = None;
         match feed {
             Feed::Closed(until) => {
                 for conn in conns {
@@ -272,14 +280,15 @@ pub(crate) fn worker(shared: Arc<Shared>, index: usize, connections: usize, feed
                 arrivals,
                 first,
                 step,
+                preopen,
             } => {
                 let state = Rc::new(Local::new());
                 // The last loops go idle last, so they are the first taken: their connections
                 // are opened now, before the schedule starts.
-                let warm_from = if shared.keepalive {
-                    conns.len().saturating_sub(WARM_CONNECTIONS)
-                } else {
-                    conns.len()
+                let warm_from = match (shared.keepalive, preopen) {
+                    (false, _) => conns.len(),
+                    (true, true) => 0,
+                    (true, false) => conns.len().saturating_sub(WARM_CONNECTIONS),
                 };
                 for (i, conn) in conns.into_iter().enumerate() {
                     loops.push(tokio::task::spawn_local(open_loop(
@@ -295,7 +304,7 @@ pub(crate) fn worker(shared: Arc<Shared>, index: usize, connections: usize, feed
                     .skip(first)
                     .step_by(step.max(1))
                     .map(move |offset| start + Duration::from_secs_f64(offset));
-                loops.push(tokio::task::spawn_local(dispatch(
+                dispatcher = Some(tokio::task::spawn_local(dispatch(
                     shared.clone(),
                     index,
                     mine,
@@ -305,6 +314,11 @@ pub(crate) fn worker(shared: Arc<Shared>, index: usize, connections: usize, feed
         }
         // Spawned last, so that the loops and the dispatcher run first at the start.
         let armed = tokio::task::spawn_local(keep_a_timer_armed());
+        // With --busy-poll an open loop's dispatcher polls while it runs; the poller keeps the
+        // rest from sleeping: a closed loop's whole run, an open loop's last answers.
+        if let Some(d) = dispatcher {
+            let _ = d.await;
+        }
         let poll = shared
             .busy_poll
             .then(|| tokio::task::spawn_local(busy_poll()));
@@ -338,11 +352,10 @@ async fn keep_a_timer_armed() {
 /// `--busy-poll`: keeps the worker's thread from sleeping. Each turn yields, and tokio polls its
 /// IO driver without waiting before it runs this task again (a deferred yield, tokio 1.54
 /// `task::yield_now`), so an answer or a due arrival is taken as soon as the kernel has it,
-/// never after the wake of an idle core. On this project's VM that wake was most of a trivial
-/// exchange: p50 0.20-0.23 ms sleeping, 0.07 ms polling, at 20,000 req/s against `ebbtide
-/// backend --service-time const:0ms` (bench/loadgen-engine.sh). The price is the whole core.
-/// An open loop's dispatcher polls its clock the same way; this task is what keeps a closed loop,
-/// and an open loop's last answers after its last arrival, from sleeping.
+/// never after the wake of an idle core, which on this project's VM was most of a trivial
+/// exchange (figures in the README, from bench/loadgen-engine.sh). The price is the whole core.
+/// An open loop's dispatcher polls its clock the same way while it runs; this task keeps a
+/// closed loop, and an open loop's last answers after its last arrival, from sleeping.
 async fn busy_poll() {
     loop {
         tokio::task::yield_now().await;
@@ -536,6 +549,25 @@ mod tests {
     /// waiting once the loops that were ready meanwhile have run: an open connection whose answer
     /// came in takes it first. Checked at once, the first case would open a connection for an
     /// arrival that did not need one.
+    #[test]
+    fn connections_open_one_at_a_time() {
+        let state = Local::new();
+        let cold: Vec<Rc<Notify>> = (0..3).map(|_| Rc::new(Notify::new())).collect();
+        state.cold.borrow_mut().extend(cold.iter().cloned());
+        for _ in 0..3 {
+            state.queue.borrow_mut().push_back(Instant::now());
+            state.wake_one();
+        }
+        assert_eq!(state.opening.get(), 1, "three waiting, one opening");
+        assert_eq!(state.cold.borrow().len(), 2);
+        // That one opened and takes an arrival: the next may open for the two still waiting.
+        state.opening.set(0);
+        state.queue.borrow_mut().pop_front();
+        state.ramp();
+        assert_eq!(state.opening.get(), 1, "again one at a time");
+        assert_eq!(state.cold.borrow().len(), 1);
+    }
+
     #[test]
     fn a_connection_opens_only_for_an_arrival_still_waiting() {
         on_a_worker(async {
